@@ -1,0 +1,59 @@
+//! nettop: per (process, uid, device, command) packet counters, aggregated in the kernel.
+
+use crate::{COMM_LEN, IFNAME_LEN};
+
+/// Capacity of each counter map; when it is full, events are counted in `NET_DROPPED`.
+pub const NET_MAX_ENTRIES: u32 = 10240;
+
+/// Index of the counter map the probes write into (0 or 1), stored in `NET_SLOT[0]`.
+/// User space flips it each interval and drains the other map, so no packet is counted
+/// twice or lost between the read and the reset.
+pub const NET_SLOTS: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetKey {
+    /// Thread group id (what `ps` calls the PID) of the task current when the packet passed.
+    pub pid: u32,
+    pub uid: u32,
+    pub dev: [u8; IFNAME_LEN],
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub xmit_packets: u64,
+    pub xmit_bytes: u64,
+    pub recv_packets: u64,
+    pub recv_bytes: u64,
+}
+
+/// Offsets the probes need, found by user space at load time and written into read-only
+/// globals before the object is loaded (the role libbpf's CO-RE relocations play in C).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetOffsets {
+    /// BTF flavour: `offsetof(struct sk_buff, len)`.
+    pub skb_len: u32,
+    /// BTF flavour: `offsetof(struct sk_buff, dev)`.
+    pub skb_dev: u32,
+    /// BTF flavour: `offsetof(struct net_device, name)`.
+    pub netdev_name: u32,
+    /// Classic flavour: offset of `len` in the net_dev_xmit record.
+    pub xmit_len: u32,
+    /// Classic flavour: offset of the `__data_loc char[] name` field in net_dev_xmit.
+    pub xmit_name: u32,
+    /// Classic flavour: offset of `len` in the netif_receive_skb record.
+    pub recv_len: u32,
+    /// Classic flavour: offset of the `__data_loc char[] name` field in netif_receive_skb.
+    pub recv_name: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetCounters {}
+    unsafe impl aya::Pod for super::NetOffsets {}
+}

@@ -1,0 +1,120 @@
+//! Command-line interface: one subcommand per report, bcc-style flags.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::nettop;
+use crate::runtime::duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stapr",
+    version,
+    about = "SystemTap-style kernel reports on eBPF: cheap enough to leave running",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Packets and KB sent and received, per process and network device, every interval.
+    #[command(after_help = NETTOP_HELP)]
+    Nettop(NettopArgs),
+}
+
+const NETTOP_HELP: &str = "\
+Transmitted packets are charged to the process that sent them. Received packets are charged
+to whatever task was running when the kernel processed them (softirq context), as SystemTap's
+netdev.receive did: on loopback that is usually the sender, on a real NIC often an unrelated
+task, 'swapper/N' (PID 0) or 'ksoftirqd/N'. KB is bytes/1024, rounded down; bytes are the
+skb length the kernel reports (receive lengths exclude the link-layer header).
+
+EXAMPLES:
+    stapr nettop                  # every 5 s, all processes, ordered by RECV_PK
+    stapr nettop -i 1 --count 10  # every second, ten times
+    stapr nettop -p 1234 -d eth0  # only PID 1234 on eth0
+    stapr nettop -c httpd -s xmit_kb -r 5
+";
+
+#[derive(Debug, Args)]
+pub struct NettopArgs {
+    /// Seconds between reports (also 500ms, 2s, 1m...)
+    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
+    pub interval: Duration,
+    /// Stop after this many reports
+    #[arg(long, value_parser = positive_u64)]
+    pub count: Option<u64>,
+    /// Only this process (thread group id)
+    #[arg(short, long, value_parser = id)]
+    pub pid: Option<u32>,
+    /// Only this user id
+    #[arg(short, long, value_parser = id)]
+    pub uid: Option<u32>,
+    /// Only commands containing this text
+    #[arg(short, long)]
+    pub comm: Option<String>,
+    /// Only this network device (e.g. eth0, lo)
+    #[arg(short, long)]
+    pub dev: Option<String>,
+    /// Order rows by this column, largest first (pid: smallest first)
+    #[arg(short, long, value_enum, default_value = "recv_pk")]
+    pub sort: nettop::SortKey,
+    /// Print at most this many rows per report
+    #[arg(short, long, value_parser = positive_usize)]
+    pub rows: Option<usize>,
+    /// Tracepoint flavour to attach with
+    #[arg(long, value_enum, default_value = "auto")]
+    pub probe: nettop::ProbeKind,
+}
+
+fn id(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .map_err(|_| format!("'{s}' is not a valid id (a whole number from 0 to 4294967295)"))
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' must be a whole number greater than zero")),
+    }
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    positive_u64(s).map(|n| n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sort_names_match_columns() {
+        let c = Cli::try_parse_from(["stapr", "nettop", "-s", "xmit_kb"]).unwrap();
+        let Command::Nettop(a) = c.command;
+        assert_eq!(a.sort, nettop::SortKey::XmitKb);
+        assert_eq!(a.interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for args in [
+            &["stapr", "nettop", "-i", "0"][..],
+            &["stapr", "nettop", "-i", "abc"],
+            &["stapr", "nettop", "--pid", "-3"],
+            &["stapr", "nettop", "--count", "0"],
+            &["stapr", "nettop", "-r", "x"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! stapr: SystemTap-style tracing for Linux on eBPF.
+
+mod cli;
+mod report;
+mod runtime;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser};
+
+use crate::{
+    cli::{Cli, Command},
+    report::nettop,
+    runtime::UserError,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_failure(err),
+    };
+    let result = match cli.command {
+        Command::Nettop(a) => nettop::run(nettop::Options {
+            interval: a.interval,
+            count: a.count,
+            filter: nettop::Filter {
+                pid: a.pid,
+                uid: a.uid,
+                comm: a.comm,
+                dev: a.dev,
+            },
+            sort: a.sort,
+            rows: a.rows,
+            probe: a.probe,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failure(&err),
+    }
+}
+
+/// clap's errors span several lines (usage, tips); the user gets the first one only.
+fn usage_failure(err: clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let text = err.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            eprintln!("stapr: {line} (see stapr --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn failure(err: &anyhow::Error) -> ExitCode {
+    // A reader that went away (`stapr nettop | head`) is not an error.
+    if err
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(user) = err.downcast_ref::<UserError>() {
+        eprintln!("stapr: {user}");
+        return ExitCode::from(2);
+    }
+    eprintln!("stapr: error: {err:#}");
+    ExitCode::FAILURE
+}

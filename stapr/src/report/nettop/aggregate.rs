@@ -1,0 +1,213 @@
+//! Pure: per-CPU counter maps drained from the kernel → the rows of one report.
+
+use std::collections::BTreeMap;
+
+use probes_common::{
+    c_bytes,
+    nettop::{NetCounters, NetKey},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub pid: u32,
+    pub uid: u32,
+    pub dev: String,
+    pub comm: String,
+    pub xmit_packets: u64,
+    pub recv_packets: u64,
+    pub xmit_bytes: u64,
+    pub recv_bytes: u64,
+}
+
+impl Row {
+    /// KB as the seed computes it: bytes / 1024, rounded down.
+    pub fn xmit_kb(&self) -> u64 {
+        self.xmit_bytes / 1024
+    }
+
+    pub fn recv_kb(&self) -> u64 {
+        self.recv_bytes / 1024
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum SortKey {
+    XmitPk,
+    #[default]
+    RecvPk,
+    XmitKb,
+    RecvKb,
+    Pid,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    /// Matches commands that contain this text.
+    pub comm: Option<String>,
+    /// Matches this device name exactly.
+    pub dev: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, row: &Row) -> bool {
+        self.pid.is_none_or(|p| row.pid == p)
+            && self.uid.is_none_or(|u| row.uid == u)
+            && self.comm.as_deref().is_none_or(|c| row.comm.contains(c))
+            && self.dev.as_deref().is_none_or(|d| row.dev == d)
+    }
+}
+
+/// One interval's rows, filtered, sorted and cut to `rows`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub rows: Vec<Row>,
+}
+
+fn text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(c_bytes(raw)).into_owned()
+}
+
+/// Sums per-CPU values (`entries` holds one element per key and CPU, in any order) and
+/// turns them into rows.
+pub fn snapshot(
+    entries: impl IntoIterator<Item = (NetKey, NetCounters)>,
+    filter: &Filter,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Snapshot {
+    let mut sums: BTreeMap<NetKey, NetCounters> = BTreeMap::new();
+    for (k, v) in entries {
+        let s = sums.entry(k).or_default();
+        s.xmit_packets += v.xmit_packets;
+        s.xmit_bytes += v.xmit_bytes;
+        s.recv_packets += v.recv_packets;
+        s.recv_bytes += v.recv_bytes;
+    }
+    let mut rows: Vec<Row> = sums
+        .into_iter()
+        .filter(|(_, v)| v.xmit_packets + v.recv_packets > 0)
+        .map(|(k, v)| Row {
+            pid: k.pid,
+            uid: k.uid,
+            dev: text(&k.dev),
+            comm: text(&k.comm),
+            xmit_packets: v.xmit_packets,
+            recv_packets: v.recv_packets,
+            xmit_bytes: v.xmit_bytes,
+            recv_bytes: v.recv_bytes,
+        })
+        .filter(|r| filter.keeps(r))
+        .collect();
+    // Largest first for the counters; ties broken so the order is stable between runs.
+    let tie = |a: &Row, b: &Row| {
+        (a.pid, &a.dev, &a.comm, a.uid).cmp(&(b.pid, &b.dev, &b.comm, b.uid))
+    };
+    rows.sort_by(|a, b| {
+        let primary = match sort {
+            SortKey::XmitPk => b.xmit_packets.cmp(&a.xmit_packets),
+            SortKey::RecvPk => b.recv_packets.cmp(&a.recv_packets),
+            SortKey::XmitKb => b.xmit_bytes.cmp(&a.xmit_bytes),
+            SortKey::RecvKb => b.recv_bytes.cmp(&a.recv_bytes),
+            SortKey::Pid => std::cmp::Ordering::Equal,
+        };
+        primary.then_with(|| tie(a, b))
+    });
+    if let Some(n) = limit {
+        rows.truncate(n);
+    }
+    Snapshot { rows }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn key(pid: u32, uid: u32, dev: &str, comm: &str) -> NetKey {
+        let mut k = NetKey {
+            pid,
+            uid,
+            ..Default::default()
+        };
+        k.dev[..dev.len()].copy_from_slice(dev.as_bytes());
+        k.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        k
+    }
+
+    pub fn counters(xp: u64, xb: u64, rp: u64, rb: u64) -> NetCounters {
+        NetCounters {
+            xmit_packets: xp,
+            xmit_bytes: xb,
+            recv_packets: rp,
+            recv_bytes: rb,
+        }
+    }
+
+    fn sample() -> Vec<(NetKey, NetCounters)> {
+        vec![
+            // httpd seen on two CPUs: summed.
+            (key(15337, 48, "eth0", "httpd"), counters(3, 4000, 2, 100)),
+            (key(15337, 48, "eth0", "httpd"), counters(1, 1200, 3, 150)),
+            (key(31485, 500, "eth0", "sshd"), counters(1, 90, 1, 60)),
+            (key(9, 0, "lo", "chronyd"), counters(7, 700, 0, 0)),
+            // Empty slot left by a reset: not a row.
+            (key(1, 0, "lo", "init"), counters(0, 0, 0, 0)),
+        ]
+    }
+
+    fn pids(s: &Snapshot) -> Vec<u32> {
+        s.rows.iter().map(|r| r.pid).collect()
+    }
+
+    #[test]
+    fn sums_cpus_and_sorts_by_recv_packets() {
+        let s = snapshot(sample(), &Filter::default(), SortKey::RecvPk, None);
+        assert_eq!(pids(&s), [15337, 31485, 9]);
+        let httpd = &s.rows[0];
+        assert_eq!((httpd.xmit_packets, httpd.recv_packets), (4, 5));
+        assert_eq!((httpd.xmit_bytes, httpd.recv_bytes), (5200, 250));
+        assert_eq!((httpd.xmit_kb(), httpd.recv_kb()), (5, 0));
+    }
+
+    #[test]
+    fn other_sort_keys() {
+        let f = Filter::default();
+        assert_eq!(pids(&snapshot(sample(), &f, SortKey::XmitPk, None)), [9, 15337, 31485]);
+        assert_eq!(pids(&snapshot(sample(), &f, SortKey::XmitKb, None)), [15337, 9, 31485]);
+        assert_eq!(pids(&snapshot(sample(), &f, SortKey::RecvKb, None)), [15337, 31485, 9]);
+        assert_eq!(pids(&snapshot(sample(), &f, SortKey::Pid, None)), [9, 15337, 31485]);
+    }
+
+    #[test]
+    fn filters_and_limit() {
+        let by = |f: Filter| pids(&snapshot(sample(), &f, SortKey::RecvPk, None));
+        assert_eq!(by(Filter { pid: Some(31485), ..Default::default() }), [31485]);
+        assert_eq!(by(Filter { uid: Some(0), ..Default::default() }), [9]);
+        assert_eq!(by(Filter { comm: Some("http".into()), ..Default::default() }), [15337]);
+        assert_eq!(by(Filter { dev: Some("lo".into()), ..Default::default() }), [9]);
+        assert_eq!(by(Filter { dev: Some("eth".into()), ..Default::default() }), [] as [u32; 0]);
+        let s = snapshot(sample(), &Filter::default(), SortKey::RecvPk, Some(2));
+        assert_eq!(pids(&s), [15337, 31485]);
+    }
+
+    #[test]
+    fn kb_rounds_down() {
+        let row = |bytes| Row {
+            pid: 1,
+            uid: 0,
+            dev: "lo".into(),
+            comm: "x".into(),
+            xmit_packets: 1,
+            recv_packets: 1,
+            xmit_bytes: bytes,
+            recv_bytes: bytes,
+        };
+        assert_eq!(row(0).xmit_kb(), 0);
+        assert_eq!(row(1023).xmit_kb(), 0);
+        assert_eq!(row(1024).recv_kb(), 1);
+        assert_eq!(row(2047).recv_kb(), 1);
+        assert_eq!(row(1_048_576).xmit_kb(), 1024);
+    }
+}

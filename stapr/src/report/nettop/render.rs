@@ -1,0 +1,102 @@
+//! Pure: a snapshot → the seed's text table.
+
+use super::aggregate::Snapshot;
+
+/// The seed's header: `printf("%5s %5s %-7s %7s %7s %7s %7s %-15s\n", ...)`.
+pub fn header() -> String {
+    format!(
+        "{:>5} {:>5} {:<7} {:>7} {:>7} {:>7} {:>7} {:<15}\n",
+        "PID", "UID", "DEV", "XMIT_PK", "RECV_PK", "XMIT_KB", "RECV_KB", "COMMAND"
+    )
+}
+
+/// One interval: header, rows as `"%5d %5d %-7s %7d %7d %7d %7d %-15s\n"`, then the empty
+/// line the seed prints after each report.
+pub fn text(snapshot: &Snapshot) -> String {
+    let mut out = header();
+    for r in &snapshot.rows {
+        out.push_str(&format!(
+            "{:>5} {:>5} {:<7} {:>7} {:>7} {:>7} {:>7} {:<15}\n",
+            r.pid,
+            r.uid,
+            r.dev,
+            r.xmit_packets,
+            r.recv_packets,
+            r.xmit_kb(),
+            r.recv_kb(),
+            r.comm
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::aggregate::{
+        snapshot,
+        tests::{counters, key},
+        Filter, SortKey,
+    };
+    use super::*;
+
+    #[test]
+    fn golden_seed_sample() {
+        // The seed's second sample, reproduced from the same counts.
+        let s = snapshot(
+            vec![
+                (key(15337, 48, "eth0", "httpd"), counters(4, 5 * 1024 + 300, 5, 400)),
+                (key(31485, 500, "eth0", "sshd"), counters(1, 200, 1, 52)),
+            ],
+            &Filter::default(),
+            SortKey::RecvPk,
+            None,
+        );
+        let expected = concat!(
+            "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        \n",
+            "15337    48 eth0          4       5       5       0 httpd          \n",
+            "31485   500 eth0          1       1       0       0 sshd           \n",
+            "\n",
+        );
+        assert_eq!(text(&s), expected);
+    }
+
+    #[test]
+    fn golden_empty_interval_and_wide_values() {
+        assert_eq!(
+            text(&Snapshot::default()),
+            "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        \n\n"
+        );
+        // printf widths are minimums: long values push the columns, never truncate.
+        let s = snapshot(
+            vec![(
+                key(4194304, 65534, "enp0s31f6", "a-fifteen-char-"),
+                counters(12345678, 1 << 40, 0, 0),
+            )],
+            &Filter::default(),
+            SortKey::RecvPk,
+            None,
+        );
+        assert_eq!(
+            text(&s),
+            concat!(
+                "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        \n",
+                "4194304 65534 enp0s31f6 12345678       0 1073741824       0 a-fifteen-char-\n",
+                "\n",
+            )
+        );
+    }
+
+    #[test]
+    fn every_line_fits_80_columns() {
+        let s = snapshot(
+            vec![(key(99999, 99999, "wlp2s0", "fifteen-chars-x"), counters(9999999, 0, 9999999, 0))],
+            &Filter::default(),
+            SortKey::RecvPk,
+            None,
+        );
+        for line in text(&s).lines() {
+            assert!(line.len() <= 80, "{line:?}");
+        }
+    }
+}

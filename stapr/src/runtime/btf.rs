@@ -1,0 +1,256 @@
+//! A reader for the kernel's BTF (/sys/kernel/btf/vmlinux), enough to find struct member
+//! offsets: what libbpf's CO-RE relocations do for C programs, done once at load time and
+//! handed to the probes as read-only globals.
+//!
+//! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst in the kernel tree.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    kind: u32,
+    name_off: u32,
+    /// `size` for structs, unions, ints; the referenced type id for modifiers.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+/// Parsed type information of one BTF blob.
+pub struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    /// Struct and union ids by name (anonymous ones are left out).
+    composites: HashMap<String, Vec<u32>>,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Result<u16> {
+    let s = b.get(off..off + 2).context("BTF truncated")?;
+    Ok(u16::from_le_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32> {
+    let s = b.get(off..off + 4).context("BTF truncated")?;
+    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+impl Btf {
+    /// The running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Self> {
+        let path = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        Self::parse(&data).with_context(|| format!("parsing {path}"))
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        ensure!(u16_at(data, 0)? == BTF_MAGIC, "not little-endian BTF");
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_raw = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .context("BTF type section out of range")?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .context("BTF string section out of range")?
+            .to_vec();
+
+        // Type id 0 is `void`.
+        let mut types = vec![Type {
+            kind: 0,
+            name_off: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut off = 0;
+        while off < types_raw.len() {
+            let name_off = u32_at(types_raw, off)?;
+            let info = u32_at(types_raw, off + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            let size_or_type = u32_at(types_raw, off + 8)?;
+            off += 12;
+            let mut members = Vec::new();
+            match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => off += 4,
+                KIND_ARRAY => off += 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for _ in 0..vlen {
+                        let offset = u32_at(types_raw, off + 8)?;
+                        members.push(Member {
+                            name_off: u32_at(types_raw, off)?,
+                            type_id: u32_at(types_raw, off + 4)?,
+                            // With kind_flag the top 8 bits hold a bitfield size.
+                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                        });
+                        off += 12;
+                    }
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => off += 8 * vlen,
+                KIND_DATASEC | KIND_ENUM64 => off += 12 * vlen,
+                0..=19 => {}
+                _ => bail!("unknown BTF kind {kind}"),
+            }
+            types.push(Type {
+                kind,
+                name_off,
+                size_or_type,
+                members,
+            });
+        }
+
+        let mut btf = Btf {
+            types,
+            strings,
+            composites: HashMap::new(),
+        };
+        for (id, t) in btf.types.iter().enumerate() {
+            if matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.name_off != 0 {
+                let name = btf.name(t.name_off).to_owned();
+                btf.composites.entry(name).or_default().push(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous structs and
+    /// unions the way C does (`skb->dev` lives in one on current kernels).
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        let ids = self
+            .composites
+            .get(name)
+            .with_context(|| format!("struct {name} not found in kernel BTF"))?;
+        for &id in ids {
+            if let Some(bits) = self.find_member(id, member, 0) {
+                ensure!(bits % 8 == 0, "{name}.{member} is a bitfield");
+                return Ok(bits / 8);
+            }
+        }
+        bail!("struct {name} has no member {member} in kernel BTF")
+    }
+
+    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        let t = self.types.get(id as usize)?;
+        for m in &t.members {
+            if m.name_off != 0 {
+                if self.name(m.name_off) == member {
+                    return Some(m.bit_offset);
+                }
+            } else if depth < 8 {
+                let inner = self.skip_modifiers(m.type_id);
+                if let Some(bits) = self.find_member(inner, member, depth + 1) {
+                    return Some(m.bit_offset + bits);
+                }
+            }
+        }
+        None
+    }
+
+    /// Anonymous members may be wrapped in typedef/const/volatile/type tags.
+    fn skip_modifiers(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.types.get(id as usize) {
+                Some(t) if matches!(t.kind, KIND_TYPEDEF..=KIND_RESTRICT | KIND_TYPE_TAG) => {
+                    id = t.size_or_type
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-built blob: struct outer { int a; union { long b; int c; }; int d; }.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0b\0c\0d\0long\0".to_vec();
+        let s = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        // 1: int
+        push(&[s("int"), KIND_INT << 24, 4, 32]);
+        // 2: long
+        push(&[s("long"), KIND_INT << 24, 8, 64]);
+        // 3: anonymous union { long b; int c; }
+        push(&[0, (KIND_UNION << 24) | 2, 8]);
+        push(&[s("b"), 2, 0]);
+        push(&[s("c"), 1, 0]);
+        // 4: struct outer { int a; <anon union> at 64 bits; int d at 128 bits; }
+        push(&[s("outer"), (KIND_STRUCT << 24) | 3, 24]);
+        push(&[s("a"), 1, 0]);
+        push(&[0, 3, 64]);
+        push(&[s("d"), 1, 128]);
+        let mut data = Vec::new();
+        data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        data.extend_from_slice(&types);
+        data.extend_from_slice(&strings);
+        data
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "c").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "d").unwrap(), 16);
+        assert!(btf.member_offset("outer", "zz").is_err());
+        assert!(btf.member_offset("inner", "a").is_err());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"not btf at all, not at all").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! What every report shares: privilege and resource checks, tracefs, the interval loop with
+//! signal handling, and the error type that becomes exit code 2.
+
+pub mod btf;
+pub mod duration;
+pub mod tracefs;
+
+use std::{future::Future, io::Write, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+/// An error the user can fix (bad input, missing privilege, missing kernel facility):
+/// printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+pub fn user_error(msg: impl Into<String>) -> anyhow::Error {
+    UserError(msg.into()).into()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities from /proc/self/status (`CapEff:` is a hex bit mask).
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn has_bpf_privileges(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Everything a report needs before it loads probes. Runs before any other work so an
+/// unprivileged user gets one line and exit 2, not a failed syscall.
+pub fn prepare() -> Result<()> {
+    if !has_bpf_privileges(effective_caps()) {
+        return Err(user_error(
+            "stapr needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo",
+        ));
+    }
+    raise_limit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY).context("raising RLIMIT_MEMLOCK")?;
+    // Every attached probe holds a file descriptor; calltree holds hundreds.
+    raise_limit(libc::RLIMIT_NOFILE, 65536).context("raising RLIMIT_NOFILE")?;
+    tracefs::ensure_mounted()?;
+    Ok(())
+}
+
+/// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.
+pub fn kernel_btf_present() -> bool {
+    Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::io::Result<()> {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `cur` is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(resource, &mut cur) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if cur.rlim_cur == libc::RLIM_INFINITY || cur.rlim_cur >= want {
+        return Ok(());
+    }
+    // Root may raise the hard limit; others are held to it.
+    let max = if cur.rlim_max == libc::RLIM_INFINITY || cur.rlim_max >= want {
+        cur.rlim_max
+    } else {
+        want
+    };
+    let mut new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: max,
+    };
+    // SAFETY: `new` is a valid rlimit.
+    if unsafe { libc::setrlimit(resource, &new) } == 0 {
+        return Ok(());
+    }
+    new.rlim_cur = cur.rlim_max;
+    new.rlim_max = cur.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(resource, &new) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a report's periodic loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `--count` reports were printed.
+    Count,
+    /// SIGINT or SIGTERM arrived.
+    Signal,
+}
+
+/// Calls `report` every `interval` until `count` reports were made or SIGINT/SIGTERM
+/// arrives; on a signal it reports the interval in progress once more, as SystemTap's
+/// `probe end` does.
+pub async fn every_interval<F>(interval: Duration, count: Option<u64>, mut report: F) -> Result<Stop>
+where
+    F: FnMut() -> Result<()>,
+{
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let start = tokio::time::Instant::now();
+    let mut made = 0u64;
+    loop {
+        if count.is_some_and(|c| made >= c) {
+            return Ok(Stop::Count);
+        }
+        let next = start + interval * (made as u32 + 1);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                report()?;
+                made += 1;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                report()?;
+                return Ok(Stop::Signal);
+            }
+            _ = sigterm.recv() => {
+                report()?;
+                return Ok(Stop::Signal);
+            }
+        }
+    }
+}
+
+/// Runs a report's async body on a single-threaded runtime: the reports are I/O bound and
+/// one thread keeps stapr's own footprint small.
+pub fn block_on<F: Future<Output = Result<()>>>(body: F) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(body)
+}
+
+/// Writes one report's text to stdout and flushes it, so a pipe sees each interval whole.
+pub fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privilege_rules() {
+        assert!(has_bpf_privileges(u64::MAX));
+        assert!(has_bpf_privileges(1 << CAP_SYS_ADMIN));
+        assert!(has_bpf_privileges((1 << CAP_BPF) | (1 << CAP_PERFMON)));
+        assert!(!has_bpf_privileges(1 << CAP_BPF));
+        assert!(!has_bpf_privileges(1 << CAP_PERFMON));
+        assert!(!has_bpf_privileges(0));
+    }
+}
