@@ -29,6 +29,24 @@ pub struct NetCounters {
     pub recv_bytes: u64,
 }
 
+/// The per-CPU run cache: the key and counts of the last (thread, device) seen on a CPU.
+/// Packets come in runs (a send burst, a NAPI poll), so most events only bump these
+/// counters and never touch the hash map; a different thread or device flushes the run
+/// into the hash. One entry per slot; user space drains the idle slot's entries too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRun {
+    /// `bpf_get_current_pid_tgid()` of the run's thread.
+    pub pid_tgid: u64,
+    /// The device's `struct net_device *` (BTF flavour) or 0 (classic: the name decides).
+    pub dev_ptr: u64,
+    /// 1 when the entry holds a run.
+    pub valid: u32,
+    pub _pad: u32,
+    pub key: NetKey,
+    pub counts: NetCounters,
+}
+
 /// Offsets the probes need, found by user space at load time and written into read-only
 /// globals before the object is loaded (the role libbpf's CO-RE relocations play in C).
 #[repr(C)]
@@ -56,4 +74,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetCounters {}
     unsafe impl aya::Pod for super::NetOffsets {}
+    unsafe impl aya::Pod for super::NetRun {}
 }

@@ -1,23 +1,21 @@
 //! nettop: count packets and bytes per (pid, uid, device, comm) on transmit and receive.
 //!
-//! Counters live in a per-CPU hash so the hot path needs no atomics; user space sums the
-//! CPUs. Two maps alternate (see `NET_SLOT`) so each interval is drained without racing
-//! the probes.
+//! Counters live in per-CPU maps so the hot path needs no atomics; user space sums the
+//! CPUs. Consecutive packets of one thread on one device are added up in a per-CPU run
+//! cache (`NET_RUN`) and reach the hash map only when the run ends. Two slots alternate
+//! (see `NET_SLOT`) so user space drains one while the probes fill the other.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NET_MAX_ENTRIES},
+    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_MAX_ENTRIES, NET_SLOTS},
     IFNAME_LEN,
 };
 use probes_ebpf::global;
@@ -40,62 +38,111 @@ static NET_COUNTS_0: PerCpuHashMap<NetKey, NetCounters> =
 #[map]
 static NET_COUNTS_1: PerCpuHashMap<NetKey, NetCounters> =
     PerCpuHashMap::with_max_entries(NET_MAX_ENTRIES, 0);
+/// Index 0 holds the slot the probes write into.
 #[map]
 static NET_SLOT: Array<u32> = Array::with_max_entries(1, 0);
-/// Packets that could not be counted because the active map was full.
+/// The current run on each CPU, one entry per slot.
+#[map]
+static NET_RUN: PerCpuArray<NetRun> = PerCpuArray::with_max_entries(NET_SLOTS, 0);
+/// Runs that could not be counted because the hash map was full (packets, summed).
 #[map]
 static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Adds a finished run to the slot's hash map.
 #[inline(always)]
-fn bump(map: &PerCpuHashMap<NetKey, NetCounters>, key: &NetKey, len: u64, rx: bool) {
-    if let Some(c) = map.get_ptr_mut(key) {
+fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
+    if let Some(c) = map.get_ptr_mut(&run.key) {
         // Per-CPU value: no other writer can race with this one.
         let c = unsafe { &mut *c };
-        if rx {
-            c.recv_packets += 1;
-            c.recv_bytes += len;
-        } else {
-            c.xmit_packets += 1;
-            c.xmit_bytes += len;
+        c.xmit_packets += run.counts.xmit_packets;
+        c.xmit_bytes += run.counts.xmit_bytes;
+        c.recv_packets += run.counts.recv_packets;
+        c.recv_bytes += run.counts.recv_bytes;
+    } else if map.insert(&run.key, &run.counts, 0).is_err() {
+        if let Some(d) = NET_DROPPED.get_ptr_mut(0) {
+            unsafe { *d += run.counts.xmit_packets + run.counts.recv_packets };
         }
+    }
+}
+
+#[inline(always)]
+fn add(c: &mut NetCounters, len: u64, rx: bool) {
+    if rx {
+        c.recv_packets += 1;
+        c.recv_bytes += len;
+    } else {
+        c.xmit_packets += 1;
+        c.xmit_bytes += len;
+    }
+}
+
+/// Where a packet's device comes from: a pointer whose name is read only when a new run
+/// starts (BTF), or the name itself (classic tracepoint records).
+enum Dev {
+    Ptr(*const u8),
+    Name([u8; IFNAME_LEN]),
+}
+
+#[inline(always)]
+fn count(dev: Dev, len: u32, rx: bool) {
+    let slot = match NET_SLOT.get(0) {
+        Some(&s) if s < NET_SLOTS => s,
+        _ => 0,
+    };
+    let Some(run) = NET_RUN.get_ptr_mut(slot) else {
+        return;
+    };
+    let run = unsafe { &mut *run };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let same_dev = match &dev {
+        Dev::Ptr(p) => run.dev_ptr == *p as u64,
+        Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
+    };
+    if run.valid == 1 && run.pid_tgid == pid_tgid && same_dev {
+        add(&mut run.counts, len as u64, rx);
         return;
     }
-    let mut c = NetCounters::default();
-    if rx {
-        c.recv_packets = 1;
-        c.recv_bytes = len;
-    } else {
-        c.xmit_packets = 1;
-        c.xmit_bytes = len;
-    }
-    if map.insert(key, &c, 0).is_err() {
-        if let Some(d) = NET_DROPPED.get_ptr_mut(0) {
-            unsafe { *d += 1 };
+    if run.valid == 1 {
+        if slot == 0 {
+            flush(&NET_COUNTS_0, run);
+        } else {
+            flush(&NET_COUNTS_1, run);
         }
     }
-}
-
-#[inline(always)]
-fn count(dev: [u8; IFNAME_LEN], len: u32, rx: bool) {
-    let key = NetKey {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    let (dev_ptr, name) = match dev {
+        Dev::Ptr(p) => (p as u64, netdev_name(p)),
+        Dev::Name(n) => (0, n),
+    };
+    run.pid_tgid = pid_tgid;
+    run.dev_ptr = dev_ptr;
+    run.valid = 1;
+    run.key = NetKey {
+        pid: (pid_tgid >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
-        dev,
+        dev: name,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let slot = NET_SLOT.get(0).copied().unwrap_or(0);
-    if slot == 0 {
-        bump(&NET_COUNTS_0, &key, len as u64, rx);
-    } else {
-        bump(&NET_COUNTS_1, &key, len as u64, rx);
-    }
+    run.counts = NetCounters::default();
+    add(&mut run.counts, len as u64, rx);
 }
 
+/// A load from a BTF-typed pointer (tp_btf arguments). The verifier knows the pointee's
+/// type, checks the offset (a constant: it comes from frozen .rodata) against it, and
+/// turns the load into a fault-safe direct access: no probe-read helper call.
+#[inline(always)]
+unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
+}
+
+/// `dev->name`, read as two 8-byte loads.
 #[inline(always)]
 fn netdev_name(dev: *const u8) -> [u8; IFNAME_LEN] {
+    let off = global(&NET_OFFSETS.netdev_name);
+    let lo: u64 = unsafe { btf_load(dev, off) };
+    let hi: u64 = unsafe { btf_load(dev, off + 8) };
     let mut name = [0u8; IFNAME_LEN];
-    let off = global(&NET_OFFSETS.netdev_name) as usize;
-    let _ = unsafe { bpf_probe_read_kernel_buf(dev.wrapping_add(off), &mut name) };
+    name[..8].copy_from_slice(&lo.to_ne_bytes());
+    name[8..].copy_from_slice(&hi.to_ne_bytes());
     name
 }
 
@@ -104,7 +151,7 @@ fn netdev_name(dev: *const u8) -> [u8; IFNAME_LEN] {
 pub fn stapr_net_tx(ctx: BtfTracePointContext) -> u32 {
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
-    count(netdev_name(dev), len, false);
+    count(Dev::Ptr(dev), len, false);
     0
 }
 
@@ -112,13 +159,9 @@ pub fn stapr_net_tx(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn stapr_net_rx(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
-    let len_off = global(&NET_OFFSETS.skb_len) as usize;
-    let dev_off = global(&NET_OFFSETS.skb_dev) as usize;
-    let len = unsafe { bpf_probe_read_kernel(skb.wrapping_add(len_off) as *const u32) };
-    let dev = unsafe { bpf_probe_read_kernel(skb.wrapping_add(dev_off) as *const *const u8) };
-    if let (Ok(len), Ok(dev)) = (len, dev) {
-        count(netdev_name(dev), len, true);
-    }
+    let len: u32 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_len)) };
+    let dev: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_dev)) };
+    count(Dev::Ptr(dev), len, true);
     0
 }
 
@@ -135,7 +178,7 @@ fn classic(ctx: &TracePointContext, len_off: u32, name_off: u32, rx: bool) {
     let mut name = [0u8; IFNAME_LEN];
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut name) };
-    count(name, len, rx);
+    count(Dev::Name(name), len, rx);
 }
 
 #[tracepoint(category = "net", name = "net_dev_xmit")]

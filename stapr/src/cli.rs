@@ -49,10 +49,10 @@ pub struct NettopArgs {
     #[arg(long, value_parser = positive_u64)]
     pub count: Option<u64>,
     /// Only this process (thread group id)
-    #[arg(short, long, value_parser = id)]
+    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
     pub pid: Option<u32>,
     /// Only this user id
-    #[arg(short, long, value_parser = id)]
+    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
     pub uid: Option<u32>,
     /// Only commands containing this text
     #[arg(short, long)]

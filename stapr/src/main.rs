@@ -55,7 +55,14 @@ fn usage_failure(err: clap::Error) -> ExitCode {
             let text = err.render().to_string();
             let line = text.lines().next().unwrap_or("invalid arguments");
             let line = line.strip_prefix("error: ").unwrap_or(line);
-            eprintln!("stapr: {line} (see stapr --help)");
+            // For a bad choice, the choices belong on the same line.
+            let choices = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("[possible values: "))
+                .map(|v| format!(" (one of: {}", v.trim_end_matches(']')))
+                .unwrap_or_default();
+            let tail = if choices.is_empty() { " (see stapr --help)".to_owned() } else { choices + ")" };
+            eprintln!("stapr: {line}{tail}");
             ExitCode::from(2)
         }
     }

@@ -1,1 +1,226 @@
+//! Helpers for stapr's integration tests: find the built binaries, run stapr against a real
+//! kernel, wait for it to attach, and check nothing stays attached afterwards.
+//!
+//! The binaries come from the same cargo profile as the test executable; `cargo xtask test`
+//! builds them first.
 
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// The directory holding the built binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p stapr -p stapr-examples`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+pub fn stapr() -> Command {
+    Command::new(bin("stapr"))
+}
+
+pub fn example(name: &str) -> Command {
+    Command::new(bin(name))
+}
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Tests that attach probes take this lock: they count system-wide events and check that
+/// nothing of stapr's stays loaded, so they must not overlap.
+pub fn kernel_lock() -> MutexGuard<'static, ()> {
+    KERNEL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The result of a finished command.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running stapr whose stderr is watched for the line that says probes are attached.
+pub struct Running {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+const READY: &str = "Ctrl-C to end";
+
+impl Running {
+    pub fn spawn(args: &[&str]) -> Running {
+        let mut child = stapr()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting stapr");
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+            stdout,
+        }
+    }
+
+    /// Waits until stapr says its probes are attached; panics with its stderr otherwise.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains(READY);
+                    self.stderr_seen.push(line);
+                    if ready {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "stapr did not attach within {timeout:?}; stderr:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits for exit (killing it after `timeout`) and collects its output.
+    pub fn finish(mut self, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("waiting for stapr") {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("stapr did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.join().expect("stdout reader");
+        self.stderr_seen.extend(self.stderr_lines.try_iter());
+        // The reader thread may still be draining the last lines.
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr_seen.push(line);
+        }
+        Outcome {
+            status,
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        }
+    }
+}
+
+/// Runs a command to completion with a time limit.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Outcome {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out.expect("collecting output");
+            Outcome {
+                status: out.status,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on a child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Names of loaded eBPF programs that belong to stapr (all are named `stapr_*`).
+pub fn stapr_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("stapr_"))
+        .collect()
+}
+
+/// Asserts that no program of stapr's is loaded: with no pinning, a program outlives
+/// stapr only if something still holds it attached.
+pub fn assert_nothing_attached() {
+    // Program release is deferred to an RCU grace period after the last fd closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = stapr_programs_loaded();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("stapr programs still loaded after exit: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `key=value` pairs from an example's one-line report.
+pub fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_owned()
+}

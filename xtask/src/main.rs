@@ -1,1 +1,73 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | run | test | bench`. Builds on stable Rust alone.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "stapr's setup, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, build stapr (release) and run it with these arguments, as root.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, build, and run every test.
+    Test {
+        /// Passed to `cargo test` (a test name filter, `--nocapture`...)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure what a report costs: the same workload with and without it, alternating.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::all().map(|_| ()),
+        Task::Run { args } => run(&args),
+        Task::Test { args } => test(&args),
+        Task::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::toolchain()?;
+    util::cargo(&["build", "--release", "-p", "stapr"])?;
+    let stapr = util::workspace_root().join("target/release/stapr");
+    util::exec_as_root(&stapr, args)
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    setup::all()?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    // Integration tests drive the stapr binary and the example workloads.
+    util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
+    let mut cmd = vec!["test", "--workspace"];
+    if !args.is_empty() {
+        cmd.push("--");
+        cmd.extend(args.iter().map(String::as_str));
+    }
+    util::cargo(&cmd)
+}

@@ -52,7 +52,7 @@ pub fn has_bpf_privileges(caps: u64) -> bool {
 pub fn prepare() -> Result<()> {
     if !has_bpf_privileges(effective_caps()) {
         return Err(user_error(
-            "stapr needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo",
+            "needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo",
         ));
     }
     raise_limit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY).context("raising RLIMIT_MEMLOCK")?;

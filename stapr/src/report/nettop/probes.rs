@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use probes_common::nettop::{NetCounters, NetKey, NetOffsets};
+use probes_common::nettop::{NetCounters, NetKey, NetOffsets, NetRun};
 
 use crate::runtime::{btf, kernel_btf_present, tracefs, user_error};
 
@@ -146,6 +146,22 @@ impl Probes {
             // A key may vanish only if we removed it already; nothing else deletes.
             let _ = counts.remove(key);
         }
+
+        // Runs still open in each CPU's cache for the drained slot.
+        let mut runs: PerCpuArray<&mut MapData, NetRun> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut("NET_RUN")
+                .ok_or_else(|| anyhow!("map NET_RUN missing from the nettop object"))?,
+        )?;
+        let open = runs.get(&drained, 0).context("reading NET_RUN")?;
+        entries.extend(
+            open.iter()
+                .filter(|r| r.valid == 1)
+                .map(|r| (r.key, r.counts)),
+        );
+        let cpus = open.len();
+        let empty = PerCpuValues::try_from(vec![NetRun::default(); cpus])?;
+        runs.set(drained, empty, 0).context("resetting NET_RUN")?;
         Ok(entries)
     }
 

@@ -1,0 +1,181 @@
+//! nettop against the running kernel: a UDP talker sends a known number of datagrams over
+//! loopback and the report must show them under its PID.
+
+use std::time::Duration;
+
+use integration_tests::{assert_nothing_attached, example, field, kernel_lock, run, Running};
+
+const HEADER: &str = "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        ";
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    rows: usize,
+    xmit_pk: u64,
+    recv_pk: u64,
+    xmit_kb: u64,
+    recv_kb: u64,
+}
+
+/// Parses every report in `stdout` (header, rows, empty line) and sums the rows that
+/// match `pid` and `dev`. Panics on any line that is not in the seed's format.
+fn totals(stdout: &str, pid: u32, dev: &str) -> (usize, Totals) {
+    let mut reports = 0;
+    let mut t = Totals::default();
+    let mut in_report = false;
+    for line in stdout.lines() {
+        if line == HEADER {
+            assert!(!in_report, "header inside a report:\n{stdout}");
+            in_report = true;
+            reports += 1;
+            continue;
+        }
+        if line.is_empty() {
+            assert!(in_report, "stray empty line:\n{stdout}");
+            in_report = false;
+            continue;
+        }
+        assert!(in_report, "row outside a report: {line:?}");
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols.len() >= 8, "short row {line:?}");
+        let num = |i: usize| -> u64 { cols[i].parse().unwrap_or_else(|_| panic!("{line:?}")) };
+        if num(0) == pid as u64 && cols[2] == dev {
+            t.rows += 1;
+            t.xmit_pk += num(3);
+            t.recv_pk += num(4);
+            t.xmit_kb += num(5);
+            t.recv_kb += num(6);
+        }
+    }
+    assert!(!in_report, "last report not ended by an empty line:\n{stdout}");
+    (reports, t)
+}
+
+/// Runs `stapr nettop <args>` (which must end by itself), sends `count` datagrams of
+/// `size` bytes once it is attached, and returns the talker's pid and stapr's stdout.
+fn nettop_with_talker(args: &[&str], count: u64, size: usize) -> (u32, String) {
+    let mut nettop = Running::spawn(args);
+    nettop.wait_ready(Duration::from_secs(30));
+    let talker = run(
+        example("udp_talker").args(["--count", &count.to_string(), "--size", &size.to_string()]),
+        Duration::from_secs(30),
+    );
+    assert!(talker.status.success(), "{talker:?}");
+    let pid: u32 = field(&talker.stdout, "pid").parse().unwrap();
+    let out = nettop.finish(Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    (pid, out.stdout)
+}
+
+fn check_loopback_counts(probe: &str) {
+    let _k = kernel_lock();
+    const N: u64 = 2000;
+    const SIZE: usize = 1000;
+    let args = ["nettop", "-i", "1", "--count", "2", "--probe", probe];
+    let (pid, stdout) = nettop_with_talker(&args, N, SIZE);
+    let (reports, t) = totals(&stdout, pid, "lo");
+    assert_eq!(reports, 2, "--count 2 must print two reports:\n{stdout}");
+    assert!(t.rows >= 1, "no row for the talker (pid {pid}) on lo:\n{stdout}");
+    assert!(t.xmit_pk >= N, "XMIT_PK {} < {N}:\n{stdout}", t.xmit_pk);
+    assert!(t.recv_pk >= N, "RECV_PK {} < {N}:\n{stdout}", t.recv_pk);
+    // Each datagram carries SIZE bytes of payload plus UDP, IP and link headers (< 64 B).
+    // KB is rounded down per row, so allow one KB per row below the exact payload sum.
+    let low = N * SIZE as u64 / 1024 - t.rows as u64;
+    let high = t.xmit_pk * (SIZE as u64 + 64) / 1024;
+    assert!(
+        (low..=high).contains(&t.xmit_kb),
+        "XMIT_KB {} not in {low}..={high}:\n{stdout}",
+        t.xmit_kb
+    );
+    assert!(
+        (low..=high).contains(&t.recv_kb),
+        "RECV_KB {} not in {low}..={high}:\n{stdout}",
+        t.recv_kb
+    );
+    assert_nothing_attached();
+}
+
+#[test]
+fn loopback_udp_btf_tracepoints() {
+    check_loopback_counts("tp-btf");
+}
+
+#[test]
+fn loopback_udp_classic_tracepoints() {
+    check_loopback_counts("tracepoint");
+}
+
+#[test]
+fn loopback_udp_auto_picks_btf_here() {
+    let _k = kernel_lock();
+    let mut nettop = Running::spawn(&["nettop", "-i", "1", "--count", "1"]);
+    nettop.wait_ready(Duration::from_secs(30));
+    let out = nettop.finish(Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("BTF tracepoints (tp_btf)"), "{}", out.stderr);
+    assert_nothing_attached();
+}
+
+#[test]
+fn filters_keep_only_matching_rows() {
+    let _k = kernel_lock();
+    let args = [
+        "nettop", "-i", "1", "--count", "2", "-c", "udp_talk", "-d", "lo", "-s", "xmit_pk",
+    ];
+    let (pid, stdout) = nettop_with_talker(&args, 500, 200);
+    let (_, t) = totals(&stdout, pid, "lo");
+    assert!(t.xmit_pk >= 500, "talker missing:\n{stdout}");
+    for line in stdout.lines().filter(|l| !l.is_empty() && *l != HEADER) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[2], "lo", "{line:?}");
+        assert!(cols[7].contains("udp_talk"), "{line:?}");
+    }
+    assert_nothing_attached();
+}
+
+#[test]
+fn rows_limit() {
+    let _k = kernel_lock();
+    let (_, stdout) = nettop_with_talker(&["nettop", "-i", "1", "--count", "1", "-r", "1"], 50, 10);
+    let rows = stdout.lines().filter(|l| !l.is_empty() && *l != HEADER).count();
+    assert!(rows <= 1, "-r 1 printed {rows} rows:\n{stdout}");
+    assert_nothing_attached();
+}
+
+fn check_signal_prints_last_interval(sig: i32) {
+    let _k = kernel_lock();
+    // An interval far longer than the test: only the signal can make it report.
+    let mut nettop = Running::spawn(&["nettop", "-i", "600"]);
+    nettop.wait_ready(Duration::from_secs(30));
+    let talker = run(example("udp_talker").args(["--count", "300"]), Duration::from_secs(30));
+    assert!(talker.status.success(), "{talker:?}");
+    let pid: u32 = field(&talker.stdout, "pid").parse().unwrap();
+    nettop.signal(sig);
+    let out = nettop.finish(Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (reports, t) = totals(&out.stdout, pid, "lo");
+    assert_eq!(reports, 1, "{}", out.stdout);
+    assert!(t.xmit_pk >= 300, "the final report must hold the interval:\n{}", out.stdout);
+    assert_nothing_attached();
+}
+
+#[test]
+fn sigint_prints_the_current_interval_and_exits_zero() {
+    check_signal_prints_last_interval(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_prints_the_current_interval_and_exits_zero() {
+    check_signal_prints_last_interval(libc::SIGTERM);
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    let _k = kernel_lock();
+    let mut nettop = Running::spawn(&["nettop", "-i", "600"]);
+    nettop.wait_ready(Duration::from_secs(30));
+    assert!(!integration_tests::stapr_programs_loaded().is_empty());
+    nettop.signal(libc::SIGKILL);
+    let out = nettop.finish(Duration::from_secs(5));
+    assert_eq!(out.status.code(), None, "{out:?}");
+    assert_nothing_attached();
+}

@@ -1,0 +1,214 @@
+//! `cargo xtask bench <report>`: the same workload with and without the report running,
+//! alternating in one invocation so drift on a shared machine hits both sides alike.
+//! Prints each round, then the medians, the added ns per event, and the ratio.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+
+use crate::util::{cargo, is_root, workspace_root};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Report {
+    /// Loopback UDP: ns per datagram sent and received (one transmit + one receive event).
+    Nettop,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    report: Report,
+    /// Rounds of each side (without, with), alternating.
+    #[arg(long, default_value_t = 31)]
+    rounds: usize,
+    /// Events (packets, reads...) per round.
+    #[arg(long, default_value_t = 50_000)]
+    events: u64,
+    /// Print every round.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    workspace_root().join("target/release").join(name)
+}
+
+/// Runs stapr with `args` until it says its probes are attached.
+fn start_stapr(args: &[&str]) -> Result<Child> {
+    let mut child = Command::new(bin("stapr"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting stapr")?;
+    let stderr = child.stderr.take().context("stapr stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("Ctrl-C to end") => break,
+            Some(Ok(_)) if Instant::now() < deadline => continue,
+            other => {
+                let _ = child.kill();
+                bail!("stapr did not attach: {other:?}");
+            }
+        }
+    }
+    // Keep draining stderr so stapr never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(child)
+}
+
+fn stop_stapr(mut child: Child) -> Result<()> {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("stapr exited with {st}");
+    }
+    Ok(())
+}
+
+/// One run of the workload; returns ns per event.
+fn workload(report: Report, events: u64) -> Result<f64> {
+    match report {
+        Report::Nettop => {
+            let out = Command::new(bin("udp_talker"))
+                .args(["--count", &events.to_string(), "--size", "64"])
+                .output()
+                .context("running udp_talker")?;
+            if !out.status.success() {
+                bail!("udp_talker failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("ns_per_packet="))
+                .context("udp_talker printed no ns_per_packet")?
+                .parse()
+                .context("parsing ns_per_packet")
+        }
+    }
+}
+
+fn stapr_args(report: Report) -> &'static [&'static str] {
+    match report {
+        Report::Nettop => &["nettop", "-i", "5"],
+    }
+}
+
+fn event_name(report: Report) -> &'static str {
+    match report {
+        Report::Nettop => "packet",
+    }
+}
+
+/// Sum of `run_time_ns` and `run_cnt` over the eBPF programs a process holds open, from
+/// /proc/PID/fdinfo (filled while kernel.bpf_stats_enabled is 1).
+fn program_stats(pid: u32) -> Result<(u64, u64)> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let (mut ns, mut runs) = (0, 0);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if !text.contains("prog_id:") {
+            continue;
+        }
+        let get = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        ns += get("run_time_ns:");
+        runs += get("run_cnt:");
+    }
+    Ok((ns, runs))
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// In-kernel time of the report's programs per workload event, measured by the kernel's
+/// own BPF run-time statistics (which add their own small cost, so this run is separate
+/// from the timed rounds).
+fn in_kernel_cost(report: Report, events: u64) -> Result<(f64, f64)> {
+    let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let child = start_stapr(stapr_args(report))?;
+        let pid = child.id();
+        let run = workload(report, events);
+        let stats = program_stats(pid);
+        stop_stapr(child)?;
+        run?;
+        stats
+    })();
+    let _ = std::fs::write(BPF_STATS, before.trim());
+    let (ns, runs) = result?;
+    if runs == 0 {
+        bail!("the report's programs never ran");
+    }
+    Ok((ns as f64 / events as f64, runs as f64 / events as f64))
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach eBPF probes: run `cargo xtask bench` as root");
+    }
+    crate::setup::toolchain()?;
+    cargo(&["build", "--release", "-p", "stapr", "-p", "stapr-examples"])?;
+    let report = args.report;
+    let event = event_name(report);
+    // An untimed run warms caches and the CPU before the first round.
+    workload(report, args.events)?;
+    let (mut without, mut with, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let a = workload(report, args.events)?;
+        let child = start_stapr(stapr_args(report))?;
+        let b = workload(report, args.events);
+        stop_stapr(child)?;
+        let b = b?;
+        if args.verbose {
+            eprintln!("round {round:3}: without {a:8.1}  with {b:8.1} ns/{event}");
+        }
+        without.push(a);
+        with.push(b);
+        diffs.push(b - a);
+    }
+    let (m0, m1) = (median(&without), median(&with));
+    println!(
+        "{} rounds of {} {event}s each, alternating without/with `stapr {}`:",
+        args.rounds,
+        args.events,
+        stapr_args(report).join(" ")
+    );
+    println!("  without stapr   median {m0:8.1} ns/{event}");
+    println!("  with stapr      median {m1:8.1} ns/{event}");
+    println!(
+        "  added           {:+8.1} ns/{event} (median of paired differences), ratio {:.3}",
+        median(&diffs),
+        m1 / m0
+    );
+    let (ns, runs) = in_kernel_cost(report, args.events)?;
+    println!(
+        "  in-kernel probe time {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
+    );
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Process helpers for the tasks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command to completion; fails with its name when it fails.
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{} failed ({st})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or None when it cannot run or fails.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
+
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `program args` as root: directly when we are root, through sudo otherwise.
+pub fn exec_as_root(program: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = if is_root() {
+        Command::new(program)
+    } else if output("sudo", &["-V"]).is_some() {
+        let mut c = Command::new("sudo");
+        c.arg("--").arg(program);
+        c
+    } else {
+        bail!(
+            "stapr needs root and sudo is not installed: run `{} {}` as root",
+            program.display(),
+            args.join(" ")
+        );
+    };
+    let st = cmd.args(args).status().context("starting stapr")?;
+    std::process::exit(st.code().unwrap_or(1));
+}
