@@ -49,6 +49,9 @@ static NET_RUN: PerCpuArray<NetRun> = PerCpuArray::with_max_entries(NET_SLOTS, 0
 static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds a finished run to the slot's hash map.
+// The key and value are passed by reference on purpose: they point into the run cache
+// (map memory the helpers accept), where passing by value would copy them to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
     if let Some(c) = map.get_ptr_mut(&run.key) {

@@ -61,7 +61,11 @@ fn usage_failure(err: clap::Error) -> ExitCode {
                 .find_map(|l| l.trim().strip_prefix("[possible values: "))
                 .map(|v| format!(" (one of: {}", v.trim_end_matches(']')))
                 .unwrap_or_default();
-            let tail = if choices.is_empty() { " (see stapr --help)".to_owned() } else { choices + ")" };
+            let tail = if choices.is_empty() {
+                " (see stapr --help)".to_owned()
+            } else {
+                choices + ")"
+            };
             eprintln!("stapr: {line}{tail}");
             ExitCode::from(2)
         }

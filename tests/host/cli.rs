@@ -10,7 +10,11 @@ fn assert_usage_error(out: &Outcome, mentions: &str) {
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line: {:?}", out.stderr);
     assert!(lines[0].starts_with("stapr: "), "{:?}", lines[0]);
-    assert!(lines[0].contains(mentions), "{:?} lacks {mentions:?}", lines[0]);
+    assert!(
+        lines[0].contains(mentions),
+        "{:?} lacks {mentions:?}",
+        lines[0]
+    );
 }
 
 fn stapr_with(args: &[&str]) -> Outcome {
@@ -24,7 +28,10 @@ fn zero_interval() {
 
 #[test]
 fn non_numeric_interval() {
-    assert_usage_error(&stapr_with(&["nettop", "-i", "abc"]), "invalid duration 'abc'");
+    assert_usage_error(
+        &stapr_with(&["nettop", "-i", "abc"]),
+        "invalid duration 'abc'",
+    );
 }
 
 #[test]
@@ -45,7 +52,10 @@ fn unknown_report() {
 #[test]
 fn not_root() {
     let out = run(
-        stapr().args(["nettop", "-i", "1", "--count", "1"]).uid(65534).gid(65534),
+        stapr()
+            .args(["nettop", "-i", "1", "--count", "1"])
+            .uid(65534)
+            .gid(65534),
         Duration::from_secs(20),
     );
     assert_usage_error(&out, "needs root (or CAP_BPF and CAP_PERFMON)");
@@ -55,7 +65,10 @@ fn not_root() {
 fn help_and_version_exit_zero() {
     let out = stapr_with(&["nettop", "--help"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(out.stdout.contains("softirq"), "help must say how receives are charged");
+    assert!(
+        out.stdout.contains("softirq"),
+        "help must say how receives are charged"
+    );
     let out = stapr_with(&["--version"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.starts_with("stapr "), "{out:?}");

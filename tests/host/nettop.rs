@@ -46,7 +46,10 @@ fn totals(stdout: &str, pid: u32, dev: &str) -> (usize, Totals) {
             t.recv_kb += num(6);
         }
     }
-    assert!(!in_report, "last report not ended by an empty line:\n{stdout}");
+    assert!(
+        !in_report,
+        "last report not ended by an empty line:\n{stdout}"
+    );
     (reports, t)
 }
 
@@ -74,7 +77,10 @@ fn check_loopback_counts(probe: &str) {
     let (pid, stdout) = nettop_with_talker(&args, N, SIZE);
     let (reports, t) = totals(&stdout, pid, "lo");
     assert_eq!(reports, 2, "--count 2 must print two reports:\n{stdout}");
-    assert!(t.rows >= 1, "no row for the talker (pid {pid}) on lo:\n{stdout}");
+    assert!(
+        t.rows >= 1,
+        "no row for the talker (pid {pid}) on lo:\n{stdout}"
+    );
     assert!(t.xmit_pk >= N, "XMIT_PK {} < {N}:\n{stdout}", t.xmit_pk);
     assert!(t.recv_pk >= N, "RECV_PK {} < {N}:\n{stdout}", t.recv_pk);
     // Each datagram carries SIZE bytes of payload plus UDP, IP and link headers (< 64 B).
@@ -111,7 +117,11 @@ fn loopback_udp_auto_picks_btf_here() {
     nettop.wait_ready(Duration::from_secs(30));
     let out = nettop.finish(Duration::from_secs(30));
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stderr.contains("BTF tracepoints (tp_btf)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("BTF tracepoints (tp_btf)"),
+        "{}",
+        out.stderr
+    );
     assert_nothing_attached();
 }
 
@@ -136,7 +146,10 @@ fn filters_keep_only_matching_rows() {
 fn rows_limit() {
     let _k = kernel_lock();
     let (_, stdout) = nettop_with_talker(&["nettop", "-i", "1", "--count", "1", "-r", "1"], 50, 10);
-    let rows = stdout.lines().filter(|l| !l.is_empty() && *l != HEADER).count();
+    let rows = stdout
+        .lines()
+        .filter(|l| !l.is_empty() && *l != HEADER)
+        .count();
     assert!(rows <= 1, "-r 1 printed {rows} rows:\n{stdout}");
     assert_nothing_attached();
 }
@@ -146,7 +159,10 @@ fn check_signal_prints_last_interval(sig: i32) {
     // An interval far longer than the test: only the signal can make it report.
     let mut nettop = Running::spawn(&["nettop", "-i", "600"]);
     nettop.wait_ready(Duration::from_secs(30));
-    let talker = run(example("udp_talker").args(["--count", "300"]), Duration::from_secs(30));
+    let talker = run(
+        example("udp_talker").args(["--count", "300"]),
+        Duration::from_secs(30),
+    );
     assert!(talker.status.success(), "{talker:?}");
     let pid: u32 = field(&talker.stdout, "pid").parse().unwrap();
     nettop.signal(sig);
@@ -154,7 +170,11 @@ fn check_signal_prints_last_interval(sig: i32) {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let (reports, t) = totals(&out.stdout, pid, "lo");
     assert_eq!(reports, 1, "{}", out.stdout);
-    assert!(t.xmit_pk >= 300, "the final report must hold the interval:\n{}", out.stdout);
+    assert!(
+        t.xmit_pk >= 300,
+        "the final report must hold the interval:\n{}",
+        out.stdout
+    );
     assert_nothing_attached();
 }
 
@@ -177,5 +197,111 @@ fn sigkill_leaves_nothing_attached() {
     nettop.signal(libc::SIGKILL);
     let out = nettop.finish(Duration::from_secs(5));
     assert_eq!(out.status.code(), None, "{out:?}");
+    assert_nothing_attached();
+}
+
+/// Two network namespaces joined by a veth pair: a real device pair, with names of its
+/// own, whose traffic never leaves this machine. Removed on drop.
+struct VethPair;
+
+const NS_A: &str = "stapr-test-a";
+const NS_B: &str = "stapr-test-b";
+
+fn ip(args: &[&str]) {
+    let out = run(
+        std::process::Command::new("ip").args(args),
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+impl VethPair {
+    fn new() -> VethPair {
+        let _ = run(
+            std::process::Command::new("ip").args(["netns", "del", NS_A]),
+            Duration::from_secs(10),
+        );
+        let _ = run(
+            std::process::Command::new("ip").args(["netns", "del", NS_B]),
+            Duration::from_secs(10),
+        );
+        ip(&["netns", "add", NS_A]);
+        ip(&["netns", "add", NS_B]);
+        let pair = VethPair;
+        ip(&[
+            "link", "add", "stapr-va", "netns", NS_A, "type", "veth", "peer", "name", "stapr-vb",
+            "netns", NS_B,
+        ]);
+        for (ns, dev, addr) in [
+            (NS_A, "stapr-va", "10.211.0.1/30"),
+            (NS_B, "stapr-vb", "10.211.0.2/30"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [NS_A, NS_B] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn veth_device_names_and_counts() {
+    let _k = kernel_lock();
+    let _pair = VethPair::new();
+    const N: u64 = 400;
+    let mut nettop = Running::spawn(&["nettop", "-i", "1", "--count", "2"]);
+    nettop.wait_ready(Duration::from_secs(30));
+    let talker_bin = integration_tests::bin("udp_talker");
+    let talker = run(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", NS_A])
+            .arg(talker_bin)
+            .args([
+                "--count",
+                &N.to_string(),
+                "--size",
+                "300",
+                "--to",
+                "10.211.0.2:9",
+            ]),
+        Duration::from_secs(30),
+    );
+    assert!(talker.status.success(), "{talker:?}");
+    let pid: u32 = field(&talker.stdout, "pid").parse().unwrap();
+    let out = nettop.finish(Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    // Sent on stapr-va; veth delivers to stapr-vb in the sender's context, so the
+    // receive is charged to the talker too (softirq accounting, as SystemTap did).
+    let (_, tx) = totals(&out.stdout, pid, "stapr-va");
+    let (_, rx) = totals(&out.stdout, pid, "stapr-vb");
+    assert!(
+        tx.xmit_pk >= N,
+        "XMIT_PK on stapr-va {} < {N}:\n{}",
+        tx.xmit_pk,
+        out.stdout
+    );
+    assert!(
+        rx.recv_pk >= N,
+        "RECV_PK on stapr-vb {} < {N}:\n{}",
+        rx.recv_pk,
+        out.stdout
+    );
+    let low = N * 300 / 1024 - tx.rows as u64;
+    assert!(
+        tx.xmit_kb >= low,
+        "XMIT_KB {} < {low}:\n{}",
+        tx.xmit_kb,
+        out.stdout
+    );
     assert_nothing_attached();
 }

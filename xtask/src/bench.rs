@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Events (packets, reads...) per round.
     #[arg(long, default_value_t = 50_000)]
     events: u64,
+    /// CPU the workload is pinned to, so every round runs on the same core.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
     /// Print every round.
     #[arg(short, long)]
     verbose: bool,
@@ -43,6 +46,13 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+fn quartiles(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.75))
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -87,15 +97,19 @@ fn stop_stapr(mut child: Child) -> Result<()> {
 }
 
 /// One run of the workload; returns ns per event.
-fn workload(report: Report, events: u64) -> Result<f64> {
+fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
     match report {
         Report::Nettop => {
             let out = Command::new(bin("udp_talker"))
                 .args(["--count", &events.to_string(), "--size", "64"])
+                .args(["--cpu", &cpu.to_string()])
                 .output()
                 .context("running udp_talker")?;
             if !out.status.success() {
-                bail!("udp_talker failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "udp_talker failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             let text = String::from_utf8_lossy(&out.stdout);
             text.split_whitespace()
@@ -148,13 +162,13 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// In-kernel time of the report's programs per workload event, measured by the kernel's
 /// own BPF run-time statistics (which add their own small cost, so this run is separate
 /// from the timed rounds).
-fn in_kernel_cost(report: Report, events: u64) -> Result<(f64, f64)> {
+fn in_kernel_cost(report: Report, events: u64, cpu: usize) -> Result<(f64, f64)> {
     let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let result = (|| {
         let child = start_stapr(stapr_args(report))?;
         let pid = child.id();
-        let run = workload(report, events);
+        let run = workload(report, events, cpu);
         let stats = program_stats(pid);
         stop_stapr(child)?;
         run?;
@@ -177,12 +191,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let report = args.report;
     let event = event_name(report);
     // An untimed run warms caches and the CPU before the first round.
-    workload(report, args.events)?;
+    workload(report, args.events, args.cpu)?;
     let (mut without, mut with, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let a = workload(report, args.events)?;
+        let a = workload(report, args.events, args.cpu)?;
         let child = start_stapr(stapr_args(report))?;
-        let b = workload(report, args.events);
+        let b = workload(report, args.events, args.cpu);
         stop_stapr(child)?;
         let b = b?;
         if args.verbose {
@@ -194,19 +208,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (m0, m1) = (median(&without), median(&with));
     println!(
-        "{} rounds of {} {event}s each, alternating without/with `stapr {}`:",
+        "{} rounds of {} {event}s each on CPU {}, alternating without/with `stapr {}`:",
         args.rounds,
         args.events,
+        args.cpu,
         stapr_args(report).join(" ")
     );
+    let added = median(&diffs);
+    let (q1, q3) = quartiles(&diffs);
     println!("  without stapr   median {m0:8.1} ns/{event}");
     println!("  with stapr      median {m1:8.1} ns/{event}");
     println!(
-        "  added           {:+8.1} ns/{event} (median of paired differences), ratio {:.3}",
-        median(&diffs),
-        m1 / m0
+        "  added           {added:+8.1} ns/{event} (median of paired differences; middle half {q1:+.1} to {q3:+.1}), ratio {:.3}",
+        (m0 + added) / m0
     );
-    let (ns, runs) = in_kernel_cost(report, args.events)?;
+    let (ns, runs) = in_kernel_cost(report, args.events, args.cpu)?;
     println!(
         "  in-kernel probe time {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
     );

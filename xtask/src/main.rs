@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "stapr's setup, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "stapr's setup, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -36,6 +39,7 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    util::cargo_bin_on_path();
     let result = match cli.task {
         Task::Setup => setup::all().map(|_| ()),
         Task::Run { args } => run(&args),
@@ -61,7 +65,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 fn test(args: &[String]) -> anyhow::Result<()> {
     setup::all()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
-    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     // Integration tests drive the stapr binary and the example workloads.
     util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
     let mut cmd = vec!["test", "--workspace"];

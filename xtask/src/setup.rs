@@ -44,8 +44,9 @@ fn rust_src(sysroot: &Path) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src (the eBPF target builds core from source)");
-    status(Command::new("rustup").args(["component", "add", "rust-src"]))
-        .context("`rustup component add rust-src` failed: check network access to the Rust dist server")
+    status(Command::new("rustup").args(["component", "add", "rust-src"])).context(
+        "`rustup component add rust-src` failed: check network access to the Rust dist server",
+    )
 }
 
 /// The libLLVM shared object of this toolchain, e.g. `libLLVM.so.22.1-rust-1.95.0-stable`.
@@ -75,10 +76,13 @@ fn llvm_major() -> Result<String> {
 fn bpf_linker(sysroot: &Path) -> Result<()> {
     let so = toolchain_llvm(sysroot)?;
     // Installed, runs, and linked against this toolchain's LLVM: nothing to do.
-    let works = output("bpf-linker", &["--version"])
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
-    let linked_here = output("sh", &["-c", "ldd \"$(command -v bpf-linker)\""])
-        .is_some_and(|ldd| ldd.lines().any(|l| l.contains(&so) && !l.contains("not found")));
+    let works =
+        output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linked_here =
+        output("sh", &["-c", "ldd \"$(command -v bpf-linker)\""]).is_some_and(|ldd| {
+            ldd.lines()
+                .any(|l| l.contains(&so) && !l.contains("not found"))
+        });
     if works && linked_here {
         return Ok(());
     }
@@ -142,7 +146,8 @@ pub fn packages(wanted: &[&str]) -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
-    apt(&["update", "-q"]).context("`apt-get update` failed: check network access to Debian's archive")?;
+    apt(&["update", "-q"])
+        .context("`apt-get update` failed: check network access to Debian's archive")?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(missing.iter().map(String::as_str));
     apt(&install).with_context(|| format!("`apt-get install {list}` failed"))

@@ -70,3 +70,22 @@ pub fn exec_as_root(program: &Path, args: &[String]) -> Result<()> {
     let st = cmd.args(args).status().context("starting stapr")?;
     std::process::exit(st.code().unwrap_or(1));
 }
+
+/// `cargo install` puts bpf-linker in $CARGO_HOME/bin; the eBPF build finds it on PATH.
+pub fn cargo_bin_on_path() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let Some(bin) = home.map(|h| h.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // SAFETY: called at start-up, before any thread is spawned.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Prints one line: `pid=<pid> sent=<n> size=<bytes> ns_per_packet=<ns>`.
 //!
-//! usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT]
+//! usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT] [--cpu N]
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -16,6 +16,7 @@ fn main() -> Result<()> {
     let mut count: u64 = 1000;
     let mut size: usize = 1000;
     let mut to: Option<SocketAddr> = None;
+    let mut cpu: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -23,15 +24,25 @@ fn main() -> Result<()> {
             "--count" => count = value()?.parse()?,
             "--size" => size = value()?.parse()?,
             "--to" => to = Some(value()?.parse()?),
-            _ => bail!("unknown argument {a}; usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT]"),
+            "--cpu" => cpu = Some(value()?.parse()?),
+            _ => bail!(
+                "unknown argument {a}; usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT] [--cpu N]"
+            ),
         }
+    }
+    if let Some(cpu) = cpu {
+        stapr_examples::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     let receiver = UdpSocket::bind("127.0.0.1:0")?;
     let dest = match to {
         Some(addr) => addr,
         None => receiver.local_addr()?,
     };
-    let sender = UdpSocket::bind(if dest.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    let sender = UdpSocket::bind(if dest.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
     receiver.set_nonblocking(true)?;
     let payload = vec![0x5au8; size];
     let mut buf = vec![0u8; size.max(1)];

@@ -108,7 +108,11 @@ impl Btf {
                             name_off: u32_at(types_raw, off)?,
                             type_id: u32_at(types_raw, off + 4)?,
                             // With kind_flag the top 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                         off += 12;
                     }
@@ -230,7 +234,13 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
         data.extend_from_slice(&types);

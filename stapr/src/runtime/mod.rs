@@ -114,7 +114,11 @@ pub enum Stop {
 /// Calls `report` every `interval` until `count` reports were made or SIGINT/SIGTERM
 /// arrives; on a signal it reports the interval in progress once more, as SystemTap's
 /// `probe end` does.
-pub async fn every_interval<F>(interval: Duration, count: Option<u64>, mut report: F) -> Result<Stop>
+pub async fn every_interval<F>(
+    interval: Duration,
+    count: Option<u64>,
+    mut report: F,
+) -> Result<Stop>
 where
     F: FnMut() -> Result<()>,
 {

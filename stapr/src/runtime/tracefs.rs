@@ -49,7 +49,7 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
 }
 
 /// Finds `offset:N;` on the line that declares `field`, e.g.
-/// `field:__data_loc char[] name;	offset:24;	size:4;	signed:0;`.
+/// `field:__data_loc char[] name; offset:24; size:4; signed:0;`.
 pub fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?;

@@ -102,9 +102,8 @@ pub fn snapshot(
         .filter(|r| filter.keeps(r))
         .collect();
     // Largest first for the counters; ties broken so the order is stable between runs.
-    let tie = |a: &Row, b: &Row| {
-        (a.pid, &a.dev, &a.comm, a.uid).cmp(&(b.pid, &b.dev, &b.comm, b.uid))
-    };
+    let tie =
+        |a: &Row, b: &Row| (a.pid, &a.dev, &a.comm, a.uid).cmp(&(b.pid, &b.dev, &b.comm, b.uid));
     rows.sort_by(|a, b| {
         let primary = match sort {
             SortKey::XmitPk => b.xmit_packets.cmp(&a.xmit_packets),
@@ -174,20 +173,62 @@ pub(crate) mod tests {
     #[test]
     fn other_sort_keys() {
         let f = Filter::default();
-        assert_eq!(pids(&snapshot(sample(), &f, SortKey::XmitPk, None)), [9, 15337, 31485]);
-        assert_eq!(pids(&snapshot(sample(), &f, SortKey::XmitKb, None)), [15337, 9, 31485]);
-        assert_eq!(pids(&snapshot(sample(), &f, SortKey::RecvKb, None)), [15337, 31485, 9]);
-        assert_eq!(pids(&snapshot(sample(), &f, SortKey::Pid, None)), [9, 15337, 31485]);
+        assert_eq!(
+            pids(&snapshot(sample(), &f, SortKey::XmitPk, None)),
+            [9, 15337, 31485]
+        );
+        assert_eq!(
+            pids(&snapshot(sample(), &f, SortKey::XmitKb, None)),
+            [15337, 9, 31485]
+        );
+        assert_eq!(
+            pids(&snapshot(sample(), &f, SortKey::RecvKb, None)),
+            [15337, 31485, 9]
+        );
+        assert_eq!(
+            pids(&snapshot(sample(), &f, SortKey::Pid, None)),
+            [9, 15337, 31485]
+        );
     }
 
     #[test]
     fn filters_and_limit() {
         let by = |f: Filter| pids(&snapshot(sample(), &f, SortKey::RecvPk, None));
-        assert_eq!(by(Filter { pid: Some(31485), ..Default::default() }), [31485]);
-        assert_eq!(by(Filter { uid: Some(0), ..Default::default() }), [9]);
-        assert_eq!(by(Filter { comm: Some("http".into()), ..Default::default() }), [15337]);
-        assert_eq!(by(Filter { dev: Some("lo".into()), ..Default::default() }), [9]);
-        assert_eq!(by(Filter { dev: Some("eth".into()), ..Default::default() }), [] as [u32; 0]);
+        assert_eq!(
+            by(Filter {
+                pid: Some(31485),
+                ..Default::default()
+            }),
+            [31485]
+        );
+        assert_eq!(
+            by(Filter {
+                uid: Some(0),
+                ..Default::default()
+            }),
+            [9]
+        );
+        assert_eq!(
+            by(Filter {
+                comm: Some("http".into()),
+                ..Default::default()
+            }),
+            [15337]
+        );
+        assert_eq!(
+            by(Filter {
+                dev: Some("lo".into()),
+                ..Default::default()
+            }),
+            [9]
+        );
+        assert_eq!(
+            by(Filter {
+                dev: Some("eth".into()),
+                ..Default::default()
+            }),
+            [] as [u32; 0]
+        );
         let s = snapshot(sample(), &Filter::default(), SortKey::RecvPk, Some(2));
         assert_eq!(pids(&s), [15337, 31485]);
     }

@@ -53,7 +53,9 @@ impl Probes {
             ProbeKind::TpBtf => Self::attach_btf(),
             ProbeKind::Tracepoint => Self::attach_classic(),
             ProbeKind::Auto => Self::attach_btf().or_else(|err| {
-                eprintln!("stapr: BTF tracepoints unavailable ({err:#}); using classic tracepoints");
+                eprintln!(
+                    "stapr: BTF tracepoints unavailable ({err:#}); using classic tracepoints"
+                );
                 Self::attach_classic()
             }),
         }
@@ -74,8 +76,10 @@ impl Probes {
         };
         let mut ebpf = load(&offsets)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        for (prog, tp) in [("stapr_net_tx", "net_dev_xmit"), ("stapr_net_rx", "netif_receive_skb")]
-        {
+        for (prog, tp) in [
+            ("stapr_net_tx", "net_dev_xmit"),
+            ("stapr_net_rx", "netif_receive_skb"),
+        ] {
             let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
             p.load(tp, &aya_btf)
                 .with_context(|| format!("loading BTF tracepoint {tp}"))?;
@@ -125,7 +129,8 @@ impl Probes {
                 .map_mut("NET_SLOT")
                 .ok_or_else(|| anyhow!("map NET_SLOT missing from the nettop object"))?,
         )?;
-        slot.set(0, self.slot, 0).context("switching nettop's counter map")?;
+        slot.set(0, self.slot, 0)
+            .context("switching nettop's counter map")?;
         // Let a probe that read the old slot just before the switch finish its update.
         std::thread::sleep(Duration::from_millis(1));
 

@@ -45,7 +45,10 @@ mod tests {
         // The seed's second sample, reproduced from the same counts.
         let s = snapshot(
             vec![
-                (key(15337, 48, "eth0", "httpd"), counters(4, 5 * 1024 + 300, 5, 400)),
+                (
+                    key(15337, 48, "eth0", "httpd"),
+                    counters(4, 5 * 1024 + 300, 5, 400),
+                ),
                 (key(31485, 500, "eth0", "sshd"), counters(1, 200, 1, 52)),
             ],
             &Filter::default(),
@@ -90,7 +93,10 @@ mod tests {
     #[test]
     fn every_line_fits_80_columns() {
         let s = snapshot(
-            vec![(key(99999, 99999, "wlp2s0", "fifteen-chars-x"), counters(9999999, 0, 9999999, 0))],
+            vec![(
+                key(99999, 99999, "wlp2s0", "fifteen-chars-x"),
+                counters(9999999, 0, 9999999, 0),
+            )],
             &Filter::default(),
             SortKey::RecvPk,
             None,
