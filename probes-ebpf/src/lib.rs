@@ -14,3 +14,15 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 pub fn global<T: Copy>(value: &T) -> T {
     unsafe { core::ptr::read_volatile(value) }
 }
+
+/// A load from a BTF-typed kernel pointer (tp_btf arguments, `bpf_task_pt_regs()`). The
+/// verifier knows the pointee's type, checks the offset (a constant: it comes from frozen
+/// .rodata) against it, and turns the load into a fault-safe direct access: no
+/// probe-read helper call.
+///
+/// # Safety
+/// `base` must be a BTF-typed pointer the verifier tracks and `off` a member offset.
+#[inline(always)]
+pub unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
+}

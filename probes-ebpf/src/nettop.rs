@@ -6,6 +6,9 @@
 //! (see `NET_SLOT`) so user space drains one while the probes fill the other.
 #![no_std]
 #![no_main]
+// Map keys and values are passed by reference: many live in map memory, which the
+// helpers accept directly, where passing by value would copy them to the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
@@ -18,7 +21,7 @@ use probes_common::{
     nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_MAX_ENTRIES, NET_SLOTS},
     IFNAME_LEN,
 };
-use probes_ebpf::global;
+use probes_ebpf::{btf_load, global};
 
 #[unsafe(no_mangle)]
 static NET_OFFSETS: NetOffsets = NetOffsets {
@@ -49,9 +52,6 @@ static NET_RUN: PerCpuArray<NetRun> = PerCpuArray::with_max_entries(NET_SLOTS, 0
 static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds a finished run to the slot's hash map.
-// The key and value are passed by reference on purpose: they point into the run cache
-// (map memory the helpers accept), where passing by value would copy them to the stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
     if let Some(c) = map.get_ptr_mut(&run.key) {
@@ -127,14 +127,6 @@ fn count(dev: Dev, len: u32, rx: bool) {
     };
     run.counts = NetCounters::default();
     add(&mut run.counts, len as u64, rx);
-}
-
-/// A load from a BTF-typed pointer (tp_btf arguments). The verifier knows the pointee's
-/// type, checks the offset (a constant: it comes from frozen .rodata) against it, and
-/// turns the load into a fault-safe direct access: no probe-read helper call.
-#[inline(always)]
-unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
-    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
 }
 
 /// `dev->name`, read as two 8-byte loads.

@@ -10,7 +10,7 @@ use clap::{error::ErrorKind, Parser};
 
 use crate::{
     cli::{Cli, Command},
-    report::nettop,
+    report::{nettop, slowopen},
     runtime::UserError,
 };
 
@@ -32,6 +32,16 @@ fn main() -> ExitCode {
             sort: a.sort,
             rows: a.rows,
             probe: a.probe,
+        }),
+        Command::Slowopen(a) => slowopen::run(slowopen::Options {
+            min: a.min,
+            filter: slowopen::Filter {
+                pid: a.pid,
+                uid: a.uid,
+                comm: a.comm,
+            },
+            duration: a.duration,
+            verbose: a.verbose,
         }),
     };
     match result {

@@ -73,3 +73,15 @@ fn help_and_version_exit_zero() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.starts_with("stapr "), "{out:?}");
 }
+
+#[test]
+fn slowopen_bad_min() {
+    assert_usage_error(
+        &stapr_with(&["slowopen", "--min", "abc"]),
+        "invalid duration 'abc'",
+    );
+    assert_usage_error(
+        &stapr_with(&["slowopen", "--min", "-1s"]),
+        "invalid duration '-1s'",
+    );
+}

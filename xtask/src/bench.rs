@@ -18,6 +18,8 @@ use crate::util::{cargo, is_root, workspace_root};
 pub enum Report {
     /// Loopback UDP: ns per datagram sent and received (one transmit + one receive event).
     Nettop,
+    /// open + read 4 KiB + close of a cached file: ns per iteration.
+    Slowopen,
 }
 
 #[derive(Args)]
@@ -96,27 +98,49 @@ fn stop_stapr(mut child: Child) -> Result<()> {
     Ok(())
 }
 
+/// Runs an example pinned to `cpu` and returns the `key=` number it prints.
+fn example(name: &str, args: &[&str], cpu: usize, key: &str) -> Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(bin(name))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {name} under taskset"))?;
+    if !out.status.success() {
+        bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("{name} printed no {key}"))?
+        .parse()
+        .with_context(|| format!("parsing {key}"))
+}
+
+/// A 4 KiB file in the target directory, read once so it is in the page cache.
+fn cached_file() -> Result<PathBuf> {
+    let path = workspace_root().join("target/bench-4k.dat");
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(4096) {
+        std::fs::write(&path, vec![0x5a; 4096]).context("writing the benchmark file")?;
+    }
+    std::fs::read(&path).context("reading the benchmark file")?;
+    Ok(path)
+}
+
 /// One run of the workload; returns ns per event.
 fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
+    let n = events.to_string();
     match report {
-        Report::Nettop => {
-            let out = Command::new(bin("udp_talker"))
-                .args(["--count", &events.to_string(), "--size", "64"])
-                .args(["--cpu", &cpu.to_string()])
-                .output()
-                .context("running udp_talker")?;
-            if !out.status.success() {
-                bail!(
-                    "udp_talker failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            text.split_whitespace()
-                .find_map(|kv| kv.strip_prefix("ns_per_packet="))
-                .context("udp_talker printed no ns_per_packet")?
-                .parse()
-                .context("parsing ns_per_packet")
+        Report::Nettop => example(
+            "udp_talker",
+            &["--count", &n, "--size", "64"],
+            cpu,
+            "ns_per_packet",
+        ),
+        Report::Slowopen => {
+            let file = cached_file()?;
+            let file = file.to_string_lossy();
+            example("file_holder", &["loop", &n, &file], cpu, "ns_per_iteration")
         }
     }
 }
@@ -124,12 +148,14 @@ fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
 fn stapr_args(report: Report) -> &'static [&'static str] {
     match report {
         Report::Nettop => &["nettop", "-i", "5"],
+        Report::Slowopen => &["slowopen", "--min", "1s"],
     }
 }
 
 fn event_name(report: Report) -> &'static str {
     match report {
         Report::Nettop => "packet",
+        Report::Slowopen => "iteration",
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Prints one line: `pid=<pid> sent=<n> size=<bytes> ns_per_packet=<ns>`.
 //!
-//! usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT] [--cpu N]
+//! usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT]
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -16,7 +16,6 @@ fn main() -> Result<()> {
     let mut count: u64 = 1000;
     let mut size: usize = 1000;
     let mut to: Option<SocketAddr> = None;
-    let mut cpu: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -24,14 +23,10 @@ fn main() -> Result<()> {
             "--count" => count = value()?.parse()?,
             "--size" => size = value()?.parse()?,
             "--to" => to = Some(value()?.parse()?),
-            "--cpu" => cpu = Some(value()?.parse()?),
             _ => bail!(
-                "unknown argument {a}; usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT] [--cpu N]"
+                "unknown argument {a}; usage: udp_talker [--count N] [--size BYTES] [--to ADDR:PORT]"
             ),
         }
-    }
-    if let Some(cpu) = cpu {
-        stapr_examples::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     let receiver = UdpSocket::bind("127.0.0.1:0")?;
     let dest = match to {

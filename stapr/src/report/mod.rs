@@ -2,3 +2,4 @@
 //! (pure: kernel data to a snapshot) and `render` (pure: snapshot to text).
 
 pub mod nettop;
+pub mod slowopen;

@@ -111,6 +111,27 @@ pub enum Stop {
     Signal,
 }
 
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn signalled() -> Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+        _ = sigterm.recv() => Ok(()),
+    }
+}
+
+/// Resolves on SIGINT/SIGTERM or, when given, after `duration`.
+pub async fn stopped(duration: Option<Duration>) -> Result<()> {
+    match duration {
+        Some(d) => tokio::select! {
+            r = signalled() => r,
+            _ = tokio::time::sleep(d) => Ok(()),
+        },
+        None => signalled().await,
+    }
+}
+
 /// Calls `report` every `interval` until `count` reports were made or SIGINT/SIGTERM
 /// arrives; on a signal it reports the interval in progress once more, as SystemTap's
 /// `probe end` does.
@@ -122,8 +143,8 @@ pub async fn every_interval<F>(
 where
     F: FnMut() -> Result<()>,
 {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let stop = signalled();
+    tokio::pin!(stop);
     let start = tokio::time::Instant::now();
     let mut made = 0u64;
     loop {
@@ -136,11 +157,8 @@ where
                 report()?;
                 made += 1;
             }
-            _ = tokio::signal::ctrl_c() => {
-                report()?;
-                return Ok(Stop::Signal);
-            }
-            _ = sigterm.recv() => {
+            r = &mut stop => {
+                r?;
                 report()?;
                 return Ok(Stop::Signal);
             }
@@ -148,9 +166,20 @@ where
     }
 }
 
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Runs a report's async body on a single-threaded runtime: the reports are I/O bound and
 /// one thread keeps stapr's own footprint small.
-pub fn block_on<F: Future<Output = Result<()>>>(body: F) -> Result<()> {
+pub fn block_on<T, F: Future<Output = Result<T>>>(body: F) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,151 @@
+//! slowopen: files held open at least a threshold, matched in the kernel.
+
+use crate::COMM_LEN;
+
+/// Bytes kept of the file name a process passed to open (including the NUL).
+pub const NAME_LEN: usize = 256;
+/// Capacity of the in-kernel table of open files.
+pub const OPEN_MAX_ENTRIES: u32 = 16384;
+
+/// `OpenFile::start_ns` of a slot whose fd was closed. Slots stay in the table while their
+/// process lives, so reopening the same fd number (what a server does all day) rewrites
+/// the slot in place instead of inserting and deleting under the map's bucket lock.
+pub const CLOSED: u64 = 0;
+
+/// `OpenFile::flags` bits.
+pub const FLAG_CLOEXEC: u32 = 1;
+/// The name did not fit in `NAME_LEN` bytes.
+pub const FLAG_TRUNCATED: u32 = 2;
+
+/// Why a file stopped being open.
+pub const END_CLOSE: u32 = 1;
+pub const END_DUP2: u32 = 2;
+pub const END_EXEC: u32 = 3;
+pub const END_EXIT: u32 = 4;
+pub const END_CLOSE_RANGE: u32 = 5;
+pub const END_DUP3: u32 = 6;
+/// The fd number was opened again while the slot still held an open file: the file ended
+/// without a close the probes saw (exec, close_range, or something untraced). Sent with
+/// `end_ns` = the reopen time, for user space to match against the notices it has had.
+pub const END_UNSEEN: u32 = 7;
+
+/// Ring buffer record kinds (the first u32 of every record).
+pub const REC_SLOW_FILE: u32 = 1;
+pub const REC_NOTICE: u32 = 2;
+
+/// `MISSED` indices.
+pub const MISSED_TABLE_FULL: u32 = 0;
+pub const MISSED_RINGBUF_FULL: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpenKey {
+    /// Thread group id: a file opened in one thread and closed in another is one file.
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFile {
+    /// bpf_ktime_get_ns() when the open returned.
+    pub start_ns: u64,
+    /// The thread that opened it.
+    pub tid: u32,
+    pub uid: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    pub name: [u8; NAME_LEN],
+}
+
+impl Default for OpenFile {
+    fn default() -> Self {
+        OpenFile {
+            start_ns: 0,
+            tid: 0,
+            uid: 0,
+            flags: 0,
+            _pad: 0,
+            comm: [0; COMM_LEN],
+            name: [0; NAME_LEN],
+        }
+    }
+}
+
+/// A file that was held at least the threshold, sent when it was closed (or dup2'd over).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowFile {
+    /// `REC_SLOW_FILE`.
+    pub kind: u32,
+    /// `END_CLOSE` or `END_DUP2`.
+    pub end: u32,
+    pub key: OpenKey,
+    pub end_ns: u64,
+    pub file: OpenFile,
+}
+
+/// Something only user space can match against the table (it cannot be iterated from a
+/// probe): a process that exec'd or exited, or a close_range, for a process that has
+/// tracked files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notice {
+    /// `REC_NOTICE`.
+    pub kind: u32,
+    /// `END_EXEC`, `END_EXIT` or `END_CLOSE_RANGE`.
+    pub end: u32,
+    pub tgid: u32,
+    /// close_range's first and last fd.
+    pub first_fd: u32,
+    pub last_fd: u32,
+    /// close_range's flags (CLOSE_RANGE_CLOEXEC marks instead of closing).
+    pub range_flags: u32,
+    pub time_ns: u64,
+}
+
+/// Arguments of an open in flight, saved at syscall entry for the exit probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenArgs {
+    pub filename: u64,
+    pub flags: u64,
+}
+
+/// Filters and the threshold, set before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlowConfig {
+    pub min_ns: u64,
+    /// Only this thread group when `filter_tgid` is 1.
+    pub tgid: u32,
+    pub filter_tgid: u32,
+    /// Only this uid when `filter_uid` is 1.
+    pub uid: u32,
+    pub filter_uid: u32,
+    /// Offsets for exit detection: `task_struct.signal`, `signal_struct.live`.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    /// stapr's own thread group, never tracked.
+    pub self_tgid: u32,
+    /// 1: the open exit probes read the syscall's arguments from the task's saved user
+    /// registers (`bpf_task_pt_regs`, offsets below), so no entry probe is needed.
+    /// 0: entry probes save them in `OPEN_ARGS`.
+    pub args_from_regs: u32,
+    /// Offsets in `struct pt_regs` of syscall arguments 0..=3 (x86_64: di, si, dx, r10).
+    pub reg_arg: [u32; 4],
+    /// `task_struct.comm`, read directly when `args_from_regs` is 1.
+    pub task_comm: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::OpenKey {}
+    unsafe impl aya::Pod for super::OpenFile {}
+    unsafe impl aya::Pod for super::SlowFile {}
+    unsafe impl aya::Pod for super::Notice {}
+    unsafe impl aya::Pod for super::OpenArgs {}
+    unsafe impl aya::Pod for super::SlowConfig {}
+}

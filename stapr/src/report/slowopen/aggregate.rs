@@ -1,0 +1,441 @@
+//! Pure: records from the kernel and entries of its open-file table → report rows.
+
+use probes_common::{
+    c_bytes,
+    slowopen::{
+        Notice, OpenFile, OpenKey, SlowFile, CLOSED, END_CLOSE_RANGE, END_DUP2, END_DUP3, END_EXEC,
+        END_EXIT, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
+    },
+};
+
+/// `CLOSE_RANGE_CLOEXEC`: close_range marks the fds close-on-exec instead of closing them.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// How the file stopped being open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Close,
+    Dup2,
+    Dup3,
+    Exec,
+    Exit,
+    CloseRange,
+    /// Still open when stapr stopped.
+    StillOpen,
+}
+
+impl End {
+    fn from_raw(raw: u32) -> End {
+        match raw {
+            END_DUP2 => End::Dup2,
+            END_DUP3 => End::Dup3,
+            END_EXEC => End::Exec,
+            END_EXIT => End::Exit,
+            END_CLOSE_RANGE => End::CloseRange,
+            _ => End::Close,
+        }
+    }
+
+    /// The marker printed after the name; a plain close has none.
+    pub fn marker(self) -> &'static str {
+        match self {
+            End::Close | End::StillOpen => "",
+            End::Dup2 => " [dup2]",
+            End::Dup3 => " [dup3]",
+            End::Exec => " [exec]",
+            End::Exit => " [exit]",
+            End::CloseRange => " [close_range]",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub comm: String,
+    pub pid: u32,
+    /// The thread that opened the file.
+    pub tid: u32,
+    pub uid: u32,
+    pub held_ns: u64,
+    pub name: String,
+    pub truncated: bool,
+    pub end: End,
+}
+
+fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End) -> Row {
+    Row {
+        comm: String::from_utf8_lossy(c_bytes(&f.comm)).into_owned(),
+        pid: key.tgid,
+        tid: f.tid,
+        uid: f.uid,
+        held_ns,
+        name: String::from_utf8_lossy(c_bytes(&f.name)).into_owned(),
+        truncated: f.flags & FLAG_TRUNCATED != 0,
+        end,
+    }
+}
+
+/// A file whose fd was reused before its end was seen: the end is the first notice for
+/// its process, after it was opened and before the reuse, that ends it (exec for a
+/// close-on-exec file, a close_range covering its fd, an exit). None when no notice
+/// explains it or it was held less than the threshold.
+pub fn resolve_unseen(s: &SlowFile, recent: &[Notice], min_ns: u64) -> Option<Row> {
+    let f = &s.file;
+    recent
+        .iter()
+        .filter(|n| n.tgid == s.key.tgid && n.time_ns >= f.start_ns && n.time_ns <= s.end_ns)
+        .find_map(|n| {
+            let end = match n.end {
+                END_EXIT => End::Exit,
+                END_EXEC if f.flags & FLAG_CLOEXEC != 0 => End::Exec,
+                END_CLOSE_RANGE
+                    if (n.first_fd..=n.last_fd).contains(&s.key.fd)
+                        && n.range_flags & CLOSE_RANGE_CLOEXEC == 0 =>
+                {
+                    End::CloseRange
+                }
+                _ => return None,
+            };
+            Some((n.time_ns, end))
+        })
+        .map(|(at, end)| row(s.key, f, at.saturating_sub(f.start_ns), end))
+        .filter(|r| r.held_ns >= min_ns)
+}
+
+/// The row for a record of the kernel's: a slow file it saw end, or one whose end it did
+/// not see (matched against `recent` notices).
+pub fn slow_file_row(s: &SlowFile, recent: &[Notice], min_ns: u64) -> Option<Row> {
+    if s.end == END_UNSEEN {
+        resolve_unseen(s, recent, min_ns)
+    } else {
+        Some(from_slow_file(s))
+    }
+}
+
+/// A file the kernel found slow when it was closed.
+pub fn from_slow_file(s: &SlowFile) -> Row {
+    row(
+        s.key,
+        &s.file,
+        s.end_ns.saturating_sub(s.file.start_ns),
+        End::from_raw(s.end),
+    )
+}
+
+/// What user space must do to the kernel's table after matching notices.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Matched {
+    /// Files that ended and were held at least the threshold.
+    pub rows: Vec<Row>,
+    /// Entries to delete: their files are closed.
+    pub remove: Vec<OpenKey>,
+    /// Entries to rewrite: close_range marked them close-on-exec.
+    pub update: Vec<(OpenKey, OpenFile)>,
+}
+
+/// Applies exec, exit and close_range notices to a snapshot of the open-file table. An
+/// entry only matches a notice that came after it was opened (the fd may have been
+/// reused since), and each entry ends at most once.
+pub fn match_notices(notices: &[Notice], entries: &[(OpenKey, OpenFile)], min_ns: u64) -> Matched {
+    let mut m = Matched::default();
+    for (key, file) in entries {
+        // A closed slot ends nothing, but the slots of an exited process are freed.
+        if file.start_ns == CLOSED {
+            if notices
+                .iter()
+                .any(|n| n.tgid == key.tgid && n.end == END_EXIT)
+            {
+                m.remove.push(*key);
+            }
+            continue;
+        }
+        let mut file = *file;
+        let mut marked = false;
+        let mut ended = None;
+        for n in notices
+            .iter()
+            .filter(|n| n.tgid == key.tgid && n.time_ns >= file.start_ns)
+        {
+            match n.end {
+                END_EXIT => ended = Some((n.time_ns, End::Exit)),
+                END_EXEC if file.flags & FLAG_CLOEXEC != 0 => ended = Some((n.time_ns, End::Exec)),
+                END_CLOSE_RANGE if (n.first_fd..=n.last_fd).contains(&key.fd) => {
+                    if n.range_flags & CLOSE_RANGE_CLOEXEC != 0 {
+                        file.flags |= FLAG_CLOEXEC;
+                        marked = true;
+                    } else {
+                        ended = Some((n.time_ns, End::CloseRange));
+                    }
+                }
+                _ => {}
+            }
+            if ended.is_some() {
+                break;
+            }
+        }
+        match ended {
+            Some((at, end)) => {
+                let held = at.saturating_sub(file.start_ns);
+                if held >= min_ns {
+                    m.rows.push(row(*key, &file, held, end));
+                }
+                m.remove.push(*key);
+            }
+            None if marked => m.update.push((*key, file)),
+            None => {}
+        }
+    }
+    m.rows.sort_by_key(|r| (r.pid, r.held_ns));
+    m
+}
+
+/// Files still open at `now_ns` that have been held at least the threshold, longest first.
+pub fn still_open(entries: &[(OpenKey, OpenFile)], now_ns: u64, min_ns: u64) -> Vec<Row> {
+    let mut rows: Vec<Row> = entries
+        .iter()
+        .filter(|(_, f)| f.start_ns != CLOSED)
+        .filter_map(|(k, f)| {
+            let held = now_ns.saturating_sub(f.start_ns);
+            (held >= min_ns).then(|| row(*k, f, held, End::StillOpen))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.held_ns.cmp(&a.held_ns).then(a.pid.cmp(&b.pid)));
+    rows
+}
+
+/// User-space filter (pid and uid are also filtered in the kernel, at open).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    /// Matches commands that contain this text.
+    pub comm: Option<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, r: &Row) -> bool {
+        self.pid.is_none_or(|p| r.pid == p)
+            && self.uid.is_none_or(|u| r.uid == u)
+            && self.comm.as_deref().is_none_or(|c| r.comm.contains(c))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use probes_common::slowopen::{REC_NOTICE, REC_SLOW_FILE};
+
+    pub fn file(start_ns: u64, tid: u32, comm: &str, name: &str, flags: u32) -> OpenFile {
+        let mut f = OpenFile {
+            start_ns,
+            tid,
+            uid: 48,
+            flags,
+            ..Default::default()
+        };
+        f.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        f.name[..name.len()].copy_from_slice(name.as_bytes());
+        f
+    }
+
+    fn key(tgid: u32, fd: u32) -> OpenKey {
+        OpenKey { tgid, fd }
+    }
+
+    fn notice(tgid: u32, end: u32, time_ns: u64) -> Notice {
+        Notice {
+            kind: REC_NOTICE,
+            end,
+            tgid,
+            time_ns,
+            ..Default::default()
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn slow_file_record() {
+        let r = from_slow_file(&SlowFile {
+            kind: REC_SLOW_FILE,
+            end: END_DUP2,
+            key: key(15337, 5),
+            end_ns: 10 * S + 8_471_285_000,
+            file: file(
+                10 * S,
+                15338,
+                "httpd",
+                "/var/www/html/lectura_lenta.html",
+                0,
+            ),
+        });
+        assert_eq!(r.held_ns, 8_471_285_000);
+        assert_eq!((r.pid, r.tid, r.uid), (15337, 15338, 48));
+        assert_eq!(r.comm, "httpd");
+        assert_eq!(r.name, "/var/www/html/lectura_lenta.html");
+        assert_eq!(r.end, End::Dup2);
+        assert!(!r.truncated);
+    }
+
+    #[test]
+    fn unseen_ends_are_matched_to_notices() {
+        let slow = |flags, fd| SlowFile {
+            kind: REC_SLOW_FILE,
+            end: probes_common::slowopen::END_UNSEEN,
+            key: key(100, fd),
+            end_ns: 5 * S,
+            file: file(S, 100, "old", "/held", flags),
+        };
+        let exec = notice(100, END_EXEC, 3 * S);
+        let r = resolve_unseen(&slow(FLAG_CLOEXEC, 3), &[exec], S).unwrap();
+        assert_eq!((r.held_ns, r.end), (2 * S, End::Exec));
+        // Not close-on-exec: exec did not end it, and nothing else explains the reuse.
+        assert_eq!(resolve_unseen(&slow(0, 3), &[exec], S), None);
+        // Another process's notice, or one from after the reuse, does not count.
+        assert_eq!(
+            resolve_unseen(&slow(FLAG_CLOEXEC, 3), &[notice(7, END_EXEC, 3 * S)], S),
+            None
+        );
+        assert_eq!(
+            resolve_unseen(&slow(FLAG_CLOEXEC, 3), &[notice(100, END_EXEC, 6 * S)], S),
+            None
+        );
+        let mut range = notice(100, END_CLOSE_RANGE, 2 * S);
+        range.first_fd = 3;
+        range.last_fd = 10;
+        assert_eq!(
+            resolve_unseen(&slow(0, 3), &[range], S).unwrap().end,
+            End::CloseRange
+        );
+        // Held less than the threshold before the exec.
+        assert_eq!(
+            resolve_unseen(&slow(FLAG_CLOEXEC, 3), &[notice(100, END_EXEC, S + 5)], S),
+            None
+        );
+    }
+
+    #[test]
+    fn exit_ends_every_file_of_the_process() {
+        let entries = [
+            (key(100, 3), file(S, 100, "a", "/x", 0)),
+            (key(100, 4), file(S + S / 2, 100, "a", "/y", 0)),
+            (key(200, 3), file(S, 200, "b", "/z", 0)),
+        ];
+        let m = match_notices(&[notice(100, END_EXIT, 3 * S)], &entries, S);
+        assert_eq!(m.remove, [key(100, 3), key(100, 4)]);
+        // Both held >= 1 s: /x 2 s, /y 1.5 s.
+        let names: Vec<_> = m
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.held_ns, r.end))
+            .collect();
+        assert_eq!(
+            names,
+            [("/y", 3 * S / 2, End::Exit), ("/x", 2 * S, End::Exit)]
+        );
+        assert!(m.update.is_empty());
+    }
+
+    #[test]
+    fn closed_slots_are_freed_at_exit_and_ignored_otherwise() {
+        let entries = [
+            (key(100, 3), file(CLOSED, 100, "a", "/was-open", 0)),
+            (
+                key(200, 3),
+                file(CLOSED, 200, "b", "/was-open", FLAG_CLOEXEC),
+            ),
+        ];
+        let m = match_notices(
+            &[notice(100, END_EXIT, 3 * S), notice(200, END_EXEC, 3 * S)],
+            &entries,
+            S,
+        );
+        assert_eq!(m.remove, [key(100, 3)]);
+        assert!(m.rows.is_empty());
+        assert!(still_open(&entries, 10 * S, S).is_empty());
+    }
+
+    #[test]
+    fn exec_ends_only_cloexec_files_and_fast_ones_are_silent() {
+        let entries = [
+            (key(100, 3), file(S, 100, "a", "/keep", 0)),
+            (key(100, 4), file(S, 100, "a", "/cloexec", FLAG_CLOEXEC)),
+            (key(100, 5), file(S * 3, 100, "a", "/fast", FLAG_CLOEXEC)),
+        ];
+        let m = match_notices(&[notice(100, END_EXEC, S * 3 + 10)], &entries, S);
+        assert_eq!(m.remove, [key(100, 4), key(100, 5)]);
+        assert_eq!(m.rows.len(), 1);
+        assert_eq!(m.rows[0].name, "/cloexec");
+        assert_eq!(m.rows[0].end.marker(), " [exec]");
+    }
+
+    #[test]
+    fn notices_before_an_open_do_not_end_it() {
+        // The fd was reused after the process exec'd: the new file is not affected.
+        let entries = [(key(100, 3), file(5 * S, 100, "a", "/new", FLAG_CLOEXEC))];
+        let m = match_notices(&[notice(100, END_EXEC, 4 * S)], &entries, S);
+        assert_eq!(m, Matched::default());
+    }
+
+    #[test]
+    fn close_range_closes_or_marks() {
+        let entries = [
+            (key(100, 3), file(S, 100, "a", "/three", 0)),
+            (key(100, 7), file(S, 100, "a", "/seven", 0)),
+            (key(100, 9), file(S, 100, "a", "/nine", 0)),
+        ];
+        let mut close = notice(100, END_CLOSE_RANGE, 4 * S);
+        close.first_fd = 5;
+        close.last_fd = 8;
+        let m = match_notices(&[close], &entries, S);
+        assert_eq!(m.remove, [key(100, 7)]);
+        assert_eq!(m.rows[0].end, End::CloseRange);
+
+        close.range_flags = CLOSE_RANGE_CLOEXEC;
+        close.first_fd = 3;
+        close.last_fd = u32::MAX;
+        let m = match_notices(&[close], &entries, S);
+        assert!(m.remove.is_empty() && m.rows.is_empty());
+        assert_eq!(m.update.len(), 3);
+        assert!(m.update.iter().all(|(_, f)| f.flags & FLAG_CLOEXEC != 0));
+    }
+
+    #[test]
+    fn still_open_longest_first() {
+        let entries = [
+            (key(1, 3), file(S, 1, "a", "/old", 0)),
+            (key(2, 3), file(5 * S, 2, "b", "/young", 0)),
+            (key(3, 3), file(2 * S, 3, "c", "/mid", 0)),
+        ];
+        let rows = still_open(&entries, 6 * S, 2 * S);
+        let names: Vec<_> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["/old", "/mid"]);
+    }
+
+    #[test]
+    fn filter() {
+        let r = row(key(7, 3), &file(0, 7, "httpd", "/f", 0), S, End::Close);
+        assert!(Filter::default().keeps(&r));
+        assert!(Filter {
+            comm: Some("ttp".into()),
+            ..Default::default()
+        }
+        .keeps(&r));
+        assert!(!Filter {
+            comm: Some("nginx".into()),
+            ..Default::default()
+        }
+        .keeps(&r));
+        assert!(Filter {
+            pid: Some(7),
+            uid: Some(48),
+            ..Default::default()
+        }
+        .keeps(&r));
+        assert!(!Filter {
+            uid: Some(0),
+            ..Default::default()
+        }
+        .keeps(&r));
+    }
+}

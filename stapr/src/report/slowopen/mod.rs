@@ -1,0 +1,169 @@
+//! `stapr slowopen`: files a process held open at least `--min`, reported when closed.
+
+pub mod aggregate;
+pub mod probes;
+pub mod render;
+
+use std::{collections::VecDeque, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use probes_common::slowopen::{
+    Notice, SlowConfig, SlowFile, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
+};
+use tokio::io::{unix::AsyncFd, Interest};
+
+use crate::runtime;
+
+pub use aggregate::Filter;
+
+pub struct Options {
+    pub min: Duration,
+    pub filter: Filter,
+    pub duration: Option<Duration>,
+    pub verbose: bool,
+}
+
+/// What one read of the ring buffer brought.
+#[derive(Default)]
+struct Batch {
+    slow: Vec<SlowFile>,
+    notices: Vec<Notice>,
+}
+
+fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
+    while let Some(item) = ring.next() {
+        let bytes: &[u8] = &item;
+        let Some(kind) = bytes
+            .get(..4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            continue;
+        };
+        // SAFETY: the kernel wrote a whole record of the type its first field names;
+        // read_unaligned copies it out of the ring whatever its alignment.
+        unsafe {
+            if kind == REC_SLOW_FILE && bytes.len() >= size_of::<SlowFile>() {
+                batch
+                    .slow
+                    .push(std::ptr::read_unaligned(bytes.as_ptr() as *const SlowFile));
+            } else if kind == REC_NOTICE && bytes.len() >= size_of::<Notice>() {
+                batch
+                    .notices
+                    .push(std::ptr::read_unaligned(bytes.as_ptr() as *const Notice));
+            }
+        }
+    }
+}
+
+fn min_ns(opts: &Options) -> u64 {
+    u64::try_from(opts.min.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Notices kept to explain files whose fd was reused before their end was matched.
+const RECENT_NOTICES: usize = 4096;
+
+/// Prints what a batch ended. Exec, exit and close_range are matched against the table
+/// here, then kept a while for files whose slot the kernel reuses before that match.
+fn report(
+    probes: &mut probes::Probes,
+    batch: Batch,
+    recent: &mut VecDeque<Notice>,
+    opts: &Options,
+) -> Result<()> {
+    let mut out = String::new();
+    if !batch.notices.is_empty() {
+        let entries = probes.open_files()?;
+        let m = aggregate::match_notices(&batch.notices, &entries, min_ns(opts));
+        probes.forget(&m.remove)?;
+        probes.rewrite(&m.update)?;
+        for row in m.rows.iter().filter(|r| opts.filter.keeps(r)) {
+            out.push_str(&render::line(row, opts.verbose));
+        }
+        recent.extend(batch.notices);
+        while recent.len() > RECENT_NOTICES {
+            recent.pop_front();
+        }
+    }
+    let recent = recent.make_contiguous();
+    for s in &batch.slow {
+        if let Some(row) = aggregate::slow_file_row(s, recent, min_ns(opts)) {
+            if opts.filter.keeps(&row) {
+                out.push_str(&render::line(&row, opts.verbose));
+            }
+        }
+    }
+    if !out.is_empty() {
+        runtime::emit(&out)?;
+    }
+    Ok(())
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    runtime::prepare()?;
+    let config = SlowConfig {
+        min_ns: min_ns(&opts),
+        tgid: opts.filter.pid.unwrap_or(0),
+        filter_tgid: opts.filter.pid.is_some() as u32,
+        uid: opts.filter.uid.unwrap_or(0),
+        filter_uid: opts.filter.uid.is_some() as u32,
+        self_tgid: std::process::id(),
+        ..Default::default()
+    };
+    let (mut probes, ring) = probes::Probes::attach(config)?;
+    if !probes.skipped.is_empty() {
+        eprintln!(
+            "stapr slowopen: this kernel lacks {}; those calls are not traced",
+            probes.skipped.join(", ")
+        );
+    }
+    runtime::emit(&render::header(opts.verbose))?;
+    eprintln!(
+        "stapr slowopen: syscall tracepoints (open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); files held >= {:?}. Ctrl-C to end.",
+        opts.min
+    );
+    let mut recent = VecDeque::new();
+    let mut ring = runtime::block_on(async {
+        // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
+        // which happens only after the AsyncFd is gone.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("watching the slowopen ring buffer")?;
+        let stop = runtime::stopped(opts.duration);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    let mut batch = Batch::default();
+                    read_records(guard.get_inner_mut(), &mut batch);
+                    guard.clear_ready();
+                    report(&mut probes, batch, &mut recent, &opts)?;
+                }
+                r = &mut stop => { r?; break; }
+            }
+        }
+        Ok(ring.into_inner())
+    })?;
+    // What arrived between the last wake-up and the stop.
+    let mut batch = Batch::default();
+    read_records(&mut ring, &mut batch);
+    report(&mut probes, batch, &mut recent, &opts)?;
+
+    let entries = probes.open_files()?;
+    let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
+        .into_iter()
+        .filter(|r| opts.filter.keeps(r))
+        .collect();
+    runtime::emit(&render::still_open(&rows, opts.verbose))?;
+    let (table_full, ring_full) = probes.missed()?;
+    if table_full > 0 {
+        eprintln!(
+            "stapr slowopen: {table_full} opens not tracked: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"
+        );
+    }
+    if ring_full > 0 {
+        eprintln!("stapr slowopen: {ring_full} reports lost: the ring buffer was full");
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Loads and attaches slowopen's probes; reads and edits the in-kernel open-file table.
+//! The only part of slowopen that touches the kernel.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use probes_common::slowopen::{
+    OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
+};
+
+use crate::runtime::{btf, kernel_btf_present, tracefs};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
+
+/// Entry probes that save open's arguments, needed only where the exit probes cannot read
+/// them from the saved registers.
+const ENTRY: &[(&str, &str, &str, bool)] = &[
+    ("stapr_so_e_open", "syscalls", "sys_enter_open", false),
+    ("stapr_so_e_at", "syscalls", "sys_enter_openat", true),
+    ("stapr_so_e_at2", "syscalls", "sys_enter_openat2", false),
+    ("stapr_so_e_creat", "syscalls", "sys_enter_creat", false),
+];
+
+/// (program, category, tracepoint, required). Optional ones do not exist everywhere:
+/// open, creat and dup2 are absent on arm64; openat2 (5.6) and close_range (5.9) are new.
+const ATTACH: &[(&str, &str, &str, bool)] = &[
+    ("stapr_so_x_open", "syscalls", "sys_exit_open", false),
+    ("stapr_so_x_at", "syscalls", "sys_exit_openat", true),
+    ("stapr_so_x_at2", "syscalls", "sys_exit_openat2", false),
+    ("stapr_so_x_creat", "syscalls", "sys_exit_creat", false),
+    ("stapr_so_close", "syscalls", "sys_enter_close", true),
+    ("stapr_so_dup2", "syscalls", "sys_enter_dup2", false),
+    ("stapr_so_dup3", "syscalls", "sys_enter_dup3", true),
+    (
+        "stapr_so_crange",
+        "syscalls",
+        "sys_enter_close_range",
+        false,
+    ),
+    ("stapr_so_exec", "sched", "sched_process_exec", true),
+    ("stapr_so_exit", "sched", "sched_process_exit", true),
+];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Tracepoints this kernel lacks, skipped.
+    pub skipped: Vec<String>,
+}
+
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    Path::new(tracefs::TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .is_dir()
+}
+
+/// Offsets in `struct pt_regs` of the first four syscall arguments, where the kernel
+/// keeps them unchanged until the syscall returns.
+fn syscall_arg_regs(kbtf: &btf::Btf) -> Option<[u32; 4]> {
+    let names: [&str; 4] = if cfg!(target_arch = "x86_64") {
+        ["di", "si", "dx", "r10"]
+    } else {
+        return None;
+    };
+    let mut out = [0; 4];
+    for (o, n) in out.iter_mut().zip(names) {
+        *o = kbtf.member_offset("pt_regs", n).ok()?;
+    }
+    Some(out)
+}
+
+impl Probes {
+    /// Loads the object with `config` (threshold, filters) and attaches every probe; the
+    /// exit-detection offsets are filled in here from the kernel's BTF.
+    pub fn attach(mut config: SlowConfig) -> Result<(Self, RingBuf<MapData>)> {
+        if kernel_btf_present() {
+            let kbtf = btf::Btf::from_sys_fs()?;
+            config.task_signal = kbtf.member_offset("task_struct", "signal")?;
+            config.signal_live = kbtf.member_offset("signal_struct", "live")?;
+            if let Some(regs) = syscall_arg_regs(&kbtf) {
+                config.args_from_regs = 1;
+                config.reg_arg = regs;
+                config.task_comm = kbtf.member_offset("task_struct", "comm")?;
+            }
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SLOW_CONFIG", &config, true)
+            .load(OBJECT)
+            .context("loading the slowopen eBPF object")?;
+        let mut skipped = Vec::new();
+        let entry: &[_] = if config.args_from_regs == 1 {
+            &[]
+        } else {
+            ENTRY
+        };
+        for &(prog, category, name, required) in entry.iter().chain(ATTACH) {
+            if !required && !tracepoint_exists(category, name) {
+                skipped.push(format!("{category}:{name}"));
+                continue;
+            }
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the slowopen object"))?
+                .try_into()
+                .with_context(|| format!("program {prog} is not a tracepoint program"))?;
+            if p.fd().is_err() {
+                p.load()
+                    .with_context(|| format!("loading {prog} for {category}:{name}"))?;
+            }
+            p.attach(category, name)
+                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+        }
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("map EVENTS missing from the slowopen object"))?,
+        )
+        .context("opening the slowopen ring buffer")?;
+        Ok((Self { ebpf, skipped }, events))
+    }
+
+    fn table(&mut self) -> Result<HashMap<&mut MapData, OpenKey, OpenFile>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map_mut("OPEN_FILES")
+                .ok_or_else(|| anyhow!("map OPEN_FILES missing from the slowopen object"))?,
+        )?)
+    }
+
+    /// A snapshot of the in-kernel table of open files.
+    pub fn open_files(&mut self) -> Result<Vec<(OpenKey, OpenFile)>> {
+        let table = self.table()?;
+        let mut out = Vec::new();
+        for item in table.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                // An entry closed between the key walk and its lookup.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading OPEN_FILES"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forget(&mut self, keys: &[OpenKey]) -> Result<()> {
+        let mut table = self.table()?;
+        for k in keys {
+            // The kernel may have removed it already (a close raced with the notice).
+            let _ = table.remove(k);
+        }
+        Ok(())
+    }
+
+    pub fn rewrite(&mut self, entries: &[(OpenKey, OpenFile)]) -> Result<()> {
+        let mut table = self.table()?;
+        for (k, f) in entries {
+            // BPF_EXIST: only if the file is still open.
+            let _ = table.insert(k, f, 2);
+        }
+        Ok(())
+    }
+
+    /// (opens not tracked because the table was full, records lost to a full ring buffer).
+    pub fn missed(&self) -> Result<(u64, u64)> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("MISSED")
+                .ok_or_else(|| anyhow!("map MISSED missing from the slowopen object"))?,
+        )?;
+        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
+        Ok((sum(MISSED_TABLE_FULL)?, sum(MISSED_RINGBUF_FULL)?))
+    }
+}

@@ -1,0 +1,276 @@
+//! slowopen against the running kernel: example programs hold files open for known times
+//! and release them in each way the report must recognise.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use integration_tests::{
+    assert_nothing_attached, bin_dir, example, field, kernel_lock, run, Running,
+};
+
+const HEADER_V: &str = "    PID     TID    Process Open time(s)                      File Name";
+
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    secs: f64,
+    /// Everything after the time: the name and any marker.
+    rest: String,
+}
+
+/// Parses `-v` rows: PID TID Process Open-time then the name, which may hold spaces.
+fn parse(line: &str) -> Line {
+    let mut it = line.split_whitespace();
+    let (pid, tid, comm, secs) = (it.next(), it.next(), it.next(), it.next());
+    let secs = secs.unwrap_or_else(|| panic!("short row {line:?}"));
+    let at = line
+        .find(&format!(" {secs} "))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let frac = secs.split_once('.').map(|(_, f)| f.len());
+    assert_eq!(frac, Some(6), "time must have six decimals: {line:?}");
+    Line {
+        pid: pid.unwrap().parse().unwrap_or_else(|_| panic!("{line:?}")),
+        tid: tid.unwrap().parse().unwrap_or_else(|_| panic!("{line:?}")),
+        comm: comm.unwrap().to_owned(),
+        secs: secs.parse().unwrap(),
+        rest: line[at + secs.len() + 2..].to_owned(),
+    }
+}
+
+/// The report's rows before and after the "Still open" heading.
+fn rows(stdout: &str) -> (Vec<Line>, Vec<Line>) {
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(HEADER_V), "{stdout}");
+    let (mut closed, mut still) = (Vec::new(), Vec::new());
+    let mut in_still = false;
+    for l in lines {
+        if l.is_empty() {
+            continue;
+        }
+        if l == "Still open when stapr stopped:" {
+            in_still = true;
+            continue;
+        }
+        if l == HEADER_V && in_still {
+            continue;
+        }
+        if in_still {
+            still.push(parse(l));
+        } else {
+            closed.push(parse(l));
+        }
+    }
+    (closed, still)
+}
+
+fn test_dir() -> PathBuf {
+    let d = bin_dir().join("slowopen-test-files");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Held {
+    pid: u32,
+    tid: u32,
+    stdout: String,
+}
+
+/// Starts `stapr slowopen -v --min 1s`, runs `file_holder MODE SECS PATH`, stops stapr
+/// with SIGINT and returns the holder's ids and stapr's stdout.
+fn hold(mode: &str, secs: &str, path: &str) -> Held {
+    let mut stapr = Running::spawn(&["slowopen", "-v", "--min", "1s"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let holder = run(
+        example("file_holder").args([mode, secs, path]),
+        Duration::from_secs(30),
+    );
+    assert!(holder.status.success(), "{holder:?}");
+    let pid = field(&holder.stdout, "pid").parse().unwrap();
+    let tid = field(&holder.stdout, "tid").parse().unwrap();
+    // Reports arrive through the ring buffer as soon as the file is released; give the
+    // reader a moment before stopping.
+    std::thread::sleep(Duration::from_millis(300));
+    stapr.signal(libc::SIGINT);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_nothing_attached();
+    Held {
+        pid,
+        tid,
+        stdout: out.stdout,
+    }
+}
+
+fn only_row_of(h: &Held) -> Line {
+    let (closed, _) = rows(&h.stdout);
+    let mine: Vec<_> = closed.into_iter().filter(|l| l.pid == h.pid).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "expected one row for pid {}:\n{}",
+        h.pid,
+        h.stdout
+    );
+    mine.into_iter().next().unwrap()
+}
+
+fn path(name: &str) -> String {
+    test_dir().join(name).to_string_lossy().into_owned()
+}
+
+#[test]
+fn held_long_enough_is_reported_with_its_time() {
+    let _k = kernel_lock();
+    let p = path("held-1.3s.html");
+    let h = hold("close", "1.3", &p);
+    let row = only_row_of(&h);
+    assert!(row.secs > 1.2 && row.secs < 2.0, "{row:?}");
+    assert_eq!(row.rest, p, "no marker for a plain close");
+    assert_eq!(row.comm, "file_holder");
+    assert_eq!(row.tid, h.tid);
+}
+
+#[test]
+fn held_briefly_is_absent() {
+    let _k = kernel_lock();
+    let h = hold("close", "0.3", &path("held-0.3s"));
+    let (closed, still) = rows(&h.stdout);
+    assert!(
+        closed.iter().chain(&still).all(|l| l.pid != h.pid),
+        "{}",
+        h.stdout
+    );
+}
+
+#[test]
+fn opened_in_one_thread_closed_in_another() {
+    let _k = kernel_lock();
+    let p = path("two-threads");
+    let h = hold("thread", "1.2", &p);
+    let row = only_row_of(&h);
+    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+    assert_eq!(row.rest, p);
+    assert_eq!(row.tid, h.tid, "TID is the thread that opened the file");
+}
+
+#[test]
+fn process_exit_closes_its_files() {
+    let _k = kernel_lock();
+    let p = path("held-until-exit");
+    let h = hold("exit", "1.2", &p);
+    let row = only_row_of(&h);
+    assert_eq!(row.rest, format!("{p} [exit]"));
+    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+}
+
+#[test]
+fn dup2_onto_the_fd_closes_the_file() {
+    let _k = kernel_lock();
+    let p = path("replaced-by-dup2");
+    let h = hold("dup2", "1.2", &p);
+    let row = only_row_of(&h);
+    assert_eq!(row.rest, format!("{p} [dup2]"));
+    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+}
+
+#[test]
+fn exec_closes_cloexec_files() {
+    let _k = kernel_lock();
+    let p = path("closed-by-exec");
+    let h = hold("exec", "1.2", &p);
+    let row = only_row_of(&h);
+    assert_eq!(row.rest, format!("{p} [exec]"));
+    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+}
+
+#[test]
+fn names_with_spaces_and_non_ascii_are_intact() {
+    let _k = kernel_lock();
+    let p = path("lectura lenta – ñandú €.html");
+    let h = hold("close", "1.1", &p);
+    assert_eq!(only_row_of(&h).rest, p);
+}
+
+#[test]
+fn failed_opens_and_untracked_closes_report_nothing() {
+    let _k = kernel_lock();
+    let h = hold("failed", "1.2", &path("does-not-exist/x"));
+    let (closed, still) = rows(&h.stdout);
+    assert!(
+        closed.iter().chain(&still).all(|l| l.pid != h.pid),
+        "{}",
+        h.stdout
+    );
+}
+
+#[test]
+fn files_still_open_at_stop_are_listed_once() {
+    let _k = kernel_lock();
+    let p = path("still-open");
+    let mut stapr = Running::spawn(&["slowopen", "-v", "--min", "1s", "-d", "2"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let mut holder = Command::new(integration_tests::bin("file_holder"))
+        .args(["close", "6", &p])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = stapr.finish(Duration::from_secs(10));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (closed, still) = rows(&out.stdout);
+    assert!(
+        closed.iter().all(|l| l.pid != holder.id()),
+        "{}",
+        out.stdout
+    );
+    let mine: Vec<_> = still.iter().filter(|l| l.pid == holder.id()).collect();
+    assert_eq!(mine.len(), 1, "{}", out.stdout);
+    assert_eq!(mine[0].rest, p);
+    assert!(mine[0].secs >= 1.0 && mine[0].secs < 2.5, "{:?}", mine[0]);
+    assert_eq!(
+        out.stdout.matches("Still open when stapr stopped:").count(),
+        1
+    );
+    assert_nothing_attached();
+}
+
+#[test]
+fn default_output_is_the_seed_format() {
+    let _k = kernel_lock();
+    let p = path("seed-format");
+    let mut stapr = Running::spawn(&["slowopen", "--min", "500ms", "-c", "file_hold"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let holder = run(
+        example("file_holder").args(["close", "0.7", &p]),
+        Duration::from_secs(30),
+    );
+    assert!(holder.status.success(), "{holder:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stapr.signal(libc::SIGTERM);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "   Process Open time(s)                      File Name"
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "-c file_hold keeps only the holder:\n{}",
+        out.stdout
+    );
+    // "%10s %6d.%06d %s"
+    let row = lines[1];
+    assert_eq!(&row[..11], "file_holder", "{row:?}");
+    assert_eq!(&row[11..12], " ", "{row:?}");
+    let time = &row[12..25];
+    assert_eq!(&time[..5], "     ", "seconds are %6d: {row:?}");
+    let secs: f64 = time.trim().parse().unwrap();
+    assert!(secs > 0.6 && secs < 1.5, "{row:?}");
+    assert_eq!(&row[25..26], " ", "{row:?}");
+    assert_eq!(&row[26..], p);
+    assert_nothing_attached();
+}
