@@ -26,3 +26,12 @@ pub fn global<T: Copy>(value: &T) -> T {
 pub unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
 }
+
+/// A field of a classic tracepoint record, loaded directly from the context: the verifier
+/// allows reads of the record at offsets fixed in the instruction (so `off` must be a
+/// compile-time constant), which saves a probe-read helper call.
+#[inline(always)]
+pub fn tp_field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> T {
+    use aya_ebpf::EbpfContext;
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
+}

@@ -164,6 +164,8 @@ pub fn stapr_net_rx(ctx: BtfTracePointContext) -> u32 {
 /// bits are the string's offset in the record and whose high 16 bits its length.
 #[inline(always)]
 fn classic(ctx: &TracePointContext, len_off: u32, name_off: u32, rx: bool) {
+    // The offsets come from tracefs at load time; the verifier allows direct context
+    // loads only at offsets fixed in the instruction, so these go through a helper.
     let Ok(len) = (unsafe { ctx.read_at::<u32>(len_off as usize) }) else {
         return;
     };

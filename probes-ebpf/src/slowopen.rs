@@ -25,7 +25,7 @@ use probes_common::slowopen::{
     MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
-use probes_ebpf::{btf_load, global};
+use probes_ebpf::{btf_load, global, tp_field};
 
 #[unsafe(no_mangle)]
 static SLOW_CONFIG: SlowConfig = SlowConfig {
@@ -78,7 +78,7 @@ fn missed(i: u32) {
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, off: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0)
+    tp_field(ctx, off)
 }
 
 #[inline(always)]

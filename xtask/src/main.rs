@@ -80,5 +80,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         cmd.push("--");
         cmd.extend(args.iter().map(String::as_str));
     }
-    util::cargo(&cmd)
+    let totals = util::cargo_test(&cmd)?;
+    // One closing line for the whole run (cargo prints one per test binary).
+    println!(
+        "xtask: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 || totals.passed == 0 {
+        anyhow::bail!("tests failed or none ran");
+    }
+    Ok(())
 }

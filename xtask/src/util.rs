@@ -38,6 +38,54 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     status(Command::new(cargo).args(args).current_dir(workspace_root()))
 }
 
+#[derive(Debug, Default)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+/// Adds up a `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+fn add_result(line: &str, t: &mut TestTotals) {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return;
+    };
+    for part in rest.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let n = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+        match words.last() {
+            Some(&"passed") => t.passed += n(words.len() - 2),
+            Some(&"failed") => t.failed += n(words.len() - 2),
+            Some(&"ignored") => t.ignored += n(words.len() - 2),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `cargo test ...`, passing its output through, and totals its result lines. A
+/// failing run still returns its totals when it printed any.
+pub fn cargo_test(args: &[&str]) -> Result<TestTotals> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        add_result(&line, &mut totals);
+    }
+    let st = child.wait().context("waiting for cargo test")?;
+    if !st.success() && totals.failed == 0 {
+        bail!("cargo test failed ({st})");
+    }
+    Ok(totals)
+}
+
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {

@@ -56,6 +56,9 @@ pub struct Row {
     /// The thread that opened the file.
     pub tid: u32,
     pub uid: u32,
+    pub fd: u32,
+    /// When the open returned (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
     pub held_ns: u64,
     pub name: String,
     pub truncated: bool,
@@ -68,6 +71,8 @@ fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End) -> Row {
         pid: key.tgid,
         tid: f.tid,
         uid: f.uid,
+        fd: key.fd,
+        start_ns: f.start_ns,
         held_ns,
         name: String::from_utf8_lossy(c_bytes(&f.name)).into_owned(),
         truncated: f.flags & FLAG_TRUNCATED != 0,
@@ -127,8 +132,8 @@ pub fn from_slow_file(s: &SlowFile) -> Row {
 pub struct Matched {
     /// Files that ended and were held at least the threshold.
     pub rows: Vec<Row>,
-    /// Entries to delete: their files are closed.
-    pub remove: Vec<OpenKey>,
+    /// Entries to delete, with the start time they had: their files are closed.
+    pub remove: Vec<(OpenKey, u64)>,
     /// Entries to rewrite: close_range marked them close-on-exec.
     pub update: Vec<(OpenKey, OpenFile)>,
 }
@@ -145,7 +150,7 @@ pub fn match_notices(notices: &[Notice], entries: &[(OpenKey, OpenFile)], min_ns
                 .iter()
                 .any(|n| n.tgid == key.tgid && n.end == END_EXIT)
             {
-                m.remove.push(*key);
+                m.remove.push((*key, CLOSED));
             }
             continue;
         }
@@ -179,7 +184,7 @@ pub fn match_notices(notices: &[Notice], entries: &[(OpenKey, OpenFile)], min_ns
                 if held >= min_ns {
                     m.rows.push(row(*key, &file, held, end));
                 }
-                m.remove.push(*key);
+                m.remove.push((*key, file.start_ns));
             }
             None if marked => m.update.push((*key, file)),
             None => {}
@@ -201,6 +206,33 @@ pub fn still_open(entries: &[(OpenKey, OpenFile)], now_ns: u64, min_ns: u64) -> 
         .collect();
     rows.sort_by(|a, b| b.held_ns.cmp(&a.held_ns).then(a.pid.cmp(&b.pid)));
     rows
+}
+
+/// Remembers the files already reported, so a file whose end is seen twice (by a notice
+/// matched against the table, and again when the kernel reuses its slot) prints once.
+#[derive(Debug, Default)]
+pub struct Reported {
+    order: std::collections::VecDeque<(u32, u32, u64)>,
+    seen: std::collections::HashSet<(u32, u32, u64)>,
+}
+
+impl Reported {
+    const KEEP: usize = 4096;
+
+    /// True the first time a (pid, fd, start) is offered.
+    pub fn first_time(&mut self, r: &Row) -> bool {
+        let id = (r.pid, r.fd, r.start_ns);
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 /// User-space filter (pid and uid are also filtered in the kernel, at open).
@@ -322,7 +354,7 @@ pub(crate) mod tests {
             (key(200, 3), file(S, 200, "b", "/z", 0)),
         ];
         let m = match_notices(&[notice(100, END_EXIT, 3 * S)], &entries, S);
-        assert_eq!(m.remove, [key(100, 3), key(100, 4)]);
+        assert_eq!(m.remove, [(key(100, 3), S), (key(100, 4), S + S / 2)]);
         // Both held >= 1 s: /x 2 s, /y 1.5 s.
         let names: Vec<_> = m
             .rows
@@ -350,7 +382,7 @@ pub(crate) mod tests {
             &entries,
             S,
         );
-        assert_eq!(m.remove, [key(100, 3)]);
+        assert_eq!(m.remove, [(key(100, 3), CLOSED)]);
         assert!(m.rows.is_empty());
         assert!(still_open(&entries, 10 * S, S).is_empty());
     }
@@ -363,7 +395,7 @@ pub(crate) mod tests {
             (key(100, 5), file(S * 3, 100, "a", "/fast", FLAG_CLOEXEC)),
         ];
         let m = match_notices(&[notice(100, END_EXEC, S * 3 + 10)], &entries, S);
-        assert_eq!(m.remove, [key(100, 4), key(100, 5)]);
+        assert_eq!(m.remove, [(key(100, 4), S), (key(100, 5), S * 3)]);
         assert_eq!(m.rows.len(), 1);
         assert_eq!(m.rows[0].name, "/cloexec");
         assert_eq!(m.rows[0].end.marker(), " [exec]");
@@ -388,7 +420,7 @@ pub(crate) mod tests {
         close.first_fd = 5;
         close.last_fd = 8;
         let m = match_notices(&[close], &entries, S);
-        assert_eq!(m.remove, [key(100, 7)]);
+        assert_eq!(m.remove, [(key(100, 7), S)]);
         assert_eq!(m.rows[0].end, End::CloseRange);
 
         close.range_flags = CLOSE_RANGE_CLOEXEC;
@@ -410,6 +442,16 @@ pub(crate) mod tests {
         let rows = still_open(&entries, 6 * S, 2 * S);
         let names: Vec<_> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["/old", "/mid"]);
+    }
+
+    #[test]
+    fn each_file_is_reported_once() {
+        let r = row(key(7, 3), &file(S, 7, "a", "/f", 0), S, End::Exec);
+        let mut seen = Reported::default();
+        assert!(seen.first_time(&r));
+        assert!(!seen.first_time(&r));
+        let reopened = row(key(7, 3), &file(2 * S, 7, "a", "/f", 0), S, End::Close);
+        assert!(seen.first_time(&reopened));
     }
 
     #[test]

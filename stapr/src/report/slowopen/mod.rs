@@ -60,6 +60,14 @@ fn min_ns(opts: &Options) -> u64 {
     u64::try_from(opts.min.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What user space remembers between batches.
+#[derive(Default)]
+struct State {
+    /// Recent notices, to explain files whose slot was reused before they were matched.
+    recent: VecDeque<Notice>,
+    reported: aggregate::Reported,
+}
+
 /// Notices kept to explain files whose fd was reused before their end was matched.
 const RECENT_NOTICES: usize = 4096;
 
@@ -68,9 +76,10 @@ const RECENT_NOTICES: usize = 4096;
 fn report(
     probes: &mut probes::Probes,
     batch: Batch,
-    recent: &mut VecDeque<Notice>,
+    state: &mut State,
     opts: &Options,
 ) -> Result<()> {
+    let State { recent, reported } = state;
     let mut out = String::new();
     if !batch.notices.is_empty() {
         let entries = probes.open_files()?;
@@ -78,7 +87,9 @@ fn report(
         probes.forget(&m.remove)?;
         probes.rewrite(&m.update)?;
         for row in m.rows.iter().filter(|r| opts.filter.keeps(r)) {
-            out.push_str(&render::line(row, opts.verbose));
+            if reported.first_time(row) {
+                out.push_str(&render::line(row, opts.verbose));
+            }
         }
         recent.extend(batch.notices);
         while recent.len() > RECENT_NOTICES {
@@ -88,7 +99,7 @@ fn report(
     let recent = recent.make_contiguous();
     for s in &batch.slow {
         if let Some(row) = aggregate::slow_file_row(s, recent, min_ns(opts)) {
-            if opts.filter.keeps(&row) {
+            if opts.filter.keeps(&row) && reported.first_time(&row) {
                 out.push_str(&render::line(&row, opts.verbose));
             }
         }
@@ -122,7 +133,7 @@ pub fn run(opts: Options) -> Result<()> {
         "stapr slowopen: syscall tracepoints (open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); files held >= {:?}. Ctrl-C to end.",
         opts.min
     );
-    let mut recent = VecDeque::new();
+    let mut state = State::default();
     let mut ring = runtime::block_on(async {
         // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
         // which happens only after the AsyncFd is gone.
@@ -138,7 +149,7 @@ pub fn run(opts: Options) -> Result<()> {
                     let mut batch = Batch::default();
                     read_records(guard.get_inner_mut(), &mut batch);
                     guard.clear_ready();
-                    report(&mut probes, batch, &mut recent, &opts)?;
+                    report(&mut probes, batch, &mut state, &opts)?;
                 }
                 r = &mut stop => { r?; break; }
             }
@@ -148,7 +159,7 @@ pub fn run(opts: Options) -> Result<()> {
     // What arrived between the last wake-up and the stop.
     let mut batch = Batch::default();
     read_records(&mut ring, &mut batch);
-    report(&mut probes, batch, &mut recent, &opts)?;
+    report(&mut probes, batch, &mut state, &opts)?;
 
     let entries = probes.open_files()?;
     let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))

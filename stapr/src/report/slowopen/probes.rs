@@ -147,11 +147,14 @@ impl Probes {
         Ok(out)
     }
 
-    pub fn forget(&mut self, keys: &[OpenKey]) -> Result<()> {
+    /// Deletes entries that still hold the file they held when read (`start_ns`): the
+    /// kernel may have reused a slot for a new file since.
+    pub fn forget(&mut self, entries: &[(OpenKey, u64)]) -> Result<()> {
         let mut table = self.table()?;
-        for k in keys {
-            // The kernel may have removed it already (a close raced with the notice).
-            let _ = table.remove(k);
+        for (k, start_ns) in entries {
+            if table.get(k, 0).is_ok_and(|f| f.start_ns == *start_ns) {
+                let _ = table.remove(k);
+            }
         }
         Ok(())
     }

@@ -60,6 +60,8 @@ mod tests {
             pid: 15337,
             tid: 15338,
             uid: 48,
+            fd: 3,
+            start_ns: 1,
             held_ns,
             name: name.into(),
             truncated: false,
