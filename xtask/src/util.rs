@@ -52,7 +52,12 @@ fn add_result(line: &str, t: &mut TestTotals) {
     };
     for part in rest.split(';') {
         let words: Vec<&str> = part.split_whitespace().collect();
-        let n = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+        let n = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         match words.last() {
             Some(&"passed") => t.passed += n(words.len() - 2),
             Some(&"failed") => t.failed += n(words.len() - 2),
