@@ -50,15 +50,8 @@ pub struct SlowopenArgs {
     /// Report files held at least this long (1s, 1.5s, 500ms, 250us, 2m)
     #[arg(long, default_value = "1s", value_parser = min_duration, allow_hyphen_values = true)]
     pub min: Duration,
-    /// Only this process (thread group id)
-    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
-    pub pid: Option<u32>,
-    /// Only this user id
-    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
-    pub uid: Option<u32>,
-    /// Only commands containing this text
-    #[arg(short, long)]
-    pub comm: Option<String>,
+    #[command(flatten)]
+    pub who: ProcessFilter,
     /// Stop after this long (default: until Ctrl-C)
     #[arg(short, long, value_parser = duration::positive_secs)]
     pub duration: Option<Duration>,
@@ -93,15 +86,8 @@ pub struct NettopArgs {
     /// Stop after this many reports
     #[arg(long, value_parser = positive_u64)]
     pub count: Option<u64>,
-    /// Only this process (thread group id)
-    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
-    pub pid: Option<u32>,
-    /// Only this user id
-    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
-    pub uid: Option<u32>,
-    /// Only commands containing this text
-    #[arg(short, long)]
-    pub comm: Option<String>,
+    #[command(flatten)]
+    pub who: ProcessFilter,
     /// Only this network device (e.g. eth0, lo)
     #[arg(short, long)]
     pub dev: Option<String>,
@@ -114,6 +100,20 @@ pub struct NettopArgs {
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]
     pub probe: nettop::ProbeKind,
+}
+
+/// The process filters every report takes.
+#[derive(Debug, Args)]
+pub struct ProcessFilter {
+    /// Only this process (thread group id)
+    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
+    pub pid: Option<u32>,
+    /// Only this user id
+    #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
+    pub uid: Option<u32>,
+    /// Only commands containing this text
+    #[arg(short, long)]
+    pub comm: Option<String>,
 }
 
 fn id(s: &str) -> Result<u32, String> {

@@ -24,9 +24,9 @@ fn main() -> ExitCode {
             interval: a.interval,
             count: a.count,
             filter: nettop::Filter {
-                pid: a.pid,
-                uid: a.uid,
-                comm: a.comm,
+                pid: a.who.pid,
+                uid: a.who.uid,
+                comm: a.who.comm,
                 dev: a.dev,
             },
             sort: a.sort,
@@ -36,9 +36,9 @@ fn main() -> ExitCode {
         Command::Slowopen(a) => slowopen::run(slowopen::Options {
             min: a.min,
             filter: slowopen::Filter {
-                pid: a.pid,
-                uid: a.uid,
-                comm: a.comm,
+                pid: a.who.pid,
+                uid: a.who.uid,
+                comm: a.who.comm,
             },
             duration: a.duration,
             verbose: a.verbose,

@@ -154,34 +154,29 @@ fn opened_in_one_thread_closed_in_another() {
     assert_eq!(row.tid, h.tid, "TID is the thread that opened the file");
 }
 
+/// Holds a file 1.2 s and lets it go by `mode`: the row must carry `marker`.
+fn check_ended_by(mode: &str, file: &str, marker: &str) {
+    let _k = kernel_lock();
+    let p = path(file);
+    let h = hold(mode, "1.2", &p);
+    let row = only_row_of(&h);
+    assert_eq!(row.rest, format!("{p} {marker}"));
+    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+}
+
 #[test]
 fn process_exit_closes_its_files() {
-    let _k = kernel_lock();
-    let p = path("held-until-exit");
-    let h = hold("exit", "1.2", &p);
-    let row = only_row_of(&h);
-    assert_eq!(row.rest, format!("{p} [exit]"));
-    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+    check_ended_by("exit", "held-until-exit", "[exit]");
 }
 
 #[test]
 fn dup2_onto_the_fd_closes_the_file() {
-    let _k = kernel_lock();
-    let p = path("replaced-by-dup2");
-    let h = hold("dup2", "1.2", &p);
-    let row = only_row_of(&h);
-    assert_eq!(row.rest, format!("{p} [dup2]"));
-    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+    check_ended_by("dup2", "replaced-by-dup2", "[dup2]");
 }
 
 #[test]
 fn exec_closes_cloexec_files() {
-    let _k = kernel_lock();
-    let p = path("closed-by-exec");
-    let h = hold("exec", "1.2", &p);
-    let row = only_row_of(&h);
-    assert_eq!(row.rest, format!("{p} [exec]"));
-    assert!(row.secs > 1.1 && row.secs < 2.0, "{row:?}");
+    check_ended_by("exec", "closed-by-exec", "[exec]");
 }
 
 #[test]
