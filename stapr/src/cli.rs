@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::nettop;
+use crate::report::{disktop, nettop};
 use crate::runtime::duration;
 
 #[derive(Debug, Parser)]
@@ -24,10 +24,32 @@ pub enum Command {
     /// Packets and KB sent and received, per process and network device, every interval.
     #[command(after_help = NETTOP_HELP)]
     Nettop(NettopArgs),
+    /// Bytes read and written per process and block device, every interval (top 10).
+    #[command(after_help = DISKTOP_HELP)]
+    Disktop(DisktopArgs),
     /// Files a process held open at least --min, printed as each one is closed.
     #[command(after_help = SLOWOPEN_HELP)]
     Slowopen(SlowopenArgs),
 }
+
+const DISKTOP_HELP: &str = "\
+Counts the bytes that read and write calls return for files on a block device, page-cache
+hits included, like SystemTap's disktop. Pipes, sockets, tmpfs, /proc and other files
+without a block device are not counted. DEVICE is the kernel's name for the device under
+the file's filesystem. The probes are the exit tracepoints of read, write, pread64,
+pwrite64, readv, writev, preadv, pwritev, preadv2 and pwritev2: I/O that does not go
+through them is not seen (io_uring, mmap'd files, sendfile, splice, copy_file_range, aio).
+
+--block counts requests issued to the devices instead (block:block_rq_issue): physical
+I/O, charged to the task running when the request was issued. Write-back of dirty pages is
+issued by the kernel's flusher threads and shows under them, not under the writer.
+
+EXAMPLES:
+    stapr disktop                 # every 5 s, top 10 by bytes
+    stapr disktop -i 1 -r 20      # every second, top 20
+    stapr disktop -c postgres     # only commands containing 'postgres'
+    stapr disktop --block         # physical I/O per device
+";
 
 const SLOWOPEN_HELP: &str = "\
 A file is opened by a successful open, openat, openat2 or creat and tracked per process
@@ -44,6 +66,27 @@ EXAMPLES:
     stapr slowopen --min 250ms -v   # a lower threshold, with PID and TID columns
     stapr slowopen -c httpd -d 10m  # only httpd, for ten minutes
 ";
+
+#[derive(Debug, Args)]
+pub struct DisktopArgs {
+    /// Seconds between reports (also 500ms, 2s, 1m...)
+    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
+    pub interval: Duration,
+    /// Stop after this many reports
+    #[arg(long, value_parser = positive_u64)]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub who: ProcessFilter,
+    /// Order rows by bytes (largest first) or pid
+    #[arg(short, long, value_enum, default_value = "bytes")]
+    pub sort: disktop::SortKey,
+    /// Rows per report
+    #[arg(short, long, default_value = "10", value_parser = positive_usize)]
+    pub rows: usize,
+    /// Count requests issued to block devices instead of read/write calls
+    #[arg(long)]
+    pub block: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct SlowopenArgs {

@@ -10,7 +10,7 @@ use clap::{error::ErrorKind, Parser};
 
 use crate::{
     cli::{Cli, Command},
-    report::{nettop, slowopen},
+    report::{disktop, nettop, slowopen},
     runtime::UserError,
 };
 
@@ -32,6 +32,18 @@ fn main() -> ExitCode {
             sort: a.sort,
             rows: a.rows,
             probe: a.probe,
+        }),
+        Command::Disktop(a) => disktop::run(disktop::Options {
+            interval: a.interval,
+            count: a.count,
+            filter: disktop::Filter {
+                pid: a.who.pid,
+                uid: a.who.uid,
+                comm: a.who.comm,
+            },
+            sort: a.sort,
+            rows: a.rows,
+            block: a.block,
         }),
         Command::Slowopen(a) => slowopen::run(slowopen::Options {
             min: a.min,

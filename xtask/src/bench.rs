@@ -20,6 +20,8 @@ pub enum Report {
     Nettop,
     /// open + read 4 KiB + close of a cached file: ns per iteration.
     Slowopen,
+    /// 4 KiB reads (pread) of a cached file: ns per read.
+    Disktop,
 }
 
 #[derive(Args)]
@@ -142,6 +144,11 @@ fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
             let file = file.to_string_lossy();
             example("file_holder", &["loop", &n, &file], cpu, "ns_per_iteration")
         }
+        Report::Disktop => {
+            let file = cached_file()?;
+            let file = file.to_string_lossy();
+            example("disk_writer", &["readloop", &n, &file], cpu, "ns_per_read")
+        }
     }
 }
 
@@ -149,6 +156,7 @@ fn stapr_args(report: Report) -> &'static [&'static str] {
     match report {
         Report::Nettop => &["nettop", "-i", "5"],
         Report::Slowopen => &["slowopen", "--min", "1s"],
+        Report::Disktop => &["disktop", "-i", "5"],
     }
 }
 
@@ -156,6 +164,7 @@ fn event_name(report: Report) -> &'static str {
     match report {
         Report::Nettop => "packet",
         Report::Slowopen => "iteration",
+        Report::Disktop => "read",
     }
 }
 

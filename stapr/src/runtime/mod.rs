@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod duration;
+pub mod slots;
 pub mod tracefs;
 
 use std::{future::Future, io::Write, path::Path, time::Duration};
@@ -60,6 +61,17 @@ pub fn prepare() -> Result<()> {
     raise_limit(libc::RLIMIT_NOFILE, 65536).context("raising RLIMIT_NOFILE")?;
     tracefs::ensure_mounted()?;
     Ok(())
+}
+
+/// A program of a loaded object, as its type (`TracePoint`, `BtfTracePoint`...).
+pub fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 /// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.

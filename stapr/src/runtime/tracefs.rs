@@ -35,6 +35,15 @@ pub fn ensure_mounted() -> Result<()> {
     Ok(())
 }
 
+/// Whether this kernel has the tracepoint `category:name`.
+pub fn exists(category: &str, name: &str) -> bool {
+    Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .is_dir()
+}
+
 /// Byte offset of `field` in a tracepoint record, from its `format` file.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
     let path = Path::new(TRACEFS)

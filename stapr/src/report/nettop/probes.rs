@@ -1,17 +1,18 @@
 //! Loads and attaches nettop's probes; drains the in-kernel counters. The only part of
 //! nettop that touches the kernel.
 
-use std::time::Duration;
-
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probes_common::nettop::{NetCounters, NetKey, NetOffsets, NetRun};
 
-use crate::runtime::{btf, kernel_btf_present, tracefs, user_error};
+use crate::runtime::{
+    btf, kernel_btf_present, program,
+    slots::{self, SlotMaps},
+    tracefs, user_error,
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettop"));
 
@@ -43,7 +44,12 @@ impl ProbeKind {
     }
 }
 
-const COUNTS: [&str; 2] = ["NET_COUNTS_0", "NET_COUNTS_1"];
+const MAPS: SlotMaps = SlotMaps {
+    slot: "NET_SLOT",
+    counts: ["NET_COUNTS_0", "NET_COUNTS_1"],
+    runs: "NET_RUN",
+    dropped: "NET_DROPPED",
+};
 
 impl Probes {
     /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for;
@@ -119,65 +125,16 @@ impl Probes {
         })
     }
 
-    /// Switches the probes to the other map and returns what the previous one counted,
-    /// one element per key and CPU, leaving that map empty for its next turn.
+    /// What the probes counted since the last call (one element per key and CPU).
     pub fn drain(&mut self) -> Result<Vec<(NetKey, NetCounters)>> {
-        let drained = self.slot;
-        self.slot ^= 1;
-        let mut slot: Array<&mut MapData, u32> = Array::try_from(
-            self.ebpf
-                .map_mut("NET_SLOT")
-                .ok_or_else(|| anyhow!("map NET_SLOT missing from the nettop object"))?,
-        )?;
-        slot.set(0, self.slot, 0)
-            .context("switching nettop's counter map")?;
-        // Let a probe that read the old slot just before the switch finish its update.
-        std::thread::sleep(Duration::from_millis(1));
-
-        let name = COUNTS[drained as usize];
-        let mut counts: PerCpuHashMap<&mut MapData, NetKey, NetCounters> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("map {name} missing from the nettop object"))?,
-        )?;
-        let mut entries = Vec::new();
-        let mut keys = Vec::new();
-        for item in counts.iter() {
-            let (key, per_cpu) = item.with_context(|| format!("reading {name}"))?;
-            keys.push(key);
-            entries.extend(per_cpu.iter().map(|v| (key, *v)));
-        }
-        for key in &keys {
-            // A key may vanish only if we removed it already; nothing else deletes.
-            let _ = counts.remove(key);
-        }
-
-        // Runs still open in each CPU's cache for the drained slot.
-        let mut runs: PerCpuArray<&mut MapData, NetRun> = PerCpuArray::try_from(
-            self.ebpf
-                .map_mut("NET_RUN")
-                .ok_or_else(|| anyhow!("map NET_RUN missing from the nettop object"))?,
-        )?;
-        let open = runs.get(&drained, 0).context("reading NET_RUN")?;
-        entries.extend(
-            open.iter()
-                .filter(|r| r.valid == 1)
-                .map(|r| (r.key, r.counts)),
-        );
-        let cpus = open.len();
-        let empty = PerCpuValues::try_from(vec![NetRun::default(); cpus])?;
-        runs.set(drained, empty, 0).context("resetting NET_RUN")?;
-        Ok(entries)
+        slots::drain(&mut self.ebpf, &MAPS, &mut self.slot, |r: &NetRun| {
+            (r.valid == 1).then_some((r.key, r.counts))
+        })
     }
 
     /// Packets not counted because a counter map was full, since start.
     pub fn dropped(&self) -> Result<u64> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("NET_DROPPED")
-                .ok_or_else(|| anyhow!("map NET_DROPPED missing from the nettop object"))?,
-        )?;
-        Ok(map.get(&0, 0)?.iter().sum())
+        slots::dropped(&self.ebpf, &MAPS)
     }
 }
 
@@ -186,14 +143,4 @@ fn load(offsets: &NetOffsets) -> Result<Ebpf> {
         .override_global("NET_OFFSETS", offsets, true)
         .load(OBJECT)
         .context("loading the nettop eBPF object")
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
 }

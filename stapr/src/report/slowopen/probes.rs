@@ -1,8 +1,6 @@
 //! Loads and attaches slowopen's probes; reads and edits the in-kernel open-file table.
 //! The only part of slowopen that touches the kernel.
 
-use std::path::Path;
-
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -13,7 +11,7 @@ use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
 };
 
-use crate::runtime::{btf, kernel_btf_present, tracefs};
+use crate::runtime::{btf, kernel_btf_present, program, tracefs};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
 
@@ -50,14 +48,6 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
-}
-
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    Path::new(tracefs::TRACEFS)
-        .join("events")
-        .join(category)
-        .join(name)
-        .is_dir()
 }
 
 /// Offsets in `struct pt_regs` of the first four syscall arguments, where the kernel
@@ -100,15 +90,11 @@ impl Probes {
             ENTRY
         };
         for &(prog, category, name, required) in entry.iter().chain(ATTACH) {
-            if !required && !tracepoint_exists(category, name) {
+            if !required && !tracefs::exists(category, name) {
                 skipped.push(format!("{category}:{name}"));
                 continue;
             }
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the slowopen object"))?
-                .try_into()
-                .with_context(|| format!("program {prog} is not a tracepoint program"))?;
+            let p: &mut TracePoint = program(&mut ebpf, prog)?;
             if p.fd().is_err() {
                 p.load()
                     .with_context(|| format!("loading {prog} for {category}:{name}"))?;

@@ -1,0 +1,106 @@
+//! Disk writer: writes MiB of data somewhere and reads it back, like a web node writing
+//! logs and serving files. Prints `pid=<pid>` first.
+//!
+//! usage: disk_writer MODE MIB [PATH]
+//!   file     write MIB MiB to PATH (1 MiB writes), fsync, read it back (1 MiB reads)
+//!   pipe     write MIB MiB into a pipe a thread drains
+//!   direct   write MIB MiB to PATH with O_DIRECT (bypassing the page cache)
+//!   readloop (benchmark) pread 4 KiB at offset 0 of PATH, MIB times (the count);
+//!            prints ns_per_read
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Write},
+    os::unix::fs::{FileExt, OpenOptionsExt},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const MIB: usize = 1 << 20;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, n) = match args.as_slice() {
+        [_, mode, n, ..] => (mode.as_str(), n.parse::<u64>().context("MIB")?),
+        _ => bail!("usage: disk_writer file|pipe|direct|readloop MIB [PATH]"),
+    };
+    let path = args.get(3);
+    let need_path = || path.context("this mode needs a PATH");
+    println!("pid={}", std::process::id());
+    std::io::stdout().flush()?;
+    let chunk = vec![0x5au8; MIB];
+    match mode {
+        "file" => {
+            let p = need_path()?;
+            let mut f = File::create(p).with_context(|| format!("creating {p}"))?;
+            for _ in 0..n {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()?;
+            drop(f);
+            let mut f = File::open(p)?;
+            let mut buf = vec![0u8; MIB];
+            let mut total = 0u64;
+            loop {
+                let got = f.read(&mut buf)?;
+                if got == 0 {
+                    break;
+                }
+                total += got as u64;
+            }
+            println!("wrote={} read={total}", n * MIB as u64);
+        }
+        "pipe" => {
+            let (mut r, mut w) = std::io::pipe()?;
+            let reader = std::thread::spawn(move || {
+                let mut buf = vec![0u8; MIB];
+                while matches!(r.read(&mut buf), Ok(got) if got > 0) {}
+            });
+            for _ in 0..n {
+                w.write_all(&chunk)?;
+            }
+            drop(w);
+            reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        }
+        "direct" => {
+            let p = need_path()?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(p)
+                .with_context(|| format!("opening {p} with O_DIRECT"))?;
+            // O_DIRECT needs a buffer aligned to the logical block size.
+            let layout = std::alloc::Layout::from_size_align(MIB, 4096)?;
+            // SAFETY: the layout is non-zero; the buffer is freed below.
+            let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+            if buf.is_null() {
+                bail!("out of memory");
+            }
+            // SAFETY: buf points to MIB initialised bytes.
+            let slice = unsafe { std::slice::from_raw_parts(buf, MIB) };
+            let result = (0..n).try_for_each(|i| f.write_all_at(slice, i * MIB as u64));
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(buf, layout) };
+            result?;
+            println!("wrote={}", n * MIB as u64);
+        }
+        "readloop" => {
+            let p = need_path()?;
+            let f = File::open(p)?;
+            let mut buf = vec![0u8; 4096];
+            let start = Instant::now();
+            for _ in 0..n {
+                f.read_at(&mut buf, 0)?;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+            println!("reads={n} ns_per_read={ns:.1}");
+        }
+        _ => bail!("unknown mode {mode}"),
+    }
+    Ok(())
+}

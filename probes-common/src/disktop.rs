@@ -1,0 +1,75 @@
+//! disktop: bytes read and written per (process, device), aggregated in the kernel.
+
+use crate::COMM_LEN;
+
+pub const DISK_MAX_ENTRIES: u32 = 10240;
+/// Two counter maps alternate, as in nettop (`DISK_SLOT[0]` names the active one).
+pub const DISK_SLOTS: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskKey {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// The block device, in the kernel's dev_t encoding (major << 20 | minor).
+    pub dev: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// The per-CPU run cache: consecutive reads and writes of one thread on one open file
+/// add up here and reach the hash only when another file or thread comes along.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskRun {
+    pub pid_tgid: u64,
+    /// The `struct file *` the fd referred to.
+    pub file: u64,
+    pub fd: u32,
+    /// 1 when the entry holds a run.
+    pub valid: u32,
+    /// 1 when the file is not on a block device: its bytes are not counted.
+    pub skip: u32,
+    pub _pad: u32,
+    pub key: DiskKey,
+    pub counts: DiskCounters,
+}
+
+/// BTF offsets the syscall-path probes need, set before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskOffsets {
+    /// `pt_regs` member holding syscall argument 0 (the fd).
+    pub reg_arg0: u32,
+    pub task_files: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub inode_sb: u32,
+    pub sb_bdev: u32,
+    pub bdev_dev: u32,
+    /// `--block`: offsets in the block_rq_issue record.
+    pub rq_dev: u32,
+    pub rq_bytes: u32,
+    pub rq_rwbs: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::DiskKey {}
+    unsafe impl aya::Pod for super::DiskCounters {}
+    unsafe impl aya::Pod for super::DiskRun {}
+    unsafe impl aya::Pod for super::DiskOffsets {}
+}

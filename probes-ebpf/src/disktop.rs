@@ -1,0 +1,275 @@
+//! disktop: bytes returned by reads and writes of files on block devices, per (process,
+//! device), counted at syscall exit. The fd is resolved to its file, and the file to the
+//! block device under its filesystem, through BTF offsets handed in at load time.
+//!
+//! `--block` instead counts requests issued to devices (block:block_rq_issue).
+#![no_std]
+#![no_main]
+// Map keys and values are passed by reference: many live in map memory, which the
+// helpers accept directly, where passing by value would copy them to the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use probes_common::disktop::{
+    DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS,
+};
+use probes_ebpf::{btf_load, global, tp_field};
+
+#[unsafe(no_mangle)]
+static DISK_OFFSETS: DiskOffsets = DiskOffsets {
+    reg_arg0: 0,
+    task_files: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_sb: 0,
+    sb_bdev: 0,
+    bdev_dev: 0,
+    rq_dev: 0,
+    rq_bytes: 0,
+    rq_rwbs: 0,
+    _pad: 0,
+};
+
+#[map]
+static DISK_COUNTS_0: PerCpuHashMap<DiskKey, DiskCounters> =
+    PerCpuHashMap::with_max_entries(DISK_MAX_ENTRIES, 0);
+#[map]
+static DISK_COUNTS_1: PerCpuHashMap<DiskKey, DiskCounters> =
+    PerCpuHashMap::with_max_entries(DISK_MAX_ENTRIES, 0);
+#[map]
+static DISK_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static DISK_RUN: PerCpuArray<DiskRun> = PerCpuArray::with_max_entries(DISK_SLOTS, 0);
+/// Bytes not counted because the hash map was full.
+#[map]
+static DISK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const RET: usize = 16;
+
+#[inline(always)]
+fn off(field: &u32) -> u32 {
+    global(field)
+}
+
+fn slot() -> u32 {
+    match DISK_SLOT.get(0) {
+        Some(&s) if s < DISK_SLOTS => s,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn add(map: &PerCpuHashMap<DiskKey, DiskCounters>, key: &DiskKey, c: &DiskCounters) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        let v = unsafe { &mut *v };
+        v.read_bytes += c.read_bytes;
+        v.write_bytes += c.write_bytes;
+    } else if map.insert(key, c, 0).is_err() {
+        if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
+            unsafe { *d += c.read_bytes + c.write_bytes };
+        }
+    }
+}
+
+#[inline(always)]
+fn add_to_slot(slot: u32, key: &DiskKey, c: &DiskCounters) {
+    if slot == 0 {
+        add(&DISK_COUNTS_0, key, c);
+    } else {
+        add(&DISK_COUNTS_1, key, c);
+    }
+}
+
+#[inline(always)]
+fn bytes(c: &mut DiskCounters, n: u64, write: bool) {
+    if write {
+        c.write_bytes += n;
+    } else {
+        c.read_bytes += n;
+    }
+}
+
+/// Reads a kernel pointer at `base + off` (base is a plain address, not BTF-typed).
+#[inline(always)]
+fn read_ptr(base: u64, off: u32) -> u64 {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.unwrap_or(0)
+}
+
+/// The file behind `fd` in the current task's table, or 0.
+#[inline(always)]
+fn fd_file(task: *const u8, fd: u32) -> u64 {
+    let o = &DISK_OFFSETS;
+    let files: *const u8 = unsafe { btf_load(task, off(&o.task_files)) };
+    if files.is_null() {
+        return 0;
+    }
+    let fdt: *const u8 = unsafe { btf_load(files, off(&o.files_fdt)) };
+    if fdt.is_null() {
+        return 0;
+    }
+    let max: u32 = unsafe { btf_load(fdt, off(&o.fdt_max_fds)) };
+    if fd >= max {
+        return 0;
+    }
+    let array: u64 = unsafe { btf_load(fdt, off(&o.fdt_fd)) };
+    if array == 0 {
+        return 0;
+    }
+    read_ptr(array, fd * 8)
+}
+
+/// The block device under the file's filesystem (dev_t), or 0 when there is none.
+#[inline(always)]
+fn file_bdev(file: u64) -> u32 {
+    let o = &DISK_OFFSETS;
+    let inode = read_ptr(file, off(&o.file_inode));
+    if inode == 0 {
+        return 0;
+    }
+    let sb = read_ptr(inode, off(&o.inode_sb));
+    if sb == 0 {
+        return 0;
+    }
+    let bdev = read_ptr(sb, off(&o.sb_bdev));
+    if bdev == 0 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((bdev + off(&o.bdev_dev) as u64) as *const u32) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn syscall_exit(ctx: &TracePointContext, write: bool) {
+    let ret: i64 = tp_field(ctx, RET);
+    if ret <= 0 {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    let fd: u64 = unsafe { btf_load(regs, off(&DISK_OFFSETS.reg_arg0)) };
+    let fd = fd as u32;
+    let file = fd_file(task, fd);
+    if file == 0 {
+        return;
+    }
+    let slot = slot();
+    let Some(run) = DISK_RUN.get_ptr_mut(slot) else {
+        return;
+    };
+    let run = unsafe { &mut *run };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if run.valid == 1 && run.pid_tgid == pid_tgid && run.fd == fd && run.file == file {
+        if run.skip == 0 {
+            bytes(&mut run.counts, ret as u64, write);
+        }
+        return;
+    }
+    if run.valid == 1 && run.skip == 0 {
+        add_to_slot(slot, &run.key, &run.counts);
+    }
+    let dev = file_bdev(file);
+    run.pid_tgid = pid_tgid;
+    run.file = file;
+    run.fd = fd;
+    run.valid = 1;
+    run.counts = DiskCounters::default();
+    if dev == 0 {
+        // Pipes, sockets, tmpfs, proc...: remember the verdict for the rest of the run.
+        run.skip = 1;
+        return;
+    }
+    run.skip = 0;
+    let o = &DISK_OFFSETS;
+    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
+    let ppid: u32 = if parent.is_null() {
+        0
+    } else {
+        unsafe { btf_load(parent, off(&o.task_tgid)) }
+    };
+    let (lo, hi): (u64, u64) = unsafe {
+        (
+            btf_load(task, off(&o.task_comm)),
+            btf_load(task, off(&o.task_comm) + 8),
+        )
+    };
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&lo.to_ne_bytes());
+    comm[8..].copy_from_slice(&hi.to_ne_bytes());
+    run.key = DiskKey {
+        pid: (pid_tgid >> 32) as u32,
+        ppid,
+        uid: bpf_get_current_uid_gid() as u32,
+        dev,
+        comm,
+    };
+    bytes(&mut run.counts, ret as u64, write);
+}
+
+/// sys_exit of read, pread64, readv, preadv, preadv2 (argument 0 is the fd).
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn stapr_dt_read(ctx: TracePointContext) -> u32 {
+    syscall_exit(&ctx, false);
+    0
+}
+
+/// sys_exit of write, pwrite64, writev, pwritev, pwritev2.
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn stapr_dt_write(ctx: TracePointContext) -> u32 {
+    syscall_exit(&ctx, true);
+    0
+}
+
+/// `--block`: a request issued to a device, charged to the task issuing it.
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn stapr_dt_rq(ctx: TracePointContext) -> u32 {
+    let o = &DISK_OFFSETS;
+    let Ok(dev) = (unsafe { ctx.read_at::<u32>(off(&o.rq_dev) as usize) }) else {
+        return 0;
+    };
+    let Ok(n) = (unsafe { ctx.read_at::<u32>(off(&o.rq_bytes) as usize) }) else {
+        return 0;
+    };
+    let Ok(rwbs) = (unsafe { ctx.read_at::<u8>(off(&o.rq_rwbs) as usize) }) else {
+        return 0;
+    };
+    // rwbs starts with R(ead), W(rite), D(iscard), F(lush)...
+    let write = match rwbs {
+        b'R' => false,
+        b'W' => true,
+        _ => return 0,
+    };
+    if n == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
+    let ppid: u32 = if parent.is_null() {
+        0
+    } else {
+        unsafe { btf_load(parent, off(&o.task_tgid)) }
+    };
+    let key = DiskKey {
+        pid: (pid_tgid >> 32) as u32,
+        ppid,
+        uid: bpf_get_current_uid_gid() as u32,
+        dev,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let mut c = DiskCounters::default();
+    bytes(&mut c, n as u64, write);
+    add_to_slot(slot(), &key, &c);
+    0
+}

@@ -1,0 +1,279 @@
+//! Pure: per-CPU counters drained from the kernel → one disktop report.
+
+use std::collections::BTreeMap;
+
+use probes_common::{
+    c_bytes,
+    disktop::{DiskCounters, DiskKey},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+impl Dir {
+    pub fn letter(self) -> &'static str {
+        match self {
+            Dir::Read => "R",
+            Dir::Write => "W",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub uid: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub device: String,
+    pub dir: Dir,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SortKey {
+    #[default]
+    Bytes,
+    Pid,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    /// Matches commands that contain this text.
+    pub comm: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, k: &DiskKey, comm: &str) -> bool {
+        self.pid.is_none_or(|p| k.pid == p)
+            && self.uid.is_none_or(|u| k.uid == u)
+            && self.comm.as_deref().is_none_or(|c| comm.contains(c))
+    }
+}
+
+/// One interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Totals over every counted row, before the top-N cut.
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub interval_ms: u64,
+    pub rows: Vec<Row>,
+}
+
+impl Snapshot {
+    /// (read + write) KB per second, as the seed: KB / interval, rounded down.
+    pub fn average_kb_per_sec(&self) -> u64 {
+        (self.read_bytes + self.write_bytes) / 1024 * 1000 / self.interval_ms.max(1)
+    }
+}
+
+/// Sums per-CPU values, splits each key into an R and a W row, filters, sorts, cuts to
+/// `limit`. None when the interval saw no I/O (the seed prints nothing then).
+pub fn snapshot(
+    entries: impl IntoIterator<Item = (DiskKey, DiskCounters)>,
+    mut device_name: impl FnMut(u32) -> String,
+    filter: &Filter,
+    sort: SortKey,
+    limit: usize,
+    interval_ms: u64,
+) -> Option<Snapshot> {
+    let mut sums: BTreeMap<DiskKey, DiskCounters> = BTreeMap::new();
+    for (k, v) in entries {
+        let s = sums.entry(k).or_default();
+        s.read_bytes += v.read_bytes;
+        s.write_bytes += v.write_bytes;
+    }
+    let mut rows = Vec::new();
+    let (mut read, mut write) = (0, 0);
+    for (k, v) in sums {
+        let comm = String::from_utf8_lossy(c_bytes(&k.comm)).into_owned();
+        if !filter.keeps(&k, &comm) {
+            continue;
+        }
+        read += v.read_bytes;
+        write += v.write_bytes;
+        for (dir, bytes) in [(Dir::Read, v.read_bytes), (Dir::Write, v.write_bytes)] {
+            if bytes > 0 {
+                rows.push(Row {
+                    uid: k.uid,
+                    pid: k.pid,
+                    ppid: k.ppid,
+                    comm: comm.clone(),
+                    device: device_name(k.dev),
+                    dir,
+                    bytes,
+                });
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let tie = |a: &Row, b: &Row| {
+        (a.pid, &a.device, a.dir, &a.comm).cmp(&(b.pid, &b.device, b.dir, &b.comm))
+    };
+    rows.sort_by(|a, b| match sort {
+        SortKey::Bytes => b.bytes.cmp(&a.bytes).then_with(|| tie(a, b)),
+        SortKey::Pid => tie(a, b),
+    });
+    rows.truncate(limit);
+    Some(Snapshot {
+        read_bytes: read,
+        write_bytes: write,
+        interval_ms,
+        rows,
+    })
+}
+
+/// The kernel's dev_t encoding: major in the high 12 bits, minor in the low 20.
+pub fn major_minor(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xf_ffff)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn key(pid: u32, ppid: u32, uid: u32, dev: u32, comm: &str) -> DiskKey {
+        let mut k = DiskKey {
+            pid,
+            ppid,
+            uid,
+            dev,
+            ..Default::default()
+        };
+        k.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        k
+    }
+
+    pub fn counts(r: u64, w: u64) -> DiskCounters {
+        DiskCounters {
+            read_bytes: r,
+            write_bytes: w,
+        }
+    }
+
+    pub fn names(dev: u32) -> String {
+        match major_minor(dev) {
+            (253, 0) => "dm-0".into(),
+            (254, 0) => "vda".into(),
+            (maj, min) => format!("{maj}:{min}"),
+        }
+    }
+
+    const DM0: u32 = 253 << 20;
+    const VDA: u32 = 254 << 20;
+
+    fn sample() -> Vec<(DiskKey, DiskCounters)> {
+        vec![
+            (key(15342, 15239, 48, DM0, "httpd"), counts(0, 150)),
+            (key(15342, 15239, 48, DM0, "httpd"), counts(0, 60)), // another CPU
+            (key(15343, 15239, 48, DM0, "httpd"), counts(4096, 210)),
+            (key(900, 1, 0, VDA, "rsync"), counts(1 << 20, 3 << 20)),
+        ]
+    }
+
+    #[test]
+    fn rows_per_direction_sorted_by_bytes() {
+        let s = snapshot(
+            sample(),
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        let got: Vec<_> = s
+            .rows
+            .iter()
+            .map(|r| (r.pid, r.device.as_str(), r.dir, r.bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (900, "vda", Dir::Write, 3 << 20),
+                (900, "vda", Dir::Read, 1 << 20),
+                (15343, "dm-0", Dir::Read, 4096),
+                (15342, "dm-0", Dir::Write, 210),
+                (15343, "dm-0", Dir::Write, 210),
+            ]
+        );
+        assert_eq!(s.read_bytes, (1 << 20) + 4096);
+        assert_eq!(s.write_bytes, (3 << 20) + 420);
+    }
+
+    #[test]
+    fn average_and_kb_rounding() {
+        let s = snapshot(
+            sample(),
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        // (1 MiB + 4096 + 3 MiB + 420) B = 4100 KB (rounded down) over 5 s.
+        assert_eq!(s.average_kb_per_sec(), 820);
+        let one = snapshot(
+            vec![(key(1, 0, 0, VDA, "x"), counts(1023, 0))],
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(one.average_kb_per_sec(), 0);
+    }
+
+    #[test]
+    fn top_n_cut_keeps_totals_of_everything() {
+        let s = snapshot(sample(), names, &Filter::default(), SortKey::Bytes, 2, 5000).unwrap();
+        assert_eq!(s.rows.len(), 2);
+        assert_eq!(s.read_bytes, (1 << 20) + 4096);
+    }
+
+    #[test]
+    fn sort_by_pid_and_filters() {
+        let s = snapshot(sample(), names, &Filter::default(), SortKey::Pid, 10, 5000).unwrap();
+        let pids: Vec<_> = s.rows.iter().map(|r| r.pid).collect();
+        assert_eq!(pids, [900, 900, 15342, 15343, 15343]);
+        let f = Filter {
+            uid: Some(48),
+            comm: Some("ttp".into()),
+            ..Default::default()
+        };
+        let s = snapshot(sample(), names, &f, SortKey::Bytes, 10, 5000).unwrap();
+        assert!(s.rows.iter().all(|r| r.comm == "httpd"));
+        assert_eq!(s.read_bytes, 4096);
+        let f = Filter {
+            pid: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            snapshot(sample(), names, &f, SortKey::Bytes, 10, 5000),
+            None
+        );
+    }
+
+    #[test]
+    fn no_io_no_report() {
+        assert_eq!(
+            snapshot(vec![], names, &Filter::default(), SortKey::Bytes, 10, 5000),
+            None
+        );
+        let zero = vec![(key(1, 0, 0, VDA, "x"), counts(0, 0))];
+        assert_eq!(
+            snapshot(zero, names, &Filter::default(), SortKey::Bytes, 10, 5000),
+            None
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `stapr disktop`: bytes read and written per process and block device, every interval.
+
+pub mod aggregate;
+pub mod probes;
+pub mod render;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Result;
+
+use crate::runtime;
+
+pub use aggregate::{Filter, SortKey};
+
+pub struct Options {
+    pub interval: Duration,
+    pub count: Option<u64>,
+    pub filter: Filter,
+    pub sort: SortKey,
+    pub rows: usize,
+    pub block: bool,
+}
+
+/// The kernel's name for a block device (`vda`, `dm-0`, `nvme0n1p2`), from sysfs.
+fn sysfs_device_name(dev: u32) -> String {
+    let (major, minor) = aggregate::major_minor(dev);
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME="))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    runtime::prepare()?;
+    let mut probes = probes::Probes::attach(opts.block)?;
+    if !probes.skipped.is_empty() {
+        eprintln!(
+            "stapr disktop: this kernel lacks {}; those calls are not counted",
+            probes.skipped.join(", ")
+        );
+    }
+    let method = if opts.block {
+        "block layer requests (block:block_rq_issue)".to_owned()
+    } else {
+        format!(
+            "syscall exit tracepoints ({}, {}), fd resolved to its block device through BTF",
+            probes::READS.join(", "),
+            probes::WRITES.join(", ")
+        )
+    };
+    eprintln!(
+        "stapr disktop: {method}; reporting every {:?}. Ctrl-C to end.",
+        opts.interval
+    );
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let interval_ms = opts.interval.as_millis() as u64;
+    runtime::block_on(async {
+        runtime::every_interval(opts.interval, opts.count, || {
+            let entries = probes.drain()?;
+            let name = |dev: u32| {
+                names
+                    .entry(dev)
+                    .or_insert_with(|| sysfs_device_name(dev))
+                    .clone()
+            };
+            let snap = aggregate::snapshot(
+                entries,
+                name,
+                &opts.filter,
+                opts.sort,
+                opts.rows,
+                interval_ms,
+            );
+            match snap {
+                Some(s) => runtime::emit(&render::text(&s, &render::ctime(&chrono::Local::now()))),
+                None => Ok(()),
+            }
+        })
+        .await?;
+        Ok(())
+    })?;
+    let dropped = probes.dropped()?;
+    if dropped > 0 {
+        eprintln!("stapr disktop: {dropped} bytes not counted: the in-kernel table was full");
+    }
+    Ok(())
+}

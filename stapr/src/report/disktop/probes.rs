@@ -1,0 +1,124 @@
+//! Loads and attaches disktop's probes and drains its counters. The only part of disktop
+//! that touches the kernel.
+
+use anyhow::{Context as _, Result};
+use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
+
+use crate::runtime::{
+    btf, kernel_btf_present, program,
+    slots::{self, SlotMaps},
+    tracefs, user_error,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disktop"));
+
+const MAPS: SlotMaps = SlotMaps {
+    slot: "DISK_SLOT",
+    counts: ["DISK_COUNTS_0", "DISK_COUNTS_1"],
+    runs: "DISK_RUN",
+    dropped: "DISK_DROPPED",
+};
+
+/// Syscalls whose return value is bytes moved and whose first argument is the fd.
+pub const READS: &[&str] = &["read", "pread64", "readv", "preadv", "preadv2"];
+pub const WRITES: &[&str] = &["write", "pwrite64", "writev", "pwritev", "pwritev2"];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    slot: u32,
+    /// Tracepoints this kernel lacks, skipped.
+    pub skipped: Vec<String>,
+}
+
+fn syscall_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(user_error(
+            "disktop's syscall path reads the fd from saved x86-64 registers; on this architecture use --block",
+        ));
+    }
+    let m = |s: &str, f: &str| kbtf.member_offset(s, f);
+    Ok(DiskOffsets {
+        reg_arg0: m("pt_regs", "di")?,
+        task_files: m("task_struct", "files")?,
+        task_real_parent: m("task_struct", "real_parent")?,
+        task_tgid: m("task_struct", "tgid")?,
+        task_comm: m("task_struct", "comm")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_inode: m("file", "f_inode")?,
+        inode_sb: m("inode", "i_sb")?,
+        sb_bdev: m("super_block", "s_bdev")?,
+        bdev_dev: m("block_device", "bd_dev")?,
+        ..Default::default()
+    })
+}
+
+impl Probes {
+    /// Syscall path (default) or, with `block`, the block layer's request issue.
+    pub fn attach(block: bool) -> Result<Self> {
+        if !kernel_btf_present() {
+            return Err(user_error(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): disktop needs it to find a file's device; use --block",
+            ));
+        }
+        let kbtf = btf::Btf::from_sys_fs()?;
+        let mut offsets = DiskOffsets {
+            task_real_parent: kbtf.member_offset("task_struct", "real_parent")?,
+            task_tgid: kbtf.member_offset("task_struct", "tgid")?,
+            ..Default::default()
+        };
+        if block {
+            offsets.rq_dev = tracefs::field_offset("block", "block_rq_issue", "dev")?;
+            offsets.rq_bytes = tracefs::field_offset("block", "block_rq_issue", "bytes")?;
+            offsets.rq_rwbs = tracefs::field_offset("block", "block_rq_issue", "rwbs")?;
+        } else {
+            offsets = syscall_offsets(&kbtf)?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DISK_OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .context("loading the disktop eBPF object")?;
+        let mut skipped = Vec::new();
+        let mut attach = |prog: &str, category: &str, name: &str, required: bool| -> Result<()> {
+            if !required && !tracefs::exists(category, name) {
+                skipped.push(format!("{category}:{name}"));
+                return Ok(());
+            }
+            let p: &mut TracePoint = program(&mut ebpf, prog)?;
+            if p.fd().is_err() {
+                p.load().with_context(|| format!("loading {prog}"))?;
+            }
+            p.attach(category, name)
+                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+            Ok(())
+        };
+        if block {
+            attach("stapr_dt_rq", "block", "block_rq_issue", true)?;
+        } else {
+            for (prog, calls) in [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)] {
+                for (i, call) in calls.iter().enumerate() {
+                    attach(prog, "syscalls", &format!("sys_exit_{call}"), i == 0)?;
+                }
+            }
+        }
+        Ok(Self {
+            ebpf,
+            slot: 0,
+            skipped,
+        })
+    }
+
+    /// What the probes counted since the last call (one element per key and CPU).
+    pub fn drain(&mut self) -> Result<Vec<(DiskKey, DiskCounters)>> {
+        slots::drain(&mut self.ebpf, &MAPS, &mut self.slot, |r: &DiskRun| {
+            (r.valid == 1 && r.skip == 0).then_some((r.key, r.counts))
+        })
+    }
+
+    /// Bytes not counted because a counter map was full, since start.
+    pub fn dropped(&self) -> Result<u64> {
+        slots::dropped(&self.ebpf, &MAPS)
+    }
+}

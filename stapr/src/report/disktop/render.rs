@@ -1,0 +1,112 @@
+//! Pure: a snapshot → SystemTap disktop's text.
+
+use super::aggregate::Snapshot;
+
+/// `"\n%-25s, %-8s%4dKb/sec, %-7s%6dKb, %-7s%6dKb\n\n"`, the header
+/// `%8s %8s %8s %25s %8s %4s %12s` and rows `%8d %8d %8d %25s %8s %4s %12d`.
+/// `time` is the local time as ctime(3) prints it, e.g. `Sat Apr 11 17:22:03 2009`.
+pub fn text(s: &Snapshot, time: &str) -> String {
+    let mut out = format!(
+        "\n{:<25}, {:<8}{:>4}Kb/sec, {:<7}{:>6}Kb, {:<7}{:>6}Kb\n\n",
+        time,
+        "Average:",
+        s.average_kb_per_sec(),
+        "Read:",
+        s.read_bytes / 1024,
+        "Write:",
+        s.write_bytes / 1024
+    );
+    out.push_str(&format!(
+        "{:>8} {:>8} {:>8} {:>25} {:>8} {:>4} {:>12}\n",
+        "UID", "PID", "PPID", "CMD", "DEVICE", "T", "BYTES"
+    ));
+    for r in &s.rows {
+        out.push_str(&format!(
+            "{:>8} {:>8} {:>8} {:>25} {:>8} {:>4} {:>12}\n",
+            r.uid,
+            r.pid,
+            r.ppid,
+            r.comm,
+            r.device,
+            r.dir.letter(),
+            r.bytes
+        ));
+    }
+    out
+}
+
+/// ctime(3)'s format without the newline.
+pub fn ctime(t: &chrono::DateTime<chrono::Local>) -> String {
+    t.format("%a %b %e %H:%M:%S %Y").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::aggregate::{
+        snapshot,
+        tests::{counts, key, names},
+        Filter, SortKey,
+    };
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn golden_seed_sample() {
+        // The seed's sample: four httpd children each wrote 210 bytes to dm-0.
+        let dm0 = 253 << 20;
+        let s = snapshot(
+            [15342, 15343, 15337, 15336]
+                .map(|pid| (key(pid, 15239, 48, dm0, "httpd"), counts(0, 210))),
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        let expected = concat!(
+            "\n",
+            "Sat Apr 11 17:22:03 2009 , Average:   0Kb/sec, Read:       0Kb, Write:      0Kb\n",
+            "\n",
+            "     UID      PID     PPID                       CMD   DEVICE    T        BYTES\n",
+            "      48    15336    15239                     httpd     dm-0    W          210\n",
+            "      48    15337    15239                     httpd     dm-0    W          210\n",
+            "      48    15342    15239                     httpd     dm-0    W          210\n",
+            "      48    15343    15239                     httpd     dm-0    W          210\n",
+        );
+        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009"), expected);
+    }
+
+    #[test]
+    fn golden_large_values() {
+        let s = snapshot(
+            vec![(
+                key(4194304, 1, 0, 254 << 20, "postgres"),
+                counts(33554432, 1 << 40),
+            )],
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            text(&s, "Thu Nov  5 09:01:02 2026"),
+            concat!(
+                "\n",
+                "Thu Nov  5 09:01:02 2026 , Average:1073774592Kb/sec, Read:   32768Kb, Write: 1073741824Kb\n",
+                "\n",
+                "     UID      PID     PPID                       CMD   DEVICE    T        BYTES\n",
+                "       0  4194304        1                  postgres      vda    W 1099511627776\n",
+                "       0  4194304        1                  postgres      vda    R     33554432\n",
+            )
+        );
+    }
+
+    #[test]
+    fn ctime_pads_the_day_with_a_space() {
+        let t = chrono::Local.with_ymd_and_hms(2009, 4, 1, 7, 2, 3).unwrap();
+        assert_eq!(ctime(&t), "Wed Apr  1 07:02:03 2009");
+    }
+}

@@ -1,0 +1,211 @@
+//! disktop against the running kernel: a writer moves a known number of bytes through a
+//! file on the checkout's block device, a pipe and tmpfs; the report must show exactly the
+//! first.
+
+use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
+
+use integration_tests::{
+    assert_nothing_attached, bin_dir, example, field, kernel_lock, run, Running,
+};
+
+const HEADER: &str =
+    "     UID      PID     PPID                       CMD   DEVICE    T        BYTES";
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Default)]
+struct Seen {
+    reports: usize,
+    read: u64,
+    write: u64,
+    /// Devices the pid's rows named.
+    devices: Vec<String>,
+}
+
+/// Checks every report's layout and sums `pid`'s rows on `device` (any device if None).
+fn seen(stdout: &str, pid: u32, device: Option<&str>) -> Seen {
+    let mut s = Seen::default();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        i += 1;
+        if l.is_empty() {
+            continue;
+        }
+        if l.contains(", Average:") {
+            // "%-25s, %-8s%4dKb/sec, %-7s%6dKb, %-7s%6dKb"
+            assert_eq!(&l[24..35], " , Average:", "{l:?}");
+            assert!(
+                l.contains("Kb/sec, Read: ") && l.contains("Kb, Write: ") && l.ends_with("Kb"),
+                "{l:?}"
+            );
+            assert_eq!(
+                lines.get(i),
+                Some(&""),
+                "blank line after the summary:\n{stdout}"
+            );
+            assert_eq!(lines.get(i + 1), Some(&HEADER), "{stdout}");
+            i += 2;
+            s.reports += 1;
+            continue;
+        }
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(cols.len(), 7, "row {l:?}");
+        assert_eq!(
+            l.len(),
+            8 + 1 + 8 + 1 + 8 + 1 + 25 + 1 + 8 + 1 + 4 + 1 + 12,
+            "widths of {l:?}"
+        );
+        let row_pid: u32 = cols[1].parse().unwrap();
+        if row_pid != pid {
+            continue;
+        }
+        s.devices.push(cols[4].to_owned());
+        if device.is_some_and(|d| d != cols[4]) {
+            continue;
+        }
+        let bytes: u64 = cols[6].parse().unwrap();
+        match cols[5] {
+            "R" => s.read += bytes,
+            "W" => s.write += bytes,
+            t => panic!("T column {t:?} in {l:?}"),
+        }
+    }
+    s
+}
+
+/// The kernel's name for the block device holding `path`, found without stapr.
+fn device_of(path: &Path) -> String {
+    let dev = std::fs::metadata(path).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} is not on a block device ({major}:{minor}): {e}",
+                path.display()
+            )
+        });
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs disktop with `args` until `disk_writer <writer>` is done, then stops it.
+fn disktop_with(args: &[&str], writer: &[&str]) -> (u32, String) {
+    let mut stapr = Running::spawn(args);
+    stapr.wait_ready(Duration::from_secs(30));
+    let w = run(
+        example("disk_writer").args(writer),
+        Duration::from_secs(120),
+    );
+    assert!(w.status.success(), "{w:?}");
+    let pid = field(&w.stdout, "pid").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stapr.signal(libc::SIGINT);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_nothing_attached();
+    (pid, out.stdout)
+}
+
+fn work_dir() -> std::path::PathBuf {
+    let d = bin_dir().join("disktop-test-files");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn file_writes_and_reads_on_the_right_device() {
+    let _k = kernel_lock();
+    let dir = work_dir();
+    let device = device_of(&dir);
+    let file = dir.join("32mib.dat");
+    let (pid, stdout) = disktop_with(
+        &["disktop", "-i", "1", "-r", "50", "-c", "disk_writer"],
+        &["file", "32", file.to_str().unwrap()],
+    );
+    let s = seen(&stdout, pid, Some(&device));
+    assert!(s.reports >= 1, "{stdout}");
+    assert!(
+        s.write >= 32 * MIB,
+        "W {} < 32 MiB on {device}:\n{stdout}",
+        s.write
+    );
+    assert!(
+        s.read >= 32 * MIB,
+        "R {} < 32 MiB on {device}:\n{stdout}",
+        s.read
+    );
+    // Nothing else it did moves more than a few KB (loading its libraries).
+    assert!(s.write < 33 * MIB && s.read < 33 * MIB, "{stdout}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn pipes_and_tmpfs_are_not_disk() {
+    let _k = kernel_lock();
+    for writer in [
+        &["pipe", "16"][..],
+        &["file", "16", "/dev/shm/stapr-disktop-test"],
+    ] {
+        let (pid, stdout) = disktop_with(&["disktop", "-i", "1", "-r", "50"], writer);
+        let s = seen(&stdout, pid, None);
+        assert_eq!(
+            s.write, 0,
+            "{writer:?} was counted as disk writes:\n{stdout}"
+        );
+        // Reading its own libraries at start is real disk I/O; the 16 MiB are not.
+        assert!(
+            s.read < MIB,
+            "{writer:?} was counted as disk reads:\n{stdout}"
+        );
+    }
+    let _ = std::fs::remove_file("/dev/shm/stapr-disktop-test");
+}
+
+#[test]
+fn block_mode_sees_direct_writes_on_the_device() {
+    let _k = kernel_lock();
+    let dir = work_dir();
+    let device = device_of(&dir);
+    let file = dir.join("direct.dat");
+    let (pid, stdout) = disktop_with(
+        &["disktop", "--block", "-i", "1", "-r", "50"],
+        &["direct", "16", file.to_str().unwrap()],
+    );
+    let s = seen(&stdout, pid, Some(&device));
+    assert!(
+        s.write >= 16 * MIB,
+        "W {} < 16 MiB on {device} (devices {:?}):\n{stdout}",
+        s.write,
+        s.devices
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn idle_intervals_print_nothing() {
+    let _k = kernel_lock();
+    // Only a process that does no disk I/O (a sleep, past its start-up): every interval
+    // is empty, and an empty interval prints nothing.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = sleeper.id().to_string();
+    let mut stapr = Running::spawn(&["disktop", "-i", "1", "--count", "2", "-p", &pid]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let out = stapr.finish(Duration::from_secs(10));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout, "",
+        "a sleeping process did no disk I/O, yet:\n{}",
+        out.stdout
+    );
+    assert_nothing_attached();
+}
