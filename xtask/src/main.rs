@@ -3,6 +3,7 @@
 mod bench;
 mod setup;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot Debian kernels in QEMU and run the integration tests inside.
+    VmTest(vm::VmArgs),
     /// Measure what a report costs: the same workload with and without it, alternating.
     Bench(bench::BenchArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,587 @@
+//! `cargo xtask vm-test`: boots Debian kernels in QEMU and runs stapr's integration tests
+//! inside, on the kernels users have (kprobes, fentry, ext4 as a module) rather than this
+//! machine's.
+//!
+//! Per kernel: fetch the newest package of its line with `apt-get download` (cached under
+//! ~/.cache/stapr/kernels), stage the test binaries on an ext4 image, build a busybox
+//! initramfs with the modules and libraries they need, boot it under TCG, and read the
+//! results from the serial console.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::util::{output, status, workspace_root};
+
+/// Packages the harness runs on the host.
+pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "e2fsprogs", "kmod"];
+
+/// A line of Debian kernels: the newest package whose name matches is used.
+struct Line {
+    name: &'static str,
+    /// `linux-image-<prefix><abi>-amd64-unsigned`
+    prefix: &'static str,
+}
+
+const LINES: &[Line] = &[
+    Line {
+        name: "debian-6.1",
+        prefix: "6.1.0-",
+    },
+    Line {
+        name: "debian-6.12",
+        prefix: "6.12.",
+    },
+];
+
+/// Modules the init loads, in order (dependencies first).
+const MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "crc16",
+    "crc32c_generic",
+    "mbcache",
+    "jbd2",
+    "ext4",
+];
+
+/// Integration test binaries run inside, and the tests the VM cannot run.
+const TEST_BINARIES: &[&str] = &["cli", "nettop", "slowopen", "disktop"];
+/// Needs `ip netns` (iproute2), which the initramfs does not carry.
+const SKIPPED: &[(&str, &str)] = &[("nettop", "veth_device_names_and_counts")];
+
+const DONE: &str = "STAPR-VM-DONE";
+const RESULT: &str = "STAPR-VM-RESULT";
+const METHOD: &str = "STAPR-VM-METHOD";
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Kernel lines to boot (debian-6.1, debian-6.12); default: all
+    #[arg(long = "kernel")]
+    kernels: Vec<String>,
+    /// Seconds one kernel may take, boot to power-off
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Passed to every test binary (a test name filter)
+    #[arg(trailing_var_arg = true)]
+    filter: Vec<String>,
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/stapr/kernels"))
+}
+
+/// The newest `linux-image-<prefix>*-amd64-unsigned` in the archive.
+fn resolve(line: &Line) -> Result<String> {
+    let pattern = format!("^linux-image-{}.*-amd64-unsigned$", line.prefix.replace('.', "\\."));
+    let list = output("apt-cache", &["search", "--names-only", &pattern])
+        .context("apt-cache search failed")?;
+    let mut names: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| !n.contains("-rt-") && !n.contains("-cloud-"))
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        // The package lists may be missing or stale on a fresh machine.
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        let list = output("apt-cache", &["search", "--names-only", &pattern]).unwrap_or_default();
+        names = list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| !n.contains("-rt-") && !n.contains("-cloud-"))
+            .map(str::to_owned)
+            .collect();
+    }
+    // Compare version numbers numerically: 6.1.0-54 > 6.1.0-9.
+    let key = |n: &String| -> Vec<u64> {
+        n.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    };
+    names.sort_by_key(key);
+    names
+        .pop()
+        .with_context(|| format!("no {pattern} package in Debian's archive"))
+}
+
+/// A kernel unpacked and ready: vmlinuz, its release, its module tree.
+struct Kernel {
+    package: String,
+    root: PathBuf,
+    release: String,
+}
+
+impl Kernel {
+    fn vmlinuz(&self) -> PathBuf {
+        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.release)
+    }
+}
+
+fn fetch(package: &str) -> Result<Kernel> {
+    let dir = cache_dir()?.join(package);
+    let ready = dir.join(".ready");
+    if !ready.exists() {
+        eprintln!("xtask vm: fetching {package}");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        status(Command::new("apt-get").args(["download", "-q", package]).current_dir(&dir))
+            .with_context(|| format!("downloading {package}"))?;
+        let deb = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")))?;
+        std::fs::remove_file(&deb)?;
+        let release = only_entry(&dir.join("root/lib/modules"))?;
+        let modules = dir.join("root/lib/modules").join(&release);
+        // Newer kernels ship modules compressed; the initramfs's modprobe wants them plain.
+        status(Command::new("find").arg(&modules).args([
+            "-name", "*.ko.xz", "-exec", "xz", "-d", "-f", "{}", "+",
+        ]))?;
+        status(Command::new("depmod").arg("-b").arg(dir.join("root")).arg(&release))?;
+        std::fs::write(&ready, "")?;
+    }
+    let root = dir.join("root");
+    let release = only_entry(&root.join("lib/modules"))?;
+    Ok(Kernel {
+        package: package.to_owned(),
+        root,
+        release,
+    })
+}
+
+fn only_entry(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .pop()
+        .with_context(|| format!("{} is empty", dir.display()))
+}
+
+/// Builds the test binaries and returns (name, path) for each in TEST_BINARIES.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
+    let out = Command::new(cargo)
+        .args(["test", "-p", "integration-tests", "--no-run", "--message-format=json"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // {"reason":"compiler-artifact",...,"target":{"name":"nettop",...},"executable":"/..."}
+        if !line.contains("\"compiler-artifact\"") || !line.contains("\"executable\":\"") {
+            continue;
+        }
+        let name = json_str(line, "\"target\":{").and_then(|t| json_str(t, "\"name\":\""));
+        let exe = json_str(line, "\"executable\":\"");
+        if let (Some(name), Some(exe)) = (name, exe) {
+            let name = name.split('"').next().unwrap_or_default().to_owned();
+            let exe = exe.split('"').next().unwrap_or_default().to_owned();
+            if TEST_BINARIES.contains(&name.as_str()) {
+                found.push((name, PathBuf::from(exe)));
+            }
+        }
+    }
+    for t in TEST_BINARIES {
+        if !found.iter().any(|(n, _)| n == t) {
+            bail!("test binary {t} not found in cargo's output");
+        }
+    }
+    Ok(found)
+}
+
+fn json_str<'a>(s: &'a str, after: &str) -> Option<&'a str> {
+    s.find(after).map(|i| &s[i + after.len()..])
+}
+
+/// The shared libraries a dynamic executable loads, from ldd.
+fn libraries(exe: &Path) -> Result<BTreeSet<PathBuf>> {
+    let out = output("ldd", &[exe.to_str().context("non-UTF-8 path")?])
+        .with_context(|| format!("ldd {}", exe.display()))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split("=>").nth(1).unwrap_or(l).split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn copy_into(root: &Path, file: &Path) -> Result<()> {
+    let dest = root.join(file.strip_prefix("/").unwrap_or(file));
+    std::fs::create_dir_all(dest.parent().context("no parent")?)?;
+    std::fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
+    Ok(())
+}
+
+/// The ext4 image: the binaries in their target/debug layout (the tests find stapr and the
+/// examples next to their own directory) plus room for the tests' files.
+fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> {
+    let stage = work.join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    let debug = stage.join("target/debug");
+    std::fs::create_dir_all(debug.join("deps"))?;
+    let bins = workspace_root().join("target/debug");
+    for b in ["stapr", "udp_talker", "file_holder", "disk_writer"] {
+        std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
+    }
+    for (name, exe) in tests {
+        std::fs::copy(exe, debug.join("deps").join(name))?;
+    }
+    let image = work.join("rootfs.ext4");
+    let _ = std::fs::remove_file(&image);
+    status(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "stapr", "-d"])
+            .arg(&stage)
+            .arg(&image)
+            .arg("1536M"),
+    )
+    .context("mkfs.ext4")?;
+    Ok(image)
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /stapr /sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm 2>/dev/null || { mkdir -p /dev/shm; mount -t tmpfs tmpfs /dev/shm; }
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+ln -sf /bin/busybox /sbin/modprobe
+ulimit -l unlimited
+for m in @MODULES@; do modprobe $m || echo "STAPR-VM-ERROR modprobe $m"; done
+sleep 1
+mount -t ext4 /dev/vda /stapr || echo "STAPR-VM-ERROR mount ext4"
+ip link set lo up
+echo "STAPR-VM-BOOTED $(uname -r)"
+cd /stapr/target/debug
+method() {
+  ./stapr "$@" >/dev/null 2>/tmp/method
+  echo "@METHOD@ $1: $(grep -v '^$' /tmp/method | tail -n 1)"
+}
+method nettop -i 1 --count 1
+method disktop -i 1 --count 1
+method slowopen -d 1
+@RUN_TESTS@
+sync
+echo "@DONE@"
+poweroff -f
+"#;
+
+fn build_initramfs(work: &Path, kernel: &Kernel, tests: &[(String, PathBuf)], filter: &[String]) -> Result<PathBuf> {
+    let root = work.join("initramfs");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is not installed")?;
+    // glibc and friends for the dynamically linked binaries on the image.
+    let mut libs = BTreeSet::new();
+    let debug = workspace_root().join("target/debug");
+    for exe in tests.iter().map(|(_, p)| p.clone()).chain([debug.join("stapr"), debug.join("udp_talker")]) {
+        libs.extend(libraries(&exe)?);
+    }
+    for lib in &libs {
+        copy_into(&root, lib)?;
+    }
+    // The modules the init loads, at their paths in the tree, with the tree's indexes.
+    let mods = kernel.modules();
+    let dest = root.join("lib/modules").join(&kernel.release);
+    std::fs::create_dir_all(&dest)?;
+    for entry in std::fs::read_dir(&mods)? {
+        let p = entry?.path();
+        if p.is_file() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("modules.")) {
+            std::fs::copy(&p, dest.join(p.file_name().context("name")?))?;
+        }
+    }
+    for m in MODULES {
+        let path = output(
+            "modinfo",
+            &["-b", kernel.root.to_str().context("path")?, "-k", &kernel.release, "-F", "filename", m],
+        )
+        .with_context(|| format!("module {m} not in {}", kernel.package))?;
+        let path = PathBuf::from(path.trim());
+        let rel = path.strip_prefix(&kernel.root).context("module outside the tree")?;
+        let target = root.join(rel);
+        std::fs::create_dir_all(target.parent().context("parent")?)?;
+        std::fs::copy(&path, &target)?;
+    }
+    let mut run_tests = String::new();
+    for (t, _) in tests {
+        let skips: Vec<String> = SKIPPED
+            .iter()
+            .filter(|(b, _)| b == t)
+            .map(|(_, test)| format!("--skip {test}"))
+            .collect();
+        run_tests.push_str(&format!(
+            "./deps/{t} --test-threads=1 {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
+            skips.join(" "),
+            filter.join(" ")
+        ));
+    }
+    let init = INIT
+        .replace("@MODULES@", &MODULES.join(" "))
+        .replace("@RUN_TESTS@", &run_tests)
+        .replace("@RESULT@", RESULT)
+        .replace("@METHOD@", METHOD)
+        .replace("@DONE@", DONE);
+    std::fs::write(root.join("init"), init)?;
+    status(Command::new("chmod").arg("+x").arg(root.join("init")))?;
+    let image = work.join("initramfs.cpio.gz");
+    status(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+                root.display(),
+                image.display()
+            )),
+    )
+    .context("packing the initramfs")?;
+    Ok(image)
+}
+
+/// What one boot showed.
+#[derive(Default, Debug)]
+struct Outcome {
+    booted: bool,
+    done: bool,
+    panic: Option<String>,
+    stall: Option<String>,
+    timed_out: bool,
+    /// (test binary, exit code)
+    results: Vec<(String, i32)>,
+    methods: Vec<String>,
+    failures: Vec<String>,
+    passed: u64,
+    failed: u64,
+}
+
+fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration, log: &Path) -> Result<Outcome> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", image.display()))
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx2.send(format!("qemu: {l}")).is_err() {
+                break;
+            }
+        }
+    });
+    let mut o = Outcome::default();
+    let mut transcript = String::new();
+    let deadline = Instant::now() + timeout;
+    let mut current_test: Vec<String> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            o.timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                transcript.push_str(&line);
+                transcript.push('\n');
+                if line.contains("STAPR-VM-BOOTED") {
+                    o.booted = true;
+                }
+                if line.contains("Kernel panic") {
+                    o.panic = Some(line.clone());
+                }
+                if line.contains("rcu_sched self-detected stall") || line.contains("rcu: INFO: rcu_") {
+                    o.stall.get_or_insert(line.clone());
+                }
+                if let Some(m) = line.strip_prefix(METHOD) {
+                    o.methods.push(m.trim().to_owned());
+                }
+                if let Some(r) = line.strip_prefix(RESULT) {
+                    let mut it = r.split_whitespace();
+                    if let (Some(t), Some(rc)) = (it.next(), it.next()) {
+                        o.results.push((t.to_owned(), rc.parse().unwrap_or(-1)));
+                    }
+                }
+                // libtest: "test name ... FAILED" and the per-binary summary.
+                if line.starts_with("test ") && line.ends_with(" ... FAILED") {
+                    o.failures.push(line.clone());
+                }
+                if line.starts_with("test result: ") {
+                    for part in line.split(';') {
+                        let w: Vec<&str> = part.split_whitespace().collect();
+                        let n = w.len().checked_sub(2).and_then(|i| w[i].parse::<u64>().ok()).unwrap_or(0);
+                        match w.last() {
+                            Some(&"passed") => o.passed += n,
+                            Some(&"failed") => o.failed += n,
+                            _ => {}
+                        }
+                    }
+                }
+                current_test.push(line.clone());
+                if line.contains(DONE) {
+                    o.done = true;
+                }
+                if o.panic.is_some() {
+                    // Give the panic message a moment to finish, then stop.
+                    std::thread::sleep(Duration::from_millis(500));
+                    transcript.extend(rx.try_iter().map(|l| l + "\n"));
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(log, &transcript)?;
+    Ok(o)
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    crate::setup::packages(PACKAGES)?;
+    let lines: Vec<&Line> = if args.kernels.is_empty() {
+        LINES.iter().collect()
+    } else {
+        args.kernels
+            .iter()
+            .map(|k| {
+                LINES
+                    .iter()
+                    .find(|l| l.name == k)
+                    .with_context(|| format!("unknown kernel {k}; known: debian-6.1, debian-6.12"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let tests = test_binaries()?;
+    let mut failed = Vec::new();
+    for line in lines {
+        let t = Instant::now();
+        let package = resolve(line)?;
+        let kernel = fetch(&package)?;
+        let work = workspace_root().join("target/vm").join(line.name);
+        std::fs::create_dir_all(&work)?;
+        let image = build_image(&work, &tests)?;
+        let initrd = build_initramfs(&work, &kernel, &tests, &args.filter)?;
+        let log = work.join("console.log");
+        eprintln!("xtask vm: booting {package} under TCG (console: {})", log.display());
+        let o = boot(&kernel, &initrd, &image, Duration::from_secs(args.timeout), &log)?;
+        println!("== {} ({package}, {:.0} s)", line.name, t.elapsed().as_secs_f64());
+        for m in &o.methods {
+            println!("   method  {m}");
+        }
+        for (bin, rc) in &o.results {
+            println!("   {:<8} {}", bin, if *rc == 0 { "ok" } else { "FAILED" });
+        }
+        for f in &o.failures {
+            println!("   {f}");
+        }
+        for (bin, test) in SKIPPED {
+            println!("   not run here: {bin}::{test} (needs iproute2's netns inside the VM)");
+        }
+        println!("   {} passed, {} failed", o.passed, o.failed);
+        let verdict = if let Some(p) = &o.panic {
+            Some(format!("kernel panic: {p}"))
+        } else if let Some(s) = &o.stall {
+            Some(format!("RCU stall: {s}"))
+        } else if o.timed_out {
+            Some(format!("timed out after {} s", args.timeout))
+        } else if !o.booted {
+            Some("did not reach the test stage".to_owned())
+        } else if !o.done {
+            Some("stopped before the tests finished".to_owned())
+        } else if o.results.len() != tests.len() || o.results.iter().any(|(_, rc)| *rc != 0) || o.failed > 0 {
+            Some("tests failed".to_owned())
+        } else if o.passed == 0 {
+            Some("no test ran".to_owned())
+        } else {
+            None
+        };
+        if let Some(v) = verdict {
+            println!("   {}: {v}; console log: {}", line.name, log.display());
+            // The failing tests' output, from the transcript.
+            print_failures(&log)?;
+            failed.push(format!("{}: {v}", line.name));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("VM tests failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Prints the libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
+fn print_failures(log: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(log)?;
+    let mut printing = false;
+    for l in text.lines() {
+        if l.starts_with("---- ") {
+            printing = true;
+        } else if l == "failures:" || l.starts_with("test result:") {
+            printing = false;
+        }
+        if printing {
+            println!("   | {l}");
+        }
+    }
+    Ok(())
+}
