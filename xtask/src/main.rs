@@ -85,13 +85,23 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         cmd.extend(args.iter().map(String::as_str));
     }
     let totals = util::cargo_test(&cmd)?;
+    if totals.failed > 0 || totals.passed == 0 {
+        println!(
+            "xtask: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        anyhow::bail!("host tests failed or none ran");
+    }
+    // The same tests on Debian kernels (kprobes, fentry, ext4 as a module), after a check
+    // that the harness catches a failing test and a kernel panic.
+    vm::run_counted(&vm::VmArgs::self_check())?;
+    let (vm_passed, vm_failed) = vm::run_counted(&vm::VmArgs::all())?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!(
         "xtask: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
+        totals.passed + vm_passed,
+        totals.failed + vm_failed,
+        totals.ignored
     );
-    if totals.failed > 0 || totals.passed == 0 {
-        anyhow::bail!("tests failed or none ran");
-    }
     Ok(())
 }

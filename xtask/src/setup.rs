@@ -13,14 +13,19 @@ use crate::util::{is_root, output, status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests use (the harness and workloads call these programs).
-pub const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// Debian packages the host tests use (the workloads call these programs).
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux"];
 
 /// Everything building and testing need.
 pub fn all() -> Result<()> {
     let t = Instant::now();
     toolchain()?;
-    packages(TEST_PACKAGES)?;
+    let wanted: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .chain(crate::vm::PACKAGES)
+        .copied()
+        .collect();
+    packages(&wanted)?;
     eprintln!("xtask: setup complete ({:.1} s)", t.elapsed().as_secs_f64());
     Ok(())
 }

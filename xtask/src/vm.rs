@@ -22,7 +22,13 @@ use clap::Args;
 use crate::util::{output, status, workspace_root};
 
 /// Packages the harness runs on the host.
-pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "e2fsprogs", "kmod"];
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "e2fsprogs",
+    "kmod",
+];
 
 /// A line of Debian kernels: the newest package whose name matches is used.
 struct Line {
@@ -74,6 +80,10 @@ pub struct VmArgs {
     /// Seconds one kernel may take, boot to power-off
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// Check the harness itself: an injected test failure and an injected kernel panic
+    /// must each be caught (boots the first kernel twice, runs no tests)
+    #[arg(long)]
+    self_test: bool,
     /// Passed to every test binary (a test name filter)
     #[arg(trailing_var_arg = true)]
     filter: Vec<String>,
@@ -86,7 +96,10 @@ fn cache_dir() -> Result<PathBuf> {
 
 /// The newest `linux-image-<prefix>*-amd64-unsigned` in the archive.
 fn resolve(line: &Line) -> Result<String> {
-    let pattern = format!("^linux-image-{}.*-amd64-unsigned$", line.prefix.replace('.', "\\."));
+    let pattern = format!(
+        "^linux-image-{}.*-amd64-unsigned$",
+        line.prefix.replace('.', "\\.")
+    );
     let list = output("apt-cache", &["search", "--names-only", &pattern])
         .context("apt-cache search failed")?;
     let mut names: Vec<String> = list
@@ -128,7 +141,9 @@ struct Kernel {
 
 impl Kernel {
     fn vmlinuz(&self) -> PathBuf {
-        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     fn modules(&self) -> PathBuf {
@@ -143,21 +158,37 @@ fn fetch(package: &str) -> Result<Kernel> {
         eprintln!("xtask vm: fetching {package}");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        status(Command::new("apt-get").args(["download", "-q", package]).current_dir(&dir))
-            .with_context(|| format!("downloading {package}"))?;
+        status(
+            Command::new("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(&dir),
+        )
+        .with_context(|| format!("downloading {package}"))?;
         let deb = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .context("apt-get download left no .deb")?;
-        status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")))?;
+        status(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(dir.join("root")),
+        )?;
         std::fs::remove_file(&deb)?;
         let release = only_entry(&dir.join("root/lib/modules"))?;
         let modules = dir.join("root/lib/modules").join(&release);
         // Newer kernels ship modules compressed; the initramfs's modprobe wants them plain.
-        status(Command::new("find").arg(&modules).args([
-            "-name", "*.ko.xz", "-exec", "xz", "-d", "-f", "{}", "+",
-        ]))?;
-        status(Command::new("depmod").arg("-b").arg(dir.join("root")).arg(&release))?;
+        status(
+            Command::new("find")
+                .arg(&modules)
+                .args(["-name", "*.ko.xz", "-exec", "xz", "-d", "-f", "{}", "+"]),
+        )?;
+        status(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(dir.join("root"))
+                .arg(&release),
+        )?;
         std::fs::write(&ready, "")?;
     }
     let root = dir.join("root");
@@ -186,7 +217,13 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
     let out = Command::new(cargo)
-        .args(["test", "-p", "integration-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "integration-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
@@ -230,7 +267,12 @@ fn libraries(exe: &Path) -> Result<BTreeSet<PathBuf>> {
         .lines()
         .filter_map(|l| {
             let l = l.trim();
-            let path = l.split("=>").nth(1).unwrap_or(l).split_whitespace().next()?;
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect())
@@ -294,24 +336,33 @@ method() {
   ./stapr "$@" >/dev/null 2>/tmp/method
   echo "@METHOD@ $1: $(grep -v '^$' /tmp/method | tail -n 1)"
 }
-method nettop -i 1 --count 1
-method disktop -i 1 --count 1
-method slowopen -d 1
+@METHODS@
 @RUN_TESTS@
 sync
 echo "@DONE@"
 poweroff -f
 "#;
 
-fn build_initramfs(work: &Path, kernel: &Kernel, tests: &[(String, PathBuf)], filter: &[String]) -> Result<PathBuf> {
+fn build_initramfs(
+    work: &Path,
+    kernel: &Kernel,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    inject: Inject,
+) -> Result<PathBuf> {
     let root = work.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is not installed")?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("busybox-static is not installed")?;
     // glibc and friends for the dynamically linked binaries on the image.
     let mut libs = BTreeSet::new();
     let debug = workspace_root().join("target/debug");
-    for exe in tests.iter().map(|(_, p)| p.clone()).chain([debug.join("stapr"), debug.join("udp_talker")]) {
+    for exe in tests
+        .iter()
+        .map(|(_, p)| p.clone())
+        .chain([debug.join("stapr"), debug.join("udp_talker")])
+    {
         libs.extend(libraries(&exe)?);
     }
     for lib in &libs {
@@ -323,23 +374,43 @@ fn build_initramfs(work: &Path, kernel: &Kernel, tests: &[(String, PathBuf)], fi
     std::fs::create_dir_all(&dest)?;
     for entry in std::fs::read_dir(&mods)? {
         let p = entry?.path();
-        if p.is_file() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("modules.")) {
+        if p.is_file()
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("modules."))
+        {
             std::fs::copy(&p, dest.join(p.file_name().context("name")?))?;
         }
     }
+    let mut load = Vec::new();
     for m in MODULES {
         let path = output(
             "modinfo",
-            &["-b", kernel.root.to_str().context("path")?, "-k", &kernel.release, "-F", "filename", m],
+            &[
+                "-b",
+                kernel.root.to_str().context("path")?,
+                "-k",
+                &kernel.release,
+                "-F",
+                "filename",
+                m,
+            ],
         )
         .with_context(|| format!("module {m} not in {}", kernel.package))?;
+        if path.trim() == "(builtin)" {
+            continue;
+        }
+        load.push(*m);
         let path = PathBuf::from(path.trim());
-        let rel = path.strip_prefix(&kernel.root).context("module outside the tree")?;
+        let rel = path
+            .strip_prefix(&kernel.root)
+            .context("module outside the tree")?;
         let target = root.join(rel);
         std::fs::create_dir_all(target.parent().context("parent")?)?;
         std::fs::copy(&path, &target)?;
     }
     let mut run_tests = String::new();
+    // The method lines need only a moment; skip them when only the harness is tested.
+    let methods = inject == Inject::Nothing;
     for (t, _) in tests {
         let skips: Vec<String> = SKIPPED
             .iter()
@@ -352,8 +423,25 @@ fn build_initramfs(work: &Path, kernel: &Kernel, tests: &[(String, PathBuf)], fi
             filter.join(" ")
         ));
     }
+    match inject {
+        Inject::Nothing => {}
+        Inject::Failure => {
+            run_tests = format!(
+                "echo 'running 1 test'\necho 'test {INJECTED_TEST} ... FAILED'\n\
+                 echo '---- {INJECTED_TEST} stdout ----'\necho 'injected by the self-test'\n\
+                 echo 'test result: FAILED. 0 passed; 1 failed; 0 ignored'\necho \"{RESULT} vm_harness 1\"\n"
+            )
+        }
+        Inject::Panic => run_tests = "echo c > /proc/sysrq-trigger\n".to_owned(),
+    }
+    let method_lines = if methods {
+        "method nettop -i 1 --count 1\nmethod disktop -i 1 --count 1\nmethod slowopen -d 1"
+    } else {
+        ""
+    };
     let init = INIT
-        .replace("@MODULES@", &MODULES.join(" "))
+        .replace("@METHODS@", method_lines)
+        .replace("@MODULES@", &load.join(" "))
         .replace("@RUN_TESTS@", &run_tests)
         .replace("@RESULT@", RESULT)
         .replace("@METHOD@", METHOD)
@@ -361,15 +449,11 @@ fn build_initramfs(work: &Path, kernel: &Kernel, tests: &[(String, PathBuf)], fi
     std::fs::write(root.join("init"), init)?;
     status(Command::new("chmod").arg("+x").arg(root.join("init")))?;
     let image = work.join("initramfs.cpio.gz");
-    status(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-                root.display(),
-                image.display()
-            )),
-    )
+    status(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        image.display()
+    )))
     .context("packing the initramfs")?;
     Ok(image)
 }
@@ -390,7 +474,13 @@ struct Outcome {
     failed: u64,
 }
 
-fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration, log: &Path) -> Result<Outcome> {
+fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    image: &Path,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Outcome> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
         .arg("-kernel")
@@ -445,7 +535,9 @@ fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration, log: &P
                 if line.contains("Kernel panic") {
                     o.panic = Some(line.clone());
                 }
-                if line.contains("rcu_sched self-detected stall") || line.contains("rcu: INFO: rcu_") {
+                if line.contains("rcu_sched self-detected stall")
+                    || line.contains("rcu: INFO: rcu_")
+                {
                     o.stall.get_or_insert(line.clone());
                 }
                 if let Some(m) = line.strip_prefix(METHOD) {
@@ -464,7 +556,11 @@ fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration, log: &P
                 if line.starts_with("test result: ") {
                     for part in line.split(';') {
                         let w: Vec<&str> = part.split_whitespace().collect();
-                        let n = w.len().checked_sub(2).and_then(|i| w[i].parse::<u64>().ok()).unwrap_or(0);
+                        let n = w
+                            .len()
+                            .checked_sub(2)
+                            .and_then(|i| w[i].parse::<u64>().ok())
+                            .unwrap_or(0);
                         match w.last() {
                             Some(&"passed") => o.passed += n,
                             Some(&"failed") => o.failed += n,
@@ -497,75 +593,176 @@ fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration, log: &P
     Ok(o)
 }
 
-pub fn run(args: &VmArgs) -> Result<()> {
-    crate::setup::packages(PACKAGES)?;
-    let lines: Vec<&Line> = if args.kernels.is_empty() {
-        LINES.iter().collect()
-    } else {
-        args.kernels
-            .iter()
-            .map(|k| {
-                LINES
-                    .iter()
-                    .find(|l| l.name == k)
-                    .with_context(|| format!("unknown kernel {k}; known: debian-6.1, debian-6.12"))
-            })
-            .collect::<Result<_>>()?
-    };
-    let tests = test_binaries()?;
-    let mut failed = Vec::new();
-    for line in lines {
-        let t = Instant::now();
-        let package = resolve(line)?;
-        let kernel = fetch(&package)?;
-        let work = workspace_root().join("target/vm").join(line.name);
-        std::fs::create_dir_all(&work)?;
-        let image = build_image(&work, &tests)?;
-        let initrd = build_initramfs(&work, &kernel, &tests, &args.filter)?;
-        let log = work.join("console.log");
-        eprintln!("xtask vm: booting {package} under TCG (console: {})", log.display());
-        let o = boot(&kernel, &initrd, &image, Duration::from_secs(args.timeout), &log)?;
-        println!("== {} ({package}, {:.0} s)", line.name, t.elapsed().as_secs_f64());
-        for m in &o.methods {
-            println!("   method  {m}");
-        }
-        for (bin, rc) in &o.results {
-            println!("   {:<8} {}", bin, if *rc == 0 { "ok" } else { "FAILED" });
-        }
-        for f in &o.failures {
-            println!("   {f}");
-        }
+/// What the init runs besides the tests: nothing, or a fault the harness must recognise.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inject {
+    Nothing,
+    /// A test that fails, with output, in libtest's format.
+    Failure,
+    /// `echo c > /proc/sysrq-trigger`: a kernel panic.
+    Panic,
+}
+
+const INJECTED_TEST: &str = "vm_harness::deliberate_failure";
+
+/// Boots one kernel line and returns the verdict (None: every test passed) with the
+/// numbers of tests passed and failed.
+fn run_kernel(
+    line: &Line,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    timeout: Duration,
+    inject: Inject,
+) -> Result<(Option<String>, u64, u64)> {
+    let t = Instant::now();
+    let package = resolve(line)?;
+    let kernel = fetch(&package)?;
+    let work = workspace_root().join("target/vm").join(line.name);
+    std::fs::create_dir_all(&work)?;
+    let image = build_image(&work, tests)?;
+    let initrd = build_initramfs(&work, &kernel, tests, filter, inject)?;
+    let log = work.join("console.log");
+    eprintln!(
+        "xtask vm: booting {package} under TCG (console: {})",
+        log.display()
+    );
+    let o = boot(&kernel, &initrd, &image, timeout, &log)?;
+    println!(
+        "== {} ({package}, {:.0} s)",
+        line.name,
+        t.elapsed().as_secs_f64()
+    );
+    for m in &o.methods {
+        println!("   method  {m}");
+    }
+    for (bin, rc) in &o.results {
+        println!("   {:<8} {}", bin, if *rc == 0 { "ok" } else { "FAILED" });
+    }
+    for f in &o.failures {
+        println!("   {f}");
+    }
+    if inject == Inject::Nothing {
         for (bin, test) in SKIPPED {
             println!("   not run here: {bin}::{test} (needs iproute2's netns inside the VM)");
         }
-        println!("   {} passed, {} failed", o.passed, o.failed);
-        let verdict = if let Some(p) = &o.panic {
-            Some(format!("kernel panic: {p}"))
-        } else if let Some(s) = &o.stall {
-            Some(format!("RCU stall: {s}"))
-        } else if o.timed_out {
-            Some(format!("timed out after {} s", args.timeout))
-        } else if !o.booted {
-            Some("did not reach the test stage".to_owned())
-        } else if !o.done {
-            Some("stopped before the tests finished".to_owned())
-        } else if o.results.len() != tests.len() || o.results.iter().any(|(_, rc)| *rc != 0) || o.failed > 0 {
-            Some("tests failed".to_owned())
-        } else if o.passed == 0 {
-            Some("no test ran".to_owned())
-        } else {
-            None
-        };
-        if let Some(v) = verdict {
-            println!("   {}: {v}; console log: {}", line.name, log.display());
-            // The failing tests' output, from the transcript.
-            print_failures(&log)?;
+    }
+    println!("   {} passed, {} failed", o.passed, o.failed);
+    let expected_results = if inject == Inject::Nothing {
+        tests.len()
+    } else {
+        1
+    };
+    let verdict = if let Some(p) = &o.panic {
+        Some(format!("kernel panic: {p}"))
+    } else if let Some(s) = &o.stall {
+        Some(format!("RCU stall: {s}"))
+    } else if o.timed_out {
+        Some(format!("timed out after {} s", timeout.as_secs()))
+    } else if !o.booted {
+        Some("did not reach the test stage".to_owned())
+    } else if !o.done {
+        Some("stopped before the tests finished".to_owned())
+    } else if o.results.len() != expected_results
+        || o.results.iter().any(|(_, rc)| *rc != 0)
+        || o.failed > 0
+    {
+        Some(format!("tests failed: {}", o.failures.join(", ")))
+    } else if o.passed == 0 {
+        Some("no test ran".to_owned())
+    } else {
+        None
+    };
+    if let Some(v) = &verdict {
+        println!("   {}: {v}; console log: {}", line.name, log.display());
+        print_failures(&log)?;
+    }
+    Ok((verdict, o.passed, o.failed))
+}
+
+fn kernel_lines(names: &[String]) -> Result<Vec<&'static Line>> {
+    if names.is_empty() {
+        return Ok(LINES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|k| {
+            LINES
+                .iter()
+                .find(|l| l.name == k)
+                .with_context(|| format!("unknown kernel {k}; known: debian-6.1, debian-6.12"))
+        })
+        .collect()
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    let (passed, failed) = run_counted(args)?;
+    println!("xtask vm: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs what `args` asks for; returns the tests passed and failed over all kernels, or an
+/// error when any kernel did not pass.
+pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
+    crate::setup::packages(PACKAGES)?;
+    let lines = kernel_lines(&args.kernels)?;
+    let tests = test_binaries()?;
+    let timeout = Duration::from_secs(args.timeout);
+    if args.self_test {
+        self_test(lines[0], &tests, timeout)?;
+        return Ok((0, 0));
+    }
+    let (mut passed, mut failed_tests, mut failed) = (0, 0, Vec::new());
+    for line in lines {
+        let (v, p, f) = run_kernel(line, &tests, &args.filter, timeout, Inject::Nothing)?;
+        passed += p;
+        failed_tests += f;
+        if let Some(v) = v {
             failed.push(format!("{}: {v}", line.name));
         }
     }
     if !failed.is_empty() {
-        bail!("VM tests failed: {}", failed.join("; "));
+        bail!(
+            "VM tests failed ({passed} passed, {failed_tests} failed): {}",
+            failed.join("; ")
+        );
     }
+    Ok((passed, failed_tests))
+}
+
+impl VmArgs {
+    /// Every kernel, every test.
+    pub fn all() -> Self {
+        VmArgs {
+            kernels: Vec::new(),
+            timeout: 900,
+            self_test: false,
+            filter: Vec::new(),
+        }
+    }
+
+    /// The harness's self-test on the first kernel.
+    pub fn self_check() -> Self {
+        VmArgs {
+            self_test: true,
+            ..Self::all()
+        }
+    }
+}
+
+/// The harness's own test: a failing test and a kernel panic must each be reported as
+/// such, not as a pass or a time-out.
+fn self_test(line: &Line, tests: &[(String, PathBuf)], timeout: Duration) -> Result<()> {
+    let (v, _, _) = run_kernel(line, tests, &[], timeout, Inject::Failure)?;
+    match v {
+        Some(v) if v.starts_with("tests failed") && v.contains(INJECTED_TEST) => {}
+        other => bail!("self-test: an injected test failure was reported as {other:?}"),
+    }
+    let (v, _, _) = run_kernel(line, tests, &[], timeout, Inject::Panic)?;
+    match v {
+        Some(v) if v.starts_with("kernel panic") => {}
+        other => bail!("self-test: an injected kernel panic was reported as {other:?}"),
+    }
+    println!("xtask vm: self-test passed (a failing test and a kernel panic were both caught)");
     Ok(())
 }
 
