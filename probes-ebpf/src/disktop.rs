@@ -2,6 +2,9 @@
 //! device), counted at syscall exit. The fd is resolved to its file, and the file to the
 //! block device under its filesystem, through BTF offsets handed in at load time.
 //!
+//! Where the kernel allows fexit, `vfs_read`/`vfs_write` are probed instead: the file is
+//! then a typed argument and the whole walk is direct loads.
+//!
 //! `--block` instead counts requests issued to devices (block:block_rq_issue).
 #![no_std]
 #![no_main]
@@ -14,9 +17,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_task_pt_regs,
     },
-    macros::{map, tracepoint},
+    macros::{fexit, map, tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
 };
 use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS,
@@ -150,20 +153,11 @@ fn file_bdev(file: u64) -> u32 {
     unsafe { bpf_probe_read_kernel((bdev + off(&o.bdev_dev) as u64) as *const u32) }.unwrap_or(0)
 }
 
+/// Adds `n` bytes moved on `file` (through `fd`, 0 on the fexit path) to the CPU's run,
+/// starting a new run when the thread or file changed. `dev_of` finds the file's block
+/// device (0: none) and runs only when a run starts.
 #[inline(always)]
-fn syscall_exit(ctx: &TracePointContext, write: bool) {
-    let ret: i64 = tp_field(ctx, RET);
-    if ret <= 0 {
-        return;
-    }
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
-    let fd: u64 = unsafe { btf_load(regs, off(&DISK_OFFSETS.reg_arg0)) };
-    let fd = fd as u32;
-    let file = fd_file(task, fd);
-    if file == 0 {
-        return;
-    }
+fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnce() -> u32) {
     let slot = slot();
     let Some(run) = DISK_RUN.get_ptr_mut(slot) else {
         return;
@@ -172,14 +166,14 @@ fn syscall_exit(ctx: &TracePointContext, write: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if run.valid == 1 && run.pid_tgid == pid_tgid && run.fd == fd && run.file == file {
         if run.skip == 0 {
-            bytes(&mut run.counts, ret as u64, write);
+            bytes(&mut run.counts, n, write);
         }
         return;
     }
     if run.valid == 1 && run.skip == 0 {
         add_to_slot(slot, &run.key, &run.counts);
     }
-    let dev = file_bdev(file);
+    let dev = dev_of();
     run.pid_tgid = pid_tgid;
     run.file = file;
     run.fd = fd;
@@ -214,7 +208,67 @@ fn syscall_exit(ctx: &TracePointContext, write: bool) {
         dev,
         comm,
     };
-    bytes(&mut run.counts, ret as u64, write);
+    bytes(&mut run.counts, n, write);
+}
+
+#[inline(always)]
+fn syscall_exit(ctx: &TracePointContext, write: bool) {
+    let ret: i64 = tp_field(ctx, RET);
+    if ret <= 0 {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    let fd: u64 = unsafe { btf_load(regs, off(&DISK_OFFSETS.reg_arg0)) };
+    let fd = fd as u32;
+    let file = fd_file(task, fd);
+    if file == 0 {
+        return;
+    }
+    count(task, file, fd, ret as u64, write, || file_bdev(file));
+}
+
+/// fexit path: the file is a typed argument, so the whole walk to the device is direct
+/// loads. `vfs_read(file, buf, count, pos)` / `vfs_write(...)`, return value last.
+#[inline(always)]
+fn vfs_exit(ctx: &FExitContext, write: bool) {
+    let ret: i64 = ctx.arg(4);
+    if ret <= 0 {
+        return;
+    }
+    let file: *const u8 = ctx.arg(0);
+    if file.is_null() {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    count(task, file as u64, 0, ret as u64, write, || {
+        let o = &DISK_OFFSETS;
+        let inode: *const u8 = unsafe { btf_load(file, off(&o.file_inode)) };
+        if inode.is_null() {
+            return 0;
+        }
+        let sb: *const u8 = unsafe { btf_load(inode, off(&o.inode_sb)) };
+        if sb.is_null() {
+            return 0;
+        }
+        let bdev: *const u8 = unsafe { btf_load(sb, off(&o.sb_bdev)) };
+        if bdev.is_null() {
+            return 0;
+        }
+        unsafe { btf_load(bdev, off(&o.bdev_dev)) }
+    });
+}
+
+#[fexit(function = "vfs_read")]
+pub fn stapr_dt_vfs_rd(ctx: FExitContext) -> i32 {
+    vfs_exit(&ctx, false);
+    0
+}
+
+#[fexit(function = "vfs_write")]
+pub fn stapr_dt_vfs_wr(ctx: FExitContext) -> i32 {
+    vfs_exit(&ctx, true);
+    0
 }
 
 /// sys_exit of read, pread64, readv, preadv, preadv2 (argument 0 is the fd).

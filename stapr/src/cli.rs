@@ -36,9 +36,13 @@ const DISKTOP_HELP: &str = "\
 Counts the bytes that read and write calls return for files on a block device, page-cache
 hits included, like SystemTap's disktop. Pipes, sockets, tmpfs, /proc and other files
 without a block device are not counted. DEVICE is the kernel's name for the device under
-the file's filesystem. The probes are the exit tracepoints of read, write, pread64,
-pwrite64, readv, writev, preadv, pwritev, preadv2 and pwritev2: I/O that does not go
-through them is not seen (io_uring, mmap'd files, sendfile, splice, copy_file_range, aio).
+the file's filesystem. Where the kernel allows fexit, the probes sit on vfs_read and
+vfs_write: every read(2), write(2), pread64(2) and pwrite64(2) goes through them, and so
+does the kernel's own use of those functions; readv/writev-style calls, io_uring, mmap'd
+files, sendfile, splice and copy_file_range do not. Elsewhere (this is said at start) they
+are the exit tracepoints of read, write, pread64, pwrite64, readv, writev, preadv, pwritev,
+preadv2 and pwritev2: io_uring, mmap'd files, sendfile, splice, copy_file_range and aio
+are not seen.
 
 --block counts requests issued to the devices instead (block:block_rq_issue): physical
 I/O, charged to the task running when the request was issued. Write-back of dirty pages is
@@ -83,9 +87,13 @@ pub struct DisktopArgs {
     /// Rows per report
     #[arg(short, long, default_value = "10", value_parser = positive_usize)]
     pub rows: usize,
-    /// Count requests issued to block devices instead of read/write calls
+    /// Count requests issued to block devices instead of read/write calls (same as
+    /// --probe block)
     #[arg(long)]
     pub block: bool,
+    /// How reads and writes are seen
+    #[arg(long, value_enum, default_value = "auto")]
+    pub probe: disktop::Method,
 }
 
 #[derive(Debug, Args)]

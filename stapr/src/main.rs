@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             },
             sort: a.sort,
             rows: a.rows,
-            block: a.block,
+            method: if a.block {
+                disktop::Method::Block
+            } else {
+                a.probe
+            },
         }),
         Command::Slowopen(a) => slowopen::run(slowopen::Options {
             min: a.min,

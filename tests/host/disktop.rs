@@ -116,14 +116,25 @@ fn work_dir() -> std::path::PathBuf {
     d
 }
 
-#[test]
-fn file_writes_and_reads_on_the_right_device() {
+/// `auto` is fexit where the kernel allows it (the Debian VMs) and the syscall path
+/// elsewhere (this host); `syscalls` forces the latter everywhere.
+fn check_file_io(probe: &str) {
     let _k = kernel_lock();
     let dir = work_dir();
     let device = device_of(&dir);
     let file = dir.join("32mib.dat");
     let (pid, stdout) = disktop_with(
-        &["disktop", "-i", "1", "-r", "50", "-c", "disk_writer"],
+        &[
+            "disktop",
+            "-i",
+            "1",
+            "-r",
+            "50",
+            "-c",
+            "disk_writer",
+            "--probe",
+            probe,
+        ],
         &["file", "32", file.to_str().unwrap()],
     );
     let s = seen(&stdout, pid, Some(&device));
@@ -141,6 +152,41 @@ fn file_writes_and_reads_on_the_right_device() {
     // Nothing else it did moves more than a few KB (loading its libraries).
     assert!(s.write < 33 * MIB && s.read < 33 * MIB, "{stdout}");
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn file_writes_and_reads_on_the_right_device() {
+    check_file_io("auto");
+}
+
+#[test]
+fn file_writes_and_reads_on_the_syscall_path() {
+    check_file_io("syscalls");
+}
+
+#[test]
+fn fexit_is_used_where_the_kernel_allows_it_and_refused_clearly_elsewhere() {
+    let _k = kernel_lock();
+    let out = run(
+        integration_tests::stapr().args(["disktop", "--probe", "fexit", "-i", "1", "--count", "1"]),
+        Duration::from_secs(60),
+    );
+    match out.status.code() {
+        Some(0) => assert!(
+            out.stderr.contains("fexit on vfs_read and vfs_write"),
+            "{out:?}"
+        ),
+        Some(2) => {
+            let lines: Vec<&str> = out.stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{out:?}");
+            assert!(
+                lines[0].contains("refuses fexit") && lines[0].contains("--probe syscalls"),
+                "{out:?}"
+            );
+        }
+        _ => panic!("{out:?}"),
+    }
+    assert_nothing_attached();
 }
 
 #[test]

@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::runtime;
 
 pub use aggregate::{Filter, SortKey};
+pub use probes::Method;
 
 pub struct Options {
     pub interval: Duration,
@@ -18,7 +19,7 @@ pub struct Options {
     pub filter: Filter,
     pub sort: SortKey,
     pub rows: usize,
-    pub block: bool,
+    pub method: probes::Method,
 }
 
 /// The kernel's name for a block device (`vda`, `dm-0`, `nvme0n1p2`), from sysfs.
@@ -36,22 +37,14 @@ fn sysfs_device_name(dev: u32) -> String {
 
 pub fn run(opts: Options) -> Result<()> {
     runtime::prepare()?;
-    let mut probes = probes::Probes::attach(opts.block)?;
+    let mut probes = probes::Probes::attach(opts.method)?;
     if !probes.skipped.is_empty() {
         eprintln!(
             "stapr disktop: this kernel lacks {}; those calls are not counted",
             probes.skipped.join(", ")
         );
     }
-    let method = if opts.block {
-        "block layer requests (block:block_rq_issue)".to_owned()
-    } else {
-        format!(
-            "syscall exit tracepoints ({}, {}), fd resolved to its block device through BTF",
-            probes::READS.join(", "),
-            probes::WRITES.join(", ")
-        )
-    };
+    let method = probes.method.describe();
     eprintln!(
         "stapr disktop: {method}; reporting every {:?}. Ctrl-C to end.",
         opts.interval

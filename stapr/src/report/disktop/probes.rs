@@ -2,7 +2,10 @@
 //! that touches the kernel.
 
 use anyhow::{Context as _, Result};
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{
+    programs::{FExit, TracePoint},
+    Ebpf, EbpfLoader,
+};
 use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
 
 use crate::runtime::{
@@ -24,22 +27,55 @@ const MAPS: SlotMaps = SlotMaps {
 pub const READS: &[&str] = &["read", "pread64", "readv", "preadv", "preadv2"];
 pub const WRITES: &[&str] = &["write", "pwrite64", "writev", "pwritev", "pwritev2"];
 
+/// How reads and writes are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// fexit on vfs_read/vfs_write where the kernel allows it, else syscall tracepoints.
+    Auto,
+    /// fexit on vfs_read and vfs_write (BPF trampolines).
+    Fexit,
+    /// Exit tracepoints of the read and write syscalls.
+    Syscalls,
+    /// Requests issued to block devices (block:block_rq_issue).
+    Block,
+}
+
+impl Method {
+    pub fn describe(self) -> String {
+        match self {
+            Method::Fexit => {
+                "fexit on vfs_read and vfs_write, file resolved to its block device through BTF"
+                    .into()
+            }
+            Method::Syscalls => format!(
+                "syscall exit tracepoints ({}, {}), fd resolved to its block device through BTF",
+                READS.join(", "),
+                WRITES.join(", ")
+            ),
+            Method::Block => "block layer requests (block:block_rq_issue)".into(),
+            Method::Auto => "auto".into(),
+        }
+    }
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     slot: u32,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
+    /// The method in use (never `Auto`).
+    pub method: Method,
 }
 
-fn syscall_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
-    if !cfg!(target_arch = "x86_64") {
-        return Err(user_error(
-            "disktop's syscall path reads the fd from saved x86-64 registers; on this architecture use --block",
-        ));
-    }
+/// Offsets for the file walk (both read/write paths) and, on x86-64, the fd register.
+fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
     let m = |s: &str, f: &str| kbtf.member_offset(s, f);
     Ok(DiskOffsets {
-        reg_arg0: m("pt_regs", "di")?,
+        reg_arg0: if cfg!(target_arch = "x86_64") {
+            m("pt_regs", "di")?
+        } else {
+            0
+        },
         task_files: m("task_struct", "files")?,
         task_real_parent: m("task_struct", "real_parent")?,
         task_tgid: m("task_struct", "tgid")?,
@@ -56,30 +92,75 @@ fn syscall_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
 }
 
 impl Probes {
-    /// Syscall path (default) or, with `block`, the block layer's request issue.
-    pub fn attach(block: bool) -> Result<Self> {
+    /// Attaches with `method`; `Auto` tries fexit and falls back to the syscall
+    /// tracepoints, saying why on stderr.
+    pub fn attach(method: Method) -> Result<Self> {
         if !kernel_btf_present() {
             return Err(user_error(
-                "this kernel has no BTF (/sys/kernel/btf/vmlinux): disktop needs it to find a file's device; use --block",
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): disktop needs it to find a file's device",
             ));
         }
         let kbtf = btf::Btf::from_sys_fs()?;
+        match method {
+            Method::Auto => Self::attach_with(&kbtf, Method::Fexit).or_else(|err| {
+                eprintln!(
+                    "stapr disktop: fexit unavailable ({err:#}); using syscall exit tracepoints"
+                );
+                Self::attach_with(&kbtf, Method::Syscalls)
+            }),
+            m => Self::attach_with(&kbtf, m),
+        }
+    }
+
+    fn attach_with(kbtf: &btf::Btf, method: Method) -> Result<Self> {
         let mut offsets = DiskOffsets {
             task_real_parent: kbtf.member_offset("task_struct", "real_parent")?,
             task_tgid: kbtf.member_offset("task_struct", "tgid")?,
             ..Default::default()
         };
-        if block {
-            offsets.rq_dev = tracefs::field_offset("block", "block_rq_issue", "dev")?;
-            offsets.rq_bytes = tracefs::field_offset("block", "block_rq_issue", "bytes")?;
-            offsets.rq_rwbs = tracefs::field_offset("block", "block_rq_issue", "rwbs")?;
-        } else {
-            offsets = syscall_offsets(&kbtf)?;
+        match method {
+            Method::Block => {
+                offsets.rq_dev = tracefs::field_offset("block", "block_rq_issue", "dev")?;
+                offsets.rq_bytes = tracefs::field_offset("block", "block_rq_issue", "bytes")?;
+                offsets.rq_rwbs = tracefs::field_offset("block", "block_rq_issue", "rwbs")?;
+            }
+            Method::Syscalls if !cfg!(target_arch = "x86_64") => {
+                return Err(user_error(
+                    "disktop's syscall path reads the fd from saved x86-64 registers; on this architecture use --probe fexit or --block",
+                ));
+            }
+            _ => offsets = file_offsets(kbtf)?,
         }
         let mut ebpf = EbpfLoader::new()
             .override_global("DISK_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the disktop eBPF object")?;
+        if method == Method::Fexit {
+            let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+            for (prog, func) in [
+                ("stapr_dt_vfs_rd", "vfs_read"),
+                ("stapr_dt_vfs_wr", "vfs_write"),
+            ] {
+                let p: &mut FExit = program(&mut ebpf, prog)?;
+                p.load(func, &aya_btf).map_err(|e| {
+                    let why = match &e {
+                        aya::programs::ProgramError::LoadError { io_error, .. } => io_error.to_string(),
+                        other => other.to_string(),
+                    };
+                    user_error(format!(
+                        "this kernel refuses fexit programs (loading one on {func}: {why}); use --probe syscalls"
+                    ))
+                })?;
+                p.attach()
+                    .with_context(|| format!("attaching fexit on {func}"))?;
+            }
+            return Ok(Self {
+                ebpf,
+                slot: 0,
+                skipped: Vec::new(),
+                method,
+            });
+        }
         let mut skipped = Vec::new();
         let mut attach = |prog: &str, category: &str, name: &str, required: bool| -> Result<()> {
             if !required && !tracefs::exists(category, name) {
@@ -94,7 +175,7 @@ impl Probes {
                 .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
             Ok(())
         };
-        if block {
+        if method == Method::Block {
             attach("stapr_dt_rq", "block", "block_rq_issue", true)?;
         } else {
             for (prog, calls) in [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)] {
@@ -107,6 +188,7 @@ impl Probes {
             ebpf,
             slot: 0,
             skipped,
+            method,
         })
     }
 
