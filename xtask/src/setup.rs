@@ -94,8 +94,7 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 
     // bpf-linker's build looks for LLVM_PREFIX/lib/libLLVM.so; rustup ships the library
     // under a versioned name only, so give it a prefix of symlinks.
-    let home = std::env::var("HOME").context("HOME is not set")?;
-    let prefix = Path::new(&home).join(".cache/stapr/llvm-prefix");
+    let prefix = crate::util::cache_dir().join("llvm-prefix");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     for link in ["libLLVM.so", so.as_str()] {

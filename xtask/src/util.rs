@@ -142,3 +142,22 @@ pub fn cargo_bin_on_path() {
         unsafe { std::env::set_var("PATH", joined) };
     }
 }
+
+/// stapr's cache outside the source tree (bpf-linker's LLVM prefix, Debian kernels):
+/// `$XDG_CACHE_HOME/stapr`, else `$HOME/.cache/stapr`, else the user's home from passwd.
+pub fn cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Path::new(&x).join("stapr");
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from("/root")
+            } else {
+                PathBuf::from("/tmp")
+            }
+        });
+    home.join(".cache/stapr")
+}

@@ -90,8 +90,7 @@ pub struct VmArgs {
 }
 
 fn cache_dir() -> Result<PathBuf> {
-    let home = std::env::var("HOME").context("HOME is not set")?;
-    Ok(Path::new(&home).join(".cache/stapr/kernels"))
+    Ok(crate::util::cache_dir().join("kernels"))
 }
 
 /// The newest `linux-image-<prefix>*-amd64-unsigned` in the archive.
