@@ -21,6 +21,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// What works on this kernel, tried by loading and attaching tiny programs, and the
+    /// method each report will use. Exit 0 when every report can run, 1 otherwise.
+    Doctor(DoctorArgs),
     /// Packets and KB sent and received, per process and network device, every interval.
     #[command(after_help = NETTOP_HELP)]
     Nettop(NettopArgs),
@@ -70,6 +73,19 @@ EXAMPLES:
     stapr slowopen --min 250ms -v   # a lower threshold, with PID and TID columns
     stapr slowopen -c httpd -d 10m  # only httpd, for ten minutes
 ";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// text, or one JSON object
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
 
 #[derive(Debug, Args)]
 pub struct DisktopArgs {

@@ -1,6 +1,7 @@
 //! stapr: SystemTap-style tracing for Linux on eBPF.
 
 mod cli;
+mod doctor;
 mod report;
 mod runtime;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Err(err) => return usage_failure(err),
     };
     let result = match cli.command {
+        Command::Doctor(a) => run_doctor(a.format),
         Command::Nettop(a) => nettop::run(nettop::Options {
             interval: a.interval,
             count: a.count,
@@ -64,6 +66,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => failure(&err),
     }
+}
+
+/// Exit 0 when every report can run here, 1 otherwise.
+fn run_doctor(format: cli::Format) -> anyhow::Result<()> {
+    let f = doctor::examine()?;
+    let text = match format {
+        cli::Format::Text => doctor::text(&f),
+        cli::Format::Json => doctor::json(&f),
+    };
+    runtime::emit(&text)?;
+    if !f.all_runnable() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// clap's errors span several lines (usage, tips); the user gets the first one only.

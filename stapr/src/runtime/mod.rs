@@ -74,6 +74,20 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Mounts a pseudo filesystem (securityfs, tracefs...) at `target` if nothing is there;
+/// best effort, for information that is only nice to have.
+pub fn mount_if_missing(fstype: &str, target: &str) {
+    let (Ok(src), Ok(fs), Ok(dir)) = (
+        std::ffi::CString::new("none"),
+        std::ffi::CString::new(fstype),
+        std::ffi::CString::new(target),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings; data may be NULL.
+    unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+}
+
 /// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.
 pub fn kernel_btf_present() -> bool {
     Path::new("/sys/kernel/btf/vmlinux").exists()

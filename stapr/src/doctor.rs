@@ -1,0 +1,517 @@
+//! `stapr doctor`: what works on this kernel, found out by loading and attaching the
+//! smallest program of each type, and which method each report will use.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{
+        uprobe::UProbeScope, BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, UProbe,
+    },
+    Ebpf,
+};
+use serde::Serialize;
+
+use crate::runtime::{self, kernel_btf_present, program};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));
+
+/// A facility's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Works,
+    Fails,
+    /// Not tried (a prerequisite is missing, or this version has no check for it).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Facility {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    /// Why it fails, or what was tried.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub report: &'static str,
+    /// The method the report will use; None: it cannot run here.
+    pub method: Option<String>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Findings {
+    pub kernel: String,
+    pub btf: bool,
+    pub lockdown: String,
+    pub tracefs: bool,
+    pub facilities: Vec<Facility>,
+    pub reports: Vec<Plan>,
+}
+
+impl Findings {
+    fn works(&self, name: &str) -> bool {
+        self.facilities
+            .iter()
+            .any(|f| f.name == name && f.verdict == Verdict::Works)
+    }
+
+    /// Every report can run.
+    pub fn all_runnable(&self) -> bool {
+        self.reports.iter().all(|p| p.method.is_some())
+    }
+}
+
+pub const CLASSIC: &str = "classic tracepoints";
+pub const TP_BTF: &str = "BTF tracepoints (tp_btf)";
+pub const RAW_TP: &str = "raw tracepoints";
+pub const KPROBES: &str = "kprobes";
+pub const KPROBE_MULTI: &str = "kprobe.multi";
+pub const FENTRY: &str = "fentry/fexit";
+pub const UPROBES: &str = "uprobes";
+pub const RINGBUF: &str = "ring buffer";
+
+/// Pure: which method each report picks given the facilities (the same order of
+/// preference the reports apply when they attach).
+pub fn plan(f: &Findings, x86_64: bool) -> Vec<Plan> {
+    let classic = f.works(CLASSIC);
+    let nettop = if f.btf && f.works(TP_BTF) {
+        (
+            Some(TP_BTF.to_owned()),
+            "net:net_dev_xmit, net:netif_receive_skb".to_owned(),
+        )
+    } else if classic {
+        (
+            Some(CLASSIC.to_owned()),
+            "BTF tracepoints unavailable".to_owned(),
+        )
+    } else {
+        (None, "needs BTF or classic tracepoints".to_owned())
+    };
+    let slowopen = if classic && f.works(RINGBUF) {
+        let args = if f.btf && x86_64 {
+            "arguments read from saved registers"
+        } else {
+            "arguments saved by entry probes"
+        };
+        (Some("syscall tracepoints".to_owned()), args.to_owned())
+    } else {
+        (
+            None,
+            "needs classic tracepoints and a ring buffer".to_owned(),
+        )
+    };
+    let disktop = if !f.btf {
+        (None, "needs kernel BTF to find a file's device".to_owned())
+    } else if f.works(FENTRY) {
+        (
+            Some("fexit on vfs_read and vfs_write".to_owned()),
+            String::new(),
+        )
+    } else if classic && x86_64 {
+        (
+            Some("syscall exit tracepoints".to_owned()),
+            "fexit unavailable".to_owned(),
+        )
+    } else if classic {
+        (
+            None,
+            "only --block works here (the syscall path needs x86-64)".to_owned(),
+        )
+    } else {
+        (None, "needs fexit or classic tracepoints".to_owned())
+    };
+    [
+        ("nettop", nettop),
+        ("slowopen", slowopen),
+        ("disktop", disktop),
+    ]
+    .into_iter()
+    .map(|(report, (method, note))| Plan {
+        report,
+        method,
+        note,
+    })
+    .collect()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The bracketed word of /sys/kernel/security/lockdown: `none [integrity] confidentiality`.
+fn lockdown() -> String {
+    let path = "/sys/kernel/security/lockdown";
+    if !Path::new(path).exists() {
+        runtime::mount_if_missing("securityfs", "/sys/kernel/security");
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            let start = s.find('[')?;
+            let end = s[start..].find(']')?;
+            Some(s[start + 1..start + end].to_owned())
+        })
+        .unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into())
+}
+
+/// The io error of a failed load or attach, without aya's verifier log.
+fn why(e: &aya::programs::ProgramError) -> String {
+    if let aya::programs::ProgramError::LoadError { io_error, .. } = e {
+        return io_error.to_string();
+    }
+    // Attach errors name a file and carry the io error as their source.
+    let mut parts = vec![e.to_string().lines().next().unwrap_or_default().to_owned()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    let text = parts.join(": ");
+    if text.contains("devices/kprobe") {
+        return "no kprobe PMU (kernel built without CONFIG_KPROBES)".into();
+    }
+    text
+}
+
+fn verdict(r: std::result::Result<String, String>) -> (Verdict, String) {
+    match r {
+        Ok(d) => (Verdict::Works, d),
+        Err(d) => (Verdict::Fails, d),
+    }
+}
+
+/// BPF_MAP_CREATE of a BPF_MAP_TYPE_RINGBUF (27) with one page.
+fn ring_buffer_works() -> std::result::Result<String, String> {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = MapCreate {
+        map_type: 27,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 4096,
+        map_flags: 0,
+    };
+    // SAFETY: BPF_MAP_CREATE (0) reads `size` bytes of attr; the fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: a descriptor we own.
+    unsafe { libc::close(fd as i32) };
+    Ok("BPF_MAP_TYPE_RINGBUF created".into())
+}
+
+/// The path of libc as mapped into this process (uprobe target).
+fn libc_path() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .map(str::to_owned)
+}
+
+/// Loads and attaches one program of each type; everything is detached when it returns.
+fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
+    let mut ebpf = Ebpf::load(OBJECT).context("loading the doctor eBPF object")?;
+    let aya_btf = if btf {
+        Some(aya::Btf::from_sys_fs().context("reading kernel BTF")?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    let mut push = |name: &'static str, r: std::result::Result<String, String>| {
+        let (verdict, detail) = verdict(r);
+        out.push(Facility {
+            name,
+            verdict,
+            detail,
+        });
+    };
+
+    let tp: &mut TracePoint = program(&mut ebpf, "stapr_doc_tp")?;
+    push(
+        CLASSIC,
+        tp.load()
+            .and_then(|_| tp.attach("sched", "sched_process_exec").map(|_| ()))
+            .map(|_| "attached to sched:sched_process_exec".into())
+            .map_err(|e| why(&e)),
+    );
+
+    match &aya_btf {
+        Some(b) => {
+            let p: &mut BtfTracePoint = program(&mut ebpf, "stapr_doc_tpbtf")?;
+            push(
+                TP_BTF,
+                p.load("sched_process_exec", b)
+                    .and_then(|_| p.attach().map(|_| ()))
+                    .map(|_| "attached to sched_process_exec".into())
+                    .map_err(|e| why(&e)),
+            );
+        }
+        None => push(TP_BTF, Err("needs kernel BTF".into())),
+    }
+
+    let p: &mut RawTracePoint = program(&mut ebpf, "stapr_doc_rawtp")?;
+    push(
+        RAW_TP,
+        p.load()
+            .and_then(|_| p.attach("sched_process_exec").map(|_| ()))
+            .map(|_| "attached to sched_process_exec".into())
+            .map_err(|e| why(&e)),
+    );
+
+    let p: &mut KProbe = program(&mut ebpf, "stapr_doc_kprobe")?;
+    let kprobes = p
+        .load()
+        .and_then(|_| p.attach("vfs_read", 0).map(|_| ()))
+        .map(|_| "attached to vfs_read".into())
+        .map_err(|e| why(&e));
+    let kprobes_work = kprobes.is_ok();
+    push(KPROBES, kprobes);
+
+    match &aya_btf {
+        Some(b) => {
+            let p: &mut FEntry = program(&mut ebpf, "stapr_doc_fentry")?;
+            push(
+                FENTRY,
+                p.load("vfs_read", b)
+                    .and_then(|_| p.attach().map(|_| ()))
+                    .map(|_| "fentry attached to vfs_read".into())
+                    .map_err(|e| why(&e)),
+            );
+        }
+        None => push(FENTRY, Err("needs kernel BTF".into())),
+    }
+
+    let p: &mut UProbe = program(&mut ebpf, "stapr_doc_uprobe")?;
+    push(
+        UPROBES,
+        match libc_path() {
+            Some(libc) => p
+                .load()
+                .and_then(|_| {
+                    p.attach("getpid", &libc, UProbeScope::AllProcesses)
+                        .map(|_| ())
+                })
+                .map(|_| format!("attached to getpid in {libc}"))
+                .map_err(|e| why(&e)),
+            None => Err("libc not found in /proc/self/maps".into()),
+        },
+    );
+
+    push(RINGBUF, ring_buffer_works());
+
+    out.push(Facility {
+        name: KPROBE_MULTI,
+        verdict: if kprobes_work {
+            Verdict::Unknown
+        } else {
+            Verdict::Fails
+        },
+        detail: if kprobes_work {
+            "not checked by this version (no report uses it yet)".into()
+        } else {
+            "needs kprobes".into()
+        },
+    });
+    Ok(out)
+}
+
+/// Everything `stapr doctor` reports; touches the kernel.
+pub fn examine() -> Result<Findings> {
+    runtime::prepare()?;
+    let btf = kernel_btf_present();
+    let mut f = Findings {
+        kernel: kernel_release(),
+        btf,
+        lockdown: lockdown(),
+        tracefs: Path::new(runtime::tracefs::TRACEFS).join("events").is_dir(),
+        facilities: probe_facilities(btf)?,
+        reports: Vec::new(),
+    };
+    f.reports = plan(&f, cfg!(target_arch = "x86_64"));
+    Ok(f)
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Pure: the text screen.
+pub fn text(f: &Findings) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("kernel    {}\n", f.kernel));
+    out.push_str(&format!("BTF       {}\n", yes_no(f.btf)));
+    out.push_str(&format!("lockdown  {}\n", f.lockdown));
+    out.push_str(&format!("tracefs   {}\n\n", yes_no(f.tracefs)));
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_width(80)
+        .set_header(["facility", "works", "detail"]);
+    for fac in &f.facilities {
+        let works = match fac.verdict {
+            Verdict::Works => "yes",
+            Verdict::Fails => "no",
+            Verdict::Unknown => "?",
+        };
+        t.add_row([fac.name, works, fac.detail.as_str()]);
+    }
+    out.push_str(&trimmed(&t.to_string()));
+    out.push('\n');
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_width(80)
+        .set_header(["report", "method", "note"]);
+    for p in &f.reports {
+        t.add_row([
+            p.report,
+            p.method.as_deref().unwrap_or("cannot run"),
+            p.note.as_str(),
+        ]);
+    }
+    out.push_str(&trimmed(&t.to_string()));
+    out
+}
+
+/// comfy-table pads every cell; the screen needs no trailing blanks.
+fn trimmed(table: &str) -> String {
+    table
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// Pure: the same as one JSON object.
+pub fn json(f: &Findings) -> String {
+    serde_json::to_string(f).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings(works: &[&'static str], btf: bool) -> Findings {
+        let all = [
+            CLASSIC,
+            TP_BTF,
+            RAW_TP,
+            KPROBES,
+            FENTRY,
+            UPROBES,
+            RINGBUF,
+            KPROBE_MULTI,
+        ];
+        Findings {
+            kernel: "6.18.0".into(),
+            btf,
+            lockdown: "confidentiality".into(),
+            tracefs: true,
+            facilities: all
+                .iter()
+                .map(|&name| Facility {
+                    name,
+                    verdict: if works.contains(&name) {
+                        Verdict::Works
+                    } else {
+                        Verdict::Fails
+                    },
+                    detail: String::new(),
+                })
+                .collect(),
+            reports: Vec::new(),
+        }
+    }
+
+    fn methods(f: &Findings, x86: bool) -> Vec<Option<String>> {
+        plan(f, x86).into_iter().map(|p| p.method).collect()
+    }
+
+    #[test]
+    fn this_host() {
+        // Tracepoints of every kind, uprobes, ring buffer; no kprobes, fentry refused.
+        let f = findings(&[CLASSIC, TP_BTF, RAW_TP, UPROBES, RINGBUF], true);
+        assert_eq!(
+            methods(&f, true),
+            [
+                Some(TP_BTF.to_owned()),
+                Some("syscall tracepoints".to_owned()),
+                Some("syscall exit tracepoints".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_debian_kernel() {
+        let f = findings(
+            &[CLASSIC, TP_BTF, RAW_TP, KPROBES, FENTRY, UPROBES, RINGBUF],
+            true,
+        );
+        assert_eq!(
+            methods(&f, true)[2].as_deref(),
+            Some("fexit on vfs_read and vfs_write")
+        );
+    }
+
+    #[test]
+    fn without_btf_or_tracepoints() {
+        let f = findings(&[CLASSIC, RINGBUF], false);
+        let m = methods(&f, true);
+        assert_eq!(m[0].as_deref(), Some(CLASSIC));
+        assert_eq!(m[2], None);
+        let f = findings(&[], true);
+        assert!(methods(&f, true).iter().all(Option::is_none));
+        let f = findings(&[CLASSIC, RINGBUF], true);
+        assert_eq!(methods(&f, false)[2], None, "syscall path is x86-64 only");
+    }
+
+    #[test]
+    fn json_is_one_object() {
+        let mut f = findings(&[CLASSIC], true);
+        f.reports = plan(&f, true);
+        let v: serde_json::Value = serde_json::from_str(json(&f).trim()).unwrap();
+        assert_eq!(v["facilities"][0]["verdict"], "works");
+        // slowopen needs a ring buffer, which this one lacks.
+        assert_eq!(v["reports"][1]["method"], serde_json::Value::Null);
+        assert_eq!(json(&f).lines().count(), 1);
+    }
+
+    #[test]
+    fn text_fits_80_columns() {
+        let mut f = findings(&[CLASSIC, TP_BTF], true);
+        f.facilities[3].detail =
+            "no kprobe PMU (kernel built without CONFIG_KPROBES) and a long tail of words".into();
+        f.reports = plan(&f, true);
+        for line in text(&f).lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `stapr doctor` against the running kernel: its verdicts must match what this kernel is
+//! known to allow. On the development host: tracepoints yes, kprobes absent, fentry
+//! refused. Inside the Debian VMs (STAPR_VM=1, set by the harness's init): kprobes and
+//! fentry work.
+
+use std::{path::Path, time::Duration};
+
+use integration_tests::{assert_nothing_attached, kernel_lock, run, stapr};
+use serde_json::Value;
+
+fn verdict(doc: &Value, facility: &str) -> String {
+    doc["facilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == facility)
+        .unwrap_or_else(|| panic!("{facility} missing: {doc}"))["verdict"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn verdicts_match_this_kernel() {
+    let _k = kernel_lock();
+    let out = run(
+        stapr().args(["doctor", "--format", "json"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "every report runs here: {out:?}"
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object: {}", out.stdout);
+    let doc: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(doc["btf"], true);
+    for f in [
+        "classic tracepoints",
+        "BTF tracepoints (tp_btf)",
+        "raw tracepoints",
+        "uprobes",
+        "ring buffer",
+    ] {
+        assert_eq!(verdict(&doc, f), "works", "{f}: {doc}");
+    }
+    // Independent evidence for kprobes: the kprobe PMU exists exactly when they work.
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    assert_eq!(
+        verdict(&doc, "kprobes"),
+        if pmu { "works" } else { "fails" },
+        "{doc}"
+    );
+    let in_vm = std::env::var_os("STAPR_VM").is_some();
+    let expected = if in_vm { "works" } else { "fails" };
+    assert_eq!(verdict(&doc, "kprobes"), expected, "{doc}");
+    assert_eq!(verdict(&doc, "fentry/fexit"), expected, "{doc}");
+    let disktop = &doc["reports"].as_array().unwrap()[2];
+    assert_eq!(disktop["report"], "disktop");
+    let method = if in_vm {
+        "fexit on vfs_read and vfs_write"
+    } else {
+        "syscall exit tracepoints"
+    };
+    assert_eq!(disktop["method"], method, "{doc}");
+    assert_nothing_attached();
+}
+
+#[test]
+fn text_screen_names_every_facility_and_report() {
+    let _k = kernel_lock();
+    let out = run(stapr().arg("doctor"), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for word in [
+        "kernel",
+        "BTF",
+        "lockdown",
+        "tracefs",
+        "kprobes",
+        "fentry/fexit",
+        "uprobes",
+        "ring buffer",
+        "nettop",
+        "slowopen",
+        "disktop",
+    ] {
+        assert!(out.stdout.contains(word), "{word} missing:\n{}", out.stdout);
+    }
+    for line in out.stdout.lines() {
+        assert!(
+            line.chars().count() <= 80 && !line.ends_with(' '),
+            "{line:?}"
+        );
+    }
+    assert_nothing_attached();
+}
