@@ -89,14 +89,10 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct DisktopArgs {
-    /// Seconds between reports (also 500ms, 2s, 1m...)
-    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
-    pub interval: Duration,
-    /// Stop after this many reports
-    #[arg(long, value_parser = positive_u64)]
-    pub count: Option<u64>,
     #[command(flatten)]
-    pub who: ProcessFilter,
+    pub every: IntervalArgs,
+    #[command(flatten)]
+    pub who: ProcessArgs,
     /// Order rows by bytes (largest first) or pid
     #[arg(short, long, value_enum, default_value = "bytes")]
     pub sort: disktop::SortKey,
@@ -118,7 +114,7 @@ pub struct SlowopenArgs {
     #[arg(long, default_value = "1s", value_parser = min_duration, allow_hyphen_values = true)]
     pub min: Duration,
     #[command(flatten)]
-    pub who: ProcessFilter,
+    pub who: ProcessArgs,
     /// Stop after this long (default: until Ctrl-C)
     #[arg(short, long, value_parser = duration::positive_secs)]
     pub duration: Option<Duration>,
@@ -147,14 +143,10 @@ EXAMPLES:
 
 #[derive(Debug, Args)]
 pub struct NettopArgs {
-    /// Seconds between reports (also 500ms, 2s, 1m...)
-    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
-    pub interval: Duration,
-    /// Stop after this many reports
-    #[arg(long, value_parser = positive_u64)]
-    pub count: Option<u64>,
     #[command(flatten)]
-    pub who: ProcessFilter,
+    pub every: IntervalArgs,
+    #[command(flatten)]
+    pub who: ProcessArgs,
     /// Only this network device (e.g. eth0, lo)
     #[arg(short, long)]
     pub dev: Option<String>,
@@ -169,9 +161,20 @@ pub struct NettopArgs {
     pub probe: nettop::ProbeKind,
 }
 
+/// The interval flags of the periodic reports.
+#[derive(Debug, Args)]
+pub struct IntervalArgs {
+    /// Seconds between reports (also 500ms, 2s, 1m...)
+    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
+    pub interval: Duration,
+    /// Stop after this many reports
+    #[arg(long, value_parser = positive_u64)]
+    pub count: Option<u64>,
+}
+
 /// The process filters every report takes.
 #[derive(Debug, Args)]
-pub struct ProcessFilter {
+pub struct ProcessArgs {
     /// Only this process (thread group id)
     #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
     pub pid: Option<u32>,
@@ -181,6 +184,16 @@ pub struct ProcessFilter {
     /// Only commands containing this text
     #[arg(short, long)]
     pub comm: Option<String>,
+}
+
+impl ProcessArgs {
+    pub fn filter(self) -> crate::report::ProcessFilter {
+        crate::report::ProcessFilter {
+            pid: self.pid,
+            uid: self.uid,
+            comm: self.comm,
+        }
+    }
 }
 
 fn id(s: &str) -> Result<u32, String> {
@@ -216,7 +229,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a.sort, nettop::SortKey::XmitKb);
-        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(a.every.interval, Duration::from_secs(5));
     }
 
     #[test]

@@ -23,12 +23,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(a) => run_doctor(a.format),
         Command::Nettop(a) => nettop::run(nettop::Options {
-            interval: a.interval,
-            count: a.count,
+            interval: a.every.interval,
+            count: a.every.count,
             filter: nettop::Filter {
-                pid: a.who.pid,
-                uid: a.who.uid,
-                comm: a.who.comm,
+                who: a.who.filter(),
                 dev: a.dev,
             },
             sort: a.sort,
@@ -36,13 +34,9 @@ fn main() -> ExitCode {
             probe: a.probe,
         }),
         Command::Disktop(a) => disktop::run(disktop::Options {
-            interval: a.interval,
-            count: a.count,
-            filter: disktop::Filter {
-                pid: a.who.pid,
-                uid: a.who.uid,
-                comm: a.who.comm,
-            },
+            interval: a.every.interval,
+            count: a.every.count,
+            filter: a.who.filter(),
             sort: a.sort,
             rows: a.rows,
             method: if a.block {
@@ -53,11 +47,7 @@ fn main() -> ExitCode {
         }),
         Command::Slowopen(a) => slowopen::run(slowopen::Options {
             min: a.min,
-            filter: slowopen::Filter {
-                pid: a.who.pid,
-                uid: a.who.uid,
-                comm: a.who.comm,
-            },
+            filter: a.who.filter(),
             duration: a.duration,
             verbose: a.verbose,
         }),

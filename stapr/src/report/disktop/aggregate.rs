@@ -40,21 +40,7 @@ pub enum SortKey {
     Pid,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    /// Matches commands that contain this text.
-    pub comm: Option<String>,
-}
-
-impl Filter {
-    fn keeps(&self, k: &DiskKey, comm: &str) -> bool {
-        self.pid.is_none_or(|p| k.pid == p)
-            && self.uid.is_none_or(|u| k.uid == u)
-            && self.comm.as_deref().is_none_or(|c| comm.contains(c))
-    }
-}
+pub type Filter = crate::report::ProcessFilter;
 
 /// One interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +79,7 @@ pub fn snapshot(
     let (mut read, mut write) = (0, 0);
     for (k, v) in sums {
         let comm = String::from_utf8_lossy(c_bytes(&k.comm)).into_owned();
-        if !filter.keeps(&k, &comm) {
+        if !filter.matches(k.pid, k.uid, &comm) {
             continue;
         }
         read += v.read_bytes;

@@ -43,19 +43,14 @@ pub enum SortKey {
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    /// Matches commands that contain this text.
-    pub comm: Option<String>,
+    pub who: crate::report::ProcessFilter,
     /// Matches this device name exactly.
     pub dev: Option<String>,
 }
 
 impl Filter {
     fn keeps(&self, row: &Row) -> bool {
-        self.pid.is_none_or(|p| row.pid == p)
-            && self.uid.is_none_or(|u| row.uid == u)
-            && self.comm.as_deref().is_none_or(|c| row.comm.contains(c))
+        self.who.matches(row.pid, row.uid, &row.comm)
             && self.dev.as_deref().is_none_or(|d| row.dev == d)
     }
 }
@@ -193,24 +188,34 @@ pub(crate) mod tests {
 
     #[test]
     fn filters_and_limit() {
+        use crate::report::ProcessFilter;
         let by = |f: Filter| pids(&snapshot(sample(), &f, SortKey::RecvPk, None));
         assert_eq!(
             by(Filter {
-                pid: Some(31485),
+                who: ProcessFilter {
+                    pid: Some(31485),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             [31485]
         );
         assert_eq!(
             by(Filter {
-                uid: Some(0),
+                who: ProcessFilter {
+                    uid: Some(0),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             [9]
         );
         assert_eq!(
             by(Filter {
-                comm: Some("http".into()),
+                who: ProcessFilter {
+                    comm: Some("http".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             [15337]

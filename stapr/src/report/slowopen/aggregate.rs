@@ -236,20 +236,11 @@ impl Reported {
 }
 
 /// User-space filter (pid and uid are also filtered in the kernel, at open).
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    /// Matches commands that contain this text.
-    pub comm: Option<String>,
-}
+pub type Filter = crate::report::ProcessFilter;
 
-impl Filter {
-    pub fn keeps(&self, r: &Row) -> bool {
-        self.pid.is_none_or(|p| r.pid == p)
-            && self.uid.is_none_or(|u| r.uid == u)
-            && self.comm.as_deref().is_none_or(|c| r.comm.contains(c))
-    }
+/// Whether `f` keeps the row.
+pub fn keeps(f: &Filter, r: &Row) -> bool {
+    f.matches(r.pid, r.uid, &r.comm)
 }
 
 #[cfg(test)]
@@ -455,29 +446,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn filter() {
-        let r = row(key(7, 3), &file(0, 7, "httpd", "/f", 0), S, End::Close);
-        assert!(Filter::default().keeps(&r));
-        assert!(Filter {
-            comm: Some("ttp".into()),
-            ..Default::default()
-        }
-        .keeps(&r));
-        assert!(!Filter {
-            comm: Some("nginx".into()),
-            ..Default::default()
-        }
-        .keeps(&r));
-        assert!(Filter {
+    fn filter_uses_the_opener() {
+        // pid, uid and comm are the opener's, as stored with the file.
+        let r = row(key(7, 3), &file(0, 9, "httpd", "/f", 0), S, End::Close);
+        assert!(keeps(&Filter::default(), &r));
+        let f = Filter {
             pid: Some(7),
             uid: Some(48),
+            comm: Some("ttp".into()),
+        };
+        assert!(keeps(&f, &r));
+        let f = Filter {
+            comm: Some("nginx".into()),
             ..Default::default()
-        }
-        .keeps(&r));
-        assert!(!Filter {
-            uid: Some(0),
-            ..Default::default()
-        }
-        .keeps(&r));
+        };
+        assert!(!keeps(&f, &r));
     }
 }

@@ -86,7 +86,7 @@ fn report(
         let m = aggregate::match_notices(&batch.notices, &entries, min_ns(opts));
         probes.forget(&m.remove)?;
         probes.rewrite(&m.update)?;
-        for row in m.rows.iter().filter(|r| opts.filter.keeps(r)) {
+        for row in m.rows.iter().filter(|r| aggregate::keeps(&opts.filter, r)) {
             if reported.first_time(row) {
                 out.push_str(&render::line(row, opts.verbose));
             }
@@ -99,7 +99,7 @@ fn report(
     let recent = recent.make_contiguous();
     for s in &batch.slow {
         if let Some(row) = aggregate::slow_file_row(s, recent, min_ns(opts)) {
-            if opts.filter.keeps(&row) && reported.first_time(&row) {
+            if aggregate::keeps(&opts.filter, &row) && reported.first_time(&row) {
                 out.push_str(&render::line(&row, opts.verbose));
             }
         }
@@ -164,7 +164,7 @@ pub fn run(opts: Options) -> Result<()> {
     let entries = probes.open_files()?;
     let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
         .into_iter()
-        .filter(|r| opts.filter.keeps(r))
+        .filter(|r| aggregate::keeps(&opts.filter, r))
         .collect();
     runtime::emit(&render::still_open(&rows, opts.verbose))?;
     let (table_full, ring_full) = probes.missed()?;
