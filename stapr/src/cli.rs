@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::report::{disktop, nettop};
-use crate::runtime::duration;
+use crate::runtime::{self, duration};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,17 +74,11 @@ EXAMPLES:
     stapr slowopen -c httpd -d 10m  # only httpd, for ten minutes
 ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// text, or one JSON object
     #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    pub format: runtime::Format,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +87,8 @@ pub struct DisktopArgs {
     pub every: IntervalArgs,
     #[command(flatten)]
     pub who: ProcessArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Order rows by bytes (largest first) or pid
     #[arg(short, long, value_enum, default_value = "bytes")]
     pub sort: disktop::SortKey,
@@ -115,6 +111,8 @@ pub struct SlowopenArgs {
     pub min: Duration,
     #[command(flatten)]
     pub who: ProcessArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Stop after this long (default: until Ctrl-C)
     #[arg(short, long, value_parser = duration::positive_secs)]
     pub duration: Option<Duration>,
@@ -147,6 +145,8 @@ pub struct NettopArgs {
     pub every: IntervalArgs,
     #[command(flatten)]
     pub who: ProcessArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Only this network device (e.g. eth0, lo)
     #[arg(short, long)]
     pub dev: Option<String>,
@@ -159,6 +159,14 @@ pub struct NettopArgs {
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]
     pub probe: nettop::ProbeKind,
+}
+
+/// Output format flag of the reports.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// text (the seed's layout) or json (one object per line, raw numbers)
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: runtime::Format,
 }
 
 /// The interval flags of the periodic reports.

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 who: a.who.filter(),
                 dev: a.dev,
             },
+            format: a.output.format,
             sort: a.sort,
             rows: a.rows,
             probe: a.probe,
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
             interval: a.every.interval,
             count: a.every.count,
             filter: a.who.filter(),
+            format: a.output.format,
             sort: a.sort,
             rows: a.rows,
             method: if a.block {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Slowopen(a) => slowopen::run(slowopen::Options {
             min: a.min,
             filter: a.who.filter(),
+            format: a.output.format,
             duration: a.duration,
             verbose: a.verbose,
         }),
@@ -59,11 +62,11 @@ fn main() -> ExitCode {
 }
 
 /// Exit 0 when every report can run here, 1 otherwise.
-fn run_doctor(format: cli::Format) -> anyhow::Result<()> {
+fn run_doctor(format: runtime::Format) -> anyhow::Result<()> {
     let f = doctor::examine()?;
     let text = match format {
-        cli::Format::Text => doctor::text(&f),
-        cli::Format::Json => doctor::json(&f),
+        runtime::Format::Text => doctor::text(&f),
+        runtime::Format::Json => doctor::json(&f),
     };
     runtime::emit(&text)?;
     if !f.all_runnable() {

@@ -255,3 +255,26 @@ fn idle_intervals_print_nothing() {
     );
     assert_nothing_attached();
 }
+
+#[test]
+fn json_lines_carry_raw_bytes() {
+    let _k = kernel_lock();
+    let dir = work_dir();
+    let device = device_of(&dir);
+    let file = dir.join("json.dat");
+    let (pid, stdout) = disktop_with(
+        &["disktop", "-i", "1", "-r", "50", "--format", "json"],
+        &["file", "8", file.to_str().unwrap()],
+    );
+    let mut written = 0;
+    for line in stdout.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["time"].is_string() && v["interval_s"] == 1.0, "{line}");
+        if v["pid"] == pid && v["device"] == device.as_str() && v["direction"] == "W" {
+            written += v["bytes"].as_u64().unwrap();
+        }
+    }
+    assert!(written >= 8 * MIB, "{written}\n{stdout}");
+    let _ = std::fs::remove_file(file);
+}

@@ -305,3 +305,28 @@ fn veth_device_names_and_counts() {
     );
     assert_nothing_attached();
 }
+
+#[test]
+fn json_lines_carry_raw_counts() {
+    let _k = kernel_lock();
+    const N: u64 = 500;
+    let args = ["nettop", "-i", "1", "--count", "2", "--format", "json"];
+    let (pid, stdout) = nettop_with_talker(&args, N, 300);
+    let (mut xp, mut rp, mut xb) = (0, 0, 0);
+    for line in stdout.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["time"].is_string() && v["interval_s"] == 1.0, "{line}");
+        if v["pid"] == pid && v["dev"] == "lo" {
+            xp += v["xmit_packets"].as_u64().unwrap();
+            rp += v["recv_packets"].as_u64().unwrap();
+            xb += v["xmit_bytes"].as_u64().unwrap();
+        }
+    }
+    assert!(xp >= N && rp >= N, "{stdout}");
+    assert!(
+        xb >= N * 300 && xb <= xp * (300 + 64),
+        "raw bytes: {xb}\n{stdout}"
+    );
+    assert_nothing_attached();
+}

@@ -269,3 +269,38 @@ fn default_output_is_the_seed_format() {
     assert_eq!(&row[26..], p);
     assert_nothing_attached();
 }
+
+#[test]
+fn json_lines_per_file() {
+    let _k = kernel_lock();
+    let p = path("json-held");
+    let mut stapr = Running::spawn(&["slowopen", "--min", "1s", "--format", "json"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let holder = run(
+        example("file_holder").args(["close", "1.2", &p]),
+        Duration::from_secs(30),
+    );
+    assert!(holder.status.success(), "{holder:?}");
+    let pid: u64 = field(&holder.stdout, "pid").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stapr.signal(libc::SIGINT);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .filter(|v: &serde_json::Value| v["pid"] == pid)
+        .collect();
+    assert_eq!(rows.len(), 1, "{}", out.stdout);
+    let r = &rows[0];
+    assert_eq!(r["file"], p.as_str());
+    assert_eq!(r["end"], "close");
+    let held = r["held_s"].as_f64().unwrap();
+    assert!(held > 1.1 && held < 2.0, "{r}");
+    assert_eq!(
+        r["held_ns"].as_u64().unwrap() / 1000,
+        (held * 1e6).round() as u64
+    );
+    assert_nothing_attached();
+}

@@ -213,6 +213,21 @@ pub fn block_on<T, F: Future<Output = Result<T>>>(body: F) -> Result<T> {
         .block_on(body)
 }
 
+/// Output format of every report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// The seed's text layout.
+    #[default]
+    Text,
+    /// Newline-delimited JSON: one object per row, raw numbers.
+    Json,
+}
+
+/// Now, as RFC 3339 UTC with milliseconds, for JSON records.
+pub fn utc_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Writes one report's text to stdout and flushes it, so a pipe sees each interval whole.
 pub fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();

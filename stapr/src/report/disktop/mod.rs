@@ -20,6 +20,7 @@ pub struct Options {
     pub sort: SortKey,
     pub rows: usize,
     pub method: probes::Method,
+    pub format: runtime::Format,
 }
 
 /// The kernel's name for a block device (`vda`, `dm-0`, `nvme0n1p2`), from sysfs.
@@ -69,7 +70,12 @@ pub fn run(opts: Options) -> Result<()> {
                 interval_ms,
             );
             match snap {
-                Some(s) => runtime::emit(&render::text(&s, &render::ctime(&chrono::Local::now()))),
+                Some(s) => runtime::emit(&match opts.format {
+                    runtime::Format::Text => {
+                        render::text(&s, &render::ctime(&chrono::Local::now()))
+                    }
+                    runtime::Format::Json => render::json(&s, &runtime::utc_now()),
+                }),
                 None => Ok(()),
             }
         })

@@ -35,6 +35,28 @@ pub fn text(s: &Snapshot, time: &str) -> String {
     out
 }
 
+/// `--format json`: one object per row, with the interval's end time and length.
+pub fn json(s: &Snapshot, time: &str) -> String {
+    s.rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "time": time,
+                "interval_s": s.interval_ms as f64 / 1000.0,
+                "uid": r.uid,
+                "pid": r.pid,
+                "ppid": r.ppid,
+                "comm": r.comm,
+                "device": r.device,
+                "direction": r.dir.letter(),
+                "bytes": r.bytes,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
 /// ctime(3)'s format without the newline.
 pub fn ctime(t: &chrono::DateTime<chrono::Local>) -> String {
     t.format("%a %b %e %H:%M:%S %Y").to_string()
@@ -100,6 +122,30 @@ mod tests {
                 "     UID      PID     PPID                       CMD   DEVICE    T        BYTES\n",
                 "       0  4194304        1                  postgres      vda    W 1099511627776\n",
                 "       0  4194304        1                  postgres      vda    R     33554432\n",
+            )
+        );
+    }
+
+    #[test]
+    fn golden_json() {
+        let s = snapshot(
+            vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        assert_eq!(
+            json(&s, "2009-04-11T17:22:03.000Z"),
+            concat!(
+                r#"{"bytes":4096,"comm":"httpd","device":"dm-0","direction":"R","interval_s":5.0,"#,
+                r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
+                "\n",
+                r#"{"bytes":210,"comm":"httpd","device":"dm-0","direction":"W","interval_s":5.0,"#,
+                r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
+                "\n",
             )
         );
     }

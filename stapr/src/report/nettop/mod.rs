@@ -20,6 +20,7 @@ pub struct Options {
     pub sort: SortKey,
     pub rows: Option<usize>,
     pub probe: ProbeKind,
+    pub format: runtime::Format,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -34,7 +35,12 @@ pub fn run(opts: Options) -> Result<()> {
         runtime::every_interval(opts.interval, opts.count, || {
             let entries = probes.drain()?;
             let snap = aggregate::snapshot(entries, &opts.filter, opts.sort, opts.rows);
-            runtime::emit(&render::text(&snap))
+            runtime::emit(&match opts.format {
+                runtime::Format::Text => render::text(&snap),
+                runtime::Format::Json => {
+                    render::json(&snap, &runtime::utc_now(), opts.interval.as_secs_f64())
+                }
+            })
         })
         .await?;
         Ok(())

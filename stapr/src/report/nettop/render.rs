@@ -31,6 +31,31 @@ pub fn text(snapshot: &Snapshot) -> String {
     out
 }
 
+/// `--format json`: one object per row, raw byte counts, with the interval's end time and
+/// length.
+pub fn json(snapshot: &Snapshot, time: &str, interval_s: f64) -> String {
+    snapshot
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "time": time,
+                "interval_s": interval_s,
+                "pid": r.pid,
+                "uid": r.uid,
+                "dev": r.dev,
+                "comm": r.comm,
+                "xmit_packets": r.xmit_packets,
+                "recv_packets": r.recv_packets,
+                "xmit_bytes": r.xmit_bytes,
+                "recv_bytes": r.recv_bytes,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::aggregate::{
@@ -88,6 +113,26 @@ mod tests {
                 "\n",
             )
         );
+    }
+
+    #[test]
+    fn golden_json() {
+        let s = snapshot(
+            vec![(key(15337, 48, "eth0", "httpd"), counters(4, 5420, 5, 400))],
+            &Filter::default(),
+            SortKey::RecvPk,
+            None,
+        );
+        assert_eq!(
+            json(&s, "2009-04-11T17:22:03.000Z", 5.0),
+            concat!(
+                r#"{"comm":"httpd","dev":"eth0","interval_s":5.0,"pid":15337,"recv_bytes":400,"#,
+                r#""recv_packets":5,"time":"2009-04-11T17:22:03.000Z","uid":48,"xmit_bytes":5420,"#,
+                r#""xmit_packets":4}"#,
+                "\n"
+            )
+        );
+        assert_eq!(json(&Snapshot::default(), "t", 5.0), "");
     }
 
     #[test]

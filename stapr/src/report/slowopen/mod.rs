@@ -20,8 +20,18 @@ pub use aggregate::Filter;
 pub struct Options {
     pub min: Duration,
     pub filter: Filter,
+    pub format: runtime::Format,
     pub duration: Option<Duration>,
     pub verbose: bool,
+}
+
+impl Options {
+    fn line(&self, r: &aggregate::Row) -> String {
+        match self.format {
+            runtime::Format::Text => render::line(r, self.verbose),
+            runtime::Format::Json => render::json(r, &runtime::utc_now()),
+        }
+    }
 }
 
 /// What one read of the ring buffer brought.
@@ -88,7 +98,7 @@ fn report(
         probes.rewrite(&m.update)?;
         for row in m.rows.iter().filter(|r| aggregate::keeps(&opts.filter, r)) {
             if reported.first_time(row) {
-                out.push_str(&render::line(row, opts.verbose));
+                out.push_str(&opts.line(row));
             }
         }
         recent.extend(batch.notices);
@@ -100,7 +110,7 @@ fn report(
     for s in &batch.slow {
         if let Some(row) = aggregate::slow_file_row(s, recent, min_ns(opts)) {
             if aggregate::keeps(&opts.filter, &row) && reported.first_time(&row) {
-                out.push_str(&render::line(&row, opts.verbose));
+                out.push_str(&opts.line(&row));
             }
         }
     }
@@ -128,7 +138,9 @@ pub fn run(opts: Options) -> Result<()> {
             probes.skipped.join(", ")
         );
     }
-    runtime::emit(&render::header(opts.verbose))?;
+    if opts.format == runtime::Format::Text {
+        runtime::emit(&render::header(opts.verbose))?;
+    }
     eprintln!(
         "stapr slowopen: syscall tracepoints (open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); files held >= {:?}. Ctrl-C to end.",
         opts.min
@@ -166,7 +178,10 @@ pub fn run(opts: Options) -> Result<()> {
         .into_iter()
         .filter(|r| aggregate::keeps(&opts.filter, r))
         .collect();
-    runtime::emit(&render::still_open(&rows, opts.verbose))?;
+    runtime::emit(&match opts.format {
+        runtime::Format::Text => render::still_open(&rows, opts.verbose),
+        runtime::Format::Json => rows.iter().map(|r| opts.line(r)).collect(),
+    })?;
     let (table_full, ring_full) = probes.missed()?;
     if table_full > 0 {
         eprintln!(

@@ -1,6 +1,6 @@
 //! Pure: rows → the seed's lines.
 
-use super::aggregate::Row;
+use super::aggregate::{End, Row};
 
 /// `printf("%10s %12s %30s\n", "Process", "Open time(s)", "File Name")`; `-v` puts PID
 /// and TID in front.
@@ -36,6 +36,34 @@ pub fn line(r: &Row, verbose: bool) -> String {
     )
 }
 
+/// `--format json`: one object per file, with the time it was reported.
+pub fn json(r: &Row, time: &str) -> String {
+    let end = match r.end {
+        End::Close => "close",
+        End::Dup2 => "dup2",
+        End::Dup3 => "dup3",
+        End::Exec => "exec",
+        End::Exit => "exit",
+        End::CloseRange => "close_range",
+        End::StillOpen => "still_open",
+    };
+    serde_json::json!({
+        "time": time,
+        "pid": r.pid,
+        "tid": r.tid,
+        "uid": r.uid,
+        "comm": r.comm,
+        "fd": r.fd,
+        "held_ns": r.held_ns,
+        "held_s": r.held_ns as f64 / 1e9,
+        "file": r.name,
+        "truncated": r.truncated,
+        "end": end,
+    })
+    .to_string()
+        + "\n"
+}
+
 /// The listing printed once when stapr stops.
 pub fn still_open(rows: &[Row], verbose: bool) -> String {
     if rows.is_empty() {
@@ -51,7 +79,6 @@ pub fn still_open(rows: &[Row], verbose: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::aggregate::End;
     use super::*;
 
     fn row(comm: &str, held_ns: u64, name: &str, end: End) -> Row {
@@ -104,6 +131,25 @@ mod tests {
         assert_eq!(
             line(&r, false),
             "verylongcommand 123456.789000 /x... [dup2]\n"
+        );
+    }
+
+    #[test]
+    fn golden_json() {
+        let r = row(
+            "httpd",
+            8_471_285_123,
+            "/var/www/html/lectura lenta.html",
+            End::Exit,
+        );
+        assert_eq!(
+            json(&r, "2009-04-11T17:22:03.000Z"),
+            concat!(
+                r#"{"comm":"httpd","end":"exit","fd":3,"file":"/var/www/html/lectura lenta.html","#,
+                r#""held_ns":8471285123,"held_s":8.471285123,"pid":15337,"tid":15338,"#,
+                r#""time":"2009-04-11T17:22:03.000Z","truncated":false,"uid":48}"#,
+                "\n"
+            )
         );
     }
 
