@@ -76,9 +76,8 @@ EXAMPLES:
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// text, or one JSON object
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: runtime::Format,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -164,7 +163,7 @@ pub struct NettopArgs {
 /// Output format flag of the reports.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// text (the seed's layout) or json (one object per line, raw numbers)
+    /// text, or json: newline-delimited JSON objects with raw numbers
     #[arg(long, value_enum, default_value = "text")]
     pub format: runtime::Format,
 }

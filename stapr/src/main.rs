@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Err(err) => return usage_failure(err),
     };
     let result = match cli.command {
-        Command::Doctor(a) => run_doctor(a.format),
+        Command::Doctor(a) => run_doctor(a.output.format),
         Command::Nettop(a) => nettop::run(nettop::Options {
             interval: a.every.interval,
             count: a.every.count,
