@@ -24,7 +24,7 @@ use aya_ebpf::{
 use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS,
 };
-use probes_ebpf::{btf_load, global, tp_field};
+use probes_ebpf::{btf_load, btf_load_str16, global, tp_field};
 
 #[unsafe(no_mangle)]
 static DISK_OFFSETS: DiskOffsets = DiskOffsets {
@@ -153,6 +153,18 @@ fn file_bdev(file: u64) -> u32 {
     unsafe { bpf_probe_read_kernel((bdev + off(&o.bdev_dev) as u64) as *const u32) }.unwrap_or(0)
 }
 
+/// The thread group id of the task's parent (`real_parent->tgid`), 0 if it has none.
+#[inline(always)]
+fn ppid(task: *const u8) -> u32 {
+    let o = &DISK_OFFSETS;
+    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
+    if parent.is_null() {
+        0
+    } else {
+        unsafe { btf_load(parent, off(&o.task_tgid)) }
+    }
+}
+
 /// Adds `n` bytes moved on `file` (through `fd`, 0 on the fexit path) to the CPU's run,
 /// starting a new run when the thread or file changed. `dev_of` finds the file's block
 /// device (0: none) and runs only when a run starts.
@@ -185,28 +197,12 @@ fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl 
         return;
     }
     run.skip = 0;
-    let o = &DISK_OFFSETS;
-    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
-    let ppid: u32 = if parent.is_null() {
-        0
-    } else {
-        unsafe { btf_load(parent, off(&o.task_tgid)) }
-    };
-    let (lo, hi): (u64, u64) = unsafe {
-        (
-            btf_load(task, off(&o.task_comm)),
-            btf_load(task, off(&o.task_comm) + 8),
-        )
-    };
-    let mut comm = [0u8; 16];
-    comm[..8].copy_from_slice(&lo.to_ne_bytes());
-    comm[8..].copy_from_slice(&hi.to_ne_bytes());
     run.key = DiskKey {
         pid: (pid_tgid >> 32) as u32,
-        ppid,
+        ppid: ppid(task),
         uid: bpf_get_current_uid_gid() as u32,
         dev,
-        comm,
+        comm: unsafe { btf_load_str16(task, off(&DISK_OFFSETS.task_comm)) },
     };
     bytes(&mut run.counts, n, write);
 }
@@ -309,15 +305,9 @@ pub fn stapr_dt_rq(ctx: TracePointContext) -> u32 {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
-    let ppid: u32 = if parent.is_null() {
-        0
-    } else {
-        unsafe { btf_load(parent, off(&o.task_tgid)) }
-    };
     let key = DiskKey {
         pid: (pid_tgid >> 32) as u32,
-        ppid,
+        ppid: ppid(task),
         uid: bpf_get_current_uid_gid() as u32,
         dev,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

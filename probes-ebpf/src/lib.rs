@@ -27,6 +27,20 @@ pub unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
 }
 
+/// A 16-byte string member (`task_struct.comm`, `net_device.name`) of a BTF-typed
+/// pointer, read as two 8-byte direct loads instead of a string-copy helper.
+///
+/// # Safety
+/// As for [`btf_load`]; `off` and `off + 8` must lie within the member.
+#[inline(always)]
+pub unsafe fn btf_load_str16(base: *const u8, off: u32) -> [u8; 16] {
+    let (lo, hi): (u64, u64) = unsafe { (btf_load(base, off), btf_load(base, off + 8)) };
+    let mut s = [0u8; 16];
+    s[..8].copy_from_slice(&lo.to_ne_bytes());
+    s[8..].copy_from_slice(&hi.to_ne_bytes());
+    s
+}
+
 /// A field of a classic tracepoint record, loaded directly from the context: the verifier
 /// allows reads of the record at offsets fixed in the instruction (so `off` must be a
 /// compile-time constant), which saves a probe-read helper call.

@@ -21,7 +21,7 @@ use probes_common::{
     nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_MAX_ENTRIES, NET_SLOTS},
     IFNAME_LEN,
 };
-use probes_ebpf::{btf_load, global};
+use probes_ebpf::{btf_load, btf_load_str16, global};
 
 #[unsafe(no_mangle)]
 static NET_OFFSETS: NetOffsets = NetOffsets {
@@ -129,16 +129,10 @@ fn count(dev: Dev, len: u32, rx: bool) {
     add(&mut run.counts, len as u64, rx);
 }
 
-/// `dev->name`, read as two 8-byte loads.
+/// `dev->name` (IFNAMSIZ = 16 bytes).
 #[inline(always)]
 fn netdev_name(dev: *const u8) -> [u8; IFNAME_LEN] {
-    let off = global(&NET_OFFSETS.netdev_name);
-    let lo: u64 = unsafe { btf_load(dev, off) };
-    let hi: u64 = unsafe { btf_load(dev, off + 8) };
-    let mut name = [0u8; IFNAME_LEN];
-    name[..8].copy_from_slice(&lo.to_ne_bytes());
-    name[8..].copy_from_slice(&hi.to_ne_bytes());
-    name
+    unsafe { btf_load_str16(dev, global(&NET_OFFSETS.netdev_name)) }
 }
 
 // TP_PROTO(struct sk_buff *skb, int rc, struct net_device *dev, unsigned int skb_len)

@@ -25,7 +25,7 @@ use probes_common::slowopen::{
     MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
-use probes_ebpf::{btf_load, global, tp_field};
+use probes_ebpf::{btf_load, btf_load_str16, global, tp_field};
 
 #[unsafe(no_mangle)]
 static SLOW_CONFIG: SlowConfig = SlowConfig {
@@ -156,13 +156,8 @@ fn open_exit(ctx: &TracePointContext, name_arg: usize, flags: Flags) {
             }
             Flags::Creat => CREAT_FLAGS,
         };
-        let off = global(&SLOW_CONFIG.task_comm);
-        let task = task as *const u8;
-        // Two direct loads instead of bpf_get_current_comm()'s string copy.
-        let (lo, hi): (u64, u64) = unsafe { (btf_load(task, off), btf_load(task, off + 8)) };
-        let mut comm = [0u8; 16];
-        comm[..8].copy_from_slice(&lo.to_ne_bytes());
-        comm[8..].copy_from_slice(&hi.to_ne_bytes());
+        // Direct loads instead of bpf_get_current_comm()'s string copy.
+        let comm = unsafe { btf_load_str16(task as *const u8, global(&SLOW_CONFIG.task_comm)) };
         let args = OpenArgs {
             filename: reg(regs, name_arg),
             flags,
