@@ -160,19 +160,9 @@ fn lockdown() -> String {
         .unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into())
 }
 
-/// The io error of a failed load or attach, without aya's verifier log.
+/// Why a probe failed, in one line; a missing kprobe PMU said plainly.
 fn why(e: &aya::programs::ProgramError) -> String {
-    if let aya::programs::ProgramError::LoadError { io_error, .. } = e {
-        return io_error.to_string();
-    }
-    // Attach errors name a file and carry the io error as their source.
-    let mut parts = vec![e.to_string().lines().next().unwrap_or_default().to_owned()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    let text = parts.join(": ");
+    let text = runtime::program_error_reason(e);
     if text.contains("devices/kprobe") {
         return "no kprobe PMU (kernel built without CONFIG_KPROBES)".into();
     }

@@ -77,15 +77,37 @@ where
 /// Mounts a pseudo filesystem (securityfs, tracefs...) at `target` if nothing is there;
 /// best effort, for information that is only nice to have.
 pub fn mount_if_missing(fstype: &str, target: &str) {
-    let (Ok(src), Ok(fs), Ok(dir)) = (
-        std::ffi::CString::new("none"),
-        std::ffi::CString::new(fstype),
-        std::ffi::CString::new(target),
-    ) else {
-        return;
-    };
+    let _ = mount(fstype, target);
+}
+
+/// mount(2) of a pseudo filesystem (no source device) at `target`.
+pub fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let src = std::ffi::CString::new("none").map_err(invalid)?;
+    let fs = std::ffi::CString::new(fstype).map_err(invalid)?;
+    let dir = std::ffi::CString::new(target).map_err(invalid)?;
     // SAFETY: valid NUL-terminated strings; data may be NULL.
-    unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Why loading or attaching a program failed, in one line: the io error of a load without
+/// aya's verifier log, or an attach error with its sources.
+pub fn program_error_reason(e: &aya::programs::ProgramError) -> String {
+    if let aya::programs::ProgramError::LoadError { io_error, .. } = e {
+        return io_error.to_string();
+    }
+    // Attach errors name a file and carry the io error as their source.
+    let mut parts = vec![e.to_string().lines().next().unwrap_or_default().to_owned()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.
@@ -128,15 +150,6 @@ fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::
     Ok(())
 }
 
-/// How a report's periodic loop ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// `--count` reports were printed.
-    Count,
-    /// SIGINT or SIGTERM arrived.
-    Signal,
-}
-
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn signalled() -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -161,11 +174,7 @@ pub async fn stopped(duration: Option<Duration>) -> Result<()> {
 /// Calls `report` every `interval` until `count` reports were made or SIGINT/SIGTERM
 /// arrives; on a signal it reports the interval in progress once more, as SystemTap's
 /// `probe end` does.
-pub async fn every_interval<F>(
-    interval: Duration,
-    count: Option<u64>,
-    mut report: F,
-) -> Result<Stop>
+pub async fn every_interval<F>(interval: Duration, count: Option<u64>, mut report: F) -> Result<()>
 where
     F: FnMut() -> Result<()>,
 {
@@ -175,7 +184,7 @@ where
     let mut made = 0u64;
     loop {
         if count.is_some_and(|c| made >= c) {
-            return Ok(Stop::Count);
+            return Ok(());
         }
         let next = start + interval * (made as u32 + 1);
         tokio::select! {
@@ -185,8 +194,7 @@ where
             }
             r = &mut stop => {
                 r?;
-                report()?;
-                return Ok(Stop::Signal);
+                return report();
             }
         }
     }

@@ -15,23 +15,7 @@ pub fn ensure_mounted() -> Result<()> {
     {
         return Ok(());
     }
-    let target = std::ffi::CString::new(TRACEFS)?;
-    let fstype = std::ffi::CString::new("tracefs")?;
-    let source = std::ffi::CString::new("nodev")?;
-    // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting tracefs at {TRACEFS}"));
-    }
+    super::mount("tracefs", TRACEFS).with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
     Ok(())
 }
 

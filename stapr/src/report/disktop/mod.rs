@@ -52,36 +52,30 @@ pub fn run(opts: Options) -> Result<()> {
     );
     let mut names: HashMap<u32, String> = HashMap::new();
     let interval_ms = opts.interval.as_millis() as u64;
-    runtime::block_on(async {
-        runtime::every_interval(opts.interval, opts.count, || {
-            let entries = probes.drain()?;
-            let name = |dev: u32| {
-                names
-                    .entry(dev)
-                    .or_insert_with(|| sysfs_device_name(dev))
-                    .clone()
-            };
-            let snap = aggregate::snapshot(
-                entries,
-                name,
-                &opts.filter,
-                opts.sort,
-                opts.rows,
-                interval_ms,
-            );
-            match snap {
-                Some(s) => runtime::emit(&match opts.format {
-                    runtime::Format::Text => {
-                        render::text(&s, &render::ctime(&chrono::Local::now()))
-                    }
-                    runtime::Format::Json => render::json(&s, &runtime::utc_now()),
-                }),
-                None => Ok(()),
-            }
-        })
-        .await?;
-        Ok(())
-    })?;
+    runtime::block_on(runtime::every_interval(opts.interval, opts.count, || {
+        let entries = probes.drain()?;
+        let name = |dev: u32| {
+            names
+                .entry(dev)
+                .or_insert_with(|| sysfs_device_name(dev))
+                .clone()
+        };
+        let snap = aggregate::snapshot(
+            entries,
+            name,
+            &opts.filter,
+            opts.sort,
+            opts.rows,
+            interval_ms,
+        );
+        match snap {
+            Some(s) => runtime::emit(&match opts.format {
+                runtime::Format::Text => render::text(&s, &render::ctime(&chrono::Local::now())),
+                runtime::Format::Json => render::json(&s, &runtime::utc_now()),
+            }),
+            None => Ok(()),
+        }
+    }))?;
     let dropped = probes.dropped()?;
     if dropped > 0 {
         eprintln!("stapr disktop: {dropped} bytes not counted: the in-kernel table was full");

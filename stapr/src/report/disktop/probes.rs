@@ -9,7 +9,7 @@ use aya::{
 use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
 
 use crate::runtime::{
-    btf, kernel_btf_present, program,
+    btf, kernel_btf_present, program, program_error_reason,
     slots::{self, SlotMaps},
     tracefs, user_error,
 };
@@ -143,12 +143,9 @@ impl Probes {
             ] {
                 let p: &mut FExit = program(&mut ebpf, prog)?;
                 p.load(func, &aya_btf).map_err(|e| {
-                    let why = match &e {
-                        aya::programs::ProgramError::LoadError { io_error, .. } => io_error.to_string(),
-                        other => other.to_string(),
-                    };
                     user_error(format!(
-                        "this kernel refuses fexit programs (loading one on {func}: {why}); use --probe syscalls"
+                        "this kernel refuses fexit programs (loading one on {func}: {}); use --probe syscalls",
+                        program_error_reason(&e)
                     ))
                 })?;
                 p.attach()

@@ -31,20 +31,16 @@ pub fn run(opts: Options) -> Result<()> {
         probes.kind.describe(),
         humanize(opts.interval)
     );
-    runtime::block_on(async {
-        runtime::every_interval(opts.interval, opts.count, || {
-            let entries = probes.drain()?;
-            let snap = aggregate::snapshot(entries, &opts.filter, opts.sort, opts.rows);
-            runtime::emit(&match opts.format {
-                runtime::Format::Text => render::text(&snap),
-                runtime::Format::Json => {
-                    render::json(&snap, &runtime::utc_now(), opts.interval.as_secs_f64())
-                }
-            })
+    runtime::block_on(runtime::every_interval(opts.interval, opts.count, || {
+        let entries = probes.drain()?;
+        let snap = aggregate::snapshot(entries, &opts.filter, opts.sort, opts.rows);
+        runtime::emit(&match opts.format {
+            runtime::Format::Text => render::text(&snap),
+            runtime::Format::Json => {
+                render::json(&snap, &runtime::utc_now(), opts.interval.as_secs_f64())
+            }
         })
-        .await?;
-        Ok(())
-    })?;
+    }))?;
     let dropped = probes.dropped()?;
     if dropped > 0 {
         eprintln!("stapr nettop: {dropped} packets not counted: the in-kernel table was full");
