@@ -74,6 +74,29 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Attaches the classic tracepoint program `prog` to `category:name`, loading it on first
+/// use (one program may serve several tracepoints). An optional tracepoint this kernel lacks
+/// is skipped: returns false.
+pub fn attach_tracepoint(
+    ebpf: &mut aya::Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+    required: bool,
+) -> Result<bool> {
+    if !required && !tracefs::exists(category, name) {
+        return Ok(false);
+    }
+    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading {prog} for {category}:{name}"))?;
+    }
+    p.attach(category, name)
+        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    Ok(true)
+}
+
 /// Mounts a pseudo filesystem (securityfs, tracefs...) at `target` if nothing is there;
 /// best effort, for information that is only nice to have.
 pub fn mount_if_missing(fstype: &str, target: &str) {

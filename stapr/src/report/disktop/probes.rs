@@ -2,14 +2,11 @@
 //! that touches the kernel.
 
 use anyhow::{Context as _, Result};
-use aya::{
-    programs::{FExit, TracePoint},
-    Ebpf, EbpfLoader,
-};
+use aya::{programs::FExit, Ebpf, EbpfLoader};
 use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
 
 use crate::runtime::{
-    btf, kernel_btf_present, program, program_error_reason,
+    attach_tracepoint, btf, kernel_btf_present, program, program_error_reason,
     slots::{self, SlotMaps},
     tracefs, user_error,
 };
@@ -160,16 +157,9 @@ impl Probes {
         }
         let mut skipped = Vec::new();
         let mut attach = |prog: &str, category: &str, name: &str, required: bool| -> Result<()> {
-            if !required && !tracefs::exists(category, name) {
+            if !attach_tracepoint(&mut ebpf, prog, category, name, required)? {
                 skipped.push(format!("{category}:{name}"));
-                return Ok(());
             }
-            let p: &mut TracePoint = program(&mut ebpf, prog)?;
-            if p.fd().is_err() {
-                p.load().with_context(|| format!("loading {prog}"))?;
-            }
-            p.attach(category, name)
-                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
             Ok(())
         };
         if method == Method::Block {

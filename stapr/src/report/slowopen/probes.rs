@@ -4,14 +4,13 @@
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
     Ebpf, EbpfLoader,
 };
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
 };
 
-use crate::runtime::{btf, kernel_btf_present, program, tracefs};
+use crate::runtime::{attach_tracepoint, btf, kernel_btf_present};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
 
@@ -90,17 +89,9 @@ impl Probes {
             ENTRY
         };
         for &(prog, category, name, required) in entry.iter().chain(ATTACH) {
-            if !required && !tracefs::exists(category, name) {
+            if !attach_tracepoint(&mut ebpf, prog, category, name, required)? {
                 skipped.push(format!("{category}:{name}"));
-                continue;
             }
-            let p: &mut TracePoint = program(&mut ebpf, prog)?;
-            if p.fd().is_err() {
-                p.load()
-                    .with_context(|| format!("loading {prog} for {category}:{name}"))?;
-            }
-            p.attach(category, name)
-                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
         }
         let events = RingBuf::try_from(
             ebpf.take_map("EVENTS")
