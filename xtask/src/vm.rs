@@ -99,24 +99,21 @@ fn resolve(line: &Line) -> Result<String> {
         "^linux-image-{}.*-amd64-unsigned$",
         line.prefix.replace('.', "\\.")
     );
-    let list = output("apt-cache", &["search", "--names-only", &pattern])
-        .context("apt-cache search failed")?;
-    let mut names: Vec<String> = list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| !n.contains("-rt-") && !n.contains("-cloud-"))
-        .map(str::to_owned)
-        .collect();
-    if names.is_empty() {
-        // The package lists may be missing or stale on a fresh machine.
-        status(Command::new("apt-get").args(["update", "-q"]))?;
-        let list = output("apt-cache", &["search", "--names-only", &pattern]).unwrap_or_default();
-        names = list
+    // Kernel images of the line, without the realtime and cloud flavours.
+    let search = || -> Vec<String> {
+        output("apt-cache", &["search", "--names-only", &pattern])
+            .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().next())
             .filter(|n| !n.contains("-rt-") && !n.contains("-cloud-"))
             .map(str::to_owned)
-            .collect();
+            .collect()
+    };
+    let mut names = search();
+    if names.is_empty() {
+        // The package lists may be missing or stale on a fresh machine.
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        names = search();
     }
     // Compare version numbers numerically: 6.1.0-54 > 6.1.0-9.
     let key = |n: &String| -> Vec<u64> {
