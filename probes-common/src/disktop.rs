@@ -22,6 +22,8 @@ pub struct DiskKey {
 pub struct DiskCounters {
     pub read_bytes: u64,
     pub write_bytes: u64,
+    /// Reads and writes (or block requests) counted: the events behind the bytes.
+    pub calls: u64,
 }
 
 /// The per-CPU run cache: consecutive reads and writes of one thread on one open file

@@ -80,9 +80,10 @@ fn add(map: &PerCpuHashMap<DiskKey, DiskCounters>, key: &DiskKey, c: &DiskCounte
         let v = unsafe { &mut *v };
         v.read_bytes += c.read_bytes;
         v.write_bytes += c.write_bytes;
+        v.calls += c.calls;
     } else if map.insert(key, c, 0).is_err() {
         if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
-            unsafe { *d += c.read_bytes + c.write_bytes };
+            unsafe { *d += c.calls };
         }
     }
 }
@@ -98,6 +99,7 @@ fn add_to_slot(slot: u32, key: &DiskKey, c: &DiskCounters) {
 
 #[inline(always)]
 fn bytes(c: &mut DiskCounters, n: u64, write: bool) {
+    c.calls += 1;
     if write {
         c.write_bytes += n;
     } else {

@@ -142,6 +142,7 @@ pub(crate) mod tests {
         DiskCounters {
             read_bytes: r,
             write_bytes: w,
+            calls: 1,
         }
     }
 

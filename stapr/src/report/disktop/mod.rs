@@ -24,7 +24,7 @@ pub struct Options {
 }
 
 /// The kernel's name for a block device (`vda`, `dm-0`, `nvme0n1p2`), from sysfs.
-fn sysfs_device_name(dev: u32) -> String {
+pub fn sysfs_device_name(dev: u32) -> String {
     let (major, minor) = aggregate::major_minor(dev);
     std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
         .ok()
@@ -78,7 +78,9 @@ pub fn run(opts: Options) -> Result<()> {
     }))?;
     let dropped = probes.dropped()?;
     if dropped > 0 {
-        eprintln!("stapr disktop: {dropped} bytes not counted: the in-kernel table was full");
+        eprintln!(
+            "stapr disktop: {dropped} reads/writes not counted: the in-kernel table was full"
+        );
     }
     Ok(())
 }

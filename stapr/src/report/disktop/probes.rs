@@ -38,6 +38,16 @@ pub enum Method {
 }
 
 impl Method {
+    /// A one-word name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Auto => "auto",
+            Method::Fexit => "fexit",
+            Method::Syscalls => "syscalls",
+            Method::Block => "block",
+        }
+    }
+
     pub fn describe(self) -> String {
         match self {
             Method::Fexit => {
@@ -62,6 +72,8 @@ pub struct Probes {
     pub skipped: Vec<String>,
     /// The method in use (never `Auto`).
     pub method: Method,
+    /// Probes attached.
+    pub attached: usize,
 }
 
 /// Offsets for the file walk (both read/write paths) and, on x86-64, the fd register.
@@ -153,11 +165,15 @@ impl Probes {
                 slot: 0,
                 skipped: Vec::new(),
                 method,
+                attached: 2,
             });
         }
         let mut skipped = Vec::new();
+        let mut attached = 0;
         let mut attach = |prog: &str, category: &str, name: &str, required: bool| -> Result<()> {
-            if !attach_tracepoint(&mut ebpf, prog, category, name, required)? {
+            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
+                attached += 1;
+            } else {
                 skipped.push(format!("{category}:{name}"));
             }
             Ok(())
@@ -176,6 +192,7 @@ impl Probes {
             slot: 0,
             skipped,
             method,
+            attached,
         })
     }
 
@@ -186,7 +203,7 @@ impl Probes {
         })
     }
 
-    /// Bytes not counted because a counter map was full, since start.
+    /// Reads and writes not counted because a counter map was full, since start.
     pub fn dropped(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)
     }

@@ -35,6 +35,15 @@ pub struct Probes {
 }
 
 impl ProbeKind {
+    /// A one-word name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Auto => "auto",
+            ProbeKind::TpBtf => "tp_btf",
+            ProbeKind::Tracepoint => "tracepoint",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             ProbeKind::Auto => "auto",

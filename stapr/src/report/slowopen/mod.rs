@@ -36,12 +36,12 @@ impl Options {
 
 /// What one read of the ring buffer brought.
 #[derive(Default)]
-struct Batch {
+pub struct Batch {
     slow: Vec<SlowFile>,
     notices: Vec<Notice>,
 }
 
-fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
+pub fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
     while let Some(item) = ring.next() {
         let bytes: &[u8] = &item;
         let Some(kind) = bytes
@@ -72,7 +72,7 @@ fn min_ns(opts: &Options) -> u64 {
 
 /// What user space remembers between batches.
 #[derive(Default)]
-struct State {
+pub struct State {
     /// Recent notices, to explain files whose slot was reused before they were matched.
     recent: VecDeque<Notice>,
     reported: aggregate::Reported,
@@ -81,26 +81,28 @@ struct State {
 /// Notices kept to explain files whose fd was reused before their end was matched.
 const RECENT_NOTICES: usize = 4096;
 
-/// Prints what a batch ended. Exec, exit and close_range are matched against the table
-/// here, then kept a while for files whose slot the kernel reuses before that match.
-fn report(
+/// The files a batch ended that pass `filter`, each once. Exec, exit and close_range are
+/// matched against the table here, then kept a while for files whose slot the kernel
+/// reuses before that match.
+pub fn ended(
     probes: &mut probes::Probes,
     batch: Batch,
     state: &mut State,
-    opts: &Options,
-) -> Result<()> {
+    min_ns: u64,
+    filter: &Filter,
+) -> Result<Vec<aggregate::Row>> {
     let State { recent, reported } = state;
-    let mut out = String::new();
+    let mut out = Vec::new();
     if !batch.notices.is_empty() {
         let entries = probes.open_files()?;
-        let m = aggregate::match_notices(&batch.notices, &entries, min_ns(opts));
+        let m = aggregate::match_notices(&batch.notices, &entries, min_ns);
         probes.forget(&m.remove)?;
         probes.rewrite(&m.update)?;
-        for row in m.rows.iter().filter(|r| aggregate::keeps(&opts.filter, r)) {
-            if reported.first_time(row) {
-                out.push_str(&opts.line(row));
-            }
-        }
+        out.extend(
+            m.rows
+                .into_iter()
+                .filter(|r| aggregate::keeps(filter, r) && reported.first_time(r)),
+        );
         recent.extend(batch.notices);
         while recent.len() > RECENT_NOTICES {
             recent.pop_front();
@@ -108,14 +110,25 @@ fn report(
     }
     let recent = recent.make_contiguous();
     for s in &batch.slow {
-        if let Some(row) = aggregate::slow_file_row(s, recent, min_ns(opts)) {
-            if aggregate::keeps(&opts.filter, &row) && reported.first_time(&row) {
-                out.push_str(&opts.line(&row));
+        if let Some(row) = aggregate::slow_file_row(s, recent, min_ns) {
+            if aggregate::keeps(filter, &row) && reported.first_time(&row) {
+                out.push(row);
             }
         }
     }
-    if !out.is_empty() {
-        runtime::emit(&out)?;
+    Ok(out)
+}
+
+/// Prints what a batch ended.
+fn report(
+    probes: &mut probes::Probes,
+    batch: Batch,
+    state: &mut State,
+    opts: &Options,
+) -> Result<()> {
+    let rows = ended(probes, batch, state, min_ns(opts), &opts.filter)?;
+    if !rows.is_empty() {
+        runtime::emit(&rows.iter().map(|r| opts.line(r)).collect::<String>())?;
     }
     Ok(())
 }

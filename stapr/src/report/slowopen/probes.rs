@@ -47,6 +47,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
+    /// Tracepoints attached.
+    pub attached: usize,
 }
 
 /// Offsets in `struct pt_regs` of the first four syscall arguments, where the kernel
@@ -83,13 +85,16 @@ impl Probes {
             .load(OBJECT)
             .context("loading the slowopen eBPF object")?;
         let mut skipped = Vec::new();
+        let mut attached = 0;
         let entry: &[_] = if config.args_from_regs == 1 {
             &[]
         } else {
             ENTRY
         };
         for &(prog, category, name, required) in entry.iter().chain(ATTACH) {
-            if !attach_tracepoint(&mut ebpf, prog, category, name, required)? {
+            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
+                attached += 1;
+            } else {
                 skipped.push(format!("{category}:{name}"));
             }
         }
@@ -98,7 +103,14 @@ impl Probes {
                 .ok_or_else(|| anyhow!("map EVENTS missing from the slowopen object"))?,
         )
         .context("opening the slowopen ring buffer")?;
-        Ok((Self { ebpf, skipped }, events))
+        Ok((
+            Self {
+                ebpf,
+                skipped,
+                attached,
+            },
+            events,
+        ))
     }
 
     fn table(&mut self) -> Result<HashMap<&mut MapData, OpenKey, OpenFile>> {
