@@ -4,6 +4,7 @@
 //! object and the CLI agree byte for byte.
 #![no_std]
 
+pub mod calltree;
 pub mod disktop;
 pub mod nettop;
 pub mod slowopen;

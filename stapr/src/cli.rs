@@ -33,6 +33,104 @@ pub enum Command {
     /// Files a process held open at least --min, printed as each one is closed.
     #[command(after_help = SLOWOPEN_HELP)]
     Slowopen(SlowopenArgs),
+    /// Every entry and return of a module's (or a program's) functions, as an indented
+    /// per-thread call tree.
+    #[command(after_help = CALLTREE_HELP)]
+    Calltree(CalltreeArgs),
+    /// Serve the reports' counters to Prometheus: per-process network and disk counters
+    /// and a histogram of file hold times on /metrics.
+    #[command(after_help = EXPORT_HELP)]
+    Export(ExportArgs),
+}
+
+const CALLTREE_HELP: &str = "\
+Each line is SystemTap's thread_indent: microseconds since the thread's outermost traced
+call, command(thread id), then '->' on entry or '<-' on return, indented one space per
+level. A return whose entry was not seen (the call was running when tracing began) prints
+at depth 1. Kernel functions are probed with kprobe.multi where the kernel has it, else
+fentry/fexit, else kprobe/kretprobe (--attach forces one); functions that cannot be
+probed (notrace, __init, ambiguous names, refused by the kernel) are skipped and counted.
+--binary traces the functions of a program or library with uprobes instead, in every
+process that runs it. On exit output stops at once; many probes are detached by a
+background process after the prompt returns.
+
+EXAMPLES:
+    stapr calltree --module ext4              # while `ls` runs on an ext4 mount
+    stapr calltree --func 'vfs_*' -c ls       # kernel functions by name, only ls
+    stapr calltree --module nfs --max-depth 3 -d 10s
+    stapr calltree --binary /usr/sbin/nginx --func 'ngx_http_*' -p 1234
+";
+
+#[derive(Debug, Args)]
+pub struct CalltreeArgs {
+    /// Every traceable function of this kernel module
+    #[arg(short, long)]
+    pub module: Option<String>,
+    /// Functions whose names match this glob (repeatable): kernel functions, or with
+    /// --binary the program's
+    #[arg(short, long = "func", value_name = "GLOB")]
+    pub funcs: Vec<String>,
+    /// Trace functions of this ELF program or library with uprobes
+    #[arg(short, long, value_name = "PATH")]
+    pub binary: Option<std::path::PathBuf>,
+    /// How kernel functions are probed
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: crate::report::calltree::Attach,
+    #[command(flatten)]
+    pub who: ProcessArgs,
+    /// Print calls only down to this depth
+    #[arg(long, value_parser = positive_usize)]
+    pub max_depth: Option<usize>,
+    /// Stop after this long (default: until Ctrl-C)
+    #[arg(short, long, value_parser = duration::positive_secs)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+const EXPORT_HELP: &str = "\
+Runs nettop's, disktop's and slowopen's probes together (a report this kernel cannot run is
+left out, and said so at start) and serves, in Prometheus' text format:
+    stapr_net_packets_total, stapr_net_bytes_total  {pid, comm, uid, dev, direction}
+    stapr_disk_bytes_total                          {pid, comm, uid, dev, direction}
+    stapr_file_open_seconds (histogram)             {comm}
+    stapr_events_total, stapr_events_lost_total, stapr_probes_attached, stapr_series
+Counters are drained from the kernel at every scrape. The series of a process that exited
+are dropped --forget-after later; --by comm leaves the pid label out, for large fleets.
+It listens on loopback unless told otherwise: widen --listen on purpose.
+
+EXAMPLES:
+    stapr export                            # http://127.0.0.1:9464/metrics
+    stapr export --listen 0.0.0.0:9464      # for a Prometheus on another node
+    stapr export --by comm --forget-after 1m
+";
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Address and port to serve /metrics on
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = socket_addr)]
+    pub listen: std::net::SocketAddr,
+    /// Label traffic series by pid (with comm and uid), or by comm only
+    #[arg(long, value_enum, default_value = "pid")]
+    pub by: crate::export::By,
+    /// Drop the series of a process this long after it exited (--by comm: after this long
+    /// without traffic)
+    #[arg(long, default_value = "5m", value_parser = duration::positive_secs)]
+    pub forget_after: Duration,
+    /// Files held open at least this long enter stapr_file_open_seconds
+    #[arg(long, default_value = "10ms", value_parser = min_duration, allow_hyphen_values = true)]
+    pub file_min: Duration,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM)
+    #[arg(short, long, value_parser = duration::positive_secs)]
+    pub duration: Option<Duration>,
+}
+
+fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "'{s}' is not an address and port (examples: 127.0.0.1:9464, [::1]:9464, 0.0.0.0:9464)"
+        )
+    })
 }
 
 const DISKTOP_HELP: &str = "\
@@ -252,6 +350,25 @@ mod tests {
                 Cli::try_parse_from(["stapr", "slowopen", "--min", bad]).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn export_defaults_to_loopback() {
+        let c = Cli::try_parse_from(["stapr", "export"]).unwrap();
+        let Command::Export(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(a.by, crate::export::By::Pid);
+        assert_eq!(a.forget_after, Duration::from_secs(300));
+        for bad in [
+            &["--listen", "localhost"][..],
+            &["--by", "host"],
+            &["--forget-after", "0"],
+        ] {
+            let args = ["stapr", "export"].into_iter().chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
         }
     }
 

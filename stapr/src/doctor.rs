@@ -22,8 +22,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/do
 pub enum Verdict {
     Works,
     Fails,
-    /// Not tried (a prerequisite is missing, or this version has no check for it).
-    Unknown,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,10 +122,37 @@ pub fn plan(f: &Findings, x86_64: bool) -> Vec<Plan> {
     } else {
         (None, "needs fexit or classic tracepoints".to_owned())
     };
+    let uprobes = f.works(UPROBES) && f.works(RINGBUF);
+    let calltree = if !f.works(RINGBUF) {
+        (None, "needs a ring buffer".to_owned())
+    } else if f.works(KPROBE_MULTI) {
+        (
+            Some(KPROBE_MULTI.to_owned()),
+            "one link for all functions".to_owned(),
+        )
+    } else if f.btf && f.works(FENTRY) {
+        (
+            Some(FENTRY.to_owned()),
+            "one program pair per function".to_owned(),
+        )
+    } else if f.works(KPROBES) {
+        (
+            Some("kprobes".to_owned()),
+            "one probe pair per function".to_owned(),
+        )
+    } else if uprobes {
+        (
+            Some("uprobes (--binary only)".to_owned()),
+            "no kprobes or fentry: kernel functions cannot be traced".to_owned(),
+        )
+    } else {
+        (None, "needs kprobes, fentry or uprobes".to_owned())
+    };
     [
         ("nettop", nettop),
         ("slowopen", slowopen),
         ("disktop", disktop),
+        ("calltree", calltree),
     ]
     .into_iter()
     .map(|(report, (method, note))| Plan {
@@ -283,16 +308,10 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
     push(KPROBES, kprobes);
 
     match &aya_btf {
-        Some(b) => {
-            let p: &mut FEntry = program(&mut ebpf, "stapr_doc_fentry")?;
-            push(
-                FENTRY,
-                p.load("vfs_read", b)
-                    .and_then(|_| p.attach().map(|_| ()))
-                    .map(|_| "fentry attached to vfs_read".into())
-                    .map_err(|e| why(&e)),
-            );
-        }
+        Some(b) => push(
+            FENTRY,
+            fentry_on_vfs_read(&mut ebpf, b).map(|_| "fentry attached to vfs_read".into()),
+        ),
         None => push(FENTRY, Err("needs kernel BTF".into())),
     }
 
@@ -314,20 +333,58 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
 
     push(RINGBUF, ring_buffer_works());
 
+    let multi = if kprobes_work {
+        kprobe_multi_works()
+    } else {
+        Err("needs kprobes".into())
+    };
+    let (verdict, detail) = verdict(multi);
     out.push(Facility {
         name: KPROBE_MULTI,
-        verdict: if kprobes_work {
-            Verdict::Unknown
-        } else {
-            Verdict::Fails
-        },
-        detail: if kprobes_work {
-            "not checked by this version (no report uses it yet)".into()
-        } else {
-            "needs kprobes".into()
-        },
+        verdict,
+        detail,
     });
     Ok(out)
+}
+
+fn fentry_on_vfs_read(ebpf: &mut Ebpf, btf: &aya::Btf) -> std::result::Result<(), String> {
+    let p: &mut FEntry = program(ebpf, "stapr_doc_fentry").map_err(|e| e.to_string())?;
+    p.load("vfs_read", btf)
+        .and_then(|_| p.attach().map(|_| ()))
+        .map_err(|e| why(&e))
+}
+
+/// Whether an fentry program loads and attaches (to vfs_read); detached on return.
+pub fn fentry_works() -> std::result::Result<(), String> {
+    if !kernel_btf_present() {
+        return Err("needs kernel BTF".into());
+    }
+    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| format!("loading the doctor object: {e}"))?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+    fentry_on_vfs_read(&mut ebpf, &btf)
+}
+
+/// A two-instruction kprobe program (`r0 = 0; exit`) loaded for kprobe.multi and linked
+/// to vfs_read with BPF_LINK_CREATE; closed on return.
+fn kprobe_multi_works() -> std::result::Result<String, String> {
+    use crate::runtime::bpf_sys;
+    const MOV_R0_0: u64 = 0xb7;
+    const EXIT: u64 = 0x95;
+    let prog = bpf_sys::prog_load(
+        &bpf_sys::LoadSpec {
+            prog_type: bpf_sys::PROG_TYPE_KPROBE,
+            expected_attach_type: bpf_sys::ATTACH_TRACE_KPROBE_MULTI,
+            name: "stapr_doc_multi",
+            attach_btf_id: 0,
+            attach_btf_obj: None,
+        },
+        &[MOV_R0_0, EXIT],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    use std::os::fd::AsFd;
+    bpf_sys::kprobe_multi(prog.as_fd(), &["vfs_read".to_owned()], &[0], false)
+        .map(|_link| "kprobe.multi link on vfs_read".into())
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Everything `stapr doctor` reports; touches the kernel.
@@ -370,7 +427,6 @@ pub fn text(f: &Findings) -> String {
         let works = match fac.verdict {
             Verdict::Works => "yes",
             Verdict::Fails => "no",
-            Verdict::Unknown => "?",
         };
         t.add_row([fac.name, works, fac.detail.as_str()]);
     }
@@ -454,7 +510,8 @@ mod tests {
             [
                 Some(TP_BTF.to_owned()),
                 Some("syscall tracepoints".to_owned()),
-                Some("syscall exit tracepoints".to_owned())
+                Some("syscall exit tracepoints".to_owned()),
+                Some("uprobes (--binary only)".to_owned()),
             ]
         );
     }
@@ -469,6 +526,22 @@ mod tests {
             methods(&f, true)[2].as_deref(),
             Some("fexit on vfs_read and vfs_write")
         );
+        assert_eq!(methods(&f, true)[3].as_deref(), Some(FENTRY));
+        let f = findings(
+            &[
+                CLASSIC,
+                TP_BTF,
+                KPROBES,
+                KPROBE_MULTI,
+                FENTRY,
+                UPROBES,
+                RINGBUF,
+            ],
+            true,
+        );
+        assert_eq!(methods(&f, true)[3].as_deref(), Some(KPROBE_MULTI));
+        let f = findings(&[CLASSIC, KPROBES, RINGBUF], false);
+        assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobes"));
     }
 
     #[test]

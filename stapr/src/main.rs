@@ -2,6 +2,7 @@
 
 mod cli;
 mod doctor;
+mod export;
 mod report;
 mod runtime;
 
@@ -11,7 +12,7 @@ use clap::{error::ErrorKind, Parser};
 
 use crate::{
     cli::{Cli, Command},
-    report::{disktop, nettop, slowopen},
+    report::{calltree, disktop, nettop, slowopen},
     runtime::UserError,
 };
 
@@ -53,6 +54,23 @@ fn main() -> ExitCode {
             format: a.output.format,
             duration: a.duration,
             verbose: a.verbose,
+        }),
+        Command::Calltree(a) => calltree::run(calltree::Options {
+            module: a.module,
+            funcs: a.funcs,
+            binary: a.binary,
+            attach: a.attach,
+            filter: a.who.filter(),
+            max_depth: a.max_depth,
+            duration: a.duration,
+            format: a.output.format,
+        }),
+        Command::Export(a) => export::run(export::Options {
+            listen: a.listen,
+            by: a.by,
+            forget_after: a.forget_after,
+            file_min: a.file_min,
+            duration: a.duration,
         }),
     };
     match result {

@@ -98,17 +98,18 @@ impl Running {
         }
     }
 
-    /// Waits until stapr says its probes are attached; panics with its stderr otherwise.
-    pub fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits until stapr says its probes are attached (returns that line); panics with its
+    /// stderr otherwise.
+    pub fn wait_ready(&mut self, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) => {
                     let ready = line.contains(READY);
-                    self.stderr_seen.push(line);
+                    self.stderr_seen.push(line.clone());
                     if ready {
-                        return;
+                        return line;
                     }
                 }
                 Err(_) => {
@@ -214,6 +215,45 @@ pub fn assert_nothing_attached() {
             panic!("stapr programs still loaded after exit: {left:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A response to a plain HTTP/1.1 GET.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// The header lines, as received.
+    pub head: String,
+    pub body: String,
+}
+
+/// GETs `path` from `addr` (host:port) with a plain HTTP/1.1 request.
+pub fn http_get(addr: &str, path: &str) -> Response {
+    use std::io::Write as _;
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("reading {addr}{path}: {e}"));
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
     }
 }
 

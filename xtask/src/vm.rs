@@ -64,9 +64,20 @@ const MODULES: &[&str] = &[
 ];
 
 /// Integration test binaries run inside, and the tests the VM cannot run.
-const TEST_BINARIES: &[&str] = &["cli", "doctor", "nettop", "slowopen", "disktop"];
-/// Needs `ip netns` (iproute2), which the initramfs does not carry.
-const SKIPPED: &[(&str, &str)] = &[("nettop", "veth_device_names_and_counts")];
+const TEST_BINARIES: &[&str] = &["cli", "doctor", "nettop", "slowopen", "disktop", "export"];
+/// Tests that need programs the initramfs does not carry: (binary, test, why).
+const SKIPPED: &[(&str, &str, &str)] = &[
+    (
+        "nettop",
+        "veth_device_names_and_counts",
+        "needs iproute2's netns",
+    ),
+    (
+        "export",
+        "prometheus_scrapes_the_exporter",
+        "needs the prometheus server",
+    ),
+];
 
 const DONE: &str = "STAPR-VM-DONE";
 const RESULT: &str = "STAPR-VM-RESULT";
@@ -412,8 +423,8 @@ fn build_initramfs(
     for (t, _) in tests {
         let skips: Vec<String> = SKIPPED
             .iter()
-            .filter(|(b, _)| b == t)
-            .map(|(_, test)| format!("--skip {test}"))
+            .filter(|(b, _, _)| b == t)
+            .map(|(_, test, _)| format!("--skip {test}"))
             .collect();
         run_tests.push_str(&format!(
             "./deps/{t} --test-threads=1 {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
@@ -640,8 +651,8 @@ fn run_kernel(
         println!("   {f}");
     }
     if inject == Inject::Nothing {
-        for (bin, test) in SKIPPED {
-            println!("   not run here: {bin}::{test} (needs iproute2's netns inside the VM)");
+        for (bin, test, why) in SKIPPED {
+            println!("   not run here: {bin}::{test} ({why} inside the VM)");
         }
     }
     println!("   {} passed, {} failed", o.passed, o.failed);

@@ -1,6 +1,7 @@
 //! A reader for the kernel's BTF (/sys/kernel/btf/vmlinux), enough to find struct member
-//! offsets: what libbpf's CO-RE relocations do for C programs, done once at load time and
-//! handed to the probes as read-only globals.
+//! offsets (what libbpf's CO-RE relocations do for C programs, done once at load time and
+//! handed to the probes as read-only globals) and the type ids of functions (what fentry
+//! programs attach by), in vmlinux and in modules' split BTF (/sys/kernel/btf/<module>).
 //!
 //! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst in the kernel tree.
 
@@ -16,6 +17,7 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_RESTRICT: u32 = 11;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
@@ -46,6 +48,10 @@ pub struct Btf {
     strings: Vec<u8>,
     /// Struct and union ids by name (anonymous ones are left out).
     composites: HashMap<String, Vec<u32>>,
+    /// Function ids by name (BTF_KIND_FUNC).
+    funcs: HashMap<String, u32>,
+    /// Id of `types[0]`: 0 for vmlinux, the base's type count for a module's split BTF.
+    first_id: u32,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Result<u16> {
@@ -67,6 +73,16 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self> {
+        Self::parse_on(data, None)
+    }
+
+    /// A module's BTF: its type ids follow the base's, its string offsets continue past
+    /// the base's strings (which it may reference).
+    pub fn parse_split(data: &[u8], base: &Btf) -> Result<Self> {
+        Self::parse_on(data, Some(base))
+    }
+
+    fn parse_on(data: &[u8], base: Option<&Btf>) -> Result<Self> {
         ensure!(u16_at(data, 0)? == BTF_MAGIC, "not little-endian BTF");
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -76,18 +92,27 @@ impl Btf {
         let types_raw = data
             .get(hdr_len + type_off..hdr_len + type_off + type_len)
             .context("BTF type section out of range")?;
-        let strings = data
+        let own = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("BTF string section out of range")?
-            .to_vec();
-
-        // Type id 0 is `void`.
-        let mut types = vec![Type {
-            kind: 0,
-            name_off: 0,
-            size_or_type: 0,
-            members: Vec::new(),
-        }];
+            .context("BTF string section out of range")?;
+        let (strings, first_id, mut types) = match base {
+            Some(b) => {
+                let mut s = b.strings.clone();
+                s.extend_from_slice(own);
+                (s, b.first_id + b.types.len() as u32, Vec::new())
+            }
+            // Type id 0 is `void`.
+            None => (
+                own.to_vec(),
+                0,
+                vec![Type {
+                    kind: 0,
+                    name_off: 0,
+                    size_or_type: 0,
+                    members: Vec::new(),
+                }],
+            ),
+        };
         let mut off = 0;
         while off < types_raw.len() {
             let name_off = u32_at(types_raw, off)?;
@@ -134,14 +159,27 @@ impl Btf {
             types,
             strings,
             composites: HashMap::new(),
+            funcs: HashMap::new(),
+            first_id,
         };
-        for (id, t) in btf.types.iter().enumerate() {
-            if matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.name_off != 0 {
+        for (i, t) in btf.types.iter().enumerate() {
+            let id = first_id + i as u32;
+            if t.name_off == 0 {
+                continue;
+            }
+            if matches!(t.kind, KIND_STRUCT | KIND_UNION) && base.is_none() {
                 let name = btf.name(t.name_off).to_owned();
-                btf.composites.entry(name).or_default().push(id as u32);
+                btf.composites.entry(name).or_default().push(id);
+            } else if t.kind == KIND_FUNC {
+                btf.funcs.insert(btf.name(t.name_off).to_owned(), id);
             }
         }
         Ok(btf)
+    }
+
+    /// The type id of function `name`.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs.get(name).copied()
     }
 
     fn name(&self, off: u32) -> &str {
@@ -231,6 +269,12 @@ mod tests {
         push(&[s("a"), 1, 0]);
         push(&[0, 3, 64]);
         push(&[s("d"), 1, 128]);
+        // 5: a function named "long" (its prototype does not matter here)
+        push(&[s("long"), KIND_FUNC << 24, 0]);
+        header(&types, &strings)
+    }
+
+    fn header(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut data = Vec::new();
         data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
@@ -243,9 +287,26 @@ mod tests {
         ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
-        data.extend_from_slice(&types);
-        data.extend_from_slice(&strings);
+        data.extend_from_slice(types);
+        data.extend_from_slice(strings);
         data
+    }
+
+    #[test]
+    fn finds_functions_in_base_and_split_btf() {
+        let base = Btf::parse(&blob()).unwrap();
+        assert_eq!(base.func_id("long"), Some(5));
+        assert_eq!(base.func_id("int"), None);
+        // A module: one function with its own name, one reusing a base string.
+        let strings = b"\0modfn\0";
+        let base_len = base.strings.len() as u32;
+        let mut types = Vec::new();
+        for w in [base_len + 1, KIND_FUNC << 24, 0, 1, KIND_FUNC << 24, 0] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        let module = Btf::parse_split(&header(&types, strings), &base).unwrap();
+        assert_eq!(module.func_id("modfn"), Some(6));
+        assert_eq!(module.func_id("int"), Some(7));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What every report shares: privilege and resource checks, tracefs, the interval loop with
 //! signal handling, and the error type that becomes exit code 2.
 
+pub mod bpf_sys;
 pub mod btf;
 pub mod duration;
 pub mod slots;

@@ -1,0 +1,57 @@
+//! calltree: one ring-buffer record per function entry and return.
+
+use crate::COMM_LEN;
+
+/// Bytes of the ring buffer the events go through.
+pub const CALL_RING_BYTES: u32 = 4 << 20;
+/// The probes wake user space only once this much is waiting; user space also polls, so
+/// a quiet trace still shows within a fraction of a second.
+pub const CALL_WAKEUP_BYTES: u32 = 256 << 10;
+
+pub const CALL_ENTRY: u32 = 0;
+pub const CALL_RETURN: u32 = 1;
+
+/// How a probe names its function in `CallEvent::id`.
+/// The attach cookie: an index into user space's list of functions (kprobe.multi,
+/// uprobes). For kprobe.multi the low bit says entry (0) or return (1).
+pub const ID_COOKIE: u32 = 0;
+/// The function's address, from `bpf_get_func_ip()` (kprobes, fentry/fexit).
+pub const ID_FUNC_IP: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallEvent {
+    /// bpf_ktime_get_ns().
+    pub ts_ns: u64,
+    /// The function: a cookie index or an address, as `ID_*` says.
+    pub id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// `CALL_ENTRY` or `CALL_RETURN`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Set by user space before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallConfig {
+    /// stapr's own process: never traced (its reads of the ring would feed the trace).
+    pub self_tgid: u32,
+    /// 1: only thread group `tgid`.
+    pub filter_tgid: u32,
+    pub tgid: u32,
+    /// > 0: only commands containing the first `comm_len` bytes of `comm`.
+    pub comm_len: u32,
+    pub comm: [u8; COMM_LEN],
+    /// 1: only user id `uid`.
+    pub filter_uid: u32,
+    pub uid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::CallEvent {}
+    unsafe impl aya::Pod for super::CallConfig {}
+}

@@ -1,0 +1,143 @@
+//! calltree: a record per function entry and return, in one ring buffer so each thread's
+//! events stay in order. The tree itself is built in user space.
+//!
+//! One body, several attach flavours: kprobe.multi (cookie = function index << 1 | return),
+//! kprobe/kretprobe and fentry/fexit (function address), uprobe/uretprobe (cookie = index).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{bpf_get_attach_cookie, bpf_get_func_ip},
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map, uprobe, uretprobe},
+    maps::{PerCpuArray, RingBuf},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use probes_common::{
+    calltree::{
+        CallConfig, CallEvent, CALL_ENTRY, CALL_RETURN, CALL_RING_BYTES, CALL_WAKEUP_BYTES,
+    },
+    COMM_LEN,
+};
+use probes_ebpf::global;
+
+#[unsafe(no_mangle)]
+static CALL_CONFIG: CallConfig = CallConfig {
+    self_tgid: 0,
+    filter_tgid: 0,
+    tgid: 0,
+    comm_len: 0,
+    comm: [0; COMM_LEN],
+    filter_uid: 0,
+    uid: 0,
+};
+
+#[map]
+static CALL_EVENTS: RingBuf = RingBuf::with_byte_size(CALL_RING_BYTES, 0);
+/// Events lost because the ring buffer was full.
+#[map]
+static CALL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `comm` contains the first `len` bytes of `want`.
+#[inline(always)]
+fn contains(comm: &[u8; COMM_LEN], want: &[u8; COMM_LEN], len: usize) -> bool {
+    let mut start = 0;
+    while start + len <= COMM_LEN {
+        let mut i = 0;
+        while i < len && i < COMM_LEN && start + i < COMM_LEN && comm[start + i] == want[i] {
+            i += 1;
+        }
+        if i == len {
+            return true;
+        }
+        start += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn emit(id: u64, kind: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let cfg = global(&CALL_CONFIG);
+    if tgid == cfg.self_tgid || (cfg.filter_tgid != 0 && tgid != cfg.tgid) {
+        return 0;
+    }
+    if cfg.filter_uid != 0 && bpf_get_current_uid_gid() as u32 != cfg.uid {
+        return 0;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let len = cfg.comm_len as usize;
+    if len > 0 && (len > COMM_LEN || !contains(&comm, &cfg.comm, len)) {
+        return 0;
+    }
+    match CALL_EVENTS.reserve::<CallEvent>(0) {
+        Some(mut slot) => {
+            slot.write(CallEvent {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                id,
+                pid: tgid,
+                tid: pid_tgid as u32,
+                kind,
+                _pad: 0,
+                comm,
+            });
+            // Batch wake-ups: user space polls for the rest.
+            let waiting = CALL_EVENTS.query(0);
+            let flags = if waiting >= CALL_WAKEUP_BYTES as u64 {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags as u64);
+        }
+        None => {
+            if let Some(c) = CALL_LOST.get_ptr_mut(0) {
+                unsafe { *c += 1 };
+            }
+        }
+    }
+    0
+}
+
+#[kprobe]
+pub fn stapr_ct_multi(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    emit(cookie >> 1, (cookie & 1) as u32)
+}
+
+#[kprobe]
+pub fn stapr_ct_kent(ctx: ProbeContext) -> u32 {
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY)
+}
+
+#[kretprobe]
+pub fn stapr_ct_kret(ctx: RetProbeContext) -> u32 {
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_RETURN)
+}
+
+// The function named here is a placeholder: user space loads one copy per traced function
+// with that function's BTF id.
+#[fentry(function = "vfs_read")]
+pub fn stapr_ct_fent(ctx: FEntryContext) -> u32 {
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY)
+}
+
+#[fexit(function = "vfs_read")]
+pub fn stapr_ct_fexit(ctx: FExitContext) -> u32 {
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_RETURN)
+}
+
+#[uprobe]
+pub fn stapr_ct_uent(ctx: ProbeContext) -> u32 {
+    emit(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }, CALL_ENTRY)
+}
+
+#[uretprobe]
+pub fn stapr_ct_uret(ctx: RetProbeContext) -> u32 {
+    emit(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }, CALL_RETURN)
+}

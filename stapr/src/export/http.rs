@@ -1,0 +1,168 @@
+//! The smallest HTTP/1.x server a scraper needs: GET or HEAD of `/` and `/metrics`, one
+//! request per connection. Requests are parsed here (pure); the socket work is in `serve`.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Content type of the text exposition format.
+pub const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const INDEX: &str = "<html><head><title>stapr exporter</title></head><body>\n\
+<h1>stapr exporter</h1>\n\
+<p>Per-process network, disk and open-file counters from eBPF probes.</p>\n\
+<p><a href=\"/metrics\">Metrics</a></p>\n\
+</body></html>\n";
+
+/// Largest request head read; scrapers send a few hundred bytes.
+const MAX_HEAD: usize = 8192;
+/// A client that has not sent its request by then is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Index,
+    Metrics,
+    NotFound,
+    BadMethod,
+    BadRequest,
+}
+
+/// The route and whether the body is wanted (not for HEAD), from the request head.
+pub fn route(head: &str) -> (Route, bool) {
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return (Route::BadRequest, true);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return (Route::BadRequest, true);
+    }
+    let body = match method {
+        "GET" => true,
+        "HEAD" => false,
+        _ => return (Route::BadMethod, true),
+    };
+    let path = target.split('?').next().unwrap_or("");
+    let r = match path {
+        "/" => Route::Index,
+        "/metrics" => Route::Metrics,
+        _ => Route::NotFound,
+    };
+    (r, body)
+}
+
+/// The whole response for `route`; `metrics` is the exposition text.
+pub fn response(route: Route, body: bool, metrics: &str) -> Vec<u8> {
+    let (status, kind, text) = match route {
+        Route::Index => ("200 OK", "text/html; charset=utf-8", INDEX),
+        Route::Metrics => ("200 OK", METRICS_TYPE, metrics),
+        Route::NotFound => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: try /metrics\n",
+        ),
+        Route::BadMethod => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n",
+        ),
+        Route::BadRequest => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "bad request\n",
+        ),
+    };
+    let allow = if route == Route::BadMethod {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        text.len()
+    )
+    .into_bytes();
+    if body {
+        out.extend_from_slice(text.as_bytes());
+    }
+    out
+}
+
+/// Reads the request head from `stream` (up to the blank line).
+pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+                return Some(());
+            }
+            if buf.len() > MAX_HEAD {
+                return Some(());
+            }
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, read).await.ok()??;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Answers one request on `stream`; `metrics` is rendered when the scrape asks for it.
+pub async fn answer(mut stream: TcpStream, head: String, metrics: String) {
+    let (r, body) = route(&head);
+    let bytes = response(r, body, &metrics);
+    let _ = tokio::time::timeout(READ_TIMEOUT, async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let get = |p: &str| route(&format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(get("/metrics"), (Route::Metrics, true));
+        assert_eq!(get("/metrics?x=1"), (Route::Metrics, true));
+        assert_eq!(get("/"), (Route::Index, true));
+        assert_eq!(get("/nope"), (Route::NotFound, true));
+        assert_eq!(
+            route("HEAD /metrics HTTP/1.0\r\n\r\n"),
+            (Route::Metrics, false)
+        );
+        assert_eq!(
+            route("POST /metrics HTTP/1.1\r\n\r\n"),
+            (Route::BadMethod, true)
+        );
+        assert_eq!(route("garbage\r\n\r\n"), (Route::BadRequest, true));
+        assert_eq!(route(""), (Route::BadRequest, true));
+    }
+
+    #[test]
+    fn response_golden() {
+        let r = String::from_utf8(response(Route::Metrics, true, "a 1\n")).unwrap();
+        assert_eq!(
+            r,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 4\r\nConnection: close\r\n\r\na 1\n"
+        );
+        let head = String::from_utf8(response(Route::Metrics, false, "a 1\n")).unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 4"));
+        let index = String::from_utf8(response(Route::Index, true, "")).unwrap();
+        assert!(index.contains("<a href=\"/metrics\">"));
+        let bad = String::from_utf8(response(Route::BadMethod, true, "")).unwrap();
+        assert!(bad.starts_with("HTTP/1.1 405") && bad.contains("Allow: GET, HEAD"));
+    }
+}

@@ -1,0 +1,561 @@
+//! Pure: what the reports' probes counted, accumulated into Prometheus counters and a
+//! histogram, with bounded label sets, and rendered in the text exposition format 0.0.4.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use probes_common::{
+    c_bytes,
+    disktop::{DiskCounters, DiskKey},
+    nettop::{NetCounters, NetKey},
+};
+
+/// Which labels identify a process in the traffic series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum By {
+    /// pid, comm and uid: one series per process (and device, direction).
+    #[default]
+    Pid,
+    /// comm and uid only: processes of one command add up, so short-lived workers do not
+    /// each make new series.
+    Comm,
+}
+
+/// Upper bounds (seconds) of the `stapr_file_open_seconds` buckets; `+Inf` follows.
+pub const FILE_BUCKETS: [f64; 11] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    /// None when aggregating `--by comm`.
+    pid: Option<u32>,
+    comm: String,
+    uid: u32,
+    dev: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Count {
+    packets: u64,
+    bytes: u64,
+    /// Monotonic ns of the last change.
+    seen_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Histogram {
+    /// Non-cumulative counts per bucket of `FILE_BUCKETS`, then the overflow bucket.
+    buckets: [u64; FILE_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+    seen_ns: u64,
+}
+
+/// One report's probes as the exporter runs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// nettop, disktop, slowopen.
+    pub report: &'static str,
+    /// The probe method in use (tp_btf, syscalls, tracepoint...).
+    pub method: &'static str,
+    pub attached: usize,
+    /// Events the probes counted: packets, reads/writes, files reported.
+    pub events: u64,
+    /// Events lost, by reason (table_full, ringbuf_full), as the probes count them.
+    pub lost: BTreeMap<&'static str, u64>,
+}
+
+/// Every series the exporter serves.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    by: By,
+    forget_after_ns: u64,
+    net: BTreeMap<Series, Count>,
+    disk: BTreeMap<Series, Count>,
+    files: BTreeMap<String, Histogram>,
+    pub sources: Vec<Source>,
+    /// Series dropped because their process had gone, since start.
+    pub forgotten: u64,
+}
+
+fn text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(c_bytes(raw)).into_owned()
+}
+
+impl Registry {
+    pub fn new(by: By, forget_after_ns: u64) -> Self {
+        Registry {
+            by,
+            forget_after_ns,
+            ..Default::default()
+        }
+    }
+
+    fn pid(&self, pid: u32) -> Option<u32> {
+        (self.by == By::Pid).then_some(pid)
+    }
+
+    pub fn source(&mut self, report: &str) -> Option<&mut Source> {
+        self.sources.iter_mut().find(|s| s.report == report)
+    }
+
+    /// Adds nettop's drained entries (one per key and CPU).
+    pub fn add_net(&mut self, entries: &[(NetKey, NetCounters)], now_ns: u64) {
+        let mut events = 0;
+        for (k, c) in entries {
+            for (direction, packets, bytes) in [
+                ("transmit", c.xmit_packets, c.xmit_bytes),
+                ("receive", c.recv_packets, c.recv_bytes),
+            ] {
+                if packets == 0 {
+                    continue;
+                }
+                events += packets;
+                let series = Series {
+                    pid: self.pid(k.pid),
+                    comm: text(&k.comm),
+                    uid: k.uid,
+                    dev: text(&k.dev),
+                    direction,
+                };
+                let n = self.net.entry(series).or_default();
+                n.packets += packets;
+                n.bytes += bytes;
+                n.seen_ns = now_ns;
+            }
+        }
+        if let Some(s) = self.source("nettop") {
+            s.events += events;
+        }
+    }
+
+    /// Adds disktop's drained entries; `dev_name` names a device number.
+    pub fn add_disk(
+        &mut self,
+        entries: &[(DiskKey, DiskCounters)],
+        mut dev_name: impl FnMut(u32) -> String,
+        now_ns: u64,
+    ) {
+        let mut events = 0;
+        for (k, c) in entries {
+            events += c.calls;
+            for (direction, bytes) in [("read", c.read_bytes), ("write", c.write_bytes)] {
+                if bytes == 0 {
+                    continue;
+                }
+                let series = Series {
+                    pid: self.pid(k.pid),
+                    comm: text(&k.comm),
+                    uid: k.uid,
+                    dev: dev_name(k.dev),
+                    direction,
+                };
+                let n = self.disk.entry(series).or_default();
+                n.bytes += bytes;
+                n.seen_ns = now_ns;
+            }
+        }
+        if let Some(s) = self.source("disktop") {
+            s.events += events;
+        }
+    }
+
+    /// Records a file `comm` held open for `held_ns`.
+    pub fn observe_file(&mut self, comm: &str, held_ns: u64, now_ns: u64) {
+        let secs = held_ns as f64 / 1e9;
+        let h = self.files.entry(comm.to_owned()).or_default();
+        let i = FILE_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(FILE_BUCKETS.len());
+        h.buckets[i] += 1;
+        h.sum += secs;
+        h.count += 1;
+        h.seen_ns = now_ns;
+        if let Some(s) = self.source("slowopen") {
+            s.events += 1;
+        }
+    }
+
+    /// Drops series nothing added to for `forget_after`: with `--by pid` only those of
+    /// processes that are gone (`alive` says which are not), so a quiet daemon keeps its
+    /// counters; with `--by comm`, and for the per-command histogram, any idle one.
+    pub fn forget(&mut self, now_ns: u64, alive: impl Fn(u32) -> bool) {
+        let stale = |seen: u64| now_ns.saturating_sub(seen) >= self.forget_after_ns;
+        let before = self.series();
+        for map in [&mut self.net, &mut self.disk] {
+            map.retain(|s, c| !stale(c.seen_ns) || s.pid.is_some_and(&alive));
+        }
+        self.files.retain(|_, h| !stale(h.seen_ns));
+        self.forgotten += (before - self.series()) as u64;
+    }
+
+    /// Labelled series held (each histogram counts once).
+    pub fn series(&self) -> usize {
+        self.net.len() + self.disk.len() + self.files.len()
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let traffic = |out: &mut String, name: &str, help: &str, map: &BTreeMap<Series, Count>| {
+            let value: fn(&Count) -> u64 = if name.contains("packets") {
+                |c| c.packets
+            } else {
+                |c| c.bytes
+            };
+            header(out, name, help, "counter");
+            for (s, c) in map {
+                let mut labels = Vec::with_capacity(5);
+                let pid = s.pid.map(|p| p.to_string());
+                if let Some(p) = &pid {
+                    labels.push(("pid", p.as_str()));
+                }
+                let uid = s.uid.to_string();
+                labels.extend([
+                    ("comm", s.comm.as_str()),
+                    ("uid", uid.as_str()),
+                    ("dev", s.dev.as_str()),
+                    ("direction", s.direction),
+                ]);
+                sample(out, name, &labels, value(c));
+            }
+        };
+        traffic(
+            &mut out,
+            "stapr_net_packets_total",
+            "Packets sent (transmit) and received (receive) per process and network device; receives are charged to the task running when the kernel processed them.",
+            &self.net,
+        );
+        traffic(
+            &mut out,
+            "stapr_net_bytes_total",
+            "Bytes (skb length) sent and received per process and network device.",
+            &self.net,
+        );
+        traffic(
+            &mut out,
+            "stapr_disk_bytes_total",
+            "Bytes read and written per process and block device (read/write calls on files of a block device, page cache hits included).",
+            &self.disk,
+        );
+
+        let name = "stapr_file_open_seconds";
+        header(
+            &mut out,
+            name,
+            "How long files were held open, per command, observed when they were closed (files held at least --file-min).",
+            "histogram",
+        );
+        for (comm, h) in &self.files {
+            let mut cumulative = 0;
+            for (i, n) in h.buckets.iter().enumerate() {
+                cumulative += n;
+                let le = FILE_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                sample(
+                    &mut out,
+                    &format!("{name}_bucket"),
+                    &[("comm", comm), ("le", &le)],
+                    cumulative,
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_sum{{comm=\"{}\"}} {}",
+                escape(comm),
+                float(h.sum)
+            );
+            sample(
+                &mut out,
+                &format!("{name}_count"),
+                &[("comm", comm)],
+                h.count,
+            );
+        }
+
+        header(
+            &mut out,
+            "stapr_events_total",
+            "Events the probes counted: packets (nettop), reads and writes (disktop), files reported closed (slowopen).",
+            "counter",
+        );
+        for s in &self.sources {
+            sample(
+                &mut out,
+                "stapr_events_total",
+                &[("report", s.report)],
+                s.events,
+            );
+        }
+        header(
+            &mut out,
+            "stapr_events_lost_total",
+            "Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).",
+            "counter",
+        );
+        for s in &self.sources {
+            for (reason, n) in &s.lost {
+                sample(
+                    &mut out,
+                    "stapr_events_lost_total",
+                    &[("report", s.report), ("reason", reason)],
+                    *n,
+                );
+            }
+        }
+        header(
+            &mut out,
+            "stapr_probes_attached",
+            "Probes attached in the kernel, per report and method.",
+            "gauge",
+        );
+        for s in &self.sources {
+            sample(
+                &mut out,
+                "stapr_probes_attached",
+                &[("report", s.report), ("method", s.method)],
+                s.attached as u64,
+            );
+        }
+        header(
+            &mut out,
+            "stapr_series",
+            "Labelled series this exporter holds (a histogram counts once).",
+            "gauge",
+        );
+        sample(&mut out, "stapr_series", &[], self.series() as u64);
+        header(
+            &mut out,
+            "stapr_series_forgotten_total",
+            "Series dropped because their process had gone (or, --by comm, they were idle) for --forget-after.",
+            "counter",
+        );
+        sample(
+            &mut out,
+            "stapr_series_forgotten_total",
+            &[],
+            self.forgotten,
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// A label value as the exposition format wants it: `\`, `"` and newline escaped.
+pub fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// A float as Prometheus prints one: shortest exact form, no exponent surprises.
+fn float(v: f64) -> String {
+    let s = v.to_string();
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        s
+    } else {
+        s + ".0"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net_key(pid: u32, comm: &str, dev: &str) -> NetKey {
+        let mut k = NetKey {
+            pid,
+            uid: 33,
+            ..Default::default()
+        };
+        k.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        k.dev[..dev.len()].copy_from_slice(dev.as_bytes());
+        k
+    }
+
+    fn net(xp: u64, xb: u64, rp: u64, rb: u64) -> NetCounters {
+        NetCounters {
+            xmit_packets: xp,
+            xmit_bytes: xb,
+            recv_packets: rp,
+            recv_bytes: rb,
+        }
+    }
+
+    fn disk_key(pid: u32, comm: &str, dev: u32) -> DiskKey {
+        let mut k = DiskKey {
+            pid,
+            ppid: 1,
+            uid: 0,
+            dev,
+            ..Default::default()
+        };
+        k.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        k
+    }
+
+    fn sources() -> Vec<Source> {
+        ["nettop", "disktop", "slowopen"]
+            .into_iter()
+            .zip(["tp_btf", "syscalls", "tracepoint"])
+            .map(|(report, method)| Source {
+                report,
+                method,
+                attached: 2,
+                events: 0,
+                lost: [("table_full", 0)].into_iter().collect(),
+            })
+            .collect()
+    }
+
+    fn registry(by: By) -> Registry {
+        let mut r = Registry::new(by, 60_000_000_000);
+        r.sources = sources();
+        r.add_net(
+            &[
+                (net_key(10, "httpd", "eth0"), net(3, 3000, 0, 0)),
+                (net_key(10, "httpd", "eth0"), net(1, 500, 2, 120)), // another CPU
+                (net_key(11, "httpd", "eth0"), net(0, 0, 1, 60)),
+            ],
+            5,
+        );
+        r.add_disk(
+            &[(
+                disk_key(12, "postgres", 8 << 20),
+                DiskCounters {
+                    read_bytes: 4096,
+                    write_bytes: 0,
+                    calls: 1,
+                },
+            )],
+            |_| "sda".into(),
+            5,
+        );
+        r.observe_file("vsftpd", 2_500_000_000, 5);
+        r.observe_file("vsftpd", 20_000_000, 5);
+        r
+    }
+
+    #[test]
+    fn exposition_golden() {
+        let text = registry(By::Pid).render();
+        let golden = r#"# HELP stapr_net_packets_total Packets sent (transmit) and received (receive) per process and network device; receives are charged to the task running when the kernel processed them.
+# TYPE stapr_net_packets_total counter
+stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 2
+stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="transmit"} 4
+stapr_net_packets_total{pid="11",comm="httpd",uid="33",dev="eth0",direction="receive"} 1
+# HELP stapr_net_bytes_total Bytes (skb length) sent and received per process and network device.
+# TYPE stapr_net_bytes_total counter
+stapr_net_bytes_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 120
+stapr_net_bytes_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="transmit"} 3500
+stapr_net_bytes_total{pid="11",comm="httpd",uid="33",dev="eth0",direction="receive"} 60
+# HELP stapr_disk_bytes_total Bytes read and written per process and block device (read/write calls on files of a block device, page cache hits included).
+# TYPE stapr_disk_bytes_total counter
+stapr_disk_bytes_total{pid="12",comm="postgres",uid="0",dev="sda",direction="read"} 4096
+# HELP stapr_file_open_seconds How long files were held open, per command, observed when they were closed (files held at least --file-min).
+# TYPE stapr_file_open_seconds histogram
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.01"} 0
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.05"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.1"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.5"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="1"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="5"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="10"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="60"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="300"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="1800"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="3600"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="+Inf"} 2
+stapr_file_open_seconds_sum{comm="vsftpd"} 2.52
+stapr_file_open_seconds_count{comm="vsftpd"} 2
+# HELP stapr_events_total Events the probes counted: packets (nettop), reads and writes (disktop), files reported closed (slowopen).
+# TYPE stapr_events_total counter
+stapr_events_total{report="nettop"} 7
+stapr_events_total{report="disktop"} 1
+stapr_events_total{report="slowopen"} 2
+# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).
+# TYPE stapr_events_lost_total counter
+stapr_events_lost_total{report="nettop",reason="table_full"} 0
+stapr_events_lost_total{report="disktop",reason="table_full"} 0
+stapr_events_lost_total{report="slowopen",reason="table_full"} 0
+# HELP stapr_probes_attached Probes attached in the kernel, per report and method.
+# TYPE stapr_probes_attached gauge
+stapr_probes_attached{report="nettop",method="tp_btf"} 2
+stapr_probes_attached{report="disktop",method="syscalls"} 2
+stapr_probes_attached{report="slowopen",method="tracepoint"} 2
+# HELP stapr_series Labelled series this exporter holds (a histogram counts once).
+# TYPE stapr_series gauge
+stapr_series 5
+# HELP stapr_series_forgotten_total Series dropped because their process had gone (or, --by comm, they were idle) for --forget-after.
+# TYPE stapr_series_forgotten_total counter
+stapr_series_forgotten_total 0
+"#;
+        assert_eq!(text, golden);
+    }
+
+    #[test]
+    fn by_comm_drops_the_pid_label() {
+        let text = registry(By::Comm).render();
+        assert!(text.contains(
+            "stapr_net_packets_total{comm=\"httpd\",uid=\"33\",dev=\"eth0\",direction=\"receive\"} 3\n"
+        ));
+        assert!(!text.contains("pid=\""));
+    }
+
+    #[test]
+    fn forgets_gone_processes_after_the_delay() {
+        let mut r = registry(By::Pid);
+        let minute = 60_000_000_000;
+        // Everyone is gone, but not for long enough yet.
+        r.forget(minute, |_| false);
+        assert_eq!(r.series(), 5);
+        // pid 10 lives on, quiet: kept. 11, 12 and the idle histogram go.
+        r.forget(minute + 10, |pid| pid == 10);
+        assert_eq!(r.series(), 2);
+        assert_eq!(r.forgotten, 3);
+        let text = r.render();
+        assert!(text.contains("pid=\"10\""));
+        assert!(!text.contains("pid=\"11\""));
+        assert!(!text.contains("vsftpd"));
+        // --by comm: idle series go whatever `alive` says.
+        let mut c = registry(By::Comm);
+        c.forget(minute + 10, |_| true);
+        assert_eq!(c.series(), 0);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+        assert_eq!(float(2.0), "2.0");
+        assert_eq!(float(2.52), "2.52");
+    }
+}

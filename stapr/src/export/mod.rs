@@ -1,0 +1,297 @@
+//! `stapr export`: the reports' counters as a Prometheus exporter, for the node that
+//! monitors a fleet. nettop's and disktop's in-kernel tables are drained at every scrape and
+//! every few seconds in between; slowopen's closed files feed a histogram as they arrive.
+
+pub mod http;
+pub mod metrics;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use probes_common::slowopen::SlowConfig;
+use tokio::{
+    io::{
+        unix::{AsyncFd, AsyncFdReadyMutGuard},
+        Interest,
+    },
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+
+use crate::{
+    report::{disktop, nettop, slowopen},
+    runtime::{self, user_error},
+};
+
+pub use metrics::By;
+
+pub struct Options {
+    pub listen: SocketAddr,
+    pub by: By,
+    pub forget_after: Duration,
+    pub file_min: Duration,
+    pub duration: Option<Duration>,
+}
+
+/// Between scrapes the tables are drained this often, so they never fill.
+const DRAIN_EVERY: Duration = Duration::from_secs(5);
+
+type Ring = AsyncFd<RingBuf<MapData>>;
+type MetricsRequest = oneshot::Sender<String>;
+
+/// The probes that attached; a report this kernel cannot run is left out.
+struct Parts {
+    net: Option<nettop::probes::Probes>,
+    disk: Option<disktop::probes::Probes>,
+    slow: Option<slowopen::probes::Probes>,
+    slow_state: slowopen::State,
+    dev_names: HashMap<u32, String>,
+    file_min_ns: u64,
+}
+
+fn source(report: &'static str, method: &'static str, attached: usize) -> metrics::Source {
+    metrics::Source {
+        report,
+        method,
+        attached,
+        events: 0,
+        lost: BTreeMap::new(),
+    }
+}
+
+impl Parts {
+    fn attach(
+        file_min_ns: u64,
+        reg: &mut metrics::Registry,
+    ) -> Result<(Self, Option<RingBuf<MapData>>)> {
+        let unavailable = |report: &str, err: &anyhow::Error| {
+            eprintln!("stapr export: {report} unavailable ({err:#}); its metrics are left out");
+        };
+        let net = nettop::probes::Probes::attach(nettop::ProbeKind::Auto)
+            .inspect_err(|e| unavailable("nettop", e))
+            .ok();
+        if let Some(n) = &net {
+            reg.sources.push(source("nettop", n.kind.name(), 2));
+        }
+        let disk = disktop::probes::Probes::attach(disktop::Method::Auto)
+            .inspect_err(|e| unavailable("disktop", e))
+            .ok();
+        if let Some(d) = &disk {
+            reg.sources
+                .push(source("disktop", d.method.name(), d.attached));
+        }
+        let config = SlowConfig {
+            min_ns: file_min_ns,
+            self_tgid: std::process::id(),
+            ..Default::default()
+        };
+        let (slow, ring) = match slowopen::probes::Probes::attach(config) {
+            Ok((s, ring)) => {
+                reg.sources
+                    .push(source("slowopen", "tracepoint", s.attached));
+                (Some(s), Some(ring))
+            }
+            Err(e) => {
+                unavailable("slowopen", &e);
+                (None, None)
+            }
+        };
+        if net.is_none() && disk.is_none() && slow.is_none() {
+            return Err(user_error(
+                "no report's probes attach on this kernel: see `stapr doctor`",
+            ));
+        }
+        let parts = Parts {
+            net,
+            disk,
+            slow,
+            slow_state: slowopen::State::default(),
+            dev_names: HashMap::new(),
+            file_min_ns,
+        };
+        Ok((parts, ring))
+    }
+
+    /// Drains nettop's and disktop's tables into the registry and forgets gone processes.
+    fn collect(&mut self, reg: &mut metrics::Registry) -> Result<()> {
+        let now = runtime::monotonic_ns();
+        if let Some(n) = &mut self.net {
+            reg.add_net(&n.drain()?, now);
+            let lost = n.dropped()?;
+            if let Some(s) = reg.source("nettop") {
+                s.lost.insert("table_full", lost);
+            }
+        }
+        if let Some(d) = &mut self.disk {
+            let names = &mut self.dev_names;
+            let name = |dev: u32| {
+                names
+                    .entry(dev)
+                    .or_insert_with(|| disktop::sysfs_device_name(dev))
+                    .clone()
+            };
+            reg.add_disk(&d.drain()?, name, now);
+            let lost = d.dropped()?;
+            if let Some(s) = reg.source("disktop") {
+                s.lost.insert("table_full", lost);
+            }
+        }
+        if let Some(p) = &self.slow {
+            let (table_full, ring_full) = p.missed()?;
+            if let Some(s) = reg.source("slowopen") {
+                s.lost.insert("table_full", table_full);
+                s.lost.insert("ringbuf_full", ring_full);
+            }
+        }
+        reg.forget(now, |pid| {
+            std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        Ok(())
+    }
+
+    /// Files the batch ended, into the histogram.
+    fn files(&mut self, batch: slowopen::Batch, reg: &mut metrics::Registry) -> Result<()> {
+        let Some(p) = &mut self.slow else {
+            return Ok(());
+        };
+        let rows = slowopen::ended(
+            p,
+            batch,
+            &mut self.slow_state,
+            self.file_min_ns,
+            &Default::default(),
+        )?;
+        let now = runtime::monotonic_ns();
+        for r in rows {
+            reg.observe_file(&r.comm, r.held_ns, now);
+        }
+        Ok(())
+    }
+}
+
+async fn readable(
+    ring: &mut Option<Ring>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(r) => r.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One scrape: read the request, ask the main loop for fresh metrics if it wants them.
+async fn connection(mut stream: TcpStream, ask: mpsc::Sender<MetricsRequest>) {
+    let Some(head) = http::read_head(&mut stream).await else {
+        return;
+    };
+    let metrics = if http::route(&head).0 == http::Route::Metrics {
+        let (tx, rx) = oneshot::channel();
+        if ask.send(tx).await.is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(m) => m,
+            Err(_) => return,
+        }
+    } else {
+        String::new()
+    };
+    http::answer(stream, head, metrics).await;
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    runtime::prepare()?;
+    // Bind first: a taken port should fail before any probe is loaded.
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .map_err(|e| user_error(format!("cannot listen on {}: {e}", opts.listen)))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listening socket non-blocking")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+
+    let forget_ns = u64::try_from(opts.forget_after.as_nanos()).unwrap_or(u64::MAX);
+    let mut reg = metrics::Registry::new(opts.by, forget_ns);
+    let file_min_ns = u64::try_from(opts.file_min.as_nanos()).unwrap_or(u64::MAX);
+    let (mut parts, ring) = Parts::attach(file_min_ns, &mut reg)?;
+    let methods: Vec<String> = reg
+        .sources
+        .iter()
+        .map(|s| format!("{} {}", s.report, s.method))
+        .collect();
+    eprintln!(
+        "stapr export: serving http://{local}/metrics ({}; series by {}, dropped {:?} after their process ends). Ctrl-C to end.",
+        methods.join(", "),
+        match opts.by {
+            By::Pid => "pid",
+            By::Comm => "comm",
+        },
+        opts.forget_after,
+    );
+
+    runtime::block_on(async move {
+        let listener = TcpListener::from_std(listener).context("registering the listener")?;
+        let mut ring = match ring {
+            // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
+            // which happens only after the AsyncFd is gone.
+            Some(r) => Some(
+                unsafe { AsyncFd::register_with_interest(r, Interest::READABLE) }
+                    .map_err(std::io::Error::from)
+                    .context("watching the slowopen ring buffer")?,
+            ),
+            None => None,
+        };
+        let (ask, mut asks) = mpsc::channel::<MetricsRequest>(64);
+        let mut clients = JoinSet::new();
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = runtime::stopped(opts.duration);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    while clients.try_join_next().is_some() {}
+                    if let Ok((stream, _)) = accepted {
+                        clients.spawn(connection(stream, ask.clone()));
+                    }
+                }
+                Some(reply) = asks.recv() => {
+                    parts.collect(&mut reg)?;
+                    let _ = reply.send(reg.render());
+                }
+                guard = readable(&mut ring) => {
+                    let mut guard = guard.context("waiting on the slowopen ring buffer")?;
+                    let mut batch = slowopen::Batch::default();
+                    slowopen::read_records(guard.get_inner_mut(), &mut batch);
+                    guard.clear_ready();
+                    parts.files(batch, &mut reg)?;
+                }
+                _ = tick.tick() => parts.collect(&mut reg)?,
+                r = &mut stop => { r?; break; }
+            }
+        }
+        // Scrapes in flight get their answer; then the probes are detached on return.
+        drop(listener);
+        drop(ask);
+        let finish = async {
+            loop {
+                tokio::select! {
+                    Some(reply) = asks.recv() => {
+                        parts.collect(&mut reg)?;
+                        let _ = reply.send(reg.render());
+                    }
+                    next = clients.join_next() => if next.is_none() { break },
+                }
+            }
+            anyhow::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;
+        Ok(())
+    })
+}

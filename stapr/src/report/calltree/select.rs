@@ -1,0 +1,368 @@
+//! Pure: which kernel functions `--module` and `--func` mean, from the text of
+//! /proc/kallsyms and tracefs' available_filter_functions (the functions ftrace, and so
+//! kprobe.multi, fentry and kprobes, can attach to).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A kernel function to trace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Func {
+    pub name: String,
+    /// The module it belongs to; None for vmlinux.
+    pub module: Option<String>,
+}
+
+/// The functions chosen, and those left out by reason.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub funcs: Vec<Func>,
+    pub skipped: BTreeMap<String, usize>,
+    /// Said once on stderr (the built-in fallback).
+    pub note: Option<String>,
+}
+
+pub const NOT_TRACEABLE: &str = "not traceable (notrace, inlined or __init)";
+pub const AMBIGUOUS: &str = "ambiguous name (several functions share it)";
+
+/// `name` or `name [module]` lines of available_filter_functions.
+pub fn parse_traceable(text: &str) -> Vec<Func> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            let module = parts
+                .next()
+                .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'))
+                .map(str::to_owned);
+            Some(Func {
+                name: name.to_owned(),
+                module,
+            })
+        })
+        .collect()
+}
+
+/// A text symbol of /proc/kallsyms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sym {
+    pub addr: u64,
+    pub name: String,
+    pub module: Option<String>,
+}
+
+/// The function (text) symbols of /proc/kallsyms: `addr type name [module]`.
+pub fn parse_kallsyms(text: &str) -> Vec<Sym> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let kind = parts.next()?;
+            if !matches!(kind, "t" | "T") {
+                return None;
+            }
+            let name = parts.next()?;
+            let module = parts
+                .next()
+                .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'))
+                .map(str::to_owned);
+            Some(Sym {
+                addr,
+                name: name.to_owned(),
+                module,
+            })
+        })
+        .collect()
+}
+
+/// Shell-style glob: `*` any run, `?` one character.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Names that more than one traceable function carries: attaching by name would pick one
+/// of them at random.
+fn ambiguous(traceable: &[Func]) -> BTreeSet<&str> {
+    let mut count: HashMap<&str, u32> = HashMap::new();
+    for f in traceable {
+        *count.entry(f.name.as_str()).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Keeps `wanted` functions that are traceable and unambiguous; counts the rest.
+fn finish(wanted: BTreeSet<Func>, traceable: &[Func], note: Option<String>) -> Selection {
+    let ok: BTreeSet<&Func> = traceable.iter().collect();
+    let dup = ambiguous(traceable);
+    let mut s = Selection {
+        note,
+        ..Default::default()
+    };
+    for f in wanted {
+        let reason = if !ok.contains(&f) {
+            NOT_TRACEABLE
+        } else if dup.contains(f.name.as_str()) {
+            AMBIGUOUS
+        } else {
+            s.funcs.push(f);
+            continue;
+        };
+        *s.skipped.entry(reason.to_owned()).or_default() += 1;
+    }
+    s
+}
+
+/// What the kernel says about modules.
+pub struct Modules<'a> {
+    /// Loaded modules (/proc/modules).
+    pub loaded: &'a [String],
+    /// Modules built into the kernel (modules.builtin, /sys/module without initstate).
+    pub builtin: &'a [String],
+}
+
+/// The functions of `module`: a loaded module's own text symbols, or, for a module built
+/// into the kernel, the traceable vmlinux functions named `module_*` and `__module_*`.
+/// Unknown modules are an error naming the closest known ones.
+pub fn module(
+    module: &str,
+    traceable: &[Func],
+    kallsyms: &[Sym],
+    mods: &Modules,
+) -> Result<Selection, String> {
+    let module = module.replace('-', "_");
+    if mods.loaded.contains(&module) {
+        let wanted: BTreeSet<Func> = kallsyms
+            .iter()
+            .filter(|s| s.module.as_deref() == Some(module.as_str()))
+            // Padding and CFI stubs in front of functions, not functions.
+            .filter(|s| !s.name.starts_with("__pfx_") && !s.name.starts_with("__cfi_"))
+            .map(|s| Func {
+                name: s.name.clone(),
+                module: Some(module.clone()),
+            })
+            .collect();
+        return Ok(finish(wanted, traceable, None));
+    }
+    if mods.builtin.contains(&module) {
+        let (a, b) = (format!("{module}_"), format!("__{module}_"));
+        let wanted: BTreeSet<Func> = traceable
+            .iter()
+            .filter(|f| f.module.is_none() && (f.name.starts_with(&a) || f.name.starts_with(&b)))
+            .cloned()
+            .collect();
+        let note = format!(
+            "{module} is built into this kernel: tracing its functions named {module}_* and __{module}_*"
+        );
+        return Ok(finish(wanted, traceable, Some(note)));
+    }
+    let known: BTreeSet<&str> = mods
+        .loaded
+        .iter()
+        .chain(mods.builtin)
+        .map(String::as_str)
+        .collect();
+    let near = closest(&module, known.into_iter());
+    Err(if near.is_empty() {
+        format!("unknown module '{module}': neither loaded nor built into this kernel (see /proc/modules)")
+    } else {
+        format!(
+            "unknown module '{module}': neither loaded nor built into this kernel; did you mean {}?",
+            near.join(", ")
+        )
+    })
+}
+
+/// Traceable kernel functions matching any of `globs`.
+pub fn functions(globs: &[String], traceable: &[Func]) -> Selection {
+    let wanted: BTreeSet<Func> = traceable
+        .iter()
+        .filter(|f| globs.iter().any(|g| glob(g, &f.name)))
+        .cloned()
+        .collect();
+    finish(wanted, traceable, None)
+}
+
+/// Adds `more` to `into` (`--module` and `--func` together).
+pub fn merge(into: &mut Selection, more: Selection) {
+    let have: BTreeSet<Func> = into.funcs.iter().cloned().collect();
+    into.funcs
+        .extend(more.funcs.into_iter().filter(|f| !have.contains(f)));
+    for (k, v) in more.skipped {
+        *into.skipped.entry(k).or_default() += v;
+    }
+    into.note = into.note.take().or(more.note);
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Up to three names close to `name` (edit distance, or sharing its start).
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let limit = (name.len() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> = candidates
+        .filter_map(|c| {
+            let d = distance(name, c);
+            let prefix = name.len() >= 3 && c.starts_with(&name[..3]);
+            (d <= limit || prefix).then_some((d, c))
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_owned())
+        .collect()
+}
+
+/// Module names in modules.builtin (`kernel/fs/ext4/ext4.ko` → `ext4`).
+pub fn parse_builtin(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let file = l.trim().rsplit('/').next()?;
+            Some(file.strip_suffix(".ko")?.replace('-', "_"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACEABLE: &str = "\
+vfs_read
+vfs_write
+ext4_file_open [ext4]
+ext4_readdir [ext4]
+__ext4_journal_start_sb [ext4]
+jbd2_journal_start [jbd2]
+dup_name
+dup_name [ext4]
+btrfs_sync_file
+";
+
+    const KALLSYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff81200000 T vfs_read
+ffffffff81200100 T vfs_write
+ffffffff81300000 D some_data
+ffffffffc0100000 t __pfx_ext4_file_open\t[ext4]
+ffffffffc0100010 t ext4_file_open\t[ext4]
+ffffffffc0100200 t ext4_readdir\t[ext4]
+ffffffffc0100400 T __ext4_journal_start_sb\t[ext4]
+ffffffffc0100600 t ext4_fill_super\t[ext4]
+ffffffffc0100800 t dup_name\t[ext4]
+ffffffffc0200000 T jbd2_journal_start\t[jbd2]
+";
+
+    fn names(s: &Selection) -> Vec<&str> {
+        s.funcs.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    #[test]
+    fn loaded_module_functions() {
+        let traceable = parse_traceable(TRACEABLE);
+        let syms = parse_kallsyms(KALLSYMS);
+        let loaded = vec!["ext4".to_owned(), "jbd2".to_owned()];
+        let mods = Modules {
+            loaded: &loaded,
+            builtin: &[],
+        };
+        let s = module("ext4", &traceable, &syms, &mods).unwrap();
+        assert_eq!(
+            names(&s),
+            ["__ext4_journal_start_sb", "ext4_file_open", "ext4_readdir"]
+        );
+        assert!(s.funcs.iter().all(|f| f.module.as_deref() == Some("ext4")));
+        // ext4_fill_super is __init (not in the traceable list); dup_name is ambiguous.
+        assert_eq!(s.skipped[NOT_TRACEABLE], 1);
+        assert_eq!(s.skipped[AMBIGUOUS], 1);
+        assert_eq!(s.note, None);
+    }
+
+    #[test]
+    fn builtin_module_falls_back_to_names() {
+        let traceable =
+            parse_traceable("ext4_file_open\n__ext4_journal_start_sb\next4x\nvfs_read\n");
+        let builtin = parse_builtin("kernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\n");
+        let mods = Modules {
+            loaded: &[],
+            builtin: &builtin,
+        };
+        let s = module("ext4", &traceable, &[], &mods).unwrap();
+        assert_eq!(names(&s), ["__ext4_journal_start_sb", "ext4_file_open"]);
+        assert!(s.note.unwrap().contains("built into this kernel"));
+    }
+
+    #[test]
+    fn unknown_module_names_the_closest() {
+        let loaded = vec!["ext4".to_owned(), "xfs".to_owned(), "nfsd".to_owned()];
+        let builtin = vec!["ext2".to_owned()];
+        let mods = Modules {
+            loaded: &loaded,
+            builtin: &builtin,
+        };
+        let err = module("ext5", &[], &[], &mods).unwrap_err();
+        assert!(err.contains("unknown module 'ext5'"), "{err}");
+        assert!(err.contains("did you mean ext2, ext4?"), "{err}");
+        let err = module("zzzzzzzz", &[], &[], &mods).unwrap_err();
+        assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("vfs_*", "vfs_read"));
+        assert!(glob("*_read", "vfs_read"));
+        assert!(glob("v?s_re*d", "vfs_read"));
+        assert!(glob("*", ""));
+        assert!(!glob("vfs_*", "do_vfs_read"));
+        assert!(!glob("vfs_read", "vfs_readv"));
+        let traceable = parse_traceable(TRACEABLE);
+        let s = functions(&["vfs_*".into(), "jbd2_*".into()], &traceable);
+        assert_eq!(names(&s), ["jbd2_journal_start", "vfs_read", "vfs_write"]);
+        let mut m = functions(&["vfs_read".into()], &traceable);
+        merge(&mut m, s);
+        assert_eq!(names(&m), ["vfs_read", "jbd2_journal_start", "vfs_write"]);
+    }
+
+    #[test]
+    fn kallsyms_keeps_text_symbols() {
+        let syms = parse_kallsyms(KALLSYMS);
+        assert!(syms.iter().all(|s| s.name != "some_data"));
+        let f = syms.iter().find(|s| s.name == "ext4_readdir").unwrap();
+        assert_eq!(f.addr, 0xffffffffc0100200);
+        assert_eq!(f.module.as_deref(), Some("ext4"));
+    }
+}
