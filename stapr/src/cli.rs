@@ -86,6 +86,15 @@ pub struct CalltreeArgs {
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// (benchmarks) print attach, stop-to-exit and detach times on stderr
+    #[arg(long, hide = true)]
+    pub timings: bool,
+    /// (benchmarks) detach before exiting instead of in the background
+    #[arg(long, hide = true)]
+    pub detach_in_foreground: bool,
+    /// (benchmarks) format N synthetic events to stdout and print the rate on stderr
+    #[arg(long, hide = true, value_name = "N")]
+    pub bench_format: Option<u64>,
 }
 
 const EXPORT_HELP: &str = "\

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
             max_depth: a.max_depth,
             duration: a.duration,
             format: a.output.format,
+            timings: a.timings,
+            detach_in_foreground: a.detach_in_foreground,
+            bench_format: a.bench_format,
         }),
         Command::Export(a) => export::run(export::Options {
             listen: a.listen,

@@ -64,6 +64,23 @@ fn verdicts_match_this_kernel() {
         "syscall exit tracepoints"
     };
     assert_eq!(disktop["method"], method, "{doc}");
+
+    // kprobe.multi: none here; Debian's 6.1 builds lack it (no fprobe), 6.12 has it.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let multi = in_vm && !release.starts_with("6.1.");
+    assert_eq!(
+        verdict(&doc, "kprobe.multi"),
+        if multi { "works" } else { "fails" },
+        "{doc}"
+    );
+    let calltree = &doc["reports"].as_array().unwrap()[3];
+    assert_eq!(calltree["report"], "calltree");
+    let method = match (in_vm, multi) {
+        (false, _) => "uprobes (--binary only)",
+        (true, true) => "kprobe.multi",
+        (true, false) => "fentry/fexit",
+    };
+    assert_eq!(calltree["method"], method, "{doc}");
     assert_nothing_attached();
 }
 
@@ -84,6 +101,8 @@ fn text_screen_names_every_facility_and_report() {
         "nettop",
         "slowopen",
         "disktop",
+        "kprobe.multi",
+        "calltree",
     ] {
         assert!(out.stdout.contains(word), "{word} missing:\n{}", out.stdout);
     }

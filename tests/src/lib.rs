@@ -144,7 +144,11 @@ impl Running {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("stapr did not exit within {timeout:?}");
+                self.stderr_seen.extend(self.stderr_lines.try_iter());
+                panic!(
+                    "stapr did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -205,7 +209,12 @@ pub fn stapr_programs_loaded() -> Vec<String> {
 /// stapr only if something still holds it attached.
 pub fn assert_nothing_attached() {
     // Program release is deferred to an RCU grace period after the last fd closes.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    assert_nothing_attached_within(Duration::from_secs(5));
+}
+
+/// As [`assert_nothing_attached`], allowing `limit` for a background detach to finish.
+pub fn assert_nothing_attached_within(limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         let left = stapr_programs_loaded();
         if left.is_empty() {

@@ -8,7 +8,7 @@
 //! results from the serial console.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -64,7 +64,9 @@ const MODULES: &[&str] = &[
 ];
 
 /// Integration test binaries run inside, and the tests the VM cannot run.
-const TEST_BINARIES: &[&str] = &["cli", "doctor", "nettop", "slowopen", "disktop", "export"];
+const TEST_BINARIES: &[&str] = &[
+    "cli", "doctor", "nettop", "slowopen", "disktop", "export", "calltree",
+];
 /// Tests that need programs the initramfs does not carry: (binary, test, why).
 const SKIPPED: &[(&str, &str, &str)] = &[
     (
@@ -89,7 +91,7 @@ pub struct VmArgs {
     #[arg(long = "kernel")]
     kernels: Vec<String>,
     /// Seconds one kernel may take, boot to power-off
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// Check the harness itself: an injected test failure and an injected kernel panic
     /// must each be caught (boots the first kernel twice, runs no tests)
@@ -300,7 +302,13 @@ fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> {
     let debug = stage.join("target/debug");
     std::fs::create_dir_all(debug.join("deps"))?;
     let bins = workspace_root().join("target/debug");
-    for b in ["stapr", "udp_talker", "file_holder", "disk_writer"] {
+    for b in [
+        "stapr",
+        "udp_talker",
+        "file_holder",
+        "disk_writer",
+        "call_chain",
+    ] {
         std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
     }
     for (name, exe) in tests {
@@ -427,7 +435,7 @@ fn build_initramfs(
             .map(|(_, test, _)| format!("--skip {test}"))
             .collect();
         run_tests.push_str(&format!(
-            "./deps/{t} --test-threads=1 {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
+            "./deps/{t} --test-threads=1 --include-ignored {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
             skips.join(" "),
             filter.join(" ")
         ));
@@ -442,6 +450,7 @@ fn build_initramfs(
             )
         }
         Inject::Panic => run_tests = "echo c > /proc/sysrq-trigger\n".to_owned(),
+        Inject::Bench => run_tests = CALLTREE_BENCH.to_owned(),
     }
     let method_lines = if methods {
         "method nettop -i 1 --count 1\nmethod disktop -i 1 --count 1\nmethod slowopen -d 1"
@@ -610,7 +619,25 @@ enum Inject {
     Failure,
     /// `echo c > /proc/sysrq-trigger`: a kernel panic.
     Panic,
+    /// No tests: calltree's attach/detach benchmark.
+    Bench,
 }
+
+/// For each method and detach mode: trace every ext4 function for 2 s with `--timings`;
+/// in background mode also time, from /proc/uptime, until the detaching process is gone.
+const CALLTREE_BENCH: &str = r#"
+for m in multi fentry kprobe; do
+  for mode in background foreground; do
+    flag=""
+    [ $mode = foreground ] && flag=--detach-in-foreground
+    ./stapr calltree --module ext4 --attach $m -d 2 --timings $flag >/dev/null 2>/tmp/bench
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    while pidof stapr >/dev/null; do sleep 0.2; done
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "@METHOD@ calltree-bench $m $mode $t0 $t1: $(grep -E 'timings:|^stapr: ' /tmp/bench | tail -n 1)"
+  done
+done
+"#;
 
 const INJECTED_TEST: &str = "vm_harness::deliberate_failure";
 
@@ -738,12 +765,92 @@ pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
     Ok((passed, failed_tests))
 }
 
+/// `cargo xtask bench calltree`, VM part: attach and detach times of every ext4 function
+/// with each method, on each kernel, side by side.
+pub fn bench_calltree() -> Result<()> {
+    crate::setup::packages(PACKAGES)?;
+    let tests = test_binaries()?;
+    println!("calltree --module ext4 in the Debian VMs (TCG emulation: slower than hardware):");
+    println!(
+        "  {:<12} {:<18} {:>9} {:>8} {:>14} {:>14} {:>14}",
+        "kernel", "method", "functions", "attach", "stop->prompt", "bg detach done", "fg detach"
+    );
+    for line in kernel_lines(&[])? {
+        let package = resolve(line)?;
+        let kernel = fetch(&package)?;
+        let work = workspace_root().join("target/vm").join(line.name);
+        std::fs::create_dir_all(&work)?;
+        let image = build_image(&work, &tests)?;
+        let initrd = build_initramfs(&work, &kernel, &tests, &[], Inject::Bench)?;
+        let log = work.join("console.log");
+        eprintln!("xtask vm: booting {package} for the calltree benchmark");
+        let o = boot(&kernel, &initrd, &image, Duration::from_secs(2400), &log)?;
+        if !o.done {
+            bail!(
+                "{}: the benchmark did not finish; console log: {}",
+                line.name,
+                log.display()
+            );
+        }
+        let mut rows: BTreeMap<String, [String; 5]> = BTreeMap::new();
+        for m in &o.methods {
+            let Some(rest) = m.strip_prefix("calltree-bench ") else {
+                continue;
+            };
+            let (head, text) = rest.split_once(": ").unwrap_or((rest, ""));
+            let f: Vec<&str> = head.split_whitespace().collect();
+            let [method, mode, t0, t1] = f[..] else {
+                continue;
+            };
+            let secs = |key: &str| {
+                text.split(key)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            let row = rows.entry(method.to_owned()).or_default();
+            let timed = text.contains("timings:");
+            let Some(attach) = secs(", attach ")
+                .or_else(|| secs(" functions: attach "))
+                .filter(|_| timed)
+            else {
+                row[0] = text
+                    .trim_start_matches("stapr: ")
+                    .chars()
+                    .take(60)
+                    .collect();
+                continue;
+            };
+            row[0] = secs(" on ").unwrap_or_default();
+            row[1] = format!("{attach} s");
+            if mode == "background" {
+                row[2] = format!("{} s", secs("stop to exit ").unwrap_or_default());
+                let done: f64 = t1.parse::<f64>().unwrap_or(0.0) - t0.parse::<f64>().unwrap_or(0.0);
+                row[3] = format!("{done:.1} s");
+            } else {
+                row[4] = format!("{} s", secs("detached in ").unwrap_or_default());
+            }
+        }
+        for (method, r) in rows {
+            if r[1].is_empty() {
+                println!("  {:<12} {:<18} unavailable: {}", line.name, method, r[0]);
+            } else {
+                println!(
+                    "  {:<12} {:<18} {:>9} {:>8} {:>14} {:>14} {:>14}",
+                    line.name, method, r[0], r[1], r[2], r[3], r[4]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 impl VmArgs {
     /// Every kernel, every test.
     pub fn all() -> Self {
         VmArgs {
             kernels: Vec::new(),
-            timeout: 900,
+            timeout: 1800,
             self_test: false,
             filter: Vec::new(),
         }

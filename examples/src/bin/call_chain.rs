@@ -1,10 +1,13 @@
 //! Call chain: a program with a known call structure, for calltree's uprobe mode.
-//! Prints `pid=<pid> tid=<tid>`, then makes, ROUNDS times (default 1):
+//! Prints `pid=<pid> tid=<tid>`, waits DELAY_MS (default 0), then makes, ROUNDS times
+//! (default 1):
 //!
 //!   ct_outer -> ct_middle -> ct_leaf, ct_middle -> ct_leaf, ct_leaf
 //!   ct_recurse(2) -> ct_recurse(1) -> ct_recurse(0)
 //!
-//! usage: call_chain [ROUNDS]
+//! Then prints `ns_per_call=<ns>`: the time of the rounds over the 9 calls each makes.
+//!
+//! usage: call_chain [ROUNDS] [DELAY_MS]
 //! The functions are unmangled and never inlined, so their symbols are those names.
 
 use std::hint::black_box;
@@ -39,17 +42,20 @@ pub extern "C" fn ct_recurse(n: u64) -> u64 {
 }
 
 fn main() {
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
+    let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<u64>().ok());
+    let rounds = arg(1).unwrap_or(1);
+    let delay = std::time::Duration::from_millis(arg(2).unwrap_or(0));
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     println!("pid={} tid={tid}", std::process::id());
+    std::thread::sleep(delay);
     let mut acc = 0u64;
+    let t = std::time::Instant::now();
     for i in 0..rounds {
         acc = acc.wrapping_add(ct_outer(i));
         acc = acc.wrapping_add(ct_recurse(2));
     }
+    let ns = t.elapsed().as_nanos() as f64;
     black_box(acc);
+    println!("ns_per_call={:.1}", ns / (rounds * 9) as f64);
 }

@@ -8,7 +8,7 @@ pub mod tree;
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -36,10 +36,15 @@ pub struct Options {
     pub max_depth: Option<usize>,
     pub duration: Option<Duration>,
     pub format: runtime::Format,
+    pub timings: bool,
+    pub detach_in_foreground: bool,
+    pub bench_format: Option<u64>,
 }
 
 /// User space checks the ring this often: the probes wake it only when a lot is waiting.
 const POLL: Duration = Duration::from_millis(100);
+/// Events printed between two looks at the stop signal.
+const DRAIN_BATCH: usize = 16384;
 /// With more kernel attachments than this, detaching happens in a background process.
 const BACKGROUND_DETACH: usize = 16;
 
@@ -144,6 +149,9 @@ fn summary(skipped: &BTreeMap<String, usize>) -> String {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    if let Some(n) = opts.bench_format {
+        return bench_format(n, opts.format);
+    }
     runtime::prepare()?;
     let config = config(&opts.filter)?;
     let (mut probes, what) = if let Some(bin) = &opts.binary {
@@ -226,27 +234,97 @@ pub fn run(opts: Options) -> Result<()> {
         let stop = runtime::stopped(opts.duration);
         tokio::pin!(stop);
         loop {
+            let more = printer.drain(ring.get_mut(), names)?;
+            let wait = if more { Duration::ZERO } else { POLL };
             tokio::select! {
+                biased;
                 // Output stops at once: what is still in the ring is dropped.
                 r = &mut stop => { r?; break; }
-                woken = tokio::time::timeout(POLL, ring.readable_mut()) => {
+                woken = tokio::time::timeout(wait, ring.readable_mut()) => {
                     if let Ok(guard) = woken {
                         guard.context("waiting on the ring buffer")?.clear_ready();
                     }
                 }
             }
-            printer.drain(ring.get_mut(), names)?;
         }
         Ok(())
     })?;
+    let stopped = Instant::now();
     let lost = probes.lost()?;
     eprintln!(
         "stapr calltree: {} events, {lost} lost (ring buffer full), {} returns whose entry was not seen",
         printer.events, printer.indenter.unmatched
     );
-    if probes.links > BACKGROUND_DETACH {
+    let (method, attached, took) = (probes.method, probes.attached, probes.took);
+    let detach = if opts.detach_in_foreground || probes.links <= BACKGROUND_DETACH {
+        let t = Instant::now();
+        drop(probes);
+        format!("detached in {:.2} s", t.elapsed().as_secs_f64())
+    } else {
         detach_in_background(probes);
+        "detaching in the background".to_owned()
+    };
+    if opts.timings {
+        eprintln!(
+            "stapr calltree: timings: {} on {attached} functions: attach {:.2} s, stop to exit {:.2} s, {detach}",
+            method.describe(),
+            took.as_secs_f64(),
+            stopped.elapsed().as_secs_f64()
+        );
     }
+    Ok(())
+}
+
+/// The formatter alone: `n` synthetic events (8 threads, calls nested 1 to 6 deep)
+/// through the same path as traced ones, to stdout; the rate goes to stderr.
+fn bench_format(n: u64, format: runtime::Format) -> Result<()> {
+    let names = probes::Names::Index((0..64).map(|i| format!("ext4_function_{i}")).collect());
+    let mut events = Vec::with_capacity(n as usize);
+    let mut depth = [0u64; 8];
+    let mut comm = [0u8; COMM_LEN];
+    comm[..6].copy_from_slice(b"worker");
+    for i in 0..n {
+        let t = (i % 8) as usize;
+        // Deterministic walk: go down to 6, then back up, per thread.
+        let entry = depth[t] == 0 || (depth[t] < 6 && (i / 8) % 12 < 6);
+        let kind = if entry { CALL_ENTRY } else { 1 };
+        if entry {
+            depth[t] += 1;
+        }
+        events.push(CallEvent {
+            ts_ns: 1_000_000_000 + i * 250,
+            id: depth[t],
+            pid: 1000,
+            tid: 1000 + t as u32,
+            kind,
+            _pad: 0,
+            comm,
+        });
+        if !entry {
+            depth[t] -= 1;
+        }
+    }
+    let mut printer = Printer {
+        indenter: tree::Indenter::default(),
+        format,
+        max_depth: None,
+        events: 0,
+        out: String::new(),
+    };
+    let t = Instant::now();
+    for ev in &events {
+        printer.add(ev, &names);
+        if printer.out.len() > 64 * 1024 {
+            runtime::emit(&printer.out)?;
+            printer.out.clear();
+        }
+    }
+    runtime::emit(&printer.out)?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "stapr calltree: formatted {n} events in {secs:.3} s: events_per_s={:.0}",
+        n as f64 / secs
+    );
     Ok(())
 }
 
@@ -259,9 +337,16 @@ struct Printer {
 }
 
 impl Printer {
-    /// Prints everything waiting in the ring.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, names: &probes::Names) -> Result<()> {
-        while let Some(item) = ring.next() {
+    /// Prints what is waiting in the ring, up to `DRAIN_BATCH` events: under a flood the
+    /// loop must still get to see a stop request.
+    /// Returns whether more is waiting.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, names: &probes::Names) -> Result<bool> {
+        let mut more = true;
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                more = false;
+                break;
+            };
             let bytes: &[u8] = &item;
             if bytes.len() < size_of::<CallEvent>() {
                 continue;
@@ -279,7 +364,7 @@ impl Printer {
             runtime::emit(&self.out)?;
             self.out.clear();
         }
-        Ok(())
+        Ok(more)
     }
 
     fn add(&mut self, ev: &CallEvent, names: &probes::Names) {
@@ -306,16 +391,26 @@ impl Printer {
 }
 
 /// Closing hundreds of probes one by one takes the kernel tens of seconds (an RCU grace
-/// period each). A child process inherits the descriptors and closes them, detached from
-/// the terminal; this process exits at once, and since the child still holds every probe,
-/// its own exit closes nothing that costs. Nothing stays attached once the child is done.
+/// period each), and whoever drops the last reference to a probe pays for it. So a child
+/// process inherits the descriptors; this process closes its own copies first (cheap: the
+/// child still holds every probe), lets the child go, and exits at once. The child,
+/// detached from the terminal, then closes the last references. Nothing stays attached
+/// once it is done.
 fn detach_in_background(probes: probes::Probes) {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        drop(probes);
+        return;
+    }
+    let [read_end, write_end] = fds;
     // SAFETY: fork in a single-threaded process (the runtime is gone); the child only
-    // closes descriptors and exits.
+    // waits, closes descriptors and exits.
     match unsafe { libc::fork() } {
         0 => {
             // SAFETY: plain syscalls on our own process and descriptors.
             unsafe {
+                libc::close(write_end);
                 libc::setsid();
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 if null >= 0 {
@@ -323,12 +418,25 @@ fn detach_in_background(probes: probes::Probes) {
                         libc::dup2(null, fd);
                     }
                 }
+                // Until the parent has let go of its copies (EOF).
+                let mut byte = 0u8;
+                while libc::read(read_end, (&raw mut byte).cast(), 1) < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                }
             }
             drop(probes);
             // SAFETY: exit without running the parent's exit handlers a second time.
             unsafe { libc::_exit(0) }
         }
         -1 => drop(probes),
-        _ => std::mem::forget(probes),
+        _ => {
+            drop(probes);
+            // SAFETY: our own descriptors.
+            unsafe {
+                libc::close(read_end);
+                libc::close(write_end);
+            }
+        }
     }
 }

@@ -195,6 +195,12 @@ impl Progress {
 fn reason(what: &str, err: &str) -> String {
     let err = err.rsplit(": ").next().unwrap_or(err);
     let err = err.split(" (os error").next().unwrap_or(err);
+    // The kernel-internal ENOTSUPP, which libc has no text for.
+    let err = if err == "Unknown error 524" {
+        "not supported for this function"
+    } else {
+        err
+    };
     format!("{what}: {err}")
 }
 
