@@ -61,6 +61,7 @@ pub fn prepare() -> Result<()> {
     // Every attached probe holds a file descriptor; calltree holds hundreds.
     raise_limit(libc::RLIMIT_NOFILE, 65536).context("raising RLIMIT_NOFILE")?;
     tracefs::ensure_mounted()?;
+    catch_stop_signals();
     Ok(())
 }
 
@@ -174,12 +175,39 @@ fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::
     Ok(())
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
+/// Set by the handler `prepare()` installs: a SIGINT or SIGTERM that arrived after the
+/// report said it was ready but before its loop started listening.
+static EARLY_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_early_stop(_: libc::c_int) {
+    EARLY_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Catches SIGINT and SIGTERM from now on, so a stop request never kills a report
+/// between its readiness line and its loop (`signalled()` takes over from here).
+fn catch_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = note_early_stop as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives (or arrived since `prepare()`).
 pub async fn signalled() -> Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    if EARLY_STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+        _ = sigint.recv() => Ok(()),
         _ = sigterm.recv() => Ok(()),
     }
 }
