@@ -61,7 +61,7 @@ pub struct Running {
     child: Child,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
-    stdout: std::thread::JoinHandle<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 const READY: &str = "Ctrl-C to end";
@@ -94,7 +94,7 @@ impl Running {
             child,
             stderr_lines: rx,
             stderr_seen: Vec::new(),
-            stdout,
+            stdout: Some(stdout),
         }
     }
 
@@ -152,7 +152,11 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stdout = self.stdout.join().expect("stdout reader");
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().expect("stdout reader"))
+            .unwrap_or_default();
         self.stderr_seen.extend(self.stderr_lines.try_iter());
         // The reader thread may still be draining the last lines.
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
@@ -162,6 +166,17 @@ impl Running {
             status,
             stdout,
             stderr: self.stderr_seen.join("\n"),
+        }
+    }
+}
+
+/// A test that panics with stapr still running must not leave it attached for the tests
+/// after it: the process is killed and reaped (a no-op once `finish` has reaped it).
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -216,9 +216,9 @@ pub fn run(opts: Options) -> Result<()> {
         .local_addr()
         .context("reading the listening address")?;
 
-    let forget_ns = u64::try_from(opts.forget_after.as_nanos()).unwrap_or(u64::MAX);
+    let forget_ns = runtime::nanos(opts.forget_after);
     let mut reg = metrics::Registry::new(opts.by, forget_ns);
-    let file_min_ns = u64::try_from(opts.file_min.as_nanos()).unwrap_or(u64::MAX);
+    let file_min_ns = runtime::nanos(opts.file_min);
     let (mut parts, ring) = Parts::attach(file_min_ns, &mut reg)?;
     let methods: Vec<String> = reg
         .sources

@@ -252,6 +252,16 @@ where
     }
 }
 
+/// A duration in ns as the probes take it (saturating; no duration overflows in practice).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether the kernel has the kprobe PMU (CONFIG_KPROBES), which kprobes attach through.
+pub fn kprobe_pmu_present() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -7,7 +7,7 @@ pub mod tree;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -43,6 +43,8 @@ pub struct Options {
 
 /// User space checks the ring this often: the probes wake it only when a lot is waiting.
 const POLL: Duration = Duration::from_millis(100);
+/// Output is written in chunks of about this many bytes.
+const OUT_CHUNK: usize = 64 * 1024;
 /// Events printed between two looks at the stop signal.
 const DRAIN_BATCH: usize = 16384;
 /// With more kernel attachments than this, detaching happens in a background process.
@@ -96,8 +98,7 @@ fn builtin_modules() -> Vec<String> {
 
 /// Refuses early, in one sentence, on a kernel that can probe no kernel function.
 fn kernel_functions_possible() -> Result<()> {
-    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    if kprobes {
+    if runtime::kprobe_pmu_present() {
         return Ok(());
     }
     match crate::doctor::fentry_works() {
@@ -314,12 +315,9 @@ fn bench_format(n: u64, format: runtime::Format) -> Result<()> {
     let t = Instant::now();
     for ev in &events {
         printer.add(ev, &names);
-        if printer.out.len() > 64 * 1024 {
-            runtime::emit(&printer.out)?;
-            printer.out.clear();
-        }
+        printer.flush(OUT_CHUNK)?;
     }
-    runtime::emit(&printer.out)?;
+    printer.flush(0)?;
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "stapr calltree: formatted {n} events in {secs:.3} s: events_per_s={:.0}",
@@ -355,16 +353,19 @@ impl Printer {
             let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const CallEvent) };
             drop(item);
             self.add(&ev, names);
-            if self.out.len() > 64 * 1024 {
-                runtime::emit(&self.out)?;
-                self.out.clear();
-            }
+            self.flush(OUT_CHUNK)?;
         }
-        if !self.out.is_empty() {
+        self.flush(0)?;
+        Ok(more)
+    }
+
+    /// Writes the pending output once more than `above` bytes wait.
+    fn flush(&mut self, above: usize) -> Result<()> {
+        if self.out.len() > above {
             runtime::emit(&self.out)?;
             self.out.clear();
         }
-        Ok(more)
+        Ok(())
     }
 
     fn add(&mut self, ev: &CallEvent, names: &probes::Names) {

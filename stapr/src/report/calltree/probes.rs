@@ -396,7 +396,7 @@ impl Probes {
         funcs: &[Func],
         addrs: &HashMap<(String, Option<String>), u64>,
     ) -> Result<Self> {
-        if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        if !crate::runtime::kprobe_pmu_present() {
             return Err(anyhow!(
                 "no kprobe PMU (kernel built without CONFIG_KPROBES)"
             ));

@@ -67,7 +67,7 @@ pub fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
 }
 
 fn min_ns(opts: &Options) -> u64 {
-    u64::try_from(opts.min.as_nanos()).unwrap_or(u64::MAX)
+    runtime::nanos(opts.min)
 }
 
 /// What user space remembers between batches.
