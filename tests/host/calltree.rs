@@ -184,9 +184,12 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
     // A copy under another name: another command, same functions.
     let other = bin_dir().join("chain_other");
     std::fs::copy(&path, &other).unwrap();
+    // Each copy waits for a line on stdin before its calls, so they run only once the
+    // tracer is attached (attaching takes seconds in an emulated VM).
     let start = |p: &std::path::Path| {
         let mut c = Command::new(p)
-            .args(["1", "3000"])
+            .args(["1", "-"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -198,14 +201,19 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
         .unwrap();
         (c, field(&line, "pid"))
     };
+    let go = |mut c: std::process::Child| {
+        use std::io::Write as _;
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert!(c.wait().unwrap().success());
+    };
 
     // -p: two processes run the traced code; only the chosen one shows.
-    let (mut a, pid_a) = start(std::path::Path::new(&path));
-    let (mut b, pid_b) = start(std::path::Path::new(&path));
+    let (a, pid_a) = start(std::path::Path::new(&path));
+    let (b, pid_b) = start(std::path::Path::new(&path));
     let mut tracer = Running::spawn(&["calltree", "--binary", &path, "-f", "ct_*", "-p", &pid_a]);
     tracer.wait_ready(Duration::from_secs(30));
-    a.wait().unwrap();
-    b.wait().unwrap();
+    go(a);
+    go(b);
     let out = stop(tracer);
     let lines = lines_of(&out.stdout);
     assert_eq!(shape(&lines, pid_a.parse().unwrap()), expected_chain());
@@ -221,8 +229,8 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
         "calltree", "--binary", &path, "-f", "ct_*", "-c", "chain_ot",
     ]);
     tracer.wait_ready(Duration::from_secs(30));
-    let (mut c, _) = start(std::path::Path::new(&path));
-    c.wait().unwrap();
+    let (c, _) = start(std::path::Path::new(&path));
+    go(c);
     let out = stop(tracer);
     assert!(
         out.stdout.is_empty(),
@@ -239,8 +247,8 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
         "n_oth",
     ]);
     tracer.wait_ready(Duration::from_secs(30));
-    let (mut d, pid_d) = start(&other);
-    d.wait().unwrap();
+    let (d, pid_d) = start(&other);
+    go(d);
     let out = stop(tracer);
     let lines = lines_of(&out.stdout);
     assert_eq!(shape(&lines, pid_d.parse().unwrap()), expected_chain());

@@ -1,13 +1,13 @@
 //! Call chain: a program with a known call structure, for calltree's uprobe mode.
-//! Prints `pid=<pid> tid=<tid>`, waits DELAY_MS (default 0), then makes, ROUNDS times
-//! (default 1):
+//! Prints `pid=<pid> tid=<tid>`, waits DELAY_MS (default 0; `-`: until a line arrives on
+//! standard input), then makes, ROUNDS times (default 1):
 //!
 //!   ct_outer -> ct_middle -> ct_leaf, ct_middle -> ct_leaf, ct_leaf
 //!   ct_recurse(2) -> ct_recurse(1) -> ct_recurse(0)
 //!
 //! Then prints `ns_per_call=<ns>`: the time of the rounds over the 9 calls each makes.
 //!
-//! usage: call_chain [ROUNDS] [DELAY_MS]
+//! usage: call_chain [ROUNDS] [DELAY_MS or -]
 //! The functions are unmangled and never inlined, so their symbols are those names.
 
 use std::hint::black_box;
@@ -44,11 +44,16 @@ pub extern "C" fn ct_recurse(n: u64) -> u64 {
 fn main() {
     let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<u64>().ok());
     let rounds = arg(1).unwrap_or(1);
+    let on_stdin = std::env::args().nth(2).is_some_and(|a| a == "-");
     let delay = std::time::Duration::from_millis(arg(2).unwrap_or(0));
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     println!("pid={} tid={tid}", std::process::id());
-    std::thread::sleep(delay);
+    if on_stdin {
+        let _ = std::io::stdin().read_line(&mut String::new());
+    } else {
+        std::thread::sleep(delay);
+    }
     let mut acc = 0u64;
     let t = std::time::Instant::now();
     for i in 0..rounds {
