@@ -201,38 +201,11 @@ fn verdict(r: std::result::Result<String, String>) -> (Verdict, String) {
     }
 }
 
-/// BPF_MAP_CREATE of a BPF_MAP_TYPE_RINGBUF (27) with one page.
+/// A one-page BPF_MAP_TYPE_RINGBUF, closed at once.
 fn ring_buffer_works() -> std::result::Result<String, String> {
-    #[repr(C)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    let attr = MapCreate {
-        map_type: 27,
-        key_size: 0,
-        value_size: 0,
-        max_entries: 4096,
-        map_flags: 0,
-    };
-    // SAFETY: BPF_MAP_CREATE (0) reads `size` bytes of attr; the fd is closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            &attr as *const MapCreate,
-            std::mem::size_of::<MapCreate>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    // SAFETY: a descriptor we own.
-    unsafe { libc::close(fd as i32) };
-    Ok("BPF_MAP_TYPE_RINGBUF created".into())
+    runtime::bpf_sys::ringbuf_create(4096)
+        .map(|_fd| "BPF_MAP_TYPE_RINGBUF created".into())
+        .map_err(|e| e.to_string())
 }
 
 /// The path of libc as mapped into this process (uprobe target).

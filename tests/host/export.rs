@@ -204,10 +204,20 @@ fn serves_the_workloads_counters() {
         )
         .unwrap_or_else(|| panic!("no file_holder bucket le={le}"))
     };
-    // The file was held 1 s: above the 0.5 bucket, within the 5.
-    assert_eq!(bucket("0.5"), 0.0);
-    assert!(bucket("5") >= 1.0);
-    assert!(bucket("+Inf") >= bucket("5"));
+    // The file was held 1 s: in the (1, 5] bucket, the only one file_holder held that
+    // long (its loader's opens of shared libraries may pass --file-min's 10 ms in an
+    // emulated VM, so the lower buckets are not necessarily empty).
+    assert_eq!(bucket("5") - bucket("1"), 1.0);
+    assert_eq!(bucket("+Inf"), bucket("5"));
+    assert!(
+        value(
+            &s,
+            "stapr_file_open_seconds_sum",
+            &[("comm", "file_holder")]
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert!(
         value(
             &s,

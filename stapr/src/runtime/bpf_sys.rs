@@ -1,4 +1,5 @@
-//! The few bpf(2) commands aya does not offer: loading a program with an expected attach
+//! The few bpf(2) commands aya does not offer: a bare map create (doctor's ring buffer
+//! check, without an object file), loading a program with an expected attach
 //! type and attach BTF id of our choosing (kprobe.multi, one fentry/fexit copy per
 //! function), `BPF_LINK_CREATE` for kprobe.multi, `BPF_RAW_TRACEPOINT_OPEN` for fentry, and
 //! finding a module's BTF object. Layouts: `union bpf_attr` in include/uapi/linux/bpf.h.
@@ -12,6 +13,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 
+const BPF_MAP_CREATE: i32 = 0;
 const BPF_OBJ_GET_INFO_BY_FD: i32 = 15;
 const BPF_RAW_TRACEPOINT_OPEN: i32 = 17;
 const BPF_BTF_GET_FD_BY_ID: i32 = 19;
@@ -25,6 +27,7 @@ pub const ATTACH_TRACE_FENTRY: u32 = 24;
 pub const ATTACH_TRACE_FEXIT: u32 = 25;
 pub const ATTACH_TRACE_KPROBE_MULTI: u32 = 42;
 const KPROBE_MULTI_RETURN: u32 = 1;
+const MAP_TYPE_RINGBUF: u32 = 27;
 
 /// A zeroed `union bpf_attr` (larger than any layout used here; the kernel wants the
 /// bytes it does not know to be zero).
@@ -155,6 +158,14 @@ pub fn kprobe_multi(
         .u64(24, ptrs.as_ptr() as u64)
         .u64(40, cookies.as_ptr() as u64);
     fd_result(BPF_LINK_CREATE, &mut a).map_err(anyhow::Error::from)
+}
+
+/// A ring buffer map of `bytes` (a power of two, at least a page).
+pub fn ringbuf_create(bytes: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    // map_type, key_size, value_size, max_entries
+    a.u32(0, MAP_TYPE_RINGBUF).u32(12, bytes);
+    fd_result(BPF_MAP_CREATE, &mut a)
 }
 
 /// Attaches a loaded fentry/fexit program to the function it was loaded for.
