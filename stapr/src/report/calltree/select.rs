@@ -22,7 +22,7 @@ pub struct Selection {
 }
 
 pub const NOT_TRACEABLE: &str = "not traceable (notrace, inlined or __init)";
-pub const AMBIGUOUS: &str = "ambiguous name (several functions share it)";
+pub const AMBIGUOUS: &str = "ambiguous (several functions share the name)";
 
 /// `name` or `name [module]` lines of available_filter_functions.
 pub fn parse_traceable(text: &str) -> Vec<Func> {
