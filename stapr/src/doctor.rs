@@ -187,11 +187,7 @@ fn lockdown() -> String {
 
 /// Why a probe failed, in one line; a missing kprobe PMU said plainly.
 fn why(e: &aya::programs::ProgramError) -> String {
-    let text = runtime::program_error_reason(e);
-    if text.contains("devices/kprobe") {
-        return "no kprobe PMU (kernel built without CONFIG_KPROBES)".into();
-    }
-    text
+    runtime::program_error_reason(e)
 }
 
 fn verdict(r: std::result::Result<String, String>) -> (Verdict, String) {
@@ -276,7 +272,13 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         .load()
         .and_then(|_| p.attach("vfs_read", 0).map(|_| ()))
         .map(|_| "attached to vfs_read".into())
-        .map_err(|e| why(&e));
+        .map_err(|e| {
+            if runtime::kprobe_pmu_present() {
+                why(&e)
+            } else {
+                "no kprobe PMU (kernel built without CONFIG_KPROBES)".into()
+            }
+        });
     let kprobes_work = kprobes.is_ok();
     push(KPROBES, kprobes);
 
