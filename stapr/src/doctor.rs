@@ -185,11 +185,6 @@ fn lockdown() -> String {
         .unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into())
 }
 
-/// Why a probe failed, in one line; a missing kprobe PMU said plainly.
-fn why(e: &aya::programs::ProgramError) -> String {
-    runtime::program_error_reason(e)
-}
-
 fn verdict(r: std::result::Result<String, String>) -> (Verdict, String) {
     match r {
         Ok(d) => (Verdict::Works, d),
@@ -241,7 +236,7 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         tp.load()
             .and_then(|_| tp.attach("sched", "sched_process_exec").map(|_| ()))
             .map(|_| "attached to sched:sched_process_exec".into())
-            .map_err(|e| why(&e)),
+            .map_err(|e| runtime::program_error_reason(&e)),
     );
 
     match &aya_btf {
@@ -252,7 +247,7 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
                 p.load("sched_process_exec", b)
                     .and_then(|_| p.attach().map(|_| ()))
                     .map(|_| "attached to sched_process_exec".into())
-                    .map_err(|e| why(&e)),
+                    .map_err(|e| runtime::program_error_reason(&e)),
             );
         }
         None => push(TP_BTF, Err("needs kernel BTF".into())),
@@ -264,7 +259,7 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         p.load()
             .and_then(|_| p.attach("sched_process_exec").map(|_| ()))
             .map(|_| "attached to sched_process_exec".into())
-            .map_err(|e| why(&e)),
+            .map_err(|e| runtime::program_error_reason(&e)),
     );
 
     let p: &mut KProbe = program(&mut ebpf, "stapr_doc_kprobe")?;
@@ -274,9 +269,9 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         .map(|_| "attached to vfs_read".into())
         .map_err(|e| {
             if runtime::kprobe_pmu_present() {
-                why(&e)
+                runtime::program_error_reason(&e)
             } else {
-                "no kprobe PMU (kernel built without CONFIG_KPROBES)".into()
+                runtime::NO_KPROBE_PMU.into()
             }
         });
     let kprobes_work = kprobes.is_ok();
@@ -301,7 +296,7 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
                         .map(|_| ())
                 })
                 .map(|_| format!("attached to getpid in {libc}"))
-                .map_err(|e| why(&e)),
+                .map_err(|e| runtime::program_error_reason(&e)),
             None => Err("libc not found in /proc/self/maps".into()),
         },
     );
@@ -326,7 +321,7 @@ fn fentry_on_vfs_read(ebpf: &mut Ebpf, btf: &aya::Btf) -> std::result::Result<()
     let p: &mut FEntry = program(ebpf, "stapr_doc_fentry").map_err(|e| e.to_string())?;
     p.load("vfs_read", btf)
         .and_then(|_| p.attach().map(|_| ()))
-        .map_err(|e| why(&e))
+        .map_err(|e| runtime::program_error_reason(&e))
 }
 
 /// Whether an fentry program loads and attaches (to vfs_read); detached on return.

@@ -257,6 +257,9 @@ pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Why kprobes cannot attach when [`kprobe_pmu_present`] is false.
+pub const NO_KPROBE_PMU: &str = "no kprobe PMU (kernel built without CONFIG_KPROBES)";
+
 /// Whether the kernel has the kprobe PMU (CONFIG_KPROBES), which kprobes attach through.
 pub fn kprobe_pmu_present() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe").exists()

@@ -218,13 +218,7 @@ pub fn run(opts: Options) -> Result<()> {
     );
 
     let ring = probes.ring()?;
-    let mut printer = Printer {
-        indenter: tree::Indenter::default(),
-        format: opts.format,
-        max_depth: opts.max_depth,
-        events: 0,
-        out: String::new(),
-    };
+    let mut printer = Printer::new(opts.format, opts.max_depth);
     let names = &probes.names;
     runtime::block_on(async {
         // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
@@ -305,13 +299,7 @@ fn bench_format(n: u64, format: runtime::Format) -> Result<()> {
             depth[t] -= 1;
         }
     }
-    let mut printer = Printer {
-        indenter: tree::Indenter::default(),
-        format,
-        max_depth: None,
-        events: 0,
-        out: String::new(),
-    };
+    let mut printer = Printer::new(format, None);
     let t = Instant::now();
     for ev in &events {
         printer.add(ev, &names);
@@ -335,6 +323,16 @@ struct Printer {
 }
 
 impl Printer {
+    fn new(format: runtime::Format, max_depth: Option<usize>) -> Self {
+        Printer {
+            indenter: tree::Indenter::default(),
+            format,
+            max_depth,
+            events: 0,
+            out: String::new(),
+        }
+    }
+
     /// Prints what is waiting in the ring, up to `DRAIN_BATCH` events: under a flood the
     /// loop must still get to see a stop request.
     /// Returns whether more is waiting.

@@ -397,9 +397,7 @@ impl Probes {
         addrs: &HashMap<(String, Option<String>), u64>,
     ) -> Result<Self> {
         if !crate::runtime::kprobe_pmu_present() {
-            return Err(anyhow!(
-                "no kprobe PMU (kernel built without CONFIG_KPROBES)"
-            ));
+            return Err(anyhow!(crate::runtime::NO_KPROBE_PMU));
         }
         let mut ebpf = load(config)?;
         for name in ["stapr_ct_kent", "stapr_ct_kret"] {
