@@ -169,14 +169,14 @@ fn call_chain_path() -> String {
 }
 
 fn stapr_args(report: Report) -> Vec<String> {
+    let chain;
     let args: &[&str] = match report {
         Report::Nettop => &["nettop", "-i", "5"],
         Report::Slowopen => &["slowopen", "--min", "1s"],
         Report::Disktop => &["disktop", "-i", "5"],
         Report::Calltree => {
-            return ["calltree", "--binary", &call_chain_path(), "-f", "ct_*"]
-                .map(str::to_owned)
-                .to_vec()
+            chain = call_chain_path();
+            &["calltree", "--binary", &chain, "-f", "ct_*"]
         }
     };
     args.iter().map(|s| s.to_string()).collect()

@@ -611,7 +611,8 @@ fn boot(
     Ok(o)
 }
 
-/// What the init runs besides the tests: nothing, or a fault the harness must recognise.
+/// What the init runs besides the tests: nothing, a fault the harness must recognise, or
+/// (instead of the tests) calltree's benchmark.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Inject {
     Nothing,
@@ -641,16 +642,16 @@ done
 
 const INJECTED_TEST: &str = "vm_harness::deliberate_failure";
 
-/// Boots one kernel line and returns the verdict (None: every test passed) with the
-/// numbers of tests passed and failed.
-fn run_kernel(
+/// Fetches the newest kernel of `line`, stages the disk image and an initramfs that runs
+/// `filter`ed tests (or what `inject` says), and boots it. Returns the package booted, the
+/// console log's path and what the console showed.
+fn boot_line(
     line: &Line,
     tests: &[(String, PathBuf)],
     filter: &[String],
-    timeout: Duration,
     inject: Inject,
-) -> Result<(Option<String>, u64, u64)> {
-    let t = Instant::now();
+    timeout: Duration,
+) -> Result<(String, PathBuf, Outcome)> {
     let package = resolve(line)?;
     let kernel = fetch(&package)?;
     let work = workspace_root().join("target/vm").join(line.name);
@@ -663,6 +664,20 @@ fn run_kernel(
         log.display()
     );
     let o = boot(&kernel, &initrd, &image, timeout, &log)?;
+    Ok((package, log, o))
+}
+
+/// Boots one kernel line and returns the verdict (None: every test passed) with the
+/// numbers of tests passed and failed.
+fn run_kernel(
+    line: &Line,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    timeout: Duration,
+    inject: Inject,
+) -> Result<(Option<String>, u64, u64)> {
+    let t = Instant::now();
+    let (package, log, o) = boot_line(line, tests, filter, inject, timeout)?;
     println!(
         "== {} ({package}, {:.0} s)",
         line.name,
@@ -776,15 +791,7 @@ pub fn bench_calltree() -> Result<()> {
         "kernel", "method", "functions", "attach", "stop->prompt", "bg detach done", "fg detach"
     );
     for line in kernel_lines(&[])? {
-        let package = resolve(line)?;
-        let kernel = fetch(&package)?;
-        let work = workspace_root().join("target/vm").join(line.name);
-        std::fs::create_dir_all(&work)?;
-        let image = build_image(&work, &tests)?;
-        let initrd = build_initramfs(&work, &kernel, &tests, &[], Inject::Bench)?;
-        let log = work.join("console.log");
-        eprintln!("xtask vm: booting {package} for the calltree benchmark");
-        let o = boot(&kernel, &initrd, &image, Duration::from_secs(2400), &log)?;
+        let (_, log, o) = boot_line(line, &tests, &[], Inject::Bench, Duration::from_secs(2400))?;
         if !o.done {
             bail!(
                 "{}: the benchmark did not finish; console log: {}",

@@ -42,17 +42,18 @@ pub extern "C" fn ct_recurse(n: u64) -> u64 {
 }
 
 fn main() {
-    let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<u64>().ok());
-    let rounds = arg(1).unwrap_or(1);
-    let on_stdin = std::env::args().nth(2).is_some_and(|a| a == "-");
-    let delay = std::time::Duration::from_millis(arg(2).unwrap_or(0));
+    let arg = |i: usize| std::env::args().nth(i);
+    let rounds: u64 = arg(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     println!("pid={} tid={tid}", std::process::id());
-    if on_stdin {
-        let _ = std::io::stdin().read_line(&mut String::new());
-    } else {
-        std::thread::sleep(delay);
+    match arg(2).as_deref() {
+        Some("-") => {
+            let _ = std::io::stdin().read_line(&mut String::new());
+        }
+        ms => std::thread::sleep(std::time::Duration::from_millis(
+            ms.and_then(|a| a.parse().ok()).unwrap_or(0),
+        )),
     }
     let mut acc = 0u64;
     let t = std::time::Instant::now();
