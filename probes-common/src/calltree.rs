@@ -11,19 +11,14 @@ pub const CALL_WAKEUP_BYTES: u32 = 256 << 10;
 pub const CALL_ENTRY: u32 = 0;
 pub const CALL_RETURN: u32 = 1;
 
-/// How a probe names its function in `CallEvent::id`.
-/// The attach cookie: an index into user space's list of functions (kprobe.multi,
-/// uprobes). For kprobe.multi the low bit says entry (0) or return (1).
-pub const ID_COOKIE: u32 = 0;
-/// The function's address, from `bpf_get_func_ip()` (kprobes, fentry/fexit).
-pub const ID_FUNC_IP: u32 = 1;
-
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallEvent {
     /// bpf_ktime_get_ns().
     pub ts_ns: u64,
-    /// The function: a cookie index or an address, as `ID_*` says.
+    /// The function: the attach cookie, an index into user space's list of functions
+    /// (kprobe.multi, uprobes), or its address from `bpf_get_func_ip()` (kprobes,
+    /// fentry/fexit), as the method in use decides.
     pub id: u64,
     pub pid: u32,
     pub tid: u32,
@@ -49,6 +44,9 @@ pub struct CallConfig {
     pub filter_uid: u32,
     pub uid: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<CallConfig>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

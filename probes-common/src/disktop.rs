@@ -68,6 +68,11 @@ pub struct DiskOffsets {
     pub _pad: u32,
 }
 
+const _: () = assert!(core::mem::size_of::<DiskKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DiskCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<DiskRun>() == 88);
+const _: () = assert!(core::mem::size_of::<DiskOffsets>() == 64);
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::DiskKey {}

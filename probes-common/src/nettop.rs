@@ -69,6 +69,11 @@ pub struct NetOffsets {
     pub _pad: u32,
 }
 
+const _: () = assert!(core::mem::size_of::<NetKey>() == 40);
+const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<NetRun>() == 96);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::NetKey {}

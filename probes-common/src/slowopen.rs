@@ -73,13 +73,14 @@ impl Default for OpenFile {
     }
 }
 
-/// A file that was held at least the threshold, sent when it was closed (or dup2'd over).
+/// A file that was held at least the threshold, sent when it ended: closed, dup2/dup3'd
+/// over, or found replaced by a reopen of its fd (`END_UNSEEN`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlowFile {
     /// `REC_SLOW_FILE`.
     pub kind: u32,
-    /// `END_CLOSE` or `END_DUP2`.
+    /// `END_CLOSE`, `END_DUP2`, `END_DUP3` or `END_UNSEEN`.
     pub end: u32,
     pub key: OpenKey,
     pub end_ns: u64,
@@ -139,6 +140,13 @@ pub struct SlowConfig {
     pub task_comm: u32,
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<OpenKey>() == 8);
+const _: () = assert!(core::mem::size_of::<OpenFile>() == 24 + COMM_LEN + NAME_LEN);
+const _: () = assert!(core::mem::size_of::<SlowFile>() == 24 + core::mem::size_of::<OpenFile>());
+const _: () = assert!(core::mem::size_of::<Notice>() == 32);
+const _: () = assert!(core::mem::size_of::<OpenArgs>() == 16);
+const _: () = assert!(core::mem::size_of::<SlowConfig>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

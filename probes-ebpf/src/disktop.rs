@@ -56,7 +56,7 @@ static DISK_COUNTS_1: PerCpuHashMap<DiskKey, DiskCounters> =
 static DISK_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static DISK_RUN: PerCpuArray<DiskRun> = PerCpuArray::with_max_entries(DISK_SLOTS, 0);
-/// Bytes not counted because the hash map was full.
+/// Reads and writes (calls) not counted because the hash map was full.
 #[map]
 static DISK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
