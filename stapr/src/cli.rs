@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::{disktop, nettop};
-use crate::runtime::{self, duration};
+use crate::export;
+use crate::report::{calltree, disktop, nettop, slowopen};
+use crate::runtime::{self, duration, interval::Every};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +23,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// What works on this kernel, tried by loading and attaching tiny programs, and the
-    /// method each report will use. Exit 0 when every report can run, 1 otherwise.
+    /// method each report will use. Exit 0 when every report can do its whole job here,
+    /// 1 otherwise (the screen says which part still works).
     Doctor(DoctorArgs),
     /// Packets and KB sent and received, per process and network device, every interval.
     #[command(after_help = NETTOP_HELP)]
@@ -75,7 +77,7 @@ pub struct CalltreeArgs {
     pub binary: Option<std::path::PathBuf>,
     /// How kernel functions are probed
     #[arg(long, value_enum, default_value = "auto")]
-    pub attach: crate::report::calltree::Attach,
+    pub attach: calltree::Attach,
     #[command(flatten)]
     pub who: ProcessArgs,
     /// Print calls only down to this depth
@@ -92,9 +94,23 @@ pub struct CalltreeArgs {
     /// (benchmarks) detach before exiting instead of in the background
     #[arg(long, hide = true)]
     pub detach_in_foreground: bool,
-    /// (benchmarks) format N synthetic events to stdout and print the rate on stderr
-    #[arg(long, hide = true, value_name = "N")]
-    pub bench_format: Option<u64>,
+}
+
+impl From<CalltreeArgs> for calltree::Options {
+    fn from(a: CalltreeArgs) -> Self {
+        calltree::Options {
+            module: a.module,
+            funcs: a.funcs,
+            binary: a.binary,
+            attach: a.attach,
+            filter: a.who.into(),
+            max_depth: a.max_depth,
+            duration: a.duration,
+            format: a.output.format,
+            timings: a.timings,
+            detach_in_foreground: a.detach_in_foreground,
+        }
+    }
 }
 
 const EXPORT_HELP: &str = "\
@@ -121,7 +137,7 @@ pub struct ExportArgs {
     pub listen: std::net::SocketAddr,
     /// Label traffic series by pid (with comm and uid), or by comm only
     #[arg(long, value_enum, default_value = "pid")]
-    pub by: crate::export::By,
+    pub by: export::By,
     /// Drop the series of a process this long after it exited (--by comm: after this long
     /// without traffic)
     #[arg(long, default_value = "5m", value_parser = duration::positive_secs)]
@@ -132,6 +148,18 @@ pub struct ExportArgs {
     /// Stop after this long (default: until Ctrl-C or SIGTERM)
     #[arg(short, long, value_parser = duration::positive_secs)]
     pub duration: Option<Duration>,
+}
+
+impl From<ExportArgs> for export::Options {
+    fn from(a: ExportArgs) -> Self {
+        export::Options {
+            listen: a.listen,
+            by: a.by,
+            forget_after: a.forget_after,
+            file_min: a.file_min,
+            duration: a.duration,
+        }
+    }
 }
 
 fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -210,6 +238,23 @@ pub struct DisktopArgs {
     pub probe: disktop::Method,
 }
 
+impl From<DisktopArgs> for disktop::Options {
+    fn from(a: DisktopArgs) -> Self {
+        disktop::Options {
+            every: a.every.into(),
+            filter: a.who.into(),
+            format: a.output.format,
+            sort: a.sort,
+            rows: a.rows,
+            method: if a.block {
+                disktop::Method::Block
+            } else {
+                a.probe
+            },
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SlowopenArgs {
     /// Report files held at least this long (1s, 1.5s, 500ms, 250us, 2m)
@@ -225,6 +270,18 @@ pub struct SlowopenArgs {
     /// Add PID and TID columns
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+impl From<SlowopenArgs> for slowopen::Options {
+    fn from(a: SlowopenArgs) -> Self {
+        slowopen::Options {
+            min: a.min,
+            filter: a.who.into(),
+            format: a.output.format,
+            duration: a.duration,
+            verbose: a.verbose,
+        }
+    }
 }
 
 fn min_duration(s: &str) -> Result<Duration, String> {
@@ -267,6 +324,22 @@ pub struct NettopArgs {
     pub probe: nettop::ProbeKind,
 }
 
+impl From<NettopArgs> for nettop::Options {
+    fn from(a: NettopArgs) -> Self {
+        nettop::Options {
+            every: a.every.into(),
+            filter: nettop::Filter {
+                who: a.who.into(),
+                dev: a.dev,
+            },
+            format: a.output.format,
+            sort: a.sort,
+            rows: a.rows,
+            probe: a.probe,
+        }
+    }
+}
+
 /// Output format flag of the reports.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
@@ -286,6 +359,15 @@ pub struct IntervalArgs {
     pub count: Option<u64>,
 }
 
+impl From<IntervalArgs> for Every {
+    fn from(a: IntervalArgs) -> Self {
+        Every {
+            interval: a.interval,
+            count: a.count,
+        }
+    }
+}
+
 /// The process filters every report takes.
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
@@ -300,12 +382,12 @@ pub struct ProcessArgs {
     pub comm: Option<String>,
 }
 
-impl ProcessArgs {
-    pub fn filter(self) -> crate::report::ProcessFilter {
+impl From<ProcessArgs> for crate::report::ProcessFilter {
+    fn from(a: ProcessArgs) -> Self {
         crate::report::ProcessFilter {
-            pid: self.pid,
-            uid: self.uid,
-            comm: self.comm,
+            pid: a.pid,
+            uid: a.uid,
+            comm: a.comm,
         }
     }
 }

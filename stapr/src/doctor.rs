@@ -12,9 +12,34 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::runtime::{self, kernel_btf_present, program};
+use crate::{
+    report::{Facility as Fac, MethodSpec, Need, Report},
+    runtime::{self, kernel_btf_present, object::program},
+};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));
+
+const PROG_TP: &str = "stapr_doc_tp";
+const PROG_TP_BTF: &str = "stapr_doc_tpbtf";
+const PROG_RAW_TP: &str = "stapr_doc_rawtp";
+const PROG_KPROBE: &str = "stapr_doc_kprobe";
+const PROG_FENTRY: &str = "stapr_doc_fentry";
+const PROG_UPROBE: &str = "stapr_doc_uprobe";
+
+#[cfg(test)]
+pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
+    object: "doctor",
+    programs: &[
+        PROG_TP,
+        PROG_TP_BTF,
+        PROG_RAW_TP,
+        PROG_KPROBE,
+        PROG_FENTRY,
+        PROG_UPROBE,
+    ],
+    maps: &[],
+    globals: &[],
+};
 
 /// A facility's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +63,9 @@ pub struct Plan {
     /// The method the report will use; None: it cannot run here.
     pub method: Option<String>,
     pub note: String,
+    /// The method does the report's whole job (false: nothing, or only a part such as
+    /// calltree's `--binary`, works here).
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,116 +79,64 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn works(&self, name: &str) -> bool {
+    fn works(&self, facility: Fac) -> bool {
         self.facilities
             .iter()
-            .any(|f| f.name == name && f.verdict == Verdict::Works)
+            .any(|f| f.name == facility.name() && f.verdict == Verdict::Works)
     }
 
-    /// Every report can run.
+    /// Every report can do its whole job here.
     pub fn all_runnable(&self) -> bool {
-        self.reports.iter().all(|p| p.method.is_some())
+        self.reports.iter().all(|p| p.complete)
     }
 }
 
-pub const CLASSIC: &str = "classic tracepoints";
-pub const TP_BTF: &str = "BTF tracepoints (tp_btf)";
-pub const RAW_TP: &str = "raw tracepoints";
-pub const KPROBES: &str = "kprobes";
-pub const KPROBE_MULTI: &str = "kprobe.multi";
-pub const FENTRY: &str = "fentry/fexit";
-pub const UPROBES: &str = "uprobes";
-pub const RINGBUF: &str = "ring buffer";
-
-/// Pure: which method each report picks given the facilities (the same order of
-/// preference the reports apply when they attach).
+/// Pure: which method each report will use given the facilities: the first of the
+/// report's own list ([`Report::methods`], the order its attach code walks) whose needs
+/// are all met.
 pub fn plan(f: &Findings, x86_64: bool) -> Vec<Plan> {
-    let classic = f.works(CLASSIC);
-    let nettop = if f.btf && f.works(TP_BTF) {
-        (
-            Some(TP_BTF.to_owned()),
-            "net:net_dev_xmit, net:netif_receive_skb".to_owned(),
-        )
-    } else if classic {
-        (
-            Some(CLASSIC.to_owned()),
-            "BTF tracepoints unavailable".to_owned(),
-        )
-    } else {
-        (None, "needs BTF or classic tracepoints".to_owned())
+    let met = |n: &Need| match *n {
+        Need::Btf => f.btf,
+        Need::X86_64 => x86_64,
+        Need::Works(facility) => f.works(facility),
     };
-    let slowopen = if classic && f.works(RINGBUF) {
-        let args = if f.btf && x86_64 {
-            "arguments read from saved registers"
-        } else {
-            "arguments saved by entry probes"
-        };
-        (Some("syscall tracepoints".to_owned()), args.to_owned())
-    } else {
-        (
-            None,
-            "needs classic tracepoints and a ring buffer".to_owned(),
-        )
-    };
-    let disktop = if !f.btf {
-        (None, "needs kernel BTF to find a file's device".to_owned())
-    } else if f.works(FENTRY) {
-        (
-            Some("fexit on vfs_read and vfs_write".to_owned()),
-            String::new(),
-        )
-    } else if classic && x86_64 {
-        (
-            Some("syscall exit tracepoints".to_owned()),
-            "fexit unavailable".to_owned(),
-        )
-    } else if classic {
-        (
-            None,
-            "only --block works here (the syscall path needs x86-64)".to_owned(),
-        )
-    } else {
-        (None, "needs fexit or classic tracepoints".to_owned())
-    };
-    let uprobes = f.works(UPROBES) && f.works(RINGBUF);
-    let calltree = if !f.works(RINGBUF) {
-        (None, "needs a ring buffer".to_owned())
-    } else if f.works(KPROBE_MULTI) {
-        (
-            Some(KPROBE_MULTI.to_owned()),
-            "one link for all functions".to_owned(),
-        )
-    } else if f.btf && f.works(FENTRY) {
-        (
-            Some(FENTRY.to_owned()),
-            "one program pair per function".to_owned(),
-        )
-    } else if f.works(KPROBES) {
-        (
-            Some("kprobes".to_owned()),
-            "one probe pair per function".to_owned(),
-        )
-    } else if uprobes {
-        (
-            Some("uprobes (--binary only)".to_owned()),
-            "no kprobes or fentry: kernel functions cannot be traced".to_owned(),
-        )
-    } else {
-        (None, "needs kprobes, fentry or uprobes".to_owned())
-    };
-    [
-        ("nettop", nettop),
-        ("slowopen", slowopen),
-        ("disktop", disktop),
-        ("calltree", calltree),
-    ]
-    .into_iter()
-    .map(|(report, (method, note))| Plan {
-        report,
-        method,
-        note,
-    })
-    .collect()
+    Report::ALL
+        .iter()
+        .map(|&r| {
+            let methods = r.methods();
+            match methods.iter().find(|m| m.needs.iter().all(met)) {
+                Some(m) => Plan {
+                    report: r.name(),
+                    method: Some(m.name.to_owned()),
+                    note: m.note.to_owned(),
+                    complete: !m.partial,
+                },
+                None => Plan {
+                    report: r.name(),
+                    method: None,
+                    note: needs(&methods),
+                    complete: false,
+                },
+            }
+        })
+        .collect()
+}
+
+/// "needs A and B, or C": what any of `methods` would need.
+fn needs(methods: &[MethodSpec]) -> String {
+    let mut ways: Vec<String> = Vec::new();
+    for m in methods {
+        let w = m
+            .needs
+            .iter()
+            .map(|n| n.name())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        if !ways.contains(&w) {
+            ways.push(w);
+        }
+    }
+    format!("needs {}", ways.join(", or "))
 }
 
 fn kernel_release() -> String {
@@ -221,18 +197,18 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         None
     };
     let mut out = Vec::new();
-    let mut push = |name: &'static str, r: std::result::Result<String, String>| {
+    let mut push = |facility: Fac, r: std::result::Result<String, String>| {
         let (verdict, detail) = verdict(r);
         out.push(Facility {
-            name,
+            name: facility.name(),
             verdict,
             detail,
         });
     };
 
-    let tp: &mut TracePoint = program(&mut ebpf, "stapr_doc_tp")?;
+    let tp: &mut TracePoint = program(&mut ebpf, PROG_TP)?;
     push(
-        CLASSIC,
+        Fac::Classic,
         tp.load()
             .and_then(|_| tp.attach("sched", "sched_process_exec").map(|_| ()))
             .map(|_| "attached to sched:sched_process_exec".into())
@@ -241,28 +217,28 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
 
     match &aya_btf {
         Some(b) => {
-            let p: &mut BtfTracePoint = program(&mut ebpf, "stapr_doc_tpbtf")?;
+            let p: &mut BtfTracePoint = program(&mut ebpf, PROG_TP_BTF)?;
             push(
-                TP_BTF,
+                Fac::TpBtf,
                 p.load("sched_process_exec", b)
                     .and_then(|_| p.attach().map(|_| ()))
                     .map(|_| "attached to sched_process_exec".into())
                     .map_err(|e| runtime::program_error_reason(&e)),
             );
         }
-        None => push(TP_BTF, Err("needs kernel BTF".into())),
+        None => push(Fac::TpBtf, Err("needs kernel BTF".into())),
     }
 
-    let p: &mut RawTracePoint = program(&mut ebpf, "stapr_doc_rawtp")?;
+    let p: &mut RawTracePoint = program(&mut ebpf, PROG_RAW_TP)?;
     push(
-        RAW_TP,
+        Fac::RawTp,
         p.load()
             .and_then(|_| p.attach("sched_process_exec").map(|_| ()))
             .map(|_| "attached to sched_process_exec".into())
             .map_err(|e| runtime::program_error_reason(&e)),
     );
 
-    let p: &mut KProbe = program(&mut ebpf, "stapr_doc_kprobe")?;
+    let p: &mut KProbe = program(&mut ebpf, PROG_KPROBE)?;
     let kprobes = p
         .load()
         .and_then(|_| p.attach("vfs_read", 0).map(|_| ()))
@@ -275,19 +251,19 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
             }
         });
     let kprobes_work = kprobes.is_ok();
-    push(KPROBES, kprobes);
+    push(Fac::Kprobes, kprobes);
 
     match &aya_btf {
         Some(b) => push(
-            FENTRY,
+            Fac::Fentry,
             fentry_on_vfs_read(&mut ebpf, b).map(|_| "fentry attached to vfs_read".into()),
         ),
-        None => push(FENTRY, Err("needs kernel BTF".into())),
+        None => push(Fac::Fentry, Err("needs kernel BTF".into())),
     }
 
-    let p: &mut UProbe = program(&mut ebpf, "stapr_doc_uprobe")?;
+    let p: &mut UProbe = program(&mut ebpf, PROG_UPROBE)?;
     push(
-        UPROBES,
+        Fac::Uprobes,
         match libc_path() {
             Some(libc) => p
                 .load()
@@ -301,24 +277,19 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
         },
     );
 
-    push(RINGBUF, ring_buffer_works());
+    push(Fac::Ringbuf, ring_buffer_works());
 
     let multi = if kprobes_work {
         kprobe_multi_works()
     } else {
         Err("needs kprobes".into())
     };
-    let (verdict, detail) = verdict(multi);
-    out.push(Facility {
-        name: KPROBE_MULTI,
-        verdict,
-        detail,
-    });
+    push(Fac::KprobeMulti, multi);
     Ok(out)
 }
 
 fn fentry_on_vfs_read(ebpf: &mut Ebpf, btf: &aya::Btf) -> std::result::Result<(), String> {
-    let p: &mut FEntry = program(ebpf, "stapr_doc_fentry").map_err(|e| e.to_string())?;
+    let p: &mut FEntry = program(ebpf, PROG_FENTRY).map_err(|e| e.to_string())?;
     p.load("vfs_read", btf)
         .and_then(|_| p.attach().map(|_| ()))
         .map_err(|e| runtime::program_error_reason(&e))
@@ -415,6 +386,13 @@ pub fn text(f: &Findings) -> String {
         ]);
     }
     out.push_str(&trimmed(&t.to_string()));
+    for p in f.reports.iter().filter(|p| !p.complete) {
+        let works = match &p.method {
+            Some(m) => format!("only {m} works"),
+            None => "nothing works".to_owned(),
+        };
+        out.push_str(&format!("\n{}: not fully usable here; {works}\n", p.report));
+    }
     out
 }
 
@@ -435,27 +413,17 @@ pub fn json(f: &Findings) -> String {
 mod tests {
     use super::*;
 
-    fn findings(works: &[&'static str], btf: bool) -> Findings {
-        let all = [
-            CLASSIC,
-            TP_BTF,
-            RAW_TP,
-            KPROBES,
-            FENTRY,
-            UPROBES,
-            RINGBUF,
-            KPROBE_MULTI,
-        ];
+    fn findings(works: &[Fac], btf: bool) -> Findings {
         Findings {
             kernel: "6.18.0".into(),
             btf,
             lockdown: "confidentiality".into(),
             tracefs: true,
-            facilities: all
+            facilities: Fac::ALL
                 .iter()
-                .map(|&name| Facility {
-                    name,
-                    verdict: if works.contains(&name) {
+                .map(|&f| Facility {
+                    name: f.name(),
+                    verdict: if works.contains(&f) {
                         Verdict::Works
                     } else {
                         Verdict::Fails
@@ -474,72 +442,105 @@ mod tests {
     #[test]
     fn this_host() {
         // Tracepoints of every kind, uprobes, ring buffer; no kprobes, fentry refused.
-        let f = findings(&[CLASSIC, TP_BTF, RAW_TP, UPROBES, RINGBUF], true);
+        let f = findings(
+            &[
+                Fac::Classic,
+                Fac::TpBtf,
+                Fac::RawTp,
+                Fac::Uprobes,
+                Fac::Ringbuf,
+            ],
+            true,
+        );
         assert_eq!(
             methods(&f, true),
             [
-                Some(TP_BTF.to_owned()),
+                Some("BTF tracepoints (tp_btf)".to_owned()),
                 Some("syscall tracepoints".to_owned()),
                 Some("syscall exit tracepoints".to_owned()),
                 Some("uprobes (--binary only)".to_owned()),
             ]
         );
+        // calltree can trace programs but not kernel functions: not its whole job.
+        let p = plan(&f, true);
+        assert_eq!(
+            p.iter().map(|p| p.complete).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        let mut f = f;
+        f.reports = p;
+        assert!(!f.all_runnable());
+        assert!(text(&f)
+            .contains("calltree: not fully usable here; only uprobes (--binary only) works"));
     }
 
     #[test]
     fn a_debian_kernel() {
-        let f = findings(
-            &[CLASSIC, TP_BTF, RAW_TP, KPROBES, FENTRY, UPROBES, RINGBUF],
-            true,
-        );
+        let all = [
+            Fac::Classic,
+            Fac::TpBtf,
+            Fac::RawTp,
+            Fac::Kprobes,
+            Fac::Fentry,
+            Fac::Uprobes,
+            Fac::Ringbuf,
+        ];
+        let f = findings(&all, true);
         assert_eq!(
             methods(&f, true)[2].as_deref(),
             Some("fexit on vfs_read and vfs_write")
         );
-        assert_eq!(methods(&f, true)[3].as_deref(), Some(FENTRY));
-        let f = findings(
-            &[
-                CLASSIC,
-                TP_BTF,
-                KPROBES,
-                KPROBE_MULTI,
-                FENTRY,
-                UPROBES,
-                RINGBUF,
-            ],
-            true,
+        assert_eq!(methods(&f, true)[3].as_deref(), Some("fentry/fexit"));
+        assert!(plan(&f, true).iter().all(|p| p.complete));
+        let f = findings(&[all.as_slice(), &[Fac::KprobeMulti]].concat(), true);
+        assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobe.multi"));
+        let f = findings(&[Fac::Classic, Fac::Kprobes, Fac::Ringbuf], false);
+        assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobe/kretprobe"));
+        assert_eq!(
+            plan(&f, true)[1].note,
+            "arguments saved by entry probes",
+            "no BTF: slowopen's entry probes save open's arguments"
         );
-        assert_eq!(methods(&f, true)[3].as_deref(), Some(KPROBE_MULTI));
-        let f = findings(&[CLASSIC, KPROBES, RINGBUF], false);
-        assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobes"));
     }
 
     #[test]
     fn without_btf_or_tracepoints() {
-        let f = findings(&[CLASSIC, RINGBUF], false);
+        let f = findings(&[Fac::Classic, Fac::Ringbuf], false);
         let m = methods(&f, true);
-        assert_eq!(m[0].as_deref(), Some(CLASSIC));
-        assert_eq!(m[2], None);
+        assert_eq!(m[0].as_deref(), Some("classic tracepoints"));
+        // Without BTF disktop only has --block.
+        assert_eq!(m[2].as_deref(), Some("block layer requests (--block only)"));
+        assert!(!plan(&f, true)[2].complete);
         let f = findings(&[], true);
-        assert!(methods(&f, true).iter().all(Option::is_none));
-        let f = findings(&[CLASSIC, RINGBUF], true);
-        assert_eq!(methods(&f, false)[2], None, "syscall path is x86-64 only");
+        let p = plan(&f, true);
+        assert!(p.iter().all(|p| p.method.is_none() && !p.complete));
+        assert_eq!(
+            p[0].note,
+            "needs kernel BTF and BTF tracepoints (tp_btf), or classic tracepoints"
+        );
+        let f = findings(&[Fac::Classic, Fac::Ringbuf], true);
+        assert_eq!(
+            methods(&f, false)[2].as_deref(),
+            Some("block layer requests (--block only)"),
+            "the syscall path is x86-64 only"
+        );
     }
 
     #[test]
     fn json_is_one_object() {
-        let mut f = findings(&[CLASSIC], true);
+        let mut f = findings(&[Fac::Classic], true);
         f.reports = plan(&f, true);
         let v: serde_json::Value = serde_json::from_str(json(&f).trim()).unwrap();
         assert_eq!(v["facilities"][0]["verdict"], "works");
         // slowopen needs a ring buffer, which this one lacks.
         assert_eq!(v["reports"][1]["method"], serde_json::Value::Null);
+        assert_eq!(v["reports"][1]["complete"], false);
         assert_eq!(json(&f).lines().count(), 1);
     }
 
     #[test]
     fn text_fits_80_columns() {
-        let mut f = findings(&[CLASSIC, TP_BTF], true);
+        let mut f = findings(&[Fac::Classic, Fac::TpBtf], true);
         f.facilities[3].detail =
             "no kprobe PMU (kernel built without CONFIG_KPROBES) and a long tail of words".into();
         f.reports = plan(&f, true);

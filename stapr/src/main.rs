@@ -23,58 +23,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(a) => run_doctor(a.output.format),
-        Command::Nettop(a) => nettop::run(nettop::Options {
-            interval: a.every.interval,
-            count: a.every.count,
-            filter: nettop::Filter {
-                who: a.who.filter(),
-                dev: a.dev,
-            },
-            format: a.output.format,
-            sort: a.sort,
-            rows: a.rows,
-            probe: a.probe,
-        }),
-        Command::Disktop(a) => disktop::run(disktop::Options {
-            interval: a.every.interval,
-            count: a.every.count,
-            filter: a.who.filter(),
-            format: a.output.format,
-            sort: a.sort,
-            rows: a.rows,
-            method: if a.block {
-                disktop::Method::Block
-            } else {
-                a.probe
-            },
-        }),
-        Command::Slowopen(a) => slowopen::run(slowopen::Options {
-            min: a.min,
-            filter: a.who.filter(),
-            format: a.output.format,
-            duration: a.duration,
-            verbose: a.verbose,
-        }),
-        Command::Calltree(a) => calltree::run(calltree::Options {
-            module: a.module,
-            funcs: a.funcs,
-            binary: a.binary,
-            attach: a.attach,
-            filter: a.who.filter(),
-            max_depth: a.max_depth,
-            duration: a.duration,
-            format: a.output.format,
-            timings: a.timings,
-            detach_in_foreground: a.detach_in_foreground,
-            bench_format: a.bench_format,
-        }),
-        Command::Export(a) => export::run(export::Options {
-            listen: a.listen,
-            by: a.by,
-            forget_after: a.forget_after,
-            file_min: a.file_min,
-            duration: a.duration,
-        }),
+        Command::Nettop(a) => nettop::run(a.into()),
+        Command::Disktop(a) => disktop::run(a.into()),
+        Command::Slowopen(a) => slowopen::run(a.into()),
+        Command::Calltree(a) => calltree::run(a.into()),
+        Command::Export(a) => export::run(a.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,7 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit 0 when every report can run here, 1 otherwise.
+/// Exit 0 when every report can do its whole job here, 1 otherwise.
 fn run_doctor(format: runtime::Format) -> anyhow::Result<()> {
     let f = doctor::examine()?;
     let text = match format {

@@ -27,10 +27,13 @@ fn verdicts_match_this_kernel() {
         stapr().args(["doctor", "--format", "json"]),
         Duration::from_secs(60),
     );
+    // On the host calltree cannot trace kernel functions (no kprobes, fentry refused):
+    // doctor says so with exit 1. The Debian kernels run every report whole.
+    let in_vm = std::env::var_os("STAPR_VM").is_some();
     assert_eq!(
         out.status.code(),
-        Some(0),
-        "every report runs here: {out:?}"
+        Some(if in_vm { 0 } else { 1 }),
+        "{out:?}"
     );
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON object: {}", out.stdout);
@@ -52,7 +55,6 @@ fn verdicts_match_this_kernel() {
         if pmu { "works" } else { "fails" },
         "{doc}"
     );
-    let in_vm = std::env::var_os("STAPR_VM").is_some();
     let expected = if in_vm { "works" } else { "fails" };
     assert_eq!(verdict(&doc, "kprobes"), expected, "{doc}");
     assert_eq!(verdict(&doc, "fentry/fexit"), expected, "{doc}");
@@ -81,6 +83,7 @@ fn verdicts_match_this_kernel() {
         (true, false) => "fentry/fexit",
     };
     assert_eq!(calltree["method"], method, "{doc}");
+    assert_eq!(calltree["complete"], in_vm, "{doc}");
     assert_nothing_attached();
 }
 
@@ -88,7 +91,20 @@ fn verdicts_match_this_kernel() {
 fn text_screen_names_every_facility_and_report() {
     let _k = kernel_lock();
     let out = run(stapr().arg("doctor"), Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let in_vm = std::env::var_os("STAPR_VM").is_some();
+    assert_eq!(
+        out.status.code(),
+        Some(if in_vm { 0 } else { 1 }),
+        "{out:?}"
+    );
+    if !in_vm {
+        assert!(
+            out.stdout
+                .contains("calltree: not fully usable here; only uprobes (--binary only) works"),
+            "{}",
+            out.stdout
+        );
+    }
     for word in [
         "kernel",
         "BTF",

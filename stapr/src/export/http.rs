@@ -1,5 +1,6 @@
 //! The smallest HTTP/1.x server a scraper needs: GET or HEAD of `/` and `/metrics`, one
-//! request per connection. Requests are parsed here (pure); the socket work is in `serve`.
+//! request per connection. Requests are parsed here (pure); `read_head` and `answer` do
+//! the socket work for the exporter's per-connection tasks.
 
 use std::time::Duration;
 

@@ -9,6 +9,8 @@ use probes_common::{
     nettop::{NetCounters, NetKey},
 };
 
+use crate::report::Report;
+
 /// Which labels identify a process in the traffic series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum By {
@@ -55,8 +57,7 @@ struct Histogram {
 /// One report's probes as the exporter runs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// nettop, disktop, slowopen.
-    pub report: &'static str,
+    pub report: Report,
     /// The probe method in use (tp_btf, syscalls, tracepoint...).
     pub method: &'static str,
     pub attached: usize,
@@ -96,7 +97,7 @@ impl Registry {
         (self.by == By::Pid).then_some(pid)
     }
 
-    pub fn source(&mut self, report: &str) -> Option<&mut Source> {
+    pub fn source(&mut self, report: Report) -> Option<&mut Source> {
         self.sources.iter_mut().find(|s| s.report == report)
     }
 
@@ -125,7 +126,7 @@ impl Registry {
                 n.seen_ns = now_ns;
             }
         }
-        if let Some(s) = self.source("nettop") {
+        if let Some(s) = self.source(Report::Nettop) {
             s.events += events;
         }
     }
@@ -156,7 +157,7 @@ impl Registry {
                 n.seen_ns = now_ns;
             }
         }
-        if let Some(s) = self.source("disktop") {
+        if let Some(s) = self.source(Report::Disktop) {
             s.events += events;
         }
     }
@@ -173,7 +174,7 @@ impl Registry {
         h.sum += secs;
         h.count += 1;
         h.seen_ns = now_ns;
-        if let Some(s) = self.source("slowopen") {
+        if let Some(s) = self.source(Report::Slowopen) {
             s.events += 1;
         }
     }
@@ -196,58 +197,98 @@ impl Registry {
         self.net.len() + self.disk.len() + self.files.len()
     }
 
-    /// The exposition text.
+    /// The exposition text: every family with its samples, in [`Registry::families`]
+    /// order.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let traffic = |out: &mut String, name: &str, help: &str, map: &BTreeMap<Series, Count>| {
-            let value: fn(&Count) -> u64 = if name.contains("packets") {
-                |c| c.packets
-            } else {
-                |c| c.bytes
-            };
-            header(out, name, help, "counter");
-            for (s, c) in map {
-                let mut labels = Vec::with_capacity(5);
-                let pid = s.pid.map(|p| p.to_string());
-                if let Some(p) = &pid {
-                    labels.push(("pid", p.as_str()));
+        for (f, samples) in self.families() {
+            let _ = writeln!(
+                out,
+                "# HELP {0} {1}\n# TYPE {0} {2}",
+                f.name, f.help, f.kind
+            );
+            for s in samples {
+                out.push_str(f.name);
+                out.push_str(s.suffix);
+                if !s.labels.is_empty() {
+                    let labels: Vec<String> = s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                        .collect();
+                    let _ = write!(out, "{{{}}}", labels.join(","));
                 }
-                let uid = s.uid.to_string();
-                labels.extend([
-                    ("comm", s.comm.as_str()),
-                    ("uid", uid.as_str()),
-                    ("dev", s.dev.as_str()),
-                    ("direction", s.direction),
-                ]);
-                sample(out, name, &labels, value(c));
+                let _ = writeln!(out, " {}", s.value);
             }
-        };
-        traffic(
-            &mut out,
-            "stapr_net_packets_total",
-            "Packets sent (transmit) and received (receive) per process and network device; receives are charged to the task running when the kernel processed them.",
-            &self.net,
-        );
-        traffic(
-            &mut out,
-            "stapr_net_bytes_total",
-            "Bytes (skb length) sent and received per process and network device.",
-            &self.net,
-        );
-        traffic(
-            &mut out,
-            "stapr_disk_bytes_total",
-            "Bytes read and written per process and block device (read/write calls on files of a block device, page cache hits included).",
-            &self.disk,
-        );
+        }
+        out
+    }
 
-        let name = "stapr_file_open_seconds";
-        header(
-            &mut out,
-            name,
-            "How long files were held open, per command, observed when they were closed (files held at least --file-min).",
-            "histogram",
-        );
+    fn families(&self) -> Vec<(&'static Family, Vec<Sample>)> {
+        let per_source = |value: fn(&Source) -> u64| -> Vec<Sample> {
+            self.sources
+                .iter()
+                .map(|s| Sample::new(vec![("report", s.report.name().into())], value(s)))
+                .collect()
+        };
+        let lost = self
+            .sources
+            .iter()
+            .flat_map(|s| {
+                s.lost.iter().map(|(reason, n)| {
+                    let labels = vec![
+                        ("report", s.report.name().into()),
+                        ("reason", (*reason).into()),
+                    ];
+                    Sample::new(labels, *n)
+                })
+            })
+            .collect();
+        let attached = self
+            .sources
+            .iter()
+            .map(|s| {
+                let labels = vec![
+                    ("report", s.report.name().into()),
+                    ("method", s.method.into()),
+                ];
+                Sample::new(labels, s.attached as u64)
+            })
+            .collect();
+        vec![
+            (&NET_PACKETS, self.traffic(&self.net, |c| c.packets)),
+            (&NET_BYTES, self.traffic(&self.net, |c| c.bytes)),
+            (&DISK_BYTES, self.traffic(&self.disk, |c| c.bytes)),
+            (&FILE_OPEN, self.file_samples()),
+            (&EVENTS, per_source(|s| s.events)),
+            (&EVENTS_LOST, lost),
+            (&PROBES_ATTACHED, attached),
+            (&SERIES, vec![Sample::new(vec![], self.series() as u64)]),
+            (&FORGOTTEN, vec![Sample::new(vec![], self.forgotten)]),
+        ]
+    }
+
+    fn traffic(&self, map: &BTreeMap<Series, Count>, value: fn(&Count) -> u64) -> Vec<Sample> {
+        map.iter()
+            .map(|(s, c)| {
+                let mut labels = Vec::with_capacity(5);
+                if let Some(p) = s.pid {
+                    labels.push(("pid", p.to_string()));
+                }
+                labels.extend([
+                    ("comm", s.comm.clone()),
+                    ("uid", s.uid.to_string()),
+                    ("dev", s.dev.clone()),
+                    ("direction", s.direction.to_owned()),
+                ]);
+                Sample::new(labels, value(c))
+            })
+            .collect()
+    }
+
+    /// The histogram's cumulative buckets, sum and count per command.
+    fn file_samples(&self) -> Vec<Sample> {
+        let mut out = Vec::new();
         for (comm, h) in &self.files {
             let mut cumulative = 0;
             for (i, n) in h.buckets.iter().enumerate() {
@@ -255,111 +296,94 @@ impl Registry {
                 let le = FILE_BUCKETS
                     .get(i)
                     .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-                sample(
-                    &mut out,
-                    &format!("{name}_bucket"),
-                    &[("comm", comm), ("le", &le)],
-                    cumulative,
-                );
+                let labels = vec![("comm", comm.clone()), ("le", le)];
+                out.push(Sample::new(labels, cumulative).suffix("_bucket"));
             }
-            let _ = writeln!(
-                out,
-                "{name}_sum{{comm=\"{}\"}} {}",
-                escape(comm),
-                float(h.sum)
-            );
-            sample(
-                &mut out,
-                &format!("{name}_count"),
-                &[("comm", comm)],
-                h.count,
-            );
+            let comm = || vec![("comm", comm.clone())];
+            out.push(Sample {
+                suffix: "_sum",
+                labels: comm(),
+                value: float(h.sum),
+            });
+            out.push(Sample::new(comm(), h.count).suffix("_count"));
         }
-
-        header(
-            &mut out,
-            "stapr_events_total",
-            "Events the probes counted: packets (nettop), reads and writes (disktop), files reported closed (slowopen).",
-            "counter",
-        );
-        for s in &self.sources {
-            sample(
-                &mut out,
-                "stapr_events_total",
-                &[("report", s.report)],
-                s.events,
-            );
-        }
-        header(
-            &mut out,
-            "stapr_events_lost_total",
-            "Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).",
-            "counter",
-        );
-        for s in &self.sources {
-            for (reason, n) in &s.lost {
-                sample(
-                    &mut out,
-                    "stapr_events_lost_total",
-                    &[("report", s.report), ("reason", reason)],
-                    *n,
-                );
-            }
-        }
-        header(
-            &mut out,
-            "stapr_probes_attached",
-            "Probes attached in the kernel, per report and method.",
-            "gauge",
-        );
-        for s in &self.sources {
-            sample(
-                &mut out,
-                "stapr_probes_attached",
-                &[("report", s.report), ("method", s.method)],
-                s.attached as u64,
-            );
-        }
-        header(
-            &mut out,
-            "stapr_series",
-            "Labelled series this exporter holds (a histogram counts once).",
-            "gauge",
-        );
-        sample(&mut out, "stapr_series", &[], self.series() as u64);
-        header(
-            &mut out,
-            "stapr_series_forgotten_total",
-            "Series dropped because their process had gone (or, --by comm, they were idle) for --forget-after.",
-            "counter",
-        );
-        sample(
-            &mut out,
-            "stapr_series_forgotten_total",
-            &[],
-            self.forgotten,
-        );
         out
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A metric family's name, help text and type.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape(v));
+const NET_PACKETS: Family = Family {
+    name: "stapr_net_packets_total",
+    help: "Packets sent (transmit) and received (receive) per process and network device; receives are charged to the task running when the kernel processed them.",
+    kind: "counter",
+};
+const NET_BYTES: Family = Family {
+    name: "stapr_net_bytes_total",
+    help: "Bytes (skb length) sent and received per process and network device.",
+    kind: "counter",
+};
+const DISK_BYTES: Family = Family {
+    name: "stapr_disk_bytes_total",
+    help: "Bytes read and written per process and block device (read/write calls on files of a block device, page cache hits included).",
+    kind: "counter",
+};
+const FILE_OPEN: Family = Family {
+    name: "stapr_file_open_seconds",
+    help: "How long files were held open, per command, observed when they were closed (files held at least --file-min).",
+    kind: "histogram",
+};
+const EVENTS: Family = Family {
+    name: "stapr_events_total",
+    help: "Events the probes counted: packets (nettop), reads and writes (disktop), files reported closed (slowopen).",
+    kind: "counter",
+};
+const EVENTS_LOST: Family = Family {
+    name: "stapr_events_lost_total",
+    help: "Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).",
+    kind: "counter",
+};
+const PROBES_ATTACHED: Family = Family {
+    name: "stapr_probes_attached",
+    help: "Probes attached in the kernel, per report and method.",
+    kind: "gauge",
+};
+const SERIES: Family = Family {
+    name: "stapr_series",
+    help: "Labelled series this exporter holds (a histogram counts once).",
+    kind: "gauge",
+};
+const FORGOTTEN: Family = Family {
+    name: "stapr_series_forgotten_total",
+    help: "Series dropped because their process had gone (or, --by comm, they were idle) for --forget-after.",
+    kind: "counter",
+};
+
+/// One line of a family: the name's suffix (`_bucket`...), labels and value.
+struct Sample {
+    suffix: &'static str,
+    labels: Vec<(&'static str, String)>,
+    value: String,
+}
+
+impl Sample {
+    fn new(labels: Vec<(&'static str, String)>, value: u64) -> Self {
+        Sample {
+            suffix: "",
+            labels,
+            value: value.to_string(),
         }
-        out.push('}');
     }
-    let _ = writeln!(out, " {value}");
+
+    fn suffix(mut self, suffix: &'static str) -> Self {
+        self.suffix = suffix;
+        self
+    }
 }
 
 /// A label value as the exposition format wants it: `\`, `"` and newline escaped.
@@ -423,7 +447,7 @@ mod tests {
     }
 
     fn sources() -> Vec<Source> {
-        ["nettop", "disktop", "slowopen"]
+        [Report::Nettop, Report::Disktop, Report::Slowopen]
             .into_iter()
             .zip(["tp_btf", "syscalls", "tracepoint"])
             .map(|(report, method)| Source {

@@ -5,28 +5,20 @@
 pub mod http;
 pub mod metrics;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use probes_common::slowopen::SlowConfig;
 use tokio::{
-    io::{
-        unix::{AsyncFd, AsyncFdReadyMutGuard},
-        Interest,
-    },
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
     task::JoinSet,
 };
 
 use crate::{
-    report::{disktop, nettop, slowopen},
-    runtime::{self, user_error},
+    report::{disktop, nettop, slowopen, Report},
+    runtime::{self, ring, user_error},
 };
 
 pub use metrics::By;
@@ -42,7 +34,6 @@ pub struct Options {
 /// Between scrapes the tables are drained this often, so they never fill.
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
-type Ring = AsyncFd<RingBuf<MapData>>;
 type MetricsRequest = oneshot::Sender<String>;
 
 /// The probes that attached; a report this kernel cannot run is left out.
@@ -51,11 +42,11 @@ struct Parts {
     disk: Option<disktop::probes::Probes>,
     slow: Option<slowopen::probes::Probes>,
     slow_state: slowopen::State,
-    dev_names: HashMap<u32, String>,
+    dev_names: disktop::DevNames,
     file_min_ns: u64,
 }
 
-fn source(report: &'static str, method: &'static str, attached: usize) -> metrics::Source {
+fn source(report: Report, method: &'static str, attached: usize) -> metrics::Source {
     metrics::Source {
         report,
         method,
@@ -70,21 +61,24 @@ impl Parts {
         file_min_ns: u64,
         reg: &mut metrics::Registry,
     ) -> Result<(Self, Option<RingBuf<MapData>>)> {
-        let unavailable = |report: &str, err: &anyhow::Error| {
-            eprintln!("stapr export: {report} unavailable ({err:#}); its metrics are left out");
+        let unavailable = |report: Report, err: &anyhow::Error| {
+            eprintln!(
+                "stapr export: {} unavailable ({err:#}); its metrics are left out",
+                report.name()
+            );
         };
         let net = nettop::probes::Probes::attach(nettop::ProbeKind::Auto)
-            .inspect_err(|e| unavailable("nettop", e))
+            .inspect_err(|e| unavailable(Report::Nettop, e))
             .ok();
         if let Some(n) = &net {
-            reg.sources.push(source("nettop", n.kind.name(), 2));
+            reg.sources.push(source(Report::Nettop, n.kind.name(), 2));
         }
         let disk = disktop::probes::Probes::attach(disktop::Method::Auto)
-            .inspect_err(|e| unavailable("disktop", e))
+            .inspect_err(|e| unavailable(Report::Disktop, e))
             .ok();
         if let Some(d) = &disk {
             reg.sources
-                .push(source("disktop", d.method.name(), d.attached));
+                .push(source(Report::Disktop, d.method.name(), d.attached));
         }
         let config = SlowConfig {
             min_ns: file_min_ns,
@@ -94,11 +88,11 @@ impl Parts {
         let (slow, ring) = match slowopen::probes::Probes::attach(config) {
             Ok((s, ring)) => {
                 reg.sources
-                    .push(source("slowopen", "tracepoint", s.attached));
+                    .push(source(Report::Slowopen, "tracepoint", s.attached));
                 (Some(s), Some(ring))
             }
             Err(e) => {
-                unavailable("slowopen", &e);
+                unavailable(Report::Slowopen, &e);
                 (None, None)
             }
         };
@@ -112,7 +106,7 @@ impl Parts {
             disk,
             slow,
             slow_state: slowopen::State::default(),
-            dev_names: HashMap::new(),
+            dev_names: disktop::DevNames::default(),
             file_min_ns,
         };
         Ok((parts, ring))
@@ -124,27 +118,21 @@ impl Parts {
         if let Some(n) = &mut self.net {
             reg.add_net(&n.drain()?, now);
             let lost = n.dropped()?;
-            if let Some(s) = reg.source("nettop") {
+            if let Some(s) = reg.source(Report::Nettop) {
                 s.lost.insert("table_full", lost);
             }
         }
         if let Some(d) = &mut self.disk {
             let names = &mut self.dev_names;
-            let name = |dev: u32| {
-                names
-                    .entry(dev)
-                    .or_insert_with(|| disktop::sysfs_device_name(dev))
-                    .clone()
-            };
-            reg.add_disk(&d.drain()?, name, now);
+            reg.add_disk(&d.drain()?, |dev| names.name(dev), now);
             let lost = d.dropped()?;
-            if let Some(s) = reg.source("disktop") {
+            if let Some(s) = reg.source(Report::Disktop) {
                 s.lost.insert("table_full", lost);
             }
         }
         if let Some(p) = &self.slow {
             let (table_full, ring_full) = p.missed()?;
-            if let Some(s) = reg.source("slowopen") {
+            if let Some(s) = reg.source(Report::Slowopen) {
                 s.lost.insert("table_full", table_full);
                 s.lost.insert("ringbuf_full", ring_full);
             }
@@ -175,11 +163,10 @@ impl Parts {
     }
 }
 
-async fn readable(
-    ring: &mut Option<Ring>,
-) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+/// Waits for slowopen's records; never, when slowopen is not running.
+async fn readable(ring: &mut Option<ring::Watched>) -> Result<()> {
     match ring {
-        Some(r) => r.readable_mut().await,
+        Some(r) => r.wait(None).await,
         None => std::future::pending().await,
     }
 }
@@ -223,7 +210,7 @@ pub fn run(opts: Options) -> Result<()> {
     let methods: Vec<String> = reg
         .sources
         .iter()
-        .map(|s| format!("{} {}", s.report, s.method))
+        .map(|s| format!("{} {}", s.report.name(), s.method))
         .collect();
     eprintln!(
         "stapr export: serving http://{local}/metrics ({}; series by {}, dropped {:?} after their process ends). Ctrl-C to end.",
@@ -237,16 +224,7 @@ pub fn run(opts: Options) -> Result<()> {
 
     runtime::block_on(async move {
         let listener = TcpListener::from_std(listener).context("registering the listener")?;
-        let mut ring = match ring {
-            // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
-            // which happens only after the AsyncFd is gone.
-            Some(r) => Some(
-                unsafe { AsyncFd::register_with_interest(r, Interest::READABLE) }
-                    .map_err(std::io::Error::from)
-                    .context("watching the slowopen ring buffer")?,
-            ),
-            None => None,
-        };
+        let mut ring = ring.map(ring::Watched::new).transpose()?;
         let (ask, mut asks) = mpsc::channel::<MetricsRequest>(64);
         let mut clients = JoinSet::new();
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -265,12 +243,13 @@ pub fn run(opts: Options) -> Result<()> {
                     parts.collect(&mut reg)?;
                     let _ = reply.send(reg.render());
                 }
-                guard = readable(&mut ring) => {
-                    let mut guard = guard.context("waiting on the slowopen ring buffer")?;
-                    let mut batch = slowopen::Batch::default();
-                    slowopen::read_records(guard.get_inner_mut(), &mut batch);
-                    guard.clear_ready();
-                    parts.files(batch, &mut reg)?;
+                r = readable(&mut ring) => {
+                    r?;
+                    if let Some(ring) = &mut ring {
+                        let mut batch = slowopen::Batch::default();
+                        slowopen::read_records(ring.ring(), &mut batch);
+                        parts.files(batch, &mut reg)?;
+                    }
                 }
                 _ = tick.tick() => parts.collect(&mut reg)?,
                 r = &mut stop => { r?; break; }

@@ -2,7 +2,8 @@
 //! check, without an object file), loading a program with an expected attach
 //! type and attach BTF id of our choosing (kprobe.multi, one fentry/fexit copy per
 //! function), `BPF_LINK_CREATE` for kprobe.multi, `BPF_RAW_TRACEPOINT_OPEN` for fentry, and
-//! finding a module's BTF object. Layouts: `union bpf_attr` in include/uapi/linux/bpf.h.
+//! finding a module's BTF object. `union bpf_attr` and its members come from aya-obj's
+//! bindings of include/uapi/linux/bpf.h.
 
 use std::{
     collections::HashMap,
@@ -12,57 +13,32 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _, Result};
+use aya_obj::generated::{
+    bpf_attach_type, bpf_attr, bpf_btf_info, bpf_cmd, bpf_map_type, bpf_prog_type,
+    BPF_F_KPROBE_MULTI_RETURN,
+};
 
-const BPF_MAP_CREATE: i32 = 0;
-const BPF_OBJ_GET_INFO_BY_FD: i32 = 15;
-const BPF_RAW_TRACEPOINT_OPEN: i32 = 17;
-const BPF_BTF_GET_FD_BY_ID: i32 = 19;
-const BPF_BTF_GET_NEXT_ID: i32 = 23;
-const BPF_PROG_LOAD: i32 = 5;
-const BPF_LINK_CREATE: i32 = 28;
+pub const PROG_TYPE_KPROBE: u32 = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+pub const PROG_TYPE_TRACING: u32 = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+pub const ATTACH_TRACE_FENTRY: u32 = bpf_attach_type::BPF_TRACE_FENTRY as u32;
+pub const ATTACH_TRACE_FEXIT: u32 = bpf_attach_type::BPF_TRACE_FEXIT as u32;
+pub const ATTACH_TRACE_KPROBE_MULTI: u32 = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
 
-pub const PROG_TYPE_KPROBE: u32 = 2;
-pub const PROG_TYPE_TRACING: u32 = 26;
-pub const ATTACH_TRACE_FENTRY: u32 = 24;
-pub const ATTACH_TRACE_FEXIT: u32 = 25;
-pub const ATTACH_TRACE_KPROBE_MULTI: u32 = 42;
-const KPROBE_MULTI_RETURN: u32 = 1;
-const MAP_TYPE_RINGBUF: u32 = 27;
-
-/// A zeroed `union bpf_attr` (larger than any layout used here; the kernel wants the
-/// bytes it does not know to be zero).
-#[repr(C, align(8))]
-struct Attr([u8; 144]);
-
-impl Attr {
-    fn new() -> Self {
-        Attr([0; 144])
-    }
-
-    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-
-    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-
-    fn get_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap_or_default())
-    }
+/// A zeroed `union bpf_attr`: the kernel wants the bytes a command does not use to be zero.
+fn attr() -> bpf_attr {
+    // SAFETY: bpf_attr is plain old data; all zeroes is its documented empty value.
+    unsafe { std::mem::zeroed() }
 }
 
-fn bpf(cmd: i32, attr: &mut Attr) -> io::Result<i64> {
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-filled bpf_attr of the size passed; pointers in it
     // refer to live buffers of the caller.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            std::mem::size_of::<Attr>(),
+            cmd as i32,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
         )
     };
     if r < 0 {
@@ -72,7 +48,7 @@ fn bpf(cmd: i32, attr: &mut Attr) -> io::Result<i64> {
     }
 }
 
-fn fd_result(cmd: i32, attr: &mut Attr) -> io::Result<OwnedFd> {
+fn fd_result(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     let fd = bpf(cmd, attr)?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -94,25 +70,27 @@ pub struct LoadSpec<'a> {
 pub fn prog_load(spec: &LoadSpec, insns: &[u64]) -> Result<OwnedFd> {
     let license = CString::new("GPL").unwrap_or_default();
     let attempt = |log: Option<&mut Vec<u8>>| {
-        let mut a = Attr::new();
-        a.u32(0, spec.prog_type)
-            .u32(4, insns.len() as u32)
-            .u64(8, insns.as_ptr() as u64)
-            .u64(16, license.as_ptr() as u64)
-            .u32(68, spec.expected_attach_type)
-            .u32(108, spec.attach_btf_id);
+        let mut a = attr();
+        // SAFETY: writing the BPF_PROG_LOAD member of a zeroed union.
+        let p = unsafe { &mut a.__bindgen_anon_3 };
+        p.prog_type = spec.prog_type;
+        p.insn_cnt = insns.len() as u32;
+        p.insns = insns.as_ptr() as u64;
+        p.license = license.as_ptr() as u64;
+        p.expected_attach_type = spec.expected_attach_type;
+        p.attach_btf_id = spec.attach_btf_id;
         if let Some(fd) = spec.attach_btf_obj {
-            a.u32(112, fd.as_raw_fd() as u32);
+            p.__bindgen_anon_1.attach_btf_obj_fd = fd.as_raw_fd() as u32;
         }
-        let name = spec.name.as_bytes();
-        let n = name.len().min(15);
-        a.0[48..48 + n].copy_from_slice(&name[..n]);
+        for (d, s) in p.prog_name.iter_mut().zip(spec.name.bytes().take(15)) {
+            *d = s as _;
+        }
         if let Some(buf) = log {
-            a.u32(24, 1)
-                .u32(28, buf.len() as u32)
-                .u64(32, buf.as_mut_ptr() as u64);
+            p.log_level = 1;
+            p.log_size = buf.len() as u32;
+            p.log_buf = buf.as_mut_ptr() as u64;
         }
-        fd_result(BPF_PROG_LOAD, &mut a)
+        fd_result(bpf_cmd::BPF_PROG_LOAD, &mut a)
     };
     match attempt(None) {
         Ok(fd) => Ok(fd),
@@ -150,29 +128,39 @@ pub fn kprobe_multi(
         .collect::<Result<_, _>>()
         .context("a function name holds a NUL byte")?;
     let ptrs: Vec<u64> = names.iter().map(|c| c.as_ptr() as u64).collect();
-    let mut a = Attr::new();
-    a.u32(0, prog.as_raw_fd() as u32)
-        .u32(8, ATTACH_TRACE_KPROBE_MULTI)
-        .u32(16, if retprobe { KPROBE_MULTI_RETURN } else { 0 })
-        .u32(20, ptrs.len() as u32)
-        .u64(24, ptrs.as_ptr() as u64)
-        .u64(40, cookies.as_ptr() as u64);
-    fd_result(BPF_LINK_CREATE, &mut a).map_err(anyhow::Error::from)
+    let mut a = attr();
+    // SAFETY: writing the BPF_LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut a.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = ATTACH_TRACE_KPROBE_MULTI;
+    // SAFETY: as above, its kprobe_multi member.
+    let m = unsafe { &mut l.__bindgen_anon_3.kprobe_multi };
+    m.flags = if retprobe {
+        BPF_F_KPROBE_MULTI_RETURN
+    } else {
+        0
+    };
+    m.cnt = ptrs.len() as u32;
+    m.syms = ptrs.as_ptr() as u64;
+    m.cookies = cookies.as_ptr() as u64;
+    fd_result(bpf_cmd::BPF_LINK_CREATE, &mut a).map_err(anyhow::Error::from)
 }
 
 /// A ring buffer map of `bytes` (a power of two, at least a page).
 pub fn ringbuf_create(bytes: u32) -> io::Result<OwnedFd> {
-    let mut a = Attr::new();
-    // map_type, key_size, value_size, max_entries
-    a.u32(0, MAP_TYPE_RINGBUF).u32(12, bytes);
-    fd_result(BPF_MAP_CREATE, &mut a)
+    let mut a = attr();
+    // SAFETY: writing the BPF_MAP_CREATE member of a zeroed union.
+    let m = unsafe { &mut a.__bindgen_anon_1 };
+    m.map_type = bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+    m.max_entries = bytes;
+    fd_result(bpf_cmd::BPF_MAP_CREATE, &mut a)
 }
 
 /// Attaches a loaded fentry/fexit program to the function it was loaded for.
 pub fn tracing_attach(prog: BorrowedFd) -> io::Result<OwnedFd> {
-    let mut a = Attr::new();
-    a.u32(8, prog.as_raw_fd() as u32);
-    fd_result(BPF_RAW_TRACEPOINT_OPEN, &mut a)
+    let mut a = attr();
+    a.raw_tracepoint.prog_fd = prog.as_raw_fd() as u32;
+    fd_result(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut a)
 }
 
 /// The kernel's BTF objects of loaded modules, by module name.
@@ -180,35 +168,34 @@ pub fn module_btf_fds() -> Result<HashMap<String, OwnedFd>> {
     let mut out = HashMap::new();
     let mut id = 0u32;
     loop {
-        let mut a = Attr::new();
-        a.u32(0, id);
-        match bpf(BPF_BTF_GET_NEXT_ID, &mut a) {
-            Ok(_) => id = a.get_u32(4),
+        let mut a = attr();
+        a.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
+        match bpf(bpf_cmd::BPF_BTF_GET_NEXT_ID, &mut a) {
+            // SAFETY: the member BPF_BTF_GET_NEXT_ID fills in.
+            Ok(_) => id = unsafe { a.__bindgen_anon_6.next_id },
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
             Err(e) => return Err(e).context("listing BTF objects"),
         }
-        let mut a = Attr::new();
-        a.u32(0, id);
-        let Ok(fd) = fd_result(BPF_BTF_GET_FD_BY_ID, &mut a) else {
+        let mut a = attr();
+        a.__bindgen_anon_6.__bindgen_anon_1.btf_id = id;
+        let Ok(fd) = fd_result(bpf_cmd::BPF_BTF_GET_FD_BY_ID, &mut a) else {
             continue; // gone meanwhile
         };
-        // struct bpf_btf_info { u64 btf; u32 btf_size; u32 id; u64 name; u32 name_len;
-        // u32 kernel_btf; }
         let mut name = [0u8; 64];
-        let mut info = [0u8; 32];
-        info[16..24].copy_from_slice(&(name.as_mut_ptr() as u64).to_ne_bytes());
-        info[24..28].copy_from_slice(&(name.len() as u32).to_ne_bytes());
-        let mut a = Attr::new();
-        a.u32(0, fd.as_raw_fd() as u32)
-            .u32(4, info.len() as u32)
-            .u64(8, info.as_mut_ptr() as u64);
-        if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).is_err() {
+        // SAFETY: bpf_btf_info is plain old data; zeroes are its empty value.
+        let mut info: bpf_btf_info = unsafe { std::mem::zeroed() };
+        info.name = name.as_mut_ptr() as u64;
+        info.name_len = name.len() as u32;
+        let mut a = attr();
+        a.info.bpf_fd = fd.as_raw_fd() as u32;
+        a.info.info_len = std::mem::size_of::<bpf_btf_info>() as u32;
+        a.info.info = (&raw mut info) as u64;
+        if bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut a).is_err() {
             continue;
         }
-        let kernel = u32::from_ne_bytes(info[28..32].try_into().unwrap_or_default()) == 1;
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         let name = String::from_utf8_lossy(&name[..end]).into_owned();
-        if kernel && !name.is_empty() && name != "vmlinux" {
+        if info.kernel_btf == 1 && !name.is_empty() && name != "vmlinux" {
             out.insert(name, fd);
         }
     }

@@ -4,6 +4,9 @@
 pub mod bpf_sys;
 pub mod btf;
 pub mod duration;
+pub mod interval;
+pub mod object;
+pub mod ring;
 pub mod slots;
 pub mod tracefs;
 
@@ -63,40 +66,6 @@ pub fn prepare() -> Result<()> {
     tracefs::ensure_mounted()?;
     catch_stop_signals();
     Ok(())
-}
-
-/// A program of a loaded object, as its type (`TracePoint`, `BtfTracePoint`...).
-pub fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow::anyhow!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
-}
-
-/// Attaches the classic tracepoint program `prog` to `category:name`, loading it on first
-/// use (one program may serve several tracepoints). An optional tracepoint this kernel lacks
-/// is skipped: returns false.
-pub fn attach_tracepoint(
-    ebpf: &mut aya::Ebpf,
-    prog: &str,
-    category: &str,
-    name: &str,
-    required: bool,
-) -> Result<bool> {
-    if !required && !tracefs::exists(category, name) {
-        return Ok(false);
-    }
-    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?;
-    if p.fd().is_err() {
-        p.load()
-            .with_context(|| format!("loading {prog} for {category}:{name}"))?;
-    }
-    p.attach(category, name)
-        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
-    Ok(true)
 }
 
 /// Mounts a pseudo filesystem (securityfs, tracefs...) at `target` if nothing is there;
@@ -223,35 +192,6 @@ pub async fn stopped(duration: Option<Duration>) -> Result<()> {
     }
 }
 
-/// Calls `report` every `interval` until `count` reports were made or SIGINT/SIGTERM
-/// arrives; on a signal it reports the interval in progress once more, as SystemTap's
-/// `probe end` does.
-pub async fn every_interval<F>(interval: Duration, count: Option<u64>, mut report: F) -> Result<()>
-where
-    F: FnMut() -> Result<()>,
-{
-    let stop = signalled();
-    tokio::pin!(stop);
-    let start = tokio::time::Instant::now();
-    let mut made = 0u64;
-    loop {
-        if count.is_some_and(|c| made >= c) {
-            return Ok(());
-        }
-        let next = start + interval * (made as u32 + 1);
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
-                report()?;
-                made += 1;
-            }
-            r = &mut stop => {
-                r?;
-                return report();
-            }
-        }
-    }
-}
-
 /// A duration in ns as the probes take it (saturating; no duration overflows in practice).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -289,7 +229,7 @@ pub fn block_on<T, F: Future<Output = Result<T>>>(body: F) -> Result<T> {
 /// Output format of every report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
-    /// The seed's text layout.
+    /// SystemTap's text layout.
     #[default]
     Text,
     /// Newline-delimited JSON: one object per row, raw numbers.

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf, Pod,
 };
+
+use super::object::{map_mut, per_cpu_sum};
 
 /// Names of one report's maps.
 pub struct SlotMaps {
@@ -17,11 +19,6 @@ pub struct SlotMaps {
     pub counts: [&'static str; 2],
     pub runs: &'static str,
     pub dropped: &'static str,
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 /// Switches the probes to the other slot and returns what the idle one holds, one element
@@ -40,14 +37,15 @@ where
 {
     let drained = *current;
     *current ^= 1;
-    let mut slot: Array<&mut MapData, u32> = Array::try_from(map(ebpf, maps.slot)?)?;
+    let mut slot: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps.slot)?)?;
     slot.set(0, *current, 0)
         .with_context(|| format!("switching {}", maps.slot))?;
     // Let a probe that read the old slot just before the switch finish its update.
     std::thread::sleep(Duration::from_millis(1));
 
     let name = maps.counts[drained as usize];
-    let mut counts: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map(ebpf, name)?)?;
+    let mut counts: PerCpuHashMap<&mut MapData, K, V> =
+        PerCpuHashMap::try_from(map_mut(ebpf, name)?)?;
     let mut entries = Vec::new();
     let mut keys = Vec::new();
     for item in counts.iter() {
@@ -60,7 +58,7 @@ where
         let _ = counts.remove(key);
     }
 
-    let mut runs: PerCpuArray<&mut MapData, R> = PerCpuArray::try_from(map(ebpf, maps.runs)?)?;
+    let mut runs: PerCpuArray<&mut MapData, R> = PerCpuArray::try_from(map_mut(ebpf, maps.runs)?)?;
     let open = runs
         .get(&drained, 0)
         .with_context(|| format!("reading {}", maps.runs))?;
@@ -71,11 +69,7 @@ where
     Ok(entries)
 }
 
-/// The sum over CPUs of a one-element per-CPU counter.
+/// Events not counted because a counter map was full, since start.
 pub fn dropped(ebpf: &Ebpf, maps: &SlotMaps) -> Result<u64> {
-    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-        ebpf.map(maps.dropped)
-            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps.dropped))?,
-    )?;
-    Ok(m.get(&0, 0)?.iter().sum())
+    per_cpu_sum(ebpf, maps.dropped, 0)
 }

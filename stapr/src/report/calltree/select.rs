@@ -1,6 +1,7 @@
 //! Pure: which kernel functions `--module` and `--func` mean, from the text of
 //! /proc/kallsyms and tracefs' available_filter_functions (the functions ftrace, and so
-//! kprobe.multi, fentry and kprobes, can attach to).
+//! kprobe.multi, fentry and kprobes, can attach to); and which functions of a program
+//! `--binary` means, from its ELF symbols. `sources` reads those files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -247,6 +248,31 @@ pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec
         .collect()
 }
 
+/// The functions of a program whose names match `globs` (all when empty), from its
+/// defined, sized text symbols (name, address). A name defined at several addresses is
+/// skipped: uprobes attach by name.
+pub fn binary(
+    symbols: impl IntoIterator<Item = (String, u64)>,
+    globs: &[String],
+) -> (Vec<String>, BTreeMap<String, usize>) {
+    let mut by_name: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for (name, addr) in symbols {
+        if globs.is_empty() || globs.iter().any(|g| glob(g, &name)) {
+            by_name.entry(name).or_default().insert(addr);
+        }
+    }
+    let mut skipped = BTreeMap::new();
+    let mut names = Vec::new();
+    for (name, addrs) in by_name {
+        if addrs.len() > 1 {
+            *skipped.entry(AMBIGUOUS.to_owned()).or_default() += 1;
+        } else {
+            names.push(name);
+        }
+    }
+    (names, skipped)
+}
+
 /// Module names in modules.builtin (`kernel/fs/ext4/ext4.ko` → `ext4`).
 pub fn parse_builtin(text: &str) -> Vec<String> {
     text.lines()
@@ -364,5 +390,28 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
         let f = syms.iter().find(|s| s.name == "ext4_readdir").unwrap();
         assert_eq!(f.addr, 0xffffffffc0100200);
         assert_eq!(f.module.as_deref(), Some("ext4"));
+    }
+
+    #[test]
+    fn binary_functions_by_glob_without_ambiguous_names() {
+        let syms = [
+            ("main", 1),
+            ("ct_leaf", 2),
+            ("ct_mid", 3),
+            ("ct_leaf", 2),
+            ("dup", 4),
+            ("dup", 5),
+        ]
+        .map(|(n, a)| (n.to_owned(), a));
+        let (names, skipped) = binary(syms.clone(), &[]);
+        assert_eq!(
+            names,
+            ["ct_leaf", "ct_mid", "main"],
+            "one name per function, sorted"
+        );
+        assert_eq!(skipped.get(AMBIGUOUS), Some(&1));
+        let (names, skipped) = binary(syms, &["ct_*".to_owned()]);
+        assert_eq!(names, ["ct_leaf", "ct_mid"]);
+        assert!(skipped.is_empty());
     }
 }

@@ -8,14 +8,13 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
 
-use crate::runtime;
+use crate::runtime::{self, interval};
 
 pub use aggregate::{Filter, SortKey};
 pub use probes::Method;
 
 pub struct Options {
-    pub interval: Duration,
-    pub count: Option<u64>,
+    pub every: interval::Every,
     pub filter: Filter,
     pub sort: SortKey,
     pub rows: usize,
@@ -23,8 +22,18 @@ pub struct Options {
     pub format: runtime::Format,
 }
 
-/// The kernel's name for a block device (`vda`, `dm-0`, `nvme0n1p2`), from sysfs.
-pub fn sysfs_device_name(dev: u32) -> String {
+/// The kernel's names of block devices (`vda`, `dm-0`, `nvme0n1p2`), read from sysfs once
+/// per device number.
+#[derive(Default)]
+pub struct DevNames(HashMap<u32, String>);
+
+impl DevNames {
+    pub fn name(&mut self, dev: u32) -> String {
+        self.0.entry(dev).or_insert_with(|| sysfs_name(dev)).clone()
+    }
+}
+
+fn sysfs_name(dev: u32) -> String {
     let (major, minor) = aggregate::major_minor(dev);
     std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
         .ok()
@@ -36,51 +45,63 @@ pub fn sysfs_device_name(dev: u32) -> String {
         .unwrap_or_else(|| format!("{major}:{minor}"))
 }
 
+struct Report {
+    probes: probes::Probes,
+    names: DevNames,
+    opts: Options,
+}
+
+impl interval::Periodic for Report {
+    const NAME: &'static str = "disktop";
+    const LOST: &'static str = "reads/writes";
+
+    fn describe(&self) -> String {
+        self.probes.method.describe()
+    }
+
+    fn report(&mut self, interval: Duration) -> Result<String> {
+        let o = &self.opts;
+        let entries = self.probes.drain()?;
+        let names = &mut self.names;
+        let snap = aggregate::snapshot(
+            entries,
+            |dev| names.name(dev),
+            &o.filter,
+            o.sort,
+            o.rows,
+            interval.as_millis() as u64,
+        );
+        Ok(match (snap, o.format) {
+            (None, _) => String::new(),
+            (Some(s), runtime::Format::Text) => {
+                render::text(&s, &render::ctime(&chrono::Local::now()))
+            }
+            (Some(s), runtime::Format::Json) => render::json(&s, &runtime::utc_now()),
+        })
+    }
+
+    fn lost(&self) -> Result<u64> {
+        self.probes.dropped()
+    }
+}
+
 pub fn run(opts: Options) -> Result<()> {
     runtime::prepare()?;
-    let mut probes = probes::Probes::attach(opts.method)?;
+    let probes = probes::Probes::attach(opts.method)?;
     if !probes.skipped.is_empty() {
         eprintln!(
             "stapr disktop: this kernel lacks {}; those calls are not counted",
             probes.skipped.join(", ")
         );
     }
-    let method = probes.method.describe();
-    eprintln!(
-        "stapr disktop: {method}; reporting every {:?}. Ctrl-C to end.",
-        opts.interval
-    );
-    let mut names: HashMap<u32, String> = HashMap::new();
-    let interval_ms = opts.interval.as_millis() as u64;
-    runtime::block_on(runtime::every_interval(opts.interval, opts.count, || {
-        let entries = probes.drain()?;
-        let name = |dev: u32| {
-            names
-                .entry(dev)
-                .or_insert_with(|| sysfs_device_name(dev))
-                .clone()
-        };
-        let snap = aggregate::snapshot(
-            entries,
-            name,
-            &opts.filter,
-            opts.sort,
-            opts.rows,
-            interval_ms,
-        );
-        match snap {
-            Some(s) => runtime::emit(&match opts.format {
-                runtime::Format::Text => render::text(&s, &render::ctime(&chrono::Local::now())),
-                runtime::Format::Json => render::json(&s, &runtime::utc_now()),
-            }),
-            None => Ok(()),
-        }
-    }))?;
-    let dropped = probes.dropped()?;
-    if dropped > 0 {
-        eprintln!(
-            "stapr disktop: {dropped} reads/writes not counted: the in-kernel table was full"
-        );
-    }
-    Ok(())
+    let every = opts.every;
+    let names = DevNames::default();
+    interval::run(
+        &mut Report {
+            probes,
+            names,
+            opts,
+        },
+        every,
+    )
 }

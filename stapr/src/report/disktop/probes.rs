@@ -5,13 +5,48 @@ use anyhow::{Context as _, Result};
 use aya::{programs::FExit, Ebpf, EbpfLoader};
 use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
 
-use crate::runtime::{
-    attach_tracepoint, btf, kernel_btf_present, program, program_error_reason,
-    slots::{self, SlotMaps},
-    tracefs, user_error,
+use crate::{
+    report::{first_working, last_error, Facility, MethodSpec, Need},
+    runtime::{
+        btf, kernel_btf_present,
+        object::{attach_tracepoint, program},
+        program_error_reason,
+        slots::{self, SlotMaps},
+        tracefs, user_error,
+    },
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disktop"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disktop"));
+
+/// fexit programs and the functions they go on.
+const FEXIT_PROGS: [(&str, &str); 2] = [
+    ("stapr_dt_vfs_rd", "vfs_read"),
+    ("stapr_dt_vfs_wr", "vfs_write"),
+];
+/// The syscall-exit programs and the calls each serves.
+const SYSCALL_PROGS: [(&str, &[&str]); 2] = [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)];
+const BLOCK_PROG: &str = "stapr_dt_rq";
+const OFFSETS: &str = "DISK_OFFSETS";
+
+#[cfg(test)]
+pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
+    object: "disktop",
+    programs: &[
+        FEXIT_PROGS[0].0,
+        FEXIT_PROGS[1].0,
+        SYSCALL_PROGS[0].0,
+        SYSCALL_PROGS[1].0,
+        BLOCK_PROG,
+    ],
+    maps: &[
+        MAPS.slot,
+        MAPS.counts[0],
+        MAPS.counts[1],
+        MAPS.runs,
+        MAPS.dropped,
+    ],
+    globals: &[(OFFSETS, size_of::<DiskOffsets>())],
+};
 
 const MAPS: SlotMaps = SlotMaps {
     slot: "DISK_SLOT",
@@ -37,7 +72,42 @@ pub enum Method {
     Block,
 }
 
+/// `--probe auto` tries these in order; `--block` is a different report of the same
+/// table, never chosen for the user.
+const AUTO: [Method; 2] = [Method::Fexit, Method::Syscalls];
+
+/// The ways disktop attaches, best first.
+pub fn methods() -> Vec<MethodSpec> {
+    AUTO.iter()
+        .chain(&[Method::Block])
+        .map(|m| m.spec())
+        .collect()
+}
+
 impl Method {
+    fn spec(self) -> MethodSpec {
+        match self {
+            Method::Fexit | Method::Auto => MethodSpec {
+                name: "fexit on vfs_read and vfs_write",
+                needs: &[Need::Btf, Need::Works(Facility::Fentry)],
+                note: "",
+                partial: false,
+            },
+            Method::Syscalls => MethodSpec {
+                name: "syscall exit tracepoints",
+                needs: &[Need::Btf, Need::Works(Facility::Classic), Need::X86_64],
+                note: "fexit unavailable",
+                partial: false,
+            },
+            Method::Block => MethodSpec {
+                name: "block layer requests (--block only)",
+                needs: &[Need::Works(Facility::Classic)],
+                note: "read/write calls cannot be counted here",
+                partial: true,
+            },
+        }
+    }
+
     /// A one-word name, for metrics labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -101,8 +171,8 @@ fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
 }
 
 impl Probes {
-    /// Attaches with `method`; `Auto` tries fexit and falls back to the syscall
-    /// tracepoints, saying why on stderr.
+    /// Attaches with `method`; `Auto` walks [`AUTO`] and says on stderr why a method
+    /// was passed over.
     pub fn attach(method: Method) -> Result<Self> {
         if !kernel_btf_present() {
             return Err(user_error(
@@ -110,15 +180,17 @@ impl Probes {
             ));
         }
         let kbtf = btf::Btf::from_sys_fs()?;
-        match method {
-            Method::Auto => Self::attach_with(&kbtf, Method::Fexit).or_else(|err| {
-                eprintln!(
-                    "stapr disktop: fexit unavailable ({err:#}); using syscall exit tracepoints"
-                );
-                Self::attach_with(&kbtf, Method::Syscalls)
-            }),
-            m => Self::attach_with(&kbtf, m),
-        }
+        let order: &[Method] = match method {
+            Method::Auto => &AUTO,
+            _ => std::slice::from_ref(&method),
+        };
+        first_working(
+            "disktop",
+            order,
+            |m| m.spec().name,
+            |m| Self::attach_with(&kbtf, m),
+        )
+        .map_err(last_error)
     }
 
     fn attach_with(kbtf: &btf::Btf, method: Method) -> Result<Self> {
@@ -141,15 +213,12 @@ impl Probes {
             _ => offsets = file_offsets(kbtf)?,
         }
         let mut ebpf = EbpfLoader::new()
-            .override_global("DISK_OFFSETS", &offsets, true)
+            .override_global(OFFSETS, &offsets, true)
             .load(OBJECT)
             .context("loading the disktop eBPF object")?;
         if method == Method::Fexit {
             let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-            for (prog, func) in [
-                ("stapr_dt_vfs_rd", "vfs_read"),
-                ("stapr_dt_vfs_wr", "vfs_write"),
-            ] {
+            for (prog, func) in FEXIT_PROGS {
                 let p: &mut FExit = program(&mut ebpf, prog)?;
                 p.load(func, &aya_btf).map_err(|e| {
                     user_error(format!(
@@ -179,9 +248,9 @@ impl Probes {
             Ok(())
         };
         if method == Method::Block {
-            attach("stapr_dt_rq", "block", "block_rq_issue", true)?;
+            attach(BLOCK_PROG, "block", "block_rq_issue", true)?;
         } else {
-            for (prog, calls) in [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)] {
+            for (prog, calls) in SYSCALL_PROGS {
                 for (i, call) in calls.iter().enumerate() {
                     attach(prog, "syscalls", &format!("sys_exit_{call}"), i == 0)?;
                 }

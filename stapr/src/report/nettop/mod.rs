@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::runtime;
+use crate::runtime::{self, interval};
 
 pub use aggregate::{Filter, SortKey};
 pub use probes::ProbeKind;
 
 pub struct Options {
-    pub interval: Duration,
-    pub count: Option<u64>,
+    pub every: interval::Every,
     pub filter: Filter,
     pub sort: SortKey,
     pub rows: Option<usize>,
@@ -23,35 +22,41 @@ pub struct Options {
     pub format: runtime::Format,
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    runtime::prepare()?;
-    let mut probes = probes::Probes::attach(opts.probe)?;
-    eprintln!(
-        "stapr nettop: {} on net:net_dev_xmit and net:netif_receive_skb; reporting every {}. Ctrl-C to end.",
-        probes.kind.describe(),
-        humanize(opts.interval)
-    );
-    runtime::block_on(runtime::every_interval(opts.interval, opts.count, || {
-        let entries = probes.drain()?;
-        let snap = aggregate::snapshot(entries, &opts.filter, opts.sort, opts.rows);
-        runtime::emit(&match opts.format {
-            runtime::Format::Text => render::text(&snap),
-            runtime::Format::Json => {
-                render::json(&snap, &runtime::utc_now(), opts.interval.as_secs_f64())
-            }
-        })
-    }))?;
-    let dropped = probes.dropped()?;
-    if dropped > 0 {
-        eprintln!("stapr nettop: {dropped} packets not counted: the in-kernel table was full");
-    }
-    Ok(())
+struct Report {
+    probes: probes::Probes,
+    opts: Options,
 }
 
-fn humanize(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} ms", d.as_millis())
+impl interval::Periodic for Report {
+    const NAME: &'static str = "nettop";
+    const LOST: &'static str = "packets";
+
+    fn describe(&self) -> String {
+        format!(
+            "{} on net:net_dev_xmit and net:netif_receive_skb",
+            self.probes.kind.describe()
+        )
     }
+
+    fn report(&mut self, interval: Duration) -> Result<String> {
+        let o = &self.opts;
+        let snap = aggregate::snapshot(self.probes.drain()?, &o.filter, o.sort, o.rows);
+        Ok(match o.format {
+            runtime::Format::Text => render::text(&snap),
+            runtime::Format::Json => {
+                render::json(&snap, &runtime::utc_now(), interval.as_secs_f64())
+            }
+        })
+    }
+
+    fn lost(&self) -> Result<u64> {
+        self.probes.dropped()
+    }
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    runtime::prepare()?;
+    let probes = probes::Probes::attach(opts.probe)?;
+    let every = opts.every;
+    interval::run(&mut Report { probes, opts }, every)
 }

@@ -8,13 +8,47 @@ use aya::{
 };
 use probes_common::nettop::{NetCounters, NetKey, NetOffsets, NetRun};
 
-use crate::runtime::{
-    btf, kernel_btf_present, program,
-    slots::{self, SlotMaps},
-    tracefs, user_error,
+use crate::{
+    report::{first_working, last_error, Facility, MethodSpec, Need},
+    runtime::{
+        btf, kernel_btf_present,
+        object::program,
+        slots::{self, SlotMaps},
+        tracefs, user_error,
+    },
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettop"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettop"));
+
+/// (transmit, receive) programs of each flavour.
+const BTF_PROGS: [(&str, &str); 2] = [
+    ("stapr_net_tx", "net_dev_xmit"),
+    ("stapr_net_rx", "netif_receive_skb"),
+];
+const CLASSIC_PROGS: [(&str, &str); 2] = [
+    ("stapr_net_tx_tp", "net_dev_xmit"),
+    ("stapr_net_rx_tp", "netif_receive_skb"),
+];
+const OFFSETS: &str = "NET_OFFSETS";
+
+#[cfg(test)]
+pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
+    object: "nettop",
+    programs: &[
+        BTF_PROGS[0].0,
+        BTF_PROGS[1].0,
+        CLASSIC_PROGS[0].0,
+        CLASSIC_PROGS[1].0,
+    ],
+    maps: &[
+        MAPS.slot,
+        MAPS.counts[0],
+        MAPS.counts[1],
+        MAPS.runs,
+        MAPS.dropped,
+    ],
+    globals: &[(OFFSETS, size_of::<NetOffsets>())],
+};
 
 /// Which tracepoint flavour carries the probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +68,32 @@ pub struct Probes {
     pub kind: ProbeKind,
 }
 
+/// `--probe auto` tries these in order.
+const AUTO: [ProbeKind; 2] = [ProbeKind::TpBtf, ProbeKind::Tracepoint];
+
+/// The ways nettop attaches, best first.
+pub fn methods() -> Vec<MethodSpec> {
+    AUTO.iter().map(|k| k.spec()).collect()
+}
+
 impl ProbeKind {
+    fn spec(self) -> MethodSpec {
+        match self {
+            ProbeKind::TpBtf | ProbeKind::Auto => MethodSpec {
+                name: ProbeKind::TpBtf.describe(),
+                needs: &[Need::Btf, Need::Works(Facility::TpBtf)],
+                note: "net:net_dev_xmit, net:netif_receive_skb",
+                partial: false,
+            },
+            ProbeKind::Tracepoint => MethodSpec {
+                name: ProbeKind::Tracepoint.describe(),
+                needs: &[Need::Works(Facility::Classic)],
+                note: "BTF tracepoints unavailable",
+                partial: false,
+            },
+        }
+    }
+
     /// A one-word name, for metrics labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -62,18 +121,17 @@ const MAPS: SlotMaps = SlotMaps {
 
 impl Probes {
     /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for;
-    /// `Auto` falls back to classic tracepoints and says why on stderr.
+    /// `Auto` walks [`AUTO`] and says on stderr why a flavour was passed over.
     pub fn attach(kind: ProbeKind) -> Result<Self> {
-        match kind {
-            ProbeKind::TpBtf => Self::attach_btf(),
+        let order: &[ProbeKind] = match kind {
+            ProbeKind::Auto => &AUTO,
+            _ => std::slice::from_ref(&kind),
+        };
+        first_working("nettop", order, ProbeKind::describe, |k| match k {
             ProbeKind::Tracepoint => Self::attach_classic(),
-            ProbeKind::Auto => Self::attach_btf().or_else(|err| {
-                eprintln!(
-                    "stapr: BTF tracepoints unavailable ({err:#}); using classic tracepoints"
-                );
-                Self::attach_classic()
-            }),
-        }
+            _ => Self::attach_btf(),
+        })
+        .map_err(last_error)
     }
 
     fn attach_btf() -> Result<Self> {
@@ -91,10 +149,7 @@ impl Probes {
         };
         let mut ebpf = load(&offsets)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        for (prog, tp) in [
-            ("stapr_net_tx", "net_dev_xmit"),
-            ("stapr_net_rx", "netif_receive_skb"),
-        ] {
+        for (prog, tp) in BTF_PROGS {
             let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
             p.load(tp, &aya_btf)
                 .with_context(|| format!("loading BTF tracepoint {tp}"))?;
@@ -117,10 +172,7 @@ impl Probes {
             ..Default::default()
         };
         let mut ebpf = load(&offsets)?;
-        for (prog, tp) in [
-            ("stapr_net_tx_tp", "net_dev_xmit"),
-            ("stapr_net_rx_tp", "netif_receive_skb"),
-        ] {
+        for (prog, tp) in CLASSIC_PROGS {
             let p: &mut TracePoint = program(&mut ebpf, prog)?;
             p.load()
                 .with_context(|| format!("loading tracepoint net:{tp}"))?;
@@ -149,7 +201,7 @@ impl Probes {
 
 fn load(offsets: &NetOffsets) -> Result<Ebpf> {
     EbpfLoader::new()
-        .override_global("NET_OFFSETS", offsets, true)
+        .override_global(OFFSETS, offsets, true)
         .load(OBJECT)
         .context("loading the nettop eBPF object")
 }

@@ -6,14 +6,13 @@ pub mod render;
 
 use std::{collections::VecDeque, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use probes_common::slowopen::{
     Notice, SlowConfig, SlowFile, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
-use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::runtime;
+use crate::runtime::{self, ring};
 
 pub use aggregate::Filter;
 
@@ -41,29 +40,19 @@ pub struct Batch {
     notices: Vec<Notice>,
 }
 
+/// Every record waiting in the ring, sorted into `batch` by the kind its first field
+/// names.
 pub fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
-    while let Some(item) = ring.next() {
-        let bytes: &[u8] = &item;
-        let Some(kind) = bytes
+    ring::drain(ring, usize::MAX, |bytes| {
+        match bytes
             .get(..4)
             .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            continue;
-        };
-        // SAFETY: the kernel wrote a whole record of the type its first field names;
-        // read_unaligned copies it out of the ring whatever its alignment.
-        unsafe {
-            if kind == REC_SLOW_FILE && bytes.len() >= size_of::<SlowFile>() {
-                batch
-                    .slow
-                    .push(std::ptr::read_unaligned(bytes.as_ptr() as *const SlowFile));
-            } else if kind == REC_NOTICE && bytes.len() >= size_of::<Notice>() {
-                batch
-                    .notices
-                    .push(std::ptr::read_unaligned(bytes.as_ptr() as *const Notice));
-            }
+        {
+            Some(REC_SLOW_FILE) => batch.slow.extend(ring::record::<SlowFile>(bytes)),
+            Some(REC_NOTICE) => batch.notices.extend(ring::record::<Notice>(bytes)),
+            _ => {}
         }
-    }
+    });
 }
 
 fn min_ns(opts: &Options) -> u64 {
@@ -160,20 +149,15 @@ pub fn run(opts: Options) -> Result<()> {
     );
     let mut state = State::default();
     let mut ring = runtime::block_on(async {
-        // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
-        // which happens only after the AsyncFd is gone.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("watching the slowopen ring buffer")?;
+        let mut ring = ring::Watched::new(ring)?;
         let stop = runtime::stopped(opts.duration);
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("waiting on the ring buffer")?;
+                r = ring.wait(None) => {
+                    r?;
                     let mut batch = Batch::default();
-                    read_records(guard.get_inner_mut(), &mut batch);
-                    guard.clear_ready();
+                    read_records(ring.ring(), &mut batch);
                     report(&mut probes, batch, &mut state, &opts)?;
                 }
                 r = &mut stop => { r?; break; }

@@ -1,18 +1,79 @@
 //! Loads and attaches slowopen's probes; reads and edits the in-kernel open-file table.
 //! The only part of slowopen that touches the kernel.
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     Ebpf, EbpfLoader,
 };
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
 };
 
-use crate::runtime::{attach_tracepoint, btf, kernel_btf_present};
+use crate::{
+    report::{Facility, MethodSpec, Need},
+    runtime::{
+        btf, kernel_btf_present,
+        object::{self, attach_tracepoint},
+    },
+};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
+
+const CONFIG: &str = "SLOW_CONFIG";
+const EVENTS: &str = "EVENTS";
+const OPEN_FILES: &str = "OPEN_FILES";
+const MISSED: &str = "MISSED";
+
+#[cfg(test)]
+pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
+    object: "slowopen",
+    programs: &[
+        ENTRY[0].0,
+        ENTRY[1].0,
+        ENTRY[2].0,
+        ENTRY[3].0,
+        ATTACH[0].0,
+        ATTACH[1].0,
+        ATTACH[2].0,
+        ATTACH[3].0,
+        ATTACH[4].0,
+        ATTACH[5].0,
+        ATTACH[6].0,
+        ATTACH[7].0,
+        ATTACH[8].0,
+        ATTACH[9].0,
+    ],
+    maps: &[EVENTS, OPEN_FILES, MISSED],
+    globals: &[(CONFIG, size_of::<SlowConfig>())],
+};
+
+/// The ways slowopen attaches, best first: both are the same syscall tracepoints; the
+/// first reads open's arguments at its exit, the second needs entry probes for them.
+pub fn methods() -> Vec<MethodSpec> {
+    vec![
+        MethodSpec {
+            name: "syscall tracepoints",
+            needs: &[
+                Need::Works(Facility::Classic),
+                Need::Works(Facility::Ringbuf),
+                Need::Btf,
+                Need::X86_64,
+            ],
+            note: "arguments read from saved registers",
+            partial: false,
+        },
+        MethodSpec {
+            name: "syscall tracepoints",
+            needs: &[
+                Need::Works(Facility::Classic),
+                Need::Works(Facility::Ringbuf),
+            ],
+            note: "arguments saved by entry probes",
+            partial: false,
+        },
+    ]
+}
 
 /// Entry probes that save open's arguments, needed only where the exit probes cannot read
 /// them from the saved registers.
@@ -81,7 +142,7 @@ impl Probes {
             }
         }
         let mut ebpf = EbpfLoader::new()
-            .override_global("SLOW_CONFIG", &config, true)
+            .override_global(CONFIG, &config, true)
             .load(OBJECT)
             .context("loading the slowopen eBPF object")?;
         let mut skipped = Vec::new();
@@ -98,11 +159,7 @@ impl Probes {
                 skipped.push(format!("{category}:{name}"));
             }
         }
-        let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("map EVENTS missing from the slowopen object"))?,
-        )
-        .context("opening the slowopen ring buffer")?;
+        let events = object::ring(&mut ebpf, EVENTS)?;
         Ok((
             Self {
                 ebpf,
@@ -114,11 +171,10 @@ impl Probes {
     }
 
     fn table(&mut self) -> Result<HashMap<&mut MapData, OpenKey, OpenFile>> {
-        Ok(HashMap::try_from(
-            self.ebpf
-                .map_mut("OPEN_FILES")
-                .ok_or_else(|| anyhow!("map OPEN_FILES missing from the slowopen object"))?,
-        )?)
+        Ok(HashMap::try_from(object::map_mut(
+            &mut self.ebpf,
+            OPEN_FILES,
+        )?)?)
     }
 
     /// A snapshot of the in-kernel table of open files.
@@ -130,7 +186,7 @@ impl Probes {
                 Ok(kv) => out.push(kv),
                 // An entry closed between the key walk and its lookup.
                 Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("reading OPEN_FILES"),
+                Err(e) => return Err(e).with_context(|| format!("reading {OPEN_FILES}")),
             }
         }
         Ok(out)
@@ -159,12 +215,9 @@ impl Probes {
 
     /// (opens not tracked because the table was full, records lost to a full ring buffer).
     pub fn missed(&self) -> Result<(u64, u64)> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("MISSED")
-                .ok_or_else(|| anyhow!("map MISSED missing from the slowopen object"))?,
-        )?;
-        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
-        Ok((sum(MISSED_TABLE_FULL)?, sum(MISSED_RINGBUF_FULL)?))
+        Ok((
+            object::per_cpu_sum(&self.ebpf, MISSED, MISSED_TABLE_FULL)?,
+            object::per_cpu_sum(&self.ebpf, MISSED, MISSED_RINGBUF_FULL)?,
+        ))
     }
 }

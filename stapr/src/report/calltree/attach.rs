@@ -1,0 +1,388 @@
+//! The mass attacher: one function per method that loads calltree's programs and attaches
+//! them to every selected function, skipping (and counting, by reason) those the kernel
+//! refuses, and giving up early when the method does not work here at all.
+//!
+//! kprobe.multi and fentry/fexit need program loads aya does not offer (an expected attach
+//! type, one copy per function with its BTF id): the object is loaded by aya (maps, the
+//! read-only config) and those programs are relocated against its maps with aya-obj and
+//! loaded with bpf(2) directly (`runtime::bpf_sys`).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{IsTerminal, Write as _},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::Map,
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        KProbe, UProbe,
+    },
+    Ebpf,
+};
+
+use super::{
+    names::{Addrs, Names},
+    probes::{self, Method, Probes},
+    select::Func,
+};
+use crate::runtime::{
+    bpf_sys::{self, LoadSpec},
+    btf,
+    object::program,
+    program_error_reason, user_error,
+};
+
+/// A method is given up when this many first attaches all fail.
+const GIVE_UP_AFTER: usize = 16;
+
+fn map_fd(map: &Map) -> Option<RawFd> {
+    match map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::HashMap(d) => {
+            Some(d.fd().as_fd().as_raw_fd())
+        }
+        _ => None,
+    }
+}
+
+/// The instructions of `prog`, relocated against the maps `ebpf` created.
+fn relocated(ebpf: &Ebpf, prog: &str) -> Result<Vec<u64>> {
+    let mut obj = aya_obj::Object::parse(probes::OBJECT).context("parsing the calltree object")?;
+    let defs = obj.maps.clone();
+    let fds: Vec<(String, RawFd)> = ebpf
+        .maps()
+        .filter_map(|(name, m)| Some((name.to_owned(), map_fd(m)?)))
+        .collect();
+    let text: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+    obj.relocate_maps(
+        fds.iter()
+            .filter_map(|(n, fd)| Some((n.as_str(), *fd, defs.get(n)?))),
+        &text,
+    )
+    .map_err(|e| anyhow!("relocating {prog}: {e}"))?;
+    obj.relocate_calls(&text)
+        .map_err(|e| anyhow!("relocating {prog}: {e}"))?;
+    let p = obj
+        .programs
+        .get(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the calltree object"))?;
+    let f = obj
+        .functions
+        .get(&p.function_key())
+        .ok_or_else(|| anyhow!("code of {prog} missing from the calltree object"))?;
+    Ok(f.instructions
+        .iter()
+        // SAFETY: bpf_insn is the kernel's 8-byte instruction; the kernel reads it as such.
+        .map(|i| unsafe { std::mem::transmute::<aya_obj::generated::bpf_insn, u64>(*i) })
+        .collect())
+}
+
+/// Attach progress on stderr, when it is a terminal.
+struct Progress {
+    tty: bool,
+    total: usize,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress {
+            tty: std::io::stderr().is_terminal() && total > 20,
+            total,
+            last: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, done: usize) {
+        if self.tty && self.last.elapsed() > Duration::from_millis(100) {
+            self.last = Instant::now();
+            let width = 30;
+            let filled = done * width / self.total.max(1);
+            eprint!(
+                "\rstapr calltree: attaching [{}{}] {done}/{}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// A short reason from an attach error, for counting skipped functions.
+fn reason(what: &str, err: &str) -> String {
+    let err = err.rsplit(": ").next().unwrap_or(err);
+    let err = err.split(" (os error").next().unwrap_or(err);
+    // The kernel-internal ENOTSUPP, which libc has no text for.
+    let err = if err == "Unknown error 524" {
+        "not supported for this function"
+    } else {
+        err
+    };
+    format!("{what}: {err}")
+}
+
+/// Tries `attach_one` on every function; gives up early when the first ones all fail
+/// (the method does not work here) and returns that error. Otherwise: the functions
+/// attached and those skipped, by reason.
+fn each(
+    funcs: &[Func],
+    mut attach_one: impl FnMut(usize, &Func) -> std::result::Result<(), String>,
+) -> Result<(usize, BTreeMap<String, usize>)> {
+    let mut progress = Progress::new(funcs.len());
+    let mut ok = 0;
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_err = None;
+    for (i, f) in funcs.iter().enumerate() {
+        match attach_one(i, f) {
+            Ok(()) => ok += 1,
+            Err(r) => {
+                first_err.get_or_insert_with(|| r.clone());
+                *skipped.entry(r).or_default() += 1;
+            }
+        }
+        if ok == 0 && i + 1 >= GIVE_UP_AFTER.min(funcs.len()) {
+            progress.done();
+            return Err(anyhow!(first_err.unwrap_or_default()));
+        }
+        progress.show(i + 1);
+    }
+    progress.done();
+    Ok((ok, skipped))
+}
+
+/// One kprobe.multi link for every entry and one for every return; the cookie is the
+/// function's index shifted left, its low bit set on return.
+pub fn multi(ebpf: Ebpf, funcs: &[Func]) -> Result<Probes> {
+    let insns = relocated(&ebpf, probes::PROG_MULTI)?;
+    let prog = bpf_sys::prog_load(
+        &LoadSpec {
+            prog_type: bpf_sys::PROG_TYPE_KPROBE,
+            expected_attach_type: bpf_sys::ATTACH_TRACE_KPROBE_MULTI,
+            name: probes::PROG_MULTI,
+            attach_btf_id: 0,
+            attach_btf_obj: None,
+        },
+        &insns,
+    )?;
+    let syms: Vec<String> = funcs.iter().map(|f| f.name.clone()).collect();
+    let entry: Vec<u64> = (0..syms.len() as u64).map(|i| i << 1).collect();
+    let ret: Vec<u64> = entry.iter().map(|c| c | 1).collect();
+    let on_entry = bpf_sys::kprobe_multi(prog.as_fd(), &syms, &entry, false)
+        .context("kprobe.multi link on entries")?;
+    let on_return = bpf_sys::kprobe_multi(prog.as_fd(), &syms, &ret, true)
+        .context("kprobe.multi link on returns")?;
+    let mut p = Probes::new(ebpf, Method::Multi, Names::Index(syms));
+    p.raw = vec![prog, on_entry, on_return];
+    p.attached = funcs.len();
+    p.links = 2;
+    Ok(p)
+}
+
+/// One fentry and one fexit program per function, each loaded for its BTF id (in the
+/// module's BTF for a module's function).
+pub fn fentry(ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
+    let code = [
+        (
+            relocated(&ebpf, probes::PROG_FENTRY)?,
+            bpf_sys::ATTACH_TRACE_FENTRY,
+            probes::PROG_FENTRY,
+        ),
+        (
+            relocated(&ebpf, probes::PROG_FEXIT)?,
+            bpf_sys::ATTACH_TRACE_FEXIT,
+            probes::PROG_FEXIT,
+        ),
+    ];
+    let vmlinux = btf::Btf::from_sys_fs()?;
+    let module_fds = bpf_sys::module_btf_fds()?;
+    let mut module_btf: HashMap<String, Option<btf::Btf>> = HashMap::new();
+    let mut raw: Vec<OwnedFd> = Vec::new();
+    let (ok, skipped) = each(funcs, |_, f| {
+        let (id, obj) = match &f.module {
+            None => (vmlinux.func_id(&f.name), None),
+            Some(m) => {
+                let b = module_btf.entry(m.clone()).or_insert_with(|| {
+                    let data = std::fs::read(format!("/sys/kernel/btf/{m}")).ok()?;
+                    btf::Btf::parse_split(&data, &vmlinux).ok()
+                });
+                let id = b.as_ref().and_then(|b| b.func_id(&f.name));
+                (id, module_fds.get(m).map(|fd| fd.as_fd()))
+            }
+        };
+        let id = id.ok_or_else(|| "fentry: no BTF for the function".to_owned())?;
+        if f.module.is_some() && obj.is_none() {
+            return Err("fentry: module has no BTF object".to_owned());
+        }
+        let mut pair = Vec::with_capacity(4);
+        for (insns, kind, name) in &code {
+            let spec = LoadSpec {
+                prog_type: bpf_sys::PROG_TYPE_TRACING,
+                expected_attach_type: *kind,
+                name,
+                attach_btf_id: id,
+                attach_btf_obj: obj,
+            };
+            let prog = bpf_sys::prog_load(&spec, insns)
+                .map_err(|e| reason("fentry refused", &format!("{e:#}")))?;
+            let link = bpf_sys::tracing_attach(prog.as_fd())
+                .map_err(|e| reason("fentry attach failed", &e.to_string()))?;
+            pair.push(prog);
+            pair.push(link);
+        }
+        raw.extend(pair);
+        Ok(())
+    })?;
+    let mut p = Probes::new(ebpf, Method::Fentry, Names::by_address(funcs, addrs));
+    p.links = raw.len() / 2;
+    p.raw = raw;
+    p.attached = ok;
+    p.skipped = skipped;
+    Ok(p)
+}
+
+/// One kprobe and one kretprobe per function.
+pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
+    if !crate::runtime::kprobe_pmu_present() {
+        return Err(anyhow!(crate::runtime::NO_KPROBE_PMU));
+    }
+    for name in probes::PROGS_KPROBE {
+        let p: &mut KProbe = program(&mut ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    let (ok, skipped) = each(funcs, |_, f| {
+        let mut done = Vec::new();
+        for name in probes::PROGS_KPROBE {
+            let p: &mut KProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
+            match p.attach(&f.name, 0) {
+                Ok(id) => done.push((name, id)),
+                Err(e) => {
+                    // Half a pair would print unmatched entries or returns.
+                    for (n, id) in done {
+                        if let Ok(p) = program::<KProbe>(&mut ebpf, n) {
+                            let _ = p.detach(id);
+                        }
+                    }
+                    return Err(reason("kprobe refused", &program_error_reason(&e)));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mut p = Probes::new(ebpf, Method::Kprobe, Names::by_address(funcs, addrs));
+    p.attached = ok;
+    p.links = ok * 2;
+    p.skipped = skipped;
+    Ok(p)
+}
+
+/// One uprobe and one uretprobe per function of the ELF file `path`, in every process
+/// that runs it; the cookie is the function's index.
+pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[String]) -> Result<Probes> {
+    for name in probes::PROGS_UPROBE {
+        let p: &mut UProbe = program(&mut ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    let as_funcs: Vec<Func> = funcs
+        .iter()
+        .map(|n| Func {
+            name: n.clone(),
+            module: None,
+        })
+        .collect();
+    let (ok, skipped) = each(&as_funcs, |i, f| {
+        for name in probes::PROGS_UPROBE {
+            let p: &mut UProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(&f.name),
+                cookie: Some(i as u64),
+            };
+            p.attach(point, path, UProbeScope::AllProcesses)
+                .map_err(|e| reason("uprobe refused", &program_error_reason(&e)))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| user_error(format!("cannot attach uprobes to {}: {e}", path.display())))?;
+    let mut p = Probes::new(ebpf, Method::Uprobe, Names::Index(funcs.to_vec()));
+    p.attached = ok;
+    p.links = ok * 2;
+    p.skipped = skipped;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_reasons_are_short() {
+        assert_eq!(
+            reason(
+                "kprobe refused",
+                "`perf_event_open` failed: Invalid argument (os error 22)"
+            ),
+            "kprobe refused: Invalid argument"
+        );
+        assert_eq!(
+            reason("fentry refused", "loading stapr_ct_fent: Unknown error 524"),
+            "fentry refused: not supported for this function"
+        );
+    }
+
+    fn funcs(n: usize) -> Vec<Func> {
+        (0..n)
+            .map(|i| Func {
+                name: format!("f{i}"),
+                module: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gives_up_when_the_first_attaches_all_fail() {
+        let mut tried = 0;
+        let err = each(&funcs(100), |_, _| {
+            tried += 1;
+            Err("kprobe refused: Operation not supported".into())
+        })
+        .unwrap_err();
+        assert_eq!(tried, GIVE_UP_AFTER);
+        assert_eq!(err.to_string(), "kprobe refused: Operation not supported");
+        // Fewer functions than that: all are tried first.
+        let mut tried = 0;
+        assert!(each(&funcs(3), |_, _| {
+            tried += 1;
+            Err("no".into())
+        })
+        .is_err());
+        assert_eq!(tried, 3);
+    }
+
+    #[test]
+    fn counts_skipped_functions_once_one_works() {
+        let (ok, skipped) = each(&funcs(40), |i, _| {
+            if i % 4 == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "refused: {}",
+                    if i % 2 == 0 { "busy" } else { "no BTF" }
+                ))
+            }
+        })
+        .unwrap();
+        assert_eq!(ok, 10);
+        assert_eq!(skipped.get("refused: no BTF"), Some(&20));
+        assert_eq!(skipped.get("refused: busy"), Some(&10));
+    }
+}

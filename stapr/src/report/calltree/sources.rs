@@ -1,0 +1,87 @@
+//! What the kernel and the traced program offer, read from /proc, tracefs, /lib/modules
+//! and the ELF file, handed to `select`'s pure functions.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::{names::Addrs, select};
+use crate::runtime::{tracefs, user_error};
+
+fn read(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))
+}
+
+/// Modules built into the running kernel: modules.builtin, and /sys/module entries
+/// without an initstate (loaded modules have one).
+fn builtin_modules() -> Vec<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut out =
+        std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim()))
+            .map(|t| select::parse_builtin(&t))
+            .unwrap_or_default();
+    if let Ok(dir) = std::fs::read_dir("/sys/module") {
+        for e in dir.flatten() {
+            if !e.path().join("initstate").exists() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The kernel functions `--module` and `--func` name, and every function's address.
+pub fn kernel(module: Option<&str>, funcs: &[String]) -> Result<(select::Selection, Addrs)> {
+    tracefs::ensure_mounted()?;
+    let traceable = select::parse_traceable(&read(&format!(
+        "{}/available_filter_functions",
+        tracefs::TRACEFS
+    ))?);
+    let syms = select::parse_kallsyms(&read("/proc/kallsyms")?);
+    let mut sel = select::Selection::default();
+    if let Some(m) = module {
+        let loaded: Vec<String> = read("/proc/modules")?
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        let builtin = builtin_modules();
+        let mods = select::Modules {
+            loaded: &loaded,
+            builtin: &builtin,
+        };
+        sel = select::module(m, &traceable, &syms, &mods).map_err(user_error)?;
+    }
+    if !funcs.is_empty() {
+        select::merge(&mut sel, select::functions(funcs, &traceable));
+    }
+    let mut addrs = Addrs::new();
+    for s in syms {
+        addrs.entry((s.name, s.module)).or_insert(s.addr);
+    }
+    Ok((sel, addrs))
+}
+
+/// The functions of the ELF file `path` whose names match `globs` (all when empty), from
+/// its .symtab and .dynsym; and those skipped, by reason.
+pub fn binary(
+    path: &Path,
+    globs: &[String],
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, usize>)> {
+    use object::{Object as _, ObjectSymbol as _};
+    let data = std::fs::read(path)
+        .map_err(|e| user_error(format!("cannot read {}: {e}", path.display())))?;
+    let file = object::File::parse(&*data).map_err(|e| {
+        user_error(format!(
+            "{} is not an ELF file stapr can read: {e}",
+            path.display()
+        ))
+    })?;
+    let symbols = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition() && s.size() > 0)
+        .filter_map(|s| Some((s.name().ok()?.to_owned(), s.address())));
+    Ok(select::binary(symbols, globs))
+}

@@ -1,0 +1,116 @@
+//! Programs and maps of a loaded eBPF object, looked up by the names each report's `probes`
+//! declares once in its [`ObjectNames`]; a unit test checks those names against the
+//! embedded objects, so a typo fails `cargo test` instead of a load as root.
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Map, MapData, PerCpuArray, RingBuf},
+    programs::{Program, ProgramError},
+    Ebpf,
+};
+
+use super::tracefs;
+
+/// Every name user space asks an embedded object for.
+#[cfg(test)]
+pub struct ObjectNames {
+    /// The object (the probes-ebpf binary it was built from).
+    pub object: &'static str,
+    pub programs: &'static [&'static str],
+    pub maps: &'static [&'static str],
+    /// Read-only globals set before load, with their size in bytes.
+    pub globals: &'static [(&'static str, usize)],
+}
+
+/// A program of a loaded object, as its type (`TracePoint`, `BtfTracePoint`...).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+pub fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+pub fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// The ring buffer `name`, taken out of the object so it can be watched on its own.
+pub fn ring(ebpf: &mut Ebpf, name: &str) -> Result<RingBuf<MapData>> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    RingBuf::try_from(map).with_context(|| format!("opening the ring buffer {name}"))
+}
+
+/// The sum over CPUs of element `index` of a per-CPU `u64` array (the probes' loss
+/// counters).
+pub fn per_cpu_sum(ebpf: &Ebpf, name: &str, index: u32) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, name)?)?;
+    Ok(m.get(&index, 0)
+        .with_context(|| format!("reading {name}"))?
+        .iter()
+        .sum())
+}
+
+/// Attaches the classic tracepoint program `prog` to `category:name`, loading it on first
+/// use (one program may serve several tracepoints). An optional tracepoint this kernel lacks
+/// is skipped: returns false.
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+    required: bool,
+) -> Result<bool> {
+    if !required && !tracefs::exists(category, name) {
+        return Ok(false);
+    }
+    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading {prog} for {category}:{name}"))?;
+    }
+    p.attach(category, name)
+        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    Ok(true)
+}
+
+/// The names in `names` that `object` lacks (a global also when its size differs), as
+/// "kind name" strings; empty when every one is there.
+#[cfg(test)]
+pub fn missing_names(object: &[u8], names: &ObjectNames) -> Vec<String> {
+    let mut obj = match aya_obj::Object::parse(object) {
+        Ok(o) => o,
+        Err(e) => return vec![format!("object {}: {e}", names.object)],
+    };
+    let mut out = Vec::new();
+    for p in names.programs {
+        if !obj.programs.contains_key(*p) {
+            out.push(format!("program {p}"));
+        }
+    }
+    for m in names.maps {
+        if !obj.maps.contains_key(*m) {
+            out.push(format!("map {m}"));
+        }
+    }
+    for &(g, size) in names.globals {
+        // Patching with a value of the expected size fails when the symbol is missing or
+        // of another size: what `override_global` would do at load time.
+        let zeroes = vec![0u8; size];
+        let globals = [(g, (zeroes.as_slice(), true))].into_iter().collect();
+        if let Err(e) = obj.patch_map_data(globals) {
+            out.push(format!("global {g} ({e})"));
+        }
+    }
+    out
+}

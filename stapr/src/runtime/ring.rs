@@ -1,0 +1,67 @@
+//! A ring buffer watched by the runtime: the probes' records wake the report's loop.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{unix::AsyncFd, Interest};
+
+pub struct Watched(AsyncFd<RingBuf<MapData>>);
+
+impl Watched {
+    /// Registers `ring` with the runtime; call from inside `block_on`.
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
+        // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
+        // which happens only after the AsyncFd is gone (`into_inner` or drop of self).
+        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("watching a ring buffer")?;
+        Ok(Watched(fd))
+    }
+
+    /// Waits until the probes wake user space (or `at_most` passes). Readiness is
+    /// cleared before the caller drains, so a record committed while it drains wakes it
+    /// again.
+    pub async fn wait(&mut self, at_most: Option<Duration>) -> Result<()> {
+        let ready = self.0.readable_mut();
+        let guard = match at_most {
+            Some(d) => match tokio::time::timeout(d, ready).await {
+                Ok(g) => g,
+                Err(_) => return Ok(()),
+            },
+            None => ready.await,
+        };
+        guard.context("waiting on a ring buffer")?.clear_ready();
+        Ok(())
+    }
+
+    pub fn ring(&mut self) -> &mut RingBuf<MapData> {
+        self.0.get_mut()
+    }
+
+    pub fn into_inner(self) -> RingBuf<MapData> {
+        self.0.into_inner()
+    }
+}
+
+/// Hands the records waiting in `ring` to `each`, up to `limit` of them (under a flood
+/// the caller must still get to see a stop request). Returns whether more are waiting.
+pub fn drain(ring: &mut RingBuf<MapData>, limit: usize, mut each: impl FnMut(&[u8])) -> bool {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return false;
+        };
+        each(&item);
+    }
+    true
+}
+
+/// Copies a `T` out of a ring record that is at least `size_of::<T>()` bytes long.
+pub fn record<T: Copy + aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is plain old data (Pod) and the record holds at least its size; the
+    // kernel wrote a whole T; read_unaligned copies it out whatever the alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
