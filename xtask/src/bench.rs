@@ -3,6 +3,7 @@
 //! Prints each round, then the medians, the added ns per event, and the ratio.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -12,7 +13,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use crate::util::{cargo, is_root, workspace_root};
+use crate::{
+    util::{cargo, is_root, workspace_root},
+    vm,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Report {
@@ -288,41 +292,138 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "  in-kernel probe time {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
     );
     if let Report::Calltree = report {
-        crate::vm::bench_calltree()?;
+        calltree_in_vms()?;
     }
     Ok(())
 }
 
-/// calltree's formatter alone: synthetic events to a file, events per second.
+/// calltree's formatter alone: synthetic events through tree building and printing to a
+/// file, events per second (the ignored unit test `format_rate`, in release mode).
 fn formatter(verbose: bool) -> Result<()> {
     const EVENTS: u64 = 2_000_000;
-    let out = workspace_root().join("target/calltree-format.out");
-    let mut rates = Vec::new();
-    for _ in 0..7 {
-        let file = std::fs::File::create(&out).context("creating the formatter's output file")?;
-        let run = Command::new(bin("stapr"))
-            .args(["calltree", "--bench-format", &EVENTS.to_string()])
-            .stdout(file)
-            .output()
-            .context("running the formatter benchmark")?;
-        let text = String::from_utf8_lossy(&run.stderr);
-        let rate: f64 = text
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("events_per_s="))
-            .with_context(|| format!("no rate in {text:?}"))?
-            .parse()?;
-        if verbose {
-            eprintln!("formatter: {rate:.0} events/s");
-        }
-        rates.push(rate);
+    const RUNS: usize = 7;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--release", "-p", "stapr", "--bin", "stapr", "--"])
+        .args([
+            "--ignored",
+            "--exact",
+            "report::calltree::printer::tests::format_rate",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("STAPR_FORMAT_EVENTS", EVENTS.to_string())
+        .env("STAPR_FORMAT_RUNS", RUNS.to_string())
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the formatter benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rates: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix("events_per_s=")?.parse().ok())
+        .collect();
+    if !out.status.success() || rates.len() != RUNS {
+        bail!("the formatter benchmark failed: {text}");
     }
-    let _ = std::fs::remove_file(&out);
+    if verbose {
+        for r in &rates {
+            eprintln!("formatter: {r:.0} events/s");
+        }
+    }
     let (q1, q3) = quartiles(&rates);
     println!(
-        "calltree formatter: {EVENTS} synthetic events to a file, 7 runs: median {:.2} million events/s (middle half {:.2} to {:.2}; target >= 2)",
+        "calltree formatter: {EVENTS} synthetic events to a file, {RUNS} runs: median {:.2} million events/s (middle half {:.2} to {:.2}; target >= 2)",
         median(&rates) / 1e6,
         q1 / 1e6,
         q3 / 1e6
     );
+    Ok(())
+}
+
+/// For each method and detach mode: trace every ext4 function for 2 s with `--timings`;
+/// in background mode also time, from /proc/uptime, until the detaching process is gone.
+const CALLTREE_BENCH: &str = r#"
+for m in multi fentry kprobe; do
+  for mode in background foreground; do
+    flag=""
+    [ $mode = foreground ] && flag=--detach-in-foreground
+    ./stapr calltree --module ext4 --attach $m -d 2 --timings $flag >/dev/null 2>/tmp/bench
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    while pidof stapr >/dev/null; do sleep 0.2; done
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "@METHOD@ calltree-bench $m $mode $t0 $t1: $(grep -E 'timings:|^stapr: ' /tmp/bench | tail -n 1)"
+  done
+done
+"#;
+
+/// calltree's VM part: attach and detach times of every ext4 function with each method,
+/// on each kernel, side by side.
+fn calltree_in_vms() -> Result<()> {
+    let tests = vm::prepare()?;
+    println!("calltree --module ext4 in the Debian VMs (TCG emulation: slower than hardware):");
+    println!(
+        "  {:<12} {:<18} {:>9} {:>8} {:>14} {:>14} {:>14}",
+        "kernel", "method", "functions", "attach", "stop->prompt", "bg detach done", "fg detach"
+    );
+    for line in vm::kernel_lines(&[])? {
+        let script = vm::Inject::Script(CALLTREE_BENCH);
+        let (_, log, o) = vm::boot_line(line, &tests, &[], script, Duration::from_secs(2400))?;
+        if !o.done {
+            bail!(
+                "{}: the benchmark did not finish; console log: {}",
+                line.name,
+                log.display()
+            );
+        }
+        let mut rows: BTreeMap<String, [String; 5]> = BTreeMap::new();
+        for m in &o.methods {
+            let Some(rest) = m.strip_prefix("calltree-bench ") else {
+                continue;
+            };
+            let (head, text) = rest.split_once(": ").unwrap_or((rest, ""));
+            let f: Vec<&str> = head.split_whitespace().collect();
+            let [method, mode, t0, t1] = f[..] else {
+                continue;
+            };
+            let secs = |key: &str| {
+                text.split(key)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            let row = rows.entry(method.to_owned()).or_default();
+            let timed = text.contains("timings:");
+            let Some(attach) = secs(", attach ")
+                .or_else(|| secs(" functions: attach "))
+                .filter(|_| timed)
+            else {
+                row[0] = text
+                    .trim_start_matches("stapr: ")
+                    .chars()
+                    .take(60)
+                    .collect();
+                continue;
+            };
+            row[0] = secs(" on ").unwrap_or_default();
+            row[1] = format!("{attach} s");
+            if mode == "background" {
+                row[2] = format!("{} s", secs("stop to exit ").unwrap_or_default());
+                let done: f64 = t1.parse::<f64>().unwrap_or(0.0) - t0.parse::<f64>().unwrap_or(0.0);
+                row[3] = format!("{done:.1} s");
+            } else {
+                row[4] = format!("{} s", secs("detached in ").unwrap_or_default());
+            }
+        }
+        for (method, r) in rows {
+            if r[1].is_empty() {
+                println!("  {:<12} {:<18} unavailable: {}", line.name, method, r[0]);
+            } else {
+                println!(
+                    "  {:<12} {:<18} {:>9} {:>8} {:>14} {:>14} {:>14}",
+                    line.name, method, r[0], r[1], r[2], r[3], r[4]
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,306 @@
+//! What a test boot carries: the ext4 image with the test binaries in their target/debug
+//! layout, and a busybox initramfs with the modules, the libraries and an init that runs
+//! the tests and prints their results on the console.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    console::{DONE, METHOD, RESULT},
+    kernels::Kernel,
+    Inject, INJECTED_TEST,
+};
+use crate::util::{output, status, workspace_root};
+
+/// Modules the init loads, in order (dependencies first).
+const MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "crc16",
+    "crc32c_generic",
+    "mbcache",
+    "jbd2",
+    "ext4",
+];
+
+/// Integration test binaries run inside, and the tests the VM cannot run.
+const TEST_BINARIES: &[&str] = &[
+    "cli", "doctor", "nettop", "slowopen", "disktop", "export", "calltree",
+];
+/// Tests that need programs the initramfs does not carry: (binary, test, why).
+pub const SKIPPED: &[(&str, &str, &str)] = &[
+    (
+        "nettop",
+        "veth_device_names_and_counts",
+        "needs iproute2's netns",
+    ),
+    (
+        "export",
+        "prometheus_scrapes_the_exporter",
+        "needs the prometheus server",
+    ),
+];
+
+/// Builds the test binaries and returns (name, path) for each in TEST_BINARIES.
+pub fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
+    let out = Command::new(cargo)
+        .args([
+            "test",
+            "-p",
+            "integration-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // {"reason":"compiler-artifact",...,"target":{"name":"nettop",...},"executable":"/..."}
+        if !line.contains("\"compiler-artifact\"") || !line.contains("\"executable\":\"") {
+            continue;
+        }
+        let name = json_str(line, "\"target\":{").and_then(|t| json_str(t, "\"name\":\""));
+        let exe = json_str(line, "\"executable\":\"");
+        if let (Some(name), Some(exe)) = (name, exe) {
+            let name = name.split('"').next().unwrap_or_default().to_owned();
+            let exe = exe.split('"').next().unwrap_or_default().to_owned();
+            if TEST_BINARIES.contains(&name.as_str()) {
+                found.push((name, PathBuf::from(exe)));
+            }
+        }
+    }
+    for t in TEST_BINARIES {
+        if !found.iter().any(|(n, _)| n == t) {
+            bail!("test binary {t} not found in cargo's output");
+        }
+    }
+    Ok(found)
+}
+
+fn json_str<'a>(s: &'a str, after: &str) -> Option<&'a str> {
+    s.find(after).map(|i| &s[i + after.len()..])
+}
+
+/// The shared libraries a dynamic executable loads, from ldd.
+fn libraries(exe: &Path) -> Result<BTreeSet<PathBuf>> {
+    let out = output("ldd", &[exe.to_str().context("non-UTF-8 path")?])
+        .with_context(|| format!("ldd {}", exe.display()))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn copy_into(root: &Path, file: &Path) -> Result<()> {
+    let dest = root.join(file.strip_prefix("/").unwrap_or(file));
+    std::fs::create_dir_all(dest.parent().context("no parent")?)?;
+    std::fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
+    Ok(())
+}
+
+/// The ext4 image: the binaries in their target/debug layout (the tests find stapr and the
+/// examples next to their own directory) plus room for the tests' files.
+pub fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> {
+    let stage = work.join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    let debug = stage.join("target/debug");
+    std::fs::create_dir_all(debug.join("deps"))?;
+    let bins = workspace_root().join("target/debug");
+    for b in [
+        "stapr",
+        "udp_talker",
+        "file_holder",
+        "disk_writer",
+        "call_chain",
+    ] {
+        std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
+    }
+    for (name, exe) in tests {
+        std::fs::copy(exe, debug.join("deps").join(name))?;
+    }
+    let image = work.join("rootfs.ext4");
+    let _ = std::fs::remove_file(&image);
+    status(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "stapr", "-d"])
+            .arg(&stage)
+            .arg(&image)
+            .arg("1536M"),
+    )
+    .context("mkfs.ext4")?;
+    Ok(image)
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /stapr /sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm 2>/dev/null || { mkdir -p /dev/shm; mount -t tmpfs tmpfs /dev/shm; }
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+ln -sf /bin/busybox /sbin/modprobe
+ulimit -l unlimited
+# Tests that know what each kernel allows (doctor's) tell the VMs from the host by this.
+export STAPR_VM=1
+for m in @MODULES@; do modprobe $m || echo "STAPR-VM-ERROR modprobe $m"; done
+sleep 1
+mount -t ext4 /dev/vda /stapr || echo "STAPR-VM-ERROR mount ext4"
+ip link set lo up
+echo "STAPR-VM-BOOTED $(uname -r)"
+cd /stapr/target/debug
+method() {
+  ./stapr "$@" >/dev/null 2>/tmp/method
+  echo "@METHOD@ $1: $(grep -v '^$' /tmp/method | tail -n 1)"
+}
+@METHODS@
+@RUN_TESTS@
+sync
+echo "@DONE@"
+poweroff -f
+"#;
+
+pub fn build_initramfs(
+    work: &Path,
+    kernel: &Kernel,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    inject: Inject,
+) -> Result<PathBuf> {
+    let root = work.join("initramfs");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("busybox-static is not installed")?;
+    // glibc and friends for the dynamically linked binaries on the image.
+    let mut libs = BTreeSet::new();
+    let debug = workspace_root().join("target/debug");
+    for exe in tests
+        .iter()
+        .map(|(_, p)| p.clone())
+        .chain([debug.join("stapr"), debug.join("udp_talker")])
+    {
+        libs.extend(libraries(&exe)?);
+    }
+    for lib in &libs {
+        copy_into(&root, lib)?;
+    }
+    // The modules the init loads, at their paths in the tree, with the tree's indexes.
+    let mods = kernel.modules();
+    let dest = root.join("lib/modules").join(&kernel.release);
+    std::fs::create_dir_all(&dest)?;
+    for entry in std::fs::read_dir(&mods)? {
+        let p = entry?.path();
+        if p.is_file()
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("modules."))
+        {
+            std::fs::copy(&p, dest.join(p.file_name().context("name")?))?;
+        }
+    }
+    let mut load = Vec::new();
+    for m in MODULES {
+        let path = output(
+            "modinfo",
+            &[
+                "-b",
+                kernel.root.to_str().context("path")?,
+                "-k",
+                &kernel.release,
+                "-F",
+                "filename",
+                m,
+            ],
+        )
+        .with_context(|| format!("module {m} not in {}", kernel.package))?;
+        if path.trim() == "(builtin)" {
+            continue;
+        }
+        load.push(*m);
+        let path = PathBuf::from(path.trim());
+        let rel = path
+            .strip_prefix(&kernel.root)
+            .context("module outside the tree")?;
+        let target = root.join(rel);
+        std::fs::create_dir_all(target.parent().context("parent")?)?;
+        std::fs::copy(&path, &target)?;
+    }
+    let mut run_tests = String::new();
+    // The method lines need only a moment; skip them when only the harness is tested.
+    let methods = inject == Inject::Nothing;
+    for (t, _) in tests {
+        let skips: Vec<String> = SKIPPED
+            .iter()
+            .filter(|(b, _, _)| b == t)
+            .map(|(_, test, _)| format!("--skip {test}"))
+            .collect();
+        run_tests.push_str(&format!(
+            "./deps/{t} --test-threads=1 --include-ignored {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
+            skips.join(" "),
+            filter.join(" ")
+        ));
+    }
+    match inject {
+        Inject::Nothing => {}
+        Inject::Failure => {
+            run_tests = format!(
+                "echo 'running 1 test'\necho 'test {INJECTED_TEST} ... FAILED'\n\
+                 echo '---- {INJECTED_TEST} stdout ----'\necho 'injected by the self-test'\n\
+                 echo 'test result: FAILED. 0 passed; 1 failed; 0 ignored'\necho \"{RESULT} vm_harness 1\"\n"
+            )
+        }
+        Inject::Panic => run_tests = "echo c > /proc/sysrq-trigger\n".to_owned(),
+        Inject::Script(script) => run_tests = script.to_owned(),
+    }
+    let method_lines = if methods {
+        "method nettop -i 1 --count 1\nmethod disktop -i 1 --count 1\nmethod slowopen -d 1"
+    } else {
+        ""
+    };
+    let init = INIT
+        .replace("@METHODS@", method_lines)
+        .replace("@MODULES@", &load.join(" "))
+        .replace("@RUN_TESTS@", &run_tests)
+        .replace("@RESULT@", RESULT)
+        .replace("@METHOD@", METHOD)
+        .replace("@DONE@", DONE);
+    std::fs::write(root.join("init"), init)?;
+    status(Command::new("chmod").arg("+x").arg(root.join("init")))?;
+    let image = work.join("initramfs.cpio.gz");
+    status(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        image.display()
+    )))
+    .context("packing the initramfs")?;
+    Ok(image)
+}

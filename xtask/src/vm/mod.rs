@@ -1,0 +1,263 @@
+//! `cargo xtask vm-test`: boots Debian kernels in QEMU and runs stapr's integration tests
+//! inside, on the kernels users have (kprobes, fentry, ext4 as a module) rather than this
+//! machine's.
+//!
+//! Per kernel: fetch the newest package of its line with `apt-get download` (cached under
+//! ~/.cache/stapr/kernels: `kernels`), stage the test binaries on an ext4 image and build a
+//! busybox initramfs with the modules and libraries they need (`image`), boot it under
+//! TCG (`qemu`), and read the results from the serial console (`console`).
+
+mod console;
+mod image;
+mod kernels;
+mod qemu;
+
+pub use console::Outcome;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::util::workspace_root;
+
+/// Packages the harness runs on the host.
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "e2fsprogs",
+    "kmod",
+];
+
+/// A line of Debian kernels: the newest package whose name matches is used.
+pub struct Line {
+    pub name: &'static str,
+    /// `linux-image-<prefix><abi>-amd64-unsigned`
+    prefix: &'static str,
+}
+
+const LINES: &[Line] = &[
+    Line {
+        name: "debian-6.1",
+        prefix: "6.1.0-",
+    },
+    Line {
+        name: "debian-6.12",
+        prefix: "6.12.",
+    },
+];
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Kernel lines to boot (debian-6.1, debian-6.12); default: all
+    #[arg(long = "kernel")]
+    kernels: Vec<String>,
+    /// Seconds one kernel may take, boot to power-off
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Check the harness itself: an injected test failure and an injected kernel panic
+    /// must each be caught (boots the first kernel twice, runs no tests)
+    #[arg(long)]
+    self_test: bool,
+    /// Passed to every test binary (a test name filter)
+    #[arg(trailing_var_arg = true)]
+    filter: Vec<String>,
+}
+
+/// What the init runs besides the tests: nothing, a fault the harness must recognise, or
+/// (instead of the tests) a script of a benchmark's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    Nothing,
+    /// A test that fails, with output, in libtest's format.
+    Failure,
+    /// `echo c > /proc/sysrq-trigger`: a kernel panic.
+    Panic,
+    /// No tests: this shell script, which prints its results on `STAPR-VM-METHOD` lines
+    /// (`@METHOD@` in it).
+    Script(&'static str),
+}
+
+const INJECTED_TEST: &str = "vm_harness::deliberate_failure";
+
+/// Fetches the newest kernel of `line`, stages the disk image and an initramfs that runs
+/// `filter`ed tests (or what `inject` says), and boots it. Returns the package booted, the
+/// console log's path and what the console showed.
+pub fn boot_line(
+    line: &Line,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    inject: Inject,
+    timeout: Duration,
+) -> Result<(String, PathBuf, Outcome)> {
+    let package = kernels::resolve(line)?;
+    let kernel = kernels::fetch(&package)?;
+    let work = workspace_root().join("target/vm").join(line.name);
+    std::fs::create_dir_all(&work)?;
+    let image = image::build_image(&work, tests)?;
+    let initrd = image::build_initramfs(&work, &kernel, tests, filter, inject)?;
+    let log = work.join("console.log");
+    eprintln!(
+        "xtask vm: booting {package} under TCG (console: {})",
+        log.display()
+    );
+    let o = qemu::boot(&kernel, &initrd, &image, timeout, &log)?;
+    Ok((package, log, o))
+}
+
+/// Boots one kernel line and returns the verdict (None: every test passed) with the
+/// numbers of tests passed and failed.
+fn run_kernel(
+    line: &Line,
+    tests: &[(String, PathBuf)],
+    filter: &[String],
+    timeout: Duration,
+    inject: Inject,
+) -> Result<(Option<String>, u64, u64)> {
+    let t = Instant::now();
+    let (package, log, o) = boot_line(line, tests, filter, inject, timeout)?;
+    println!(
+        "== {} ({package}, {:.0} s)",
+        line.name,
+        t.elapsed().as_secs_f64()
+    );
+    for m in &o.methods {
+        println!("   method  {m}");
+    }
+    for (bin, rc) in &o.results {
+        println!("   {:<8} {}", bin, if *rc == 0 { "ok" } else { "FAILED" });
+    }
+    for f in &o.failures {
+        println!("   {f}");
+    }
+    if inject == Inject::Nothing {
+        for (bin, test, why) in image::SKIPPED {
+            println!("   not run here: {bin}::{test} ({why} inside the VM)");
+        }
+    }
+    println!("   {} passed, {} failed", o.passed, o.failed);
+    let expected_results = if inject == Inject::Nothing {
+        tests.len()
+    } else {
+        1
+    };
+    let verdict = o.verdict(expected_results, timeout);
+    if let Some(v) = &verdict {
+        println!("   {}: {v}; console log: {}", line.name, log.display());
+        print_failures(&log)?;
+    }
+    Ok((verdict, o.passed, o.failed))
+}
+
+pub fn kernel_lines(names: &[String]) -> Result<Vec<&'static Line>> {
+    if names.is_empty() {
+        return Ok(LINES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|k| {
+            LINES
+                .iter()
+                .find(|l| l.name == k)
+                .with_context(|| format!("unknown kernel {k}; known: debian-6.1, debian-6.12"))
+        })
+        .collect()
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    let (passed, failed) = run_counted(args)?;
+    println!("xtask vm: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Installs what booting needs and builds the test binaries: (name, path) of each.
+pub fn prepare() -> Result<Vec<(String, PathBuf)>> {
+    crate::setup::packages(PACKAGES)?;
+    image::test_binaries()
+}
+
+/// Runs what `args` asks for; returns the tests passed and failed over all kernels, or an
+/// error when any kernel did not pass.
+pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
+    let lines = kernel_lines(&args.kernels)?;
+    let tests = prepare()?;
+    let timeout = Duration::from_secs(args.timeout);
+    if args.self_test {
+        self_test(lines[0], &tests, timeout)?;
+        return Ok((0, 0));
+    }
+    let (mut passed, mut failed_tests, mut failed) = (0, 0, Vec::new());
+    for line in lines {
+        let (v, p, f) = run_kernel(line, &tests, &args.filter, timeout, Inject::Nothing)?;
+        passed += p;
+        failed_tests += f;
+        if let Some(v) = v {
+            failed.push(format!("{}: {v}", line.name));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "VM tests failed ({passed} passed, {failed_tests} failed): {}",
+            failed.join("; ")
+        );
+    }
+    Ok((passed, failed_tests))
+}
+
+impl VmArgs {
+    /// Every kernel, every test.
+    pub fn all() -> Self {
+        VmArgs {
+            kernels: Vec::new(),
+            timeout: 1800,
+            self_test: false,
+            filter: Vec::new(),
+        }
+    }
+
+    /// The harness's self-test on the first kernel.
+    pub fn self_check() -> Self {
+        VmArgs {
+            self_test: true,
+            ..Self::all()
+        }
+    }
+}
+
+/// The harness's own test: a failing test and a kernel panic must each be reported as
+/// such, not as a pass or a time-out.
+fn self_test(line: &Line, tests: &[(String, PathBuf)], timeout: Duration) -> Result<()> {
+    let (v, _, _) = run_kernel(line, tests, &[], timeout, Inject::Failure)?;
+    match v {
+        Some(v) if v.starts_with("tests failed") && v.contains(INJECTED_TEST) => {}
+        other => bail!("self-test: an injected test failure was reported as {other:?}"),
+    }
+    let (v, _, _) = run_kernel(line, tests, &[], timeout, Inject::Panic)?;
+    match v {
+        Some(v) if v.starts_with("kernel panic") => {}
+        other => bail!("self-test: an injected kernel panic was reported as {other:?}"),
+    }
+    println!("xtask vm: self-test passed (a failing test and a kernel panic were both caught)");
+    Ok(())
+}
+
+/// Prints the libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
+fn print_failures(log: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(log)?;
+    let mut printing = false;
+    for l in text.lines() {
+        if l.starts_with("---- ") {
+            printing = true;
+        } else if l == "failures:" || l.starts_with("test result:") {
+            printing = false;
+        }
+        if printing {
+            println!("   | {l}");
+        }
+    }
+    Ok(())
+}

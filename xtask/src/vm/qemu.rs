@@ -1,0 +1,89 @@
+//! One boot under QEMU (TCG): the kernel, the initramfs and the staged image, the serial
+//! console read line by line into an [`Outcome`] and saved as a log.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{console::Outcome, kernels::Kernel};
+
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    image: &Path,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Outcome> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", image.display()))
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx2.send(format!("qemu: {l}")).is_err() {
+                break;
+            }
+        }
+    });
+    let mut o = Outcome::default();
+    let mut transcript = String::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            o.timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                transcript.push_str(line);
+                transcript.push('\n');
+                if o.feed(line) {
+                    // Give the panic message a moment to finish, then stop.
+                    std::thread::sleep(Duration::from_millis(500));
+                    transcript.extend(rx.try_iter().map(|l| l + "\n"));
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(log, &transcript)?;
+    Ok(o)
+}
