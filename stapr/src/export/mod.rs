@@ -2,6 +2,7 @@
 //! monitors a fleet. nettop's and disktop's in-kernel tables are drained at every scrape and
 //! every few seconds in between; slowopen's closed files feed a histogram as they arrive.
 
+pub mod args;
 pub mod http;
 pub mod metrics;
 

@@ -6,6 +6,7 @@
 //! `printer` and `tree` (pure) turn events into lines; `detach` lets go of many probes
 //! in the background.
 
+pub mod args;
 mod attach;
 mod detach;
 mod names;

@@ -1,6 +1,7 @@
 //! `stapr disktop`: bytes read and written per process and block device, every interval.
 
 pub mod aggregate;
+pub mod args;
 pub mod probes;
 pub mod render;
 

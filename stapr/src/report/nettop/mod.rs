@@ -1,6 +1,7 @@
 //! `stapr nettop`: packets and KB sent and received, per process and device, every interval.
 
 pub mod aggregate;
+pub mod args;
 pub mod probes;
 pub mod render;
 

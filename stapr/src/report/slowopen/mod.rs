@@ -1,6 +1,7 @@
 //! `stapr slowopen`: files a process held open at least `--min`, reported when closed.
 
 pub mod aggregate;
+pub mod args;
 pub mod probes;
 pub mod render;
 

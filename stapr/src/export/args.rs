@@ -1,0 +1,65 @@
+//! `stapr export`'s command line: its flags, help text and options.
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use super::{By, Options};
+use crate::{cli::min_duration, runtime::duration};
+
+pub const HELP: &str = "\
+Runs nettop's, disktop's and slowopen's probes together (a report this kernel cannot run is
+left out, and said so at start) and serves, in Prometheus' text format:
+    stapr_net_packets_total, stapr_net_bytes_total  {pid, comm, uid, dev, direction}
+    stapr_disk_bytes_total                          {pid, comm, uid, dev, direction}
+    stapr_file_open_seconds (histogram)             {comm}
+    stapr_events_total, stapr_events_lost_total, stapr_probes_attached, stapr_series
+Counters are drained from the kernel at every scrape. The series of a process that exited
+are dropped --forget-after later; --by comm leaves the pid label out, for large fleets.
+It listens on loopback unless told otherwise: widen --listen on purpose.
+
+EXAMPLES:
+    stapr export                            # http://127.0.0.1:9464/metrics
+    stapr export --listen 0.0.0.0:9464      # for a Prometheus on another node
+    stapr export --by comm --forget-after 1m
+";
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Address and port to serve /metrics on
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = socket_addr)]
+    pub listen: std::net::SocketAddr,
+    /// Label traffic series by pid (with comm and uid), or by comm only
+    #[arg(long, value_enum, default_value = "pid")]
+    pub by: By,
+    /// Drop the series of a process this long after it exited (--by comm: after this long
+    /// without traffic)
+    #[arg(long, default_value = "5m", value_parser = duration::positive_secs)]
+    pub forget_after: Duration,
+    /// Files held open at least this long enter stapr_file_open_seconds
+    #[arg(long, default_value = "10ms", value_parser = min_duration, allow_hyphen_values = true)]
+    pub file_min: Duration,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM)
+    #[arg(short, long, value_parser = duration::positive_secs)]
+    pub duration: Option<Duration>,
+}
+
+impl From<Args> for Options {
+    fn from(a: Args) -> Self {
+        Options {
+            listen: a.listen,
+            by: a.by,
+            forget_after: a.forget_after,
+            file_min: a.file_min,
+            duration: a.duration,
+        }
+    }
+}
+
+fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "'{s}' is not an address and port (examples: 127.0.0.1:9464, [::1]:9464, 0.0.0.0:9464)"
+        )
+    })
+}

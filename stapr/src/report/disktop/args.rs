@@ -1,0 +1,65 @@
+//! `stapr disktop`'s command line: its flags, help text and options.
+
+use clap::Args as ClapArgs;
+
+use super::{Method, Options, SortKey};
+use crate::cli::{positive_usize, IntervalArgs, OutputArgs, ProcessArgs};
+
+pub const HELP: &str = "\
+Counts the bytes that read and write calls return for files on a block device, page-cache
+hits included, like SystemTap's disktop. Pipes, sockets, tmpfs, /proc and other files
+without a block device are not counted. DEVICE is the kernel's name for the device under
+the file's filesystem. Where the kernel allows fexit, the probes sit on vfs_read and
+vfs_write: every read(2), write(2), pread64(2) and pwrite64(2) goes through them, and so
+does the kernel's own use of those functions; readv/writev-style calls, io_uring, mmap'd
+files, sendfile, splice and copy_file_range do not. Elsewhere (this is said at start) they
+are the exit tracepoints of read, write, pread64, pwrite64, readv, writev, preadv, pwritev,
+preadv2 and pwritev2: io_uring, mmap'd files, sendfile, splice, copy_file_range and aio
+are not seen.
+
+--block counts requests issued to the devices instead (block:block_rq_issue): physical
+I/O, charged to the task running when the request was issued. Write-back of dirty pages is
+issued by the kernel's flusher threads and shows under them, not under the writer.
+
+EXAMPLES:
+    stapr disktop                 # every 5 s, top 10 by bytes
+    stapr disktop -i 1 -r 20      # every second, top 20
+    stapr disktop -c postgres     # only commands containing 'postgres'
+    stapr disktop --block         # physical I/O per device
+";
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub every: IntervalArgs,
+    #[command(flatten)]
+    pub who: ProcessArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Order rows by bytes (largest first) or pid
+    #[arg(short, long, value_enum, default_value = "bytes")]
+    pub sort: SortKey,
+    /// Rows per report
+    #[arg(short, long, default_value = "10", value_parser = positive_usize)]
+    pub rows: usize,
+    /// Count requests issued to block devices instead of read/write calls (same as
+    /// --probe block)
+    #[arg(long)]
+    pub block: bool,
+    /// How reads and writes are seen
+    #[arg(long, value_enum, default_value = "auto")]
+    pub probe: Method,
+}
+
+impl From<Args> for Options {
+    fn from(a: Args) -> Self {
+        Options {
+            every: a.every.into(),
+            filter: a.who.into(),
+            format: a.output.format,
+            sort: a.sort,
+            rows: a.rows,
+            method: if a.block { Method::Block } else { a.probe },
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `stapr slowopen`'s command line: its flags, help text and options.
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use super::Options;
+use crate::{
+    cli::{min_duration, OutputArgs, ProcessArgs},
+    runtime::duration,
+};
+
+pub const HELP: &str = "\
+A file is opened by a successful open, openat, openat2 or creat and tracked per process
+(thread group) and fd, so a file opened in one thread and closed in another is one file.
+It ends with close, with dup2/dup3 onto its fd [dup2]/[dup3], with close_range [close_range],
+with exec when opened O_CLOEXEC [exec], or when the process exits [exit]. The name is the
+string the process passed (up to 255 bytes; '...' marks a longer one). Files opened before
+stapr started are not tracked; neither is FD_CLOEXEC set later with fcntl. Files still open
+when stapr stops are listed once at the end. The threshold is applied in the kernel: only
+slow files reach stapr.
+
+EXAMPLES:
+    stapr slowopen                  # files held open 1 s or more
+    stapr slowopen --min 250ms -v   # a lower threshold, with PID and TID columns
+    stapr slowopen -c httpd -d 10m  # only httpd, for ten minutes
+";
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Report files held at least this long (1s, 1.5s, 500ms, 250us, 2m)
+    #[arg(long, default_value = "1s", value_parser = min_duration, allow_hyphen_values = true)]
+    pub min: Duration,
+    #[command(flatten)]
+    pub who: ProcessArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Stop after this long (default: until Ctrl-C)
+    #[arg(short, long, value_parser = duration::positive_secs)]
+    pub duration: Option<Duration>,
+    /// Add PID and TID columns
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl From<Args> for Options {
+    fn from(a: Args) -> Self {
+        Options {
+            min: a.min,
+            filter: a.who.into(),
+            format: a.output.format,
+            duration: a.duration,
+            verbose: a.verbose,
+        }
+    }
+}
