@@ -51,8 +51,25 @@ pub struct DoctorArgs {
     pub output: OutputArgs,
 }
 
+/// A threshold (`--min`, `--file-min`): a duration greater than zero, seconds by default.
 pub fn min_duration(s: &str) -> Result<Duration, String> {
-    duration::parse(s, "s")
+    duration::positive_secs(s)
+}
+
+/// Shortest and longest interval between reports: shorter ones only measure stapr itself,
+/// longer ones are a typo.
+const INTERVAL_MIN: Duration = Duration::from_millis(100);
+const INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
+
+fn interval(s: &str) -> Result<Duration, String> {
+    let d = duration::positive_secs(s)?;
+    if d < INTERVAL_MIN {
+        return Err(format!("interval '{s}' is too short: at least 100ms"));
+    }
+    if d > INTERVAL_MAX {
+        return Err(format!("interval '{s}' is too long: at most 24h"));
+    }
+    Ok(d)
 }
 
 /// Output format flag of the reports.
@@ -67,10 +84,10 @@ pub struct OutputArgs {
 #[derive(Debug, Args)]
 pub struct IntervalArgs {
     /// Seconds between reports (also 500ms, 2s, 1m...)
-    #[arg(short, long, default_value = "5", value_parser = duration::positive_secs)]
+    #[arg(short, long, default_value = "5", value_parser = interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Stop after this many reports
-    #[arg(long, value_parser = positive_u64)]
+    #[arg(long, value_parser = positive_u64, allow_hyphen_values = true)]
     pub count: Option<u64>,
 }
 
@@ -92,8 +109,8 @@ pub struct ProcessArgs {
     /// Only this user id
     #[arg(short, long, value_parser = id, allow_hyphen_values = true)]
     pub uid: Option<u32>,
-    /// Only commands containing this text
-    #[arg(short, long)]
+    /// Only commands containing this text (1 to 15 bytes, as the kernel keeps them)
+    #[arg(short, long, value_parser = comm, allow_hyphen_values = true)]
     pub comm: Option<String>,
 }
 
@@ -107,16 +124,45 @@ impl From<ProcessArgs> for crate::report::ProcessFilter {
     }
 }
 
+/// Digits only: `+1` and `-1` are typos, not ids.
+fn digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn id(s: &str) -> Result<u32, String> {
-    s.parse::<u32>()
-        .map_err(|_| format!("'{s}' is not a valid id (a whole number from 0 to 4294967295)"))
+    digits(s)
+        .then(|| s.parse::<u32>().ok())
+        .flatten()
+        .ok_or_else(|| format!("'{s}' is not a valid id (a whole number from 0 to 4294967295)"))
 }
 
 fn positive_u64(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(n),
+    match digits(s).then(|| s.parse::<u64>().ok()).flatten() {
+        Some(n) if n > 0 => Ok(n),
         _ => Err(format!("'{s}' must be a whole number greater than zero")),
     }
+}
+
+/// `-c`: a command name is 1 to 15 bytes (`task_struct.comm`); no longer text can match.
+fn comm(s: &str) -> Result<String, String> {
+    let max = probes_common::COMM_LEN - 1;
+    if s.is_empty() || s.len() > max {
+        return Err(format!(
+            "'{s}' cannot match: command names are 1 to {max} bytes"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A network device name: 1 to 15 bytes (`IFNAMSIZ`).
+pub fn device(s: &str) -> Result<String, String> {
+    let max = probes_common::IFNAME_LEN - 1;
+    if s.is_empty() || s.len() > max {
+        return Err(format!(
+            "'{s}' is not a network device name (1 to {max} bytes)"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 pub fn positive_usize(s: &str) -> Result<usize, String> {
@@ -186,6 +232,16 @@ mod tests {
             &["stapr", "nettop", "--pid", "-3"],
             &["stapr", "nettop", "--count", "0"],
             &["stapr", "nettop", "-r", "x"],
+            &["stapr", "nettop", "-r", "-1"],
+            &["stapr", "nettop", "-p", "+1"],
+            &["stapr", "nettop", "-i", "1ns"],
+            &["stapr", "nettop", "-i", "99999999999999"],
+            &["stapr", "nettop", "-c", ""],
+            &["stapr", "nettop", "-c", "sixteen-bytes-xx"],
+            &["stapr", "nettop", "-d", ""],
+            &["stapr", "slowopen", "--min", "0"],
+            &["stapr", "slowopen", "--min", "0.1ns"],
+            &["stapr", "calltree", "--max-depth", "-2"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

@@ -336,7 +336,7 @@ pub fn examine() -> Result<Findings> {
         kernel: kernel_release(),
         btf,
         lockdown: lockdown(),
-        tracefs: Path::new(runtime::tracefs::TRACEFS).join("events").is_dir(),
+        tracefs: runtime::tracefs::ensure_mounted().is_ok(),
         facilities: probe_facilities(btf)?,
         reports: Vec::new(),
     };

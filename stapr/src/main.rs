@@ -75,7 +75,7 @@ fn usage_failure(err: clap::Error) -> ExitCode {
             } else {
                 choices + ")"
             };
-            eprintln!("stapr: {line}{tail}");
+            eprintln!("stapr: {}{tail}", shorten(line));
             ExitCode::from(2)
         }
     }
@@ -90,9 +90,51 @@ fn failure(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(user) = err.downcast_ref::<UserError>() {
-        eprintln!("stapr: {user}");
+        eprintln!("stapr: {}", shorten(&user.to_string()));
         return ExitCode::from(2);
     }
     eprintln!("stapr: error: {err:#}");
     ExitCode::FAILURE
+}
+
+/// The longest quoted value an error line repeats whole.
+const QUOTED_MAX: usize = 40;
+
+/// An error line with each long quoted value ('...') cut to its start: a 100 KB argument
+/// must not come back as a 100 KB line.
+fn shorten(line: &str) -> String {
+    line.split('\'')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && part.chars().count() > QUOTED_MAX {
+                let head: String = part.chars().take(QUOTED_MAX).collect();
+                format!("{head}...")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("'")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_values_are_cut() {
+        let long = "x".repeat(100_000);
+        let line = super::shorten(&format!(
+            "'{long}' cannot match: command names are 1 to 15 bytes"
+        ));
+        assert_eq!(
+            line,
+            format!(
+                "'{}...' cannot match: command names are 1 to 15 bytes",
+                "x".repeat(40)
+            )
+        );
+        assert_eq!(
+            super::shorten("invalid value 'abc' for '--min'"),
+            "invalid value 'abc' for '--min'"
+        );
+    }
 }

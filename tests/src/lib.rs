@@ -67,20 +67,28 @@ pub struct Running {
 const READY: &str = "Ctrl-C to end";
 
 impl Running {
+    /// stapr with `args`, its stdout read to the end by a thread (`finish` returns it).
     pub fn spawn(args: &[&str]) -> Running {
-        let mut child = stapr()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting stapr");
-        let mut out = child.stdout.take().expect("stdout");
-        let stdout = std::thread::spawn(move || {
+        let mut r = Self::spawn_with_stdout(args, Stdio::piped());
+        let mut out = r.child.stdout.take().expect("stdout");
+        r.stdout = Some(std::thread::spawn(move || {
             let mut s = String::new();
             let _ = out.read_to_string(&mut s);
             s
-        });
+        }));
+        r
+    }
+
+    /// stapr with `args` writing to `stdout`, which nobody reads for it (with
+    /// `Stdio::piped()`, `take_stdout` hands the pipe to the caller).
+    pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Running {
+        let mut child = stapr()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting stapr");
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -94,8 +102,21 @@ impl Running {
             child,
             stderr_lines: rx,
             stderr_seen: Vec::new(),
-            stdout: Some(stdout),
+            stdout: None,
         }
+    }
+
+    /// The read end of stdout, for a `spawn_with_stdout(.., Stdio::piped())`.
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child
+            .stdout
+            .take()
+            .expect("stdout was piped and not taken yet")
+    }
+
+    /// Whether the process has exited (reaping it).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Waits until stapr says its probes are attached (returns that line); panics with its

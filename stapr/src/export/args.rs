@@ -34,13 +34,13 @@ pub struct Args {
     pub by: By,
     /// Drop the series of a process this long after it exited (--by comm: after this long
     /// without traffic)
-    #[arg(long, default_value = "5m", value_parser = duration::positive_secs)]
+    #[arg(long, default_value = "5m", value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub forget_after: Duration,
     /// Files held open at least this long enter stapr_file_open_seconds
     #[arg(long, default_value = "10ms", value_parser = min_duration, allow_hyphen_values = true)]
     pub file_min: Duration,
     /// Stop after this long (default: until Ctrl-C or SIGTERM)
-    #[arg(short, long, value_parser = duration::positive_secs)]
+    #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 }
 

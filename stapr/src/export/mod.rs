@@ -113,6 +113,16 @@ impl Parts {
         Ok((parts, ring))
     }
 
+    /// Attachments that are slow to detach: every report's but nettop's BTF tracepoints.
+    fn slow_attachments(&self) -> usize {
+        let net = match &self.net {
+            Some(n) if n.kind == nettop::ProbeKind::Tracepoint => 2,
+            _ => 0,
+        };
+        net + self.disk.as_ref().map_or(0, |d| d.attached)
+            + self.slow.as_ref().map_or(0, |s| s.attached)
+    }
+
     /// Drains nettop's and disktop's tables into the registry and forgets gone processes.
     fn collect(&mut self, reg: &mut metrics::Registry) -> Result<()> {
         let now = runtime::monotonic_ns();
@@ -170,6 +180,22 @@ async fn readable(ring: &mut Option<ring::Watched>) -> Result<()> {
         Some(r) => r.wait(None).await,
         None => std::future::pending().await,
     }
+}
+
+/// Answers `first` and every scrape waiting behind it with one drain and one rendering:
+/// a storm of scrapes costs what one does.
+fn answer(
+    first: MetricsRequest,
+    waiting: &mut mpsc::Receiver<MetricsRequest>,
+    parts: &mut Parts,
+    reg: &mut metrics::Registry,
+) -> Result<()> {
+    parts.collect(reg)?;
+    let text = reg.render();
+    for reply in std::iter::once(first).chain(std::iter::from_fn(|| waiting.try_recv().ok())) {
+        let _ = reply.send(text.clone());
+    }
+    Ok(())
 }
 
 /// One scrape: read the request, ask the main loop for fresh metrics if it wants them.
@@ -230,7 +256,7 @@ pub fn run(opts: Options) -> Result<()> {
         let mut clients = JoinSet::new();
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = runtime::stopped(opts.duration);
+        let stop = runtime::stopped(opts.duration, false);
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -240,10 +266,7 @@ pub fn run(opts: Options) -> Result<()> {
                         clients.spawn(connection(stream, ask.clone()));
                     }
                 }
-                Some(reply) = asks.recv() => {
-                    parts.collect(&mut reg)?;
-                    let _ = reply.send(reg.render());
-                }
+                Some(reply) = asks.recv() => answer(reply, &mut asks, &mut parts, &mut reg)?,
                 r = readable(&mut ring) => {
                     r?;
                     if let Some(ring) = &mut ring {
@@ -262,16 +285,17 @@ pub fn run(opts: Options) -> Result<()> {
         let finish = async {
             loop {
                 tokio::select! {
-                    Some(reply) = asks.recv() => {
-                        parts.collect(&mut reg)?;
-                        let _ = reply.send(reg.render());
-                    }
+                    Some(reply) = asks.recv() => answer(reply, &mut asks, &mut parts, &mut reg)?,
                     next = clients.join_next() => if next.is_none() { break },
                 }
             }
             anyhow::Ok(())
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;
-        Ok(())
+        Ok(parts)
+    })
+    .map(|parts| {
+        let slow = parts.slow_attachments();
+        runtime::detach::release(parts, slow, false);
     })
 }

@@ -165,6 +165,17 @@ pub struct ProcessFilter {
 }
 
 impl ProcessFilter {
+    /// Refuses `-p 0` where the idle task can never show up (it opens, reads and writes
+    /// no file).
+    pub fn refuse_idle(&self, report: &str) -> anyhow::Result<()> {
+        if self.pid == Some(0) {
+            return Err(crate::runtime::user_error(format!(
+                "-p 0 is the idle task, which {report} never sees: give a process id"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn matches(&self, pid: u32, uid: u32, comm: &str) -> bool {
         self.pid.is_none_or(|p| pid == p)
             && self.uid.is_none_or(|u| uid == u)

@@ -11,6 +11,9 @@ pub fn parse(text: &str, default_unit: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     let unit = if unit.is_empty() { default_unit } else { unit };
     let bad = || format!("invalid duration '{text}' (examples: 5s, 1.5s, 500ms, 250us, 2m)");
+    if t.starts_with('-') {
+        return Err(format!("invalid duration '{text}': it must be positive"));
+    }
     if num.is_empty() || num.starts_with('.') && num.len() == 1 {
         return Err(bad());
     }

@@ -3,9 +3,11 @@
 
 pub mod bpf_sys;
 pub mod btf;
+pub mod detach;
 pub mod duration;
 pub mod interval;
 pub mod object;
+pub mod out;
 pub mod ring;
 pub mod slots;
 pub mod tracefs;
@@ -63,7 +65,6 @@ pub fn prepare() -> Result<()> {
     raise_limit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY).context("raising RLIMIT_MEMLOCK")?;
     // Every attached probe holds a file descriptor; calltree holds hundreds.
     raise_limit(libc::RLIMIT_NOFILE, 65536).context("raising RLIMIT_NOFILE")?;
-    tracefs::ensure_mounted()?;
     catch_stop_signals();
     Ok(())
 }
@@ -181,14 +182,37 @@ pub async fn signalled() -> Result<()> {
     }
 }
 
-/// Resolves on SIGINT/SIGTERM or, when given, after `duration`.
-pub async fn stopped(duration: Option<Duration>) -> Result<()> {
-    match duration {
-        Some(d) => tokio::select! {
-            r = signalled() => r,
-            _ = tokio::time::sleep(d) => Ok(()),
-        },
-        None => signalled().await,
+/// Why a report stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// `--duration` ran out.
+    Duration,
+    /// stdout's reader went away: nothing more is printed.
+    ReaderGone,
+}
+
+/// Resolves on SIGINT/SIGTERM, after `duration` when given, and (for reports that print
+/// to stdout) once stdout's reader is gone.
+pub async fn stopped(duration: Option<Duration>, watch_reader: bool) -> Result<Stop> {
+    let elapsed = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let gone = async {
+        if watch_reader {
+            out::gone().await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        r = signalled() => r.map(|()| Stop::Signal),
+        _ = elapsed => Ok(Stop::Duration),
+        _ = gone => Ok(Stop::ReaderGone),
     }
 }
 

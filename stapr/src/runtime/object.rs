@@ -71,6 +71,7 @@ pub fn attach_tracepoint(
     name: &str,
     required: bool,
 ) -> Result<bool> {
+    tracefs::ensure_mounted()?;
     if !required && !tracefs::exists(category, name) {
         return Ok(false);
     }

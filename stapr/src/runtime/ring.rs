@@ -12,7 +12,7 @@ impl Watched {
     /// Registers `ring` with the runtime; call from inside `block_on`.
     pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
         // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
-        // which happens only after the AsyncFd is gone (`into_inner` or drop of self).
+        // which happens only after the AsyncFd is gone (with self).
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)
             .context("watching a ring buffer")?;
@@ -37,10 +37,6 @@ impl Watched {
 
     pub fn ring(&mut self) -> &mut RingBuf<MapData> {
         self.0.get_mut()
-    }
-
-    pub fn into_inner(self) -> RingBuf<MapData> {
-        self.0.into_inner()
     }
 }
 

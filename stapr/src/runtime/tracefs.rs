@@ -5,21 +5,40 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
+use super::user_error;
+
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Mounts tracefs at /sys/kernel/tracing unless it (or debugfs's copy) is already there.
-/// Classic tracepoints are attached by the id tracefs publishes.
+/// Makes tracefs usable, for what needs it (classic tracepoints are attached by the ids it
+/// publishes; calltree reads its list of traceable functions): mounts it at
+/// /sys/kernel/tracing unless it (or debugfs's copy) is there. A user who may not read or
+/// mount it gets one line saying what to add. BTF tracepoints and fentry need none of it.
 pub fn ensure_mounted() -> Result<()> {
     if Path::new(TRACEFS).join("events").is_dir()
         || Path::new("/sys/kernel/debug/tracing/events").is_dir()
     {
         return Ok(());
     }
-    super::mount("tracefs", TRACEFS).with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
-    Ok(())
+    if let Err(e) = std::fs::read_dir(TRACEFS) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return Err(user_error(format!(
+                "this user may not read tracefs ({TRACEFS}), where the kernel publishes the tracepoint ids stapr attaches by: run as root, or add CAP_DAC_READ_SEARCH to CAP_BPF and CAP_PERFMON"
+            )));
+        }
+    }
+    super::mount("tracefs", TRACEFS).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            user_error(format!(
+                "tracefs is not mounted at {TRACEFS} and this user may not mount it (that needs CAP_SYS_ADMIN): mount it once as root, or run stapr as root"
+            ))
+        } else {
+            anyhow::Error::from(e).context(format!("mounting tracefs at {TRACEFS}"))
+        }
+    })
 }
 
-/// Whether this kernel has the tracepoint `category:name`.
+/// Whether this kernel has the tracepoint `category:name` (tracefs must be usable:
+/// [`ensure_mounted`]).
 pub fn exists(category: &str, name: &str) -> bool {
     Path::new(TRACEFS)
         .join("events")
@@ -30,6 +49,7 @@ pub fn exists(category: &str, name: &str) -> bool {
 
 /// Byte offset of `field` in a tracepoint record, from its `format` file.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
+    ensure_mounted()?;
     let path = Path::new(TRACEFS)
         .join("events")
         .join(category)

@@ -34,8 +34,17 @@ const MODULES: &[&str] = &[
 
 /// Integration test binaries run inside, and the tests the VM cannot run.
 const TEST_BINARIES: &[&str] = &[
-    "cli", "doctor", "nettop", "slowopen", "disktop", "export", "calltree",
+    "cli",
+    "doctor",
+    "nettop",
+    "slowopen",
+    "disktop",
+    "export",
+    "calltree",
+    "robustness",
 ];
+/// Host programs the tests run inside too, copied into the initramfs with their libraries.
+const HOST_PROGRAMS: &[&str] = &["/usr/bin/setpriv"];
 /// Tests that need programs the initramfs does not carry: (binary, test, why).
 pub const SKIPPED: &[(&str, &str, &str)] = &[
     (
@@ -137,6 +146,7 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> 
         "file_holder",
         "disk_writer",
         "call_chain",
+        "many_procs",
     ] {
         std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
     }
@@ -208,11 +218,13 @@ pub fn build_initramfs(
         .iter()
         .map(|(_, p)| p.clone())
         .chain([debug.join("stapr"), debug.join("udp_talker")])
+        .chain(HOST_PROGRAMS.iter().map(PathBuf::from))
     {
         libs.extend(libraries(&exe)?);
     }
-    for lib in &libs {
-        copy_into(&root, lib)?;
+    libs.extend(HOST_PROGRAMS.iter().map(PathBuf::from));
+    for file in &libs {
+        copy_into(&root, file)?;
     }
     // The modules the init loads, at their paths in the tree, with the tree's indexes.
     let mods = kernel.modules();

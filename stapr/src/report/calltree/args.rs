@@ -46,10 +46,10 @@ pub struct Args {
     #[command(flatten)]
     pub who: ProcessArgs,
     /// Print calls only down to this depth
-    #[arg(long, value_parser = positive_usize)]
+    #[arg(long, value_parser = positive_usize, allow_hyphen_values = true)]
     pub max_depth: Option<usize>,
     /// Stop after this long (default: until Ctrl-C)
-    #[arg(short, long, value_parser = duration::positive_secs)]
+    #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -3,12 +3,10 @@
 //!
 //! `sources` reads what can be traced and `select` (pure) picks the functions; `probes`
 //! attaches with the first method that works (`attach` does the work per method);
-//! `printer` and `tree` (pure) turn events into lines; `detach` lets go of many probes
-//! in the background.
+//! `printer` and `tree` (pure) turn events into lines.
 
 pub mod args;
 mod attach;
-mod detach;
 mod names;
 mod printer;
 pub mod probes;
@@ -27,7 +25,7 @@ use probes_common::{calltree::CallConfig, COMM_LEN};
 
 use crate::{
     report::ProcessFilter,
-    runtime::{self, ring, user_error},
+    runtime::{self, out, ring, user_error},
 };
 
 pub use probes::Attach;
@@ -48,7 +46,7 @@ pub struct Options {
 /// User space checks the ring this often: the probes wake it only when a lot is waiting.
 const POLL: Duration = Duration::from_millis(100);
 
-fn config(filter: &ProcessFilter) -> Result<CallConfig> {
+fn config(filter: &ProcessFilter) -> CallConfig {
     let mut c = CallConfig {
         self_tgid: std::process::id(),
         filter_tgid: filter.pid.is_some() as u32,
@@ -57,17 +55,12 @@ fn config(filter: &ProcessFilter) -> Result<CallConfig> {
         uid: filter.uid.unwrap_or(0),
         ..Default::default()
     };
-    if let Some(comm) = &filter.comm {
-        if comm.is_empty() || comm.len() >= COMM_LEN {
-            return Err(user_error(format!(
-                "--comm '{comm}' cannot match: command names are 1 to {} bytes",
-                COMM_LEN - 1
-            )));
-        }
+    // The command line allows 1 to COMM_LEN - 1 bytes.
+    if let Some(comm) = filter.comm.as_deref().filter(|c| c.len() < COMM_LEN) {
         c.comm[..comm.len()].copy_from_slice(comm.as_bytes());
         c.comm_len = comm.len() as u32;
     }
-    Ok(c)
+    c
 }
 
 /// ", 12 skipped: 10 not traceable (...), 2 ambiguous (...)", or nothing.
@@ -78,6 +71,14 @@ fn summary(skipped: &BTreeMap<String, usize>) -> String {
     let total: usize = skipped.values().sum();
     let parts: Vec<String> = skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
     format!(", {total} skipped: {}", parts.join(", "))
+}
+
+fn functions(n: usize) -> &'static str {
+    if n == 1 {
+        "function"
+    } else {
+        "functions"
+    }
 }
 
 /// The functions of `--binary`, attached; and what the start line calls them.
@@ -104,7 +105,8 @@ fn attach_binary(opts: &Options, config: &CallConfig) -> Result<(probes::Probes,
     for (k, v) in skipped {
         *p.skipped.entry(k).or_default() += v;
     }
-    Ok((p, format!("functions of {}", bin.display())))
+    let what = format!("{} of {}", functions(p.attached), bin.display());
+    Ok((p, what))
 }
 
 /// The kernel functions of `--module`/`--func`, attached; and what the start line calls
@@ -135,15 +137,15 @@ fn attach_kernel(opts: &Options, config: &CallConfig) -> Result<(probes::Probes,
         *p.skipped.entry(k).or_default() += v;
     }
     let what = match &opts.module {
-        Some(m) => format!("functions of {m}"),
-        None => "kernel functions".to_owned(),
+        Some(m) => format!("{} of {m}", functions(p.attached)),
+        None => format!("kernel {}", functions(p.attached)),
     };
     Ok((p, what))
 }
 
 pub fn run(opts: Options) -> Result<()> {
     runtime::prepare()?;
-    let config = config(&opts.filter)?;
+    let config = config(&opts.filter);
     let (mut probes, what) = if opts.binary.is_some() {
         attach_binary(&opts, &config)?
     } else {
@@ -158,18 +160,30 @@ pub fn run(opts: Options) -> Result<()> {
     );
 
     let ring = probes.ring()?;
-    let mut printer = printer::Printer::new(opts.format, opts.max_depth, std::io::stdout());
+    let mut printer = printer::Printer::new(opts.format, opts.max_depth);
     let names = &probes.names;
     runtime::block_on(async {
         let mut ring = ring::Watched::new(ring)?;
-        let stop = runtime::stopped(opts.duration);
+        let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
         loop {
-            let more = printer.drain(ring.ring(), names)?;
+            let more = printer.drain(ring.ring(), names);
+            let text = printer.take();
+            // Output stops at once on a stop, whatever is still in the ring or unwritten;
+            // a reader that stops reading holds the write, never the stop.
+            tokio::select! {
+                biased;
+                r = &mut stop => { r?; break; }
+                r = out::write(&text) => {
+                    if out::is_broken_pipe(&r) {
+                        break;
+                    }
+                    r?;
+                }
+            }
             let wait = if more { Duration::ZERO } else { POLL };
             tokio::select! {
                 biased;
-                // Output stops at once: what is still in the ring is dropped.
                 r = &mut stop => { r?; break; }
                 r = ring.wait(Some(wait)) => r?,
             }
@@ -183,7 +197,8 @@ pub fn run(opts: Options) -> Result<()> {
         printer.events, printer.indenter.unmatched
     );
     let (method, attached, took) = (probes.method, probes.attached, probes.took);
-    let detached = detach::detach(probes, opts.detach_in_foreground);
+    let (links, foreground) = (probes.links, opts.detach_in_foreground);
+    let detached = runtime::detach::release(probes, links, foreground);
     if opts.timings {
         eprintln!(
             "stapr calltree: timings: {} on {attached} functions: attach {:.2} s, stop to exit {:.2} s, {detached}",

@@ -1,9 +1,6 @@
-//! Events from the ring buffer to output: the tree's lines (text or JSON), written in
-//! chunks.
+//! Events from the ring buffer to the tree's lines (text or JSON), handed out in chunks
+//! for the report's loop to write.
 
-use std::io::Write;
-
-use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use probes_common::{
     c_bytes,
@@ -13,60 +10,41 @@ use probes_common::{
 use super::{names::Names, tree};
 use crate::runtime::{ring, Format};
 
-/// Output is written in chunks of about this many bytes.
-const OUT_CHUNK: usize = 64 * 1024;
-/// Events printed between two looks at the stop signal.
+/// Events formatted between two looks at the stop signal (and two writes).
 const DRAIN_BATCH: usize = 16384;
 
-pub struct Printer<W: Write> {
+pub struct Printer {
     pub indenter: tree::Indenter,
     format: Format,
     max_depth: Option<usize>,
     pub events: u64,
     out: String,
-    sink: W,
 }
 
-impl<W: Write> Printer<W> {
-    pub fn new(format: Format, max_depth: Option<usize>, sink: W) -> Self {
+impl Printer {
+    pub fn new(format: Format, max_depth: Option<usize>) -> Self {
         Printer {
             indenter: tree::Indenter::default(),
             format,
             max_depth,
             events: 0,
             out: String::new(),
-            sink,
         }
     }
 
-    /// Prints what is waiting in the ring, up to `DRAIN_BATCH` events: under a flood the
+    /// Formats what is waiting in the ring, up to `DRAIN_BATCH` events: under a flood the
     /// loop must still get to see a stop request. Returns whether more is waiting.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, names: &Names) -> Result<bool> {
-        let mut failed = None;
-        let more = ring::drain(ring, DRAIN_BATCH, |bytes| {
-            let Some(ev) = ring::record::<CallEvent>(bytes) else {
-                return;
-            };
-            self.add(&ev, names);
-            if failed.is_none() {
-                failed = self.flush(OUT_CHUNK).err();
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, names: &Names) -> bool {
+        ring::drain(ring, DRAIN_BATCH, |bytes| {
+            if let Some(ev) = ring::record::<CallEvent>(bytes) {
+                self.add(&ev, names);
             }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.flush(0)?;
-        Ok(more)
+        })
     }
 
-    /// Writes the pending output once more than `above` bytes wait.
-    pub fn flush(&mut self, above: usize) -> Result<()> {
-        if self.out.len() > above {
-            self.sink.write_all(self.out.as_bytes())?;
-            self.sink.flush()?;
-            self.out.clear();
-        }
-        Ok(())
+    /// The lines formatted since the last call.
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.out)
     }
 
     pub fn add(&mut self, ev: &CallEvent, names: &Names) {
@@ -94,7 +72,7 @@ impl<W: Write> Printer<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::{io::Write, time::Instant};
 
     use probes_common::{calltree::CALL_RETURN, COMM_LEN};
 
@@ -134,16 +112,14 @@ mod tests {
     }
 
     #[test]
-    fn prints_in_chunks_and_honours_max_depth() {
-        let mut p = Printer::new(Format::Text, Some(2), Vec::new());
+    fn formats_and_honours_max_depth() {
+        let mut p = Printer::new(Format::Text, Some(2));
         for ev in synthetic(96) {
             p.add(&ev, &names());
         }
         assert_eq!(p.events, 96);
-        p.flush(usize::MAX).unwrap();
-        assert!(p.sink.is_empty(), "nothing written below the threshold");
-        p.flush(0).unwrap();
-        let text = String::from_utf8(p.sink).unwrap();
+        let text = p.take();
+        assert!(p.take().is_empty(), "taken once");
         assert!(
             text.contains("worker(1000): -> ext4_function_1\n"),
             "{text}"
@@ -168,14 +144,16 @@ mod tests {
         let names = names();
         let path = std::env::temp_dir().join(format!("stapr-format-{}.out", std::process::id()));
         for _ in 0..env("STAPR_FORMAT_RUNS", 1) {
-            let file = std::fs::File::create(&path).unwrap();
-            let mut p = Printer::new(Format::Text, None, file);
+            let mut file = std::fs::File::create(&path).unwrap();
+            let mut p = Printer::new(Format::Text, None);
             let t = Instant::now();
-            for ev in &events {
-                p.add(ev, &names);
-                p.flush(OUT_CHUNK).unwrap();
+            // As the report does: a batch formatted, then written.
+            for batch in events.chunks(DRAIN_BATCH) {
+                for ev in batch {
+                    p.add(ev, &names);
+                }
+                file.write_all(p.take().as_bytes()).unwrap();
             }
-            p.flush(0).unwrap();
             let secs = t.elapsed().as_secs_f64();
             println!(
                 "formatted {n} events in {secs:.3} s: events_per_s={:.0}",

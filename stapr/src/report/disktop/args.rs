@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(short, long, value_enum, default_value = "bytes")]
     pub sort: SortKey,
     /// Rows per report
-    #[arg(short, long, default_value = "10", value_parser = positive_usize)]
+    #[arg(short, long, default_value = "10", value_parser = positive_usize, allow_hyphen_values = true)]
     pub rows: usize,
     /// Count requests issued to block devices instead of read/write calls (same as
     /// --probe block)

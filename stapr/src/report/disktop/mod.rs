@@ -81,12 +81,21 @@ impl interval::Periodic for Report {
         })
     }
 
+    fn format(&self) -> runtime::Format {
+        self.opts.format
+    }
+
     fn lost(&self) -> Result<u64> {
         self.probes.dropped()
+    }
+
+    fn slow_attachments(&self) -> usize {
+        self.probes.attached
     }
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    opts.filter.refuse_idle("disktop")?;
     runtime::prepare()?;
     let probes = probes::Probes::attach(opts.method)?;
     if !probes.skipped.is_empty() {
@@ -98,7 +107,7 @@ pub fn run(opts: Options) -> Result<()> {
     let every = opts.every;
     let names = DevNames::default();
     interval::run(
-        &mut Report {
+        Report {
             probes,
             names,
             opts,

@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 
 use super::{Filter, Options, ProbeKind, SortKey};
-use crate::cli::{positive_usize, IntervalArgs, OutputArgs, ProcessArgs};
+use crate::cli::{device, positive_usize, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
 Transmitted packets are charged to the process that sent them. Received packets are charged
@@ -11,6 +11,8 @@ to whatever task was running when the kernel processed them (softirq context), a
 netdev.receive did: on loopback that is usually the sender, on a real NIC often an unrelated
 task, 'swapper/N' (PID 0) or 'ksoftirqd/N'. KB is bytes/1024, rounded down; bytes are the
 skb length the kernel reports (receive lengths exclude the link-layer header).
+-p 0 selects the idle tasks (swapper/N), which softirq work such as receiving is often
+charged to.
 
 EXAMPLES:
     stapr nettop                  # every 5 s, all processes, ordered by RECV_PK
@@ -28,13 +30,13 @@ pub struct Args {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Only this network device (e.g. eth0, lo)
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = device, allow_hyphen_values = true)]
     pub dev: Option<String>,
     /// Order rows by this column, largest first (pid: smallest first)
     #[arg(short, long, value_enum, default_value = "recv_pk")]
     pub sort: SortKey,
     /// Print at most this many rows per report
-    #[arg(short, long, value_parser = positive_usize)]
+    #[arg(short, long, value_parser = positive_usize, allow_hyphen_values = true)]
     pub rows: Option<usize>,
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]

@@ -50,14 +50,48 @@ impl interval::Periodic for Report {
         })
     }
 
+    fn format(&self) -> runtime::Format {
+        self.opts.format
+    }
+
     fn lost(&self) -> Result<u64> {
         self.probes.dropped()
     }
+
+    fn slow_attachments(&self) -> usize {
+        match self.probes.kind {
+            ProbeKind::Tracepoint => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// Refuses a `-d` device this network namespace does not have, naming those it has.
+fn check_device(dev: &str) -> Result<()> {
+    let net = std::path::Path::new("/sys/class/net");
+    if net.join(dev).exists() {
+        return Ok(());
+    }
+    let mut have: Vec<String> = std::fs::read_dir(net)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    have.sort();
+    Err(runtime::user_error(format!(
+        "no network device '{dev}' here (this network namespace has: {})",
+        have.join(", ")
+    )))
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    if let Some(dev) = &opts.filter.dev {
+        check_device(dev)?;
+    }
     runtime::prepare()?;
     let probes = probes::Probes::attach(opts.probe)?;
     let every = opts.every;
-    interval::run(&mut Report { probes, opts }, every)
+    interval::run(Report { probes, opts }, every)
 }

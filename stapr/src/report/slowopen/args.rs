@@ -36,7 +36,7 @@ pub struct Args {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Stop after this long (default: until Ctrl-C)
-    #[arg(short, long, value_parser = duration::positive_secs)]
+    #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Add PID and TID columns
     #[arg(short, long)]

@@ -13,7 +13,7 @@ use probes_common::slowopen::{
     Notice, SlowConfig, SlowFile, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 
-use crate::runtime::{self, ring};
+use crate::runtime::{self, out, ring, Stop};
 
 pub use aggregate::Filter;
 
@@ -109,21 +109,60 @@ pub fn ended(
     Ok(out)
 }
 
-/// Prints what a batch ended.
-fn report(
+/// The lines of the files a batch ended.
+fn ended_lines(
     probes: &mut probes::Probes,
     batch: Batch,
     state: &mut State,
     opts: &Options,
-) -> Result<()> {
+) -> Result<String> {
     let rows = ended(probes, batch, state, min_ns(opts), &opts.filter)?;
-    if !rows.is_empty() {
-        runtime::emit(&rows.iter().map(|r| opts.line(r)).collect::<String>())?;
-    }
-    Ok(())
+    Ok(rows.iter().map(|r| opts.line(r)).collect())
 }
 
+/// Losses since the last call (`seen` holds the counts then), as lines of their own.
+fn losses(
+    probes: &probes::Probes,
+    seen: &mut (u64, u64),
+    format: runtime::Format,
+) -> Result<String> {
+    let now = probes.missed()?;
+    let (table, ring) = (now.0 - seen.0, now.1 - seen.1);
+    *seen = now;
+    let mut out = String::new();
+    for (n, reason, what) in [
+        (
+            table,
+            "table_full",
+            format!("opens: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
+        ),
+        (
+            ring,
+            "ringbuf_full",
+            "reports: the ring buffer was full".to_owned(),
+        ),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        match format {
+            runtime::Format::Text => out += &format!("Lost {n} {what}\n"),
+            runtime::Format::Json => {
+                out +=
+                    &serde_json::json!({"time": runtime::utc_now(), "lost": n, "reason": reason})
+                        .to_string();
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How often the loss counters are looked at when no record arrives.
+const LOSS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn run(opts: Options) -> Result<()> {
+    opts.filter.refuse_idle("slowopen")?;
     runtime::prepare()?;
     let config = SlowConfig {
         min_ns: min_ns(&opts),
@@ -141,53 +180,76 @@ pub fn run(opts: Options) -> Result<()> {
             probes.skipped.join(", ")
         );
     }
-    if opts.format == runtime::Format::Text {
-        runtime::emit(&render::header(opts.verbose))?;
-    }
     eprintln!(
         "stapr slowopen: syscall tracepoints (open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); files held >= {:?}. Ctrl-C to end.",
         opts.min
     );
     let mut state = State::default();
-    let mut ring = runtime::block_on(async {
+    let mut seen = (0, 0);
+    runtime::block_on(async {
+        let header = match opts.format {
+            runtime::Format::Text => render::header(opts.verbose),
+            runtime::Format::Json => String::new(),
+        };
         let mut ring = ring::Watched::new(ring)?;
-        let stop = runtime::stopped(opts.duration);
+        let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
-        loop {
-            tokio::select! {
+        let mut tick = tokio::time::interval(LOSS_CHECK);
+        let mut text = header;
+        let stop = loop {
+            // A reader that stops reading holds the write, never the stop.
+            if !text.is_empty() {
+                tokio::select! {
+                    r = out::write(&text) => {
+                        if out::is_broken_pipe(&r) {
+                            break Stop::ReaderGone;
+                        }
+                        r?;
+                    }
+                    s = &mut stop => break s?,
+                }
+            }
+            text = tokio::select! {
                 r = ring.wait(None) => {
                     r?;
                     let mut batch = Batch::default();
                     read_records(ring.ring(), &mut batch);
-                    report(&mut probes, batch, &mut state, &opts)?;
+                    ended_lines(&mut probes, batch, &mut state, &opts)?
+                        + &losses(&probes, &mut seen, opts.format)?
                 }
-                r = &mut stop => { r?; break; }
-            }
+                _ = tick.tick() => losses(&probes, &mut seen, opts.format)?,
+                s = &mut stop => break s?,
+            };
+        };
+        if stop == Stop::ReaderGone {
+            return Ok(());
         }
-        Ok(ring.into_inner())
-    })?;
-    // What arrived between the last wake-up and the stop.
-    let mut batch = Batch::default();
-    read_records(&mut ring, &mut batch);
-    report(&mut probes, batch, &mut state, &opts)?;
-
-    let entries = probes.open_files()?;
-    let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
-        .into_iter()
-        .filter(|r| aggregate::keeps(&opts.filter, r))
-        .collect();
-    runtime::emit(&match opts.format {
-        runtime::Format::Text => render::still_open(&rows, opts.verbose),
-        runtime::Format::Json => rows.iter().map(|r| opts.line(r)).collect(),
+        // What arrived between the last wake-up and the stop, then the files still open.
+        let mut batch = Batch::default();
+        read_records(ring.ring(), &mut batch);
+        let mut last = ended_lines(&mut probes, batch, &mut state, &opts)?;
+        last += &losses(&probes, &mut seen, opts.format)?;
+        let entries = probes.open_files()?;
+        let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
+            .into_iter()
+            .filter(|r| aggregate::keeps(&opts.filter, r))
+            .collect();
+        last += &match opts.format {
+            runtime::Format::Text => render::still_open(&rows, opts.verbose),
+            runtime::Format::Json => rows.iter().map(|r| opts.line(r)).collect(),
+        };
+        out::write_last(&last).await
     })?;
     let (table_full, ring_full) = probes.missed()?;
     if table_full > 0 {
         eprintln!(
-            "stapr slowopen: {table_full} opens not tracked: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"
+            "stapr slowopen: {table_full} opens not tracked in all: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"
         );
     }
     if ring_full > 0 {
-        eprintln!("stapr slowopen: {ring_full} reports lost: the ring buffer was full");
+        eprintln!("stapr slowopen: {ring_full} reports lost in all: the ring buffer was full");
     }
+    let slow = probes.attached;
+    runtime::detach::release(probes, slow, false);
     Ok(())
 }

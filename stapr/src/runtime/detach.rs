@@ -1,18 +1,19 @@
-//! Detaching: closing hundreds of probes one by one takes the kernel tens of seconds (an
-//! RCU grace period each), so with many of them a background process does it after the
-//! prompt is back.
+//! Detaching at exit. Closing a classic tracepoint, a kprobe or a uprobe costs the kernel
+//! an RCU grace period each (tens of milliseconds; seconds for hundreds of probes), and it
+//! happens one at a time. A report holding more than a few of them hands the closing to a
+//! background process, so the prompt comes back at once after Ctrl-C, `--duration` or a
+//! reader that left; everything is detached a moment later.
 
 use std::time::Instant;
 
-use super::probes::Probes;
+/// With more slow-to-detach attachments than this, detaching happens in the background.
+const BACKGROUND_DETACH: usize = 4;
 
-/// With more kernel attachments than this, detaching happens in a background process.
-const BACKGROUND_DETACH: usize = 16;
-
-/// Detaches `probes`, in the background when there are many and `foreground` is not
-/// asked for; says how on return ("detached in 0.12 s", "detaching in the background").
-pub fn detach(probes: Probes, foreground: bool) -> String {
-    if foreground || probes.links <= BACKGROUND_DETACH {
+/// Lets go of `probes` (whatever holds the attachments), in the background when it holds
+/// more than a few `slow` attachments and `foreground` is not asked for; says how
+/// ("detached in 0.12 s", "detaching in the background").
+pub fn release<T>(probes: T, slow: usize, foreground: bool) -> String {
+    if foreground || slow <= BACKGROUND_DETACH {
         let t = Instant::now();
         drop(probes);
         format!("detached in {:.2} s", t.elapsed().as_secs_f64())
@@ -22,11 +23,12 @@ pub fn detach(probes: Probes, foreground: bool) -> String {
     }
 }
 
-/// Whoever drops the last reference to a probe pays for its detach. So a child process inherits the descriptors; this process closes its own copies first (cheap: the
+/// Whoever drops the last reference to a probe pays for its detach. So a child process
+/// inherits the descriptors; this process closes its own copies first (cheap: the
 /// child still holds every probe), lets the child go, and exits at once. The child,
 /// detached from the terminal, then closes the last references. Nothing stays attached
 /// once it is done.
-fn in_background(probes: Probes) {
+fn in_background<T>(probes: T) {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -1,0 +1,514 @@
+//! Under pressure, each report driven to the edge by a real process: a reader that stops
+//! reading or goes away, a user with only the BPF capabilities, tables driven full, kill -9,
+//! an exporter hammered by scrapers, and every kind of bad input.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    assert_nothing_attached, assert_nothing_attached_within, bin, bin_dir, example, field,
+    http_get, kernel_lock, run, stapr, Running,
+};
+use serde_json::Value;
+
+/// How soon a stop (signal, --duration, a reader gone) must end a report. Emulated VMs
+/// get more: everything there runs several times slower.
+fn within() -> Duration {
+    if std::env::var_os("STAPR_VM").is_some() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(1)
+    }
+}
+
+/// Waits for `r` to exit; panics when it takes longer than `limit`. Returns the time taken.
+fn exits_within(r: &mut Running, limit: Duration, what: &str) -> Duration {
+    let t = Instant::now();
+    while !r.exited() {
+        assert!(t.elapsed() < limit, "{what}: still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+/// A pipe whose buffer (one page) is already full: whoever writes to it blocks. Returns
+/// (read end, write end); the read end must stay open, and is never read.
+fn full_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors, which the OwnedFds then own.
+    let (r, w) = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    let fd = w.as_raw_fd();
+    // SAFETY: fcntl and write on our own pipe.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let page = [b'x'; 4096];
+        while libc::write(fd, page.as_ptr().cast(), page.len()) > 0 {}
+        libc::fcntl(fd, libc::F_SETFL, flags);
+    }
+    (r, w)
+}
+
+/// `call_chain` making calls until killed, started once the tracer is attached.
+struct Calls(Child);
+
+impl Calls {
+    fn waiting() -> Calls {
+        Calls(
+            example("call_chain")
+                .args(["100000000", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting call_chain"),
+        )
+    }
+
+    fn go(&mut self) {
+        let stdin = self.0.stdin.as_mut().expect("call_chain stdin");
+        stdin
+            .write_all(b"go\n")
+            .expect("starting call_chain's calls");
+    }
+}
+
+impl Drop for Calls {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn call_chain_args() -> Vec<String> {
+    let path = bin("call_chain").display().to_string();
+    ["calltree", "--binary", &path, "-f", "ct_*"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Writes a little to a file on this machine's disk every 100 ms while it lives, so
+/// disktop has something to print.
+struct DiskActivity(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl DiskActivity {
+    fn start() -> DiskActivity {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let path = bin_dir().join("robustness-disk");
+        let h = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(&path, [b'd'; 4096]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+        DiskActivity(stop, Some(h))
+    }
+}
+
+impl Drop for DiskActivity {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn a_stop_is_honoured_while_stdout_is_blocked() {
+    let _k = kernel_lock();
+    let ct = call_chain_args();
+    let ct: Vec<&str> = ct.iter().map(String::as_str).collect();
+    let cases: [(&str, Vec<&str>, i32); 5] = [
+        ("nettop", vec!["nettop", "-i", "200ms"], libc::SIGINT),
+        ("disktop", vec!["disktop", "-i", "200ms"], libc::SIGTERM),
+        ("slowopen", vec!["slowopen"], libc::SIGINT),
+        ("calltree", ct.clone(), libc::SIGINT),
+        ("calltree SIGTERM", ct, libc::SIGTERM),
+    ];
+    for (what, args, sig) in cases {
+        let (_read_end, write_end) = full_pipe();
+        let _disk = DiskActivity::start();
+        let mut calls = what.starts_with("calltree").then(Calls::waiting);
+        let mut r = Running::spawn_with_stdout(&args, Stdio::from(write_end));
+        r.wait_ready(Duration::from_secs(60));
+        calls.iter_mut().for_each(Calls::go);
+        // Long enough for the report to have tried to write (and blocked, before).
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(!r.exited(), "{what} ended by itself");
+        r.signal(sig);
+        let took = exits_within(&mut r, within(), what);
+        let out = r.finish(Duration::from_secs(5));
+        assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+        eprintln!("{what}: stopped {took:?} after the signal");
+        assert_nothing_attached();
+    }
+}
+
+#[test]
+fn duration_is_honoured_while_stdout_is_blocked() {
+    let _k = kernel_lock();
+    let mut ct = call_chain_args();
+    ct.extend(["-d".to_owned(), "1".to_owned()]);
+    let ct: Vec<&str> = ct.iter().map(String::as_str).collect();
+    for (what, args) in [("slowopen", vec!["slowopen", "-d", "1"]), ("calltree", ct)] {
+        let (_read_end, write_end) = full_pipe();
+        let mut calls = (what == "calltree").then(Calls::waiting);
+        let mut r = Running::spawn_with_stdout(&args, Stdio::from(write_end));
+        r.wait_ready(Duration::from_secs(60));
+        calls.iter_mut().for_each(Calls::go);
+        exits_within(&mut r, Duration::from_secs(1) + within(), what);
+        let out = r.finish(Duration::from_secs(5));
+        assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+        assert_nothing_attached();
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_each_report() {
+    let _k = kernel_lock();
+    let _disk = DiskActivity::start();
+    let ct = call_chain_args();
+    let ct: Vec<&str> = ct.iter().map(String::as_str).collect();
+    for (what, args) in [
+        ("nettop", vec!["nettop", "-i", "2"]),
+        ("disktop", vec!["disktop", "-i", "1"]),
+        ("slowopen", vec!["slowopen"]),
+        ("calltree", ct),
+    ] {
+        let mut calls = (what == "calltree").then(Calls::waiting);
+        let mut r = Running::spawn_with_stdout(&args, Stdio::piped());
+        let mut reader = BufReader::new(r.take_stdout());
+        r.wait_ready(Duration::from_secs(60));
+        calls.iter_mut().for_each(Calls::go);
+        let mut first = String::new();
+        reader
+            .read_line(&mut first)
+            .expect("reading the first line");
+        // `| head -1`: the reader takes one line and leaves.
+        drop(reader);
+        exits_within(&mut r, within(), what);
+        let out = r.finish(Duration::from_secs(5));
+        assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+        assert_nothing_attached_within(Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn only_bpf_capabilities_run_the_reports_or_name_what_is_missing() {
+    let _k = kernel_lock();
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("setpriv (util-linux) is installed by the project's setup and in the VM image");
+    let as_nobody = |caps: &str, args: &[&str]| {
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(bin("stapr"))
+            .args(args);
+        run(&mut c, Duration::from_secs(60))
+    };
+    let reports: [&[&str]; 3] = [
+        &["nettop", "-i", "200ms", "--count", "1"],
+        &["disktop", "-i", "200ms", "--count", "1"],
+        &["slowopen", "-d", "200ms"],
+    ];
+    for args in reports {
+        let out = as_nobody("+bpf,+perfmon", args);
+        match out.status.code() {
+            Some(0) => {}
+            // Classic tracepoints need tracefs, which may be root's alone.
+            Some(2) => {
+                let lines: Vec<&str> = out
+                    .stderr
+                    .lines()
+                    .filter(|l| l.starts_with("stapr: "))
+                    .collect();
+                assert_eq!(lines.len(), 1, "{args:?}: {out:?}");
+                assert!(
+                    lines[0].contains("CAP_DAC_READ_SEARCH"),
+                    "{args:?}: {out:?}"
+                );
+            }
+            _ => panic!("{args:?} with CAP_BPF and CAP_PERFMON: {out:?}"),
+        }
+        if args[0] == "nettop" {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "nettop needs no tracefs: {out:?}"
+            );
+        }
+        let out = as_nobody("+bpf,+perfmon,+dac_read_search", args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
+    assert_nothing_attached();
+}
+
+/// Runs `report` (with JSON output), the workload, then Ctrl-C; returns stdout's objects.
+fn json_around(report: &[&str], workload: &mut Command) -> (Vec<Value>, String) {
+    let mut r = Running::spawn(report);
+    r.wait_ready(Duration::from_secs(60));
+    let w = run(workload, Duration::from_secs(600));
+    assert!(w.status.success(), "{w:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    r.signal(libc::SIGINT);
+    let out = r.finish(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let objects = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (objects, w.stdout)
+}
+
+fn lost(objects: &[Value]) -> u64 {
+    objects.iter().filter_map(|o| o["lost"].as_u64()).sum()
+}
+
+/// What the workload did = what was counted + what was lost, give or take what other
+/// processes did meanwhile (their losses cannot be told apart).
+fn adds_up(what: &str, counted: u64, lost: u64, done: u64) {
+    assert!(
+        lost > 0,
+        "{what}: the table never filled ({counted} counted)"
+    );
+    assert!(counted <= done, "{what}: {counted} counted of {done}");
+    assert!(
+        counted + lost >= done,
+        "{what}: {counted} + {lost} lost < {done}"
+    );
+    assert!(
+        counted + lost <= done + 2000,
+        "{what}: {counted} + {lost} lost >> {done}"
+    );
+}
+
+#[test]
+fn full_tables_show_their_losses_in_that_interval() {
+    let _k = kernel_lock();
+    // nettop: 10,500 processes, one datagram each (a transmit and a receive under the
+    // sender on loopback), against 10,240 keys.
+    let n = 10_500u64;
+    let (objs, _) = json_around(
+        &["nettop", "--format", "json", "-i", "60"],
+        example("many_procs").args([&n.to_string(), "udp"]),
+    );
+    let counted: u64 = objs
+        .iter()
+        .filter(|o| o["comm"] == "many_procs")
+        .map(|o| o["xmit_packets"].as_u64().unwrap() + o["recv_packets"].as_u64().unwrap())
+        .sum();
+    assert!(objs.iter().any(|o| o["reason"] == "table_full"), "{objs:?}");
+    adds_up("nettop", counted, lost(&objs), 2 * n);
+    assert_nothing_attached();
+
+    // disktop: 10,500 processes, one 1-byte write each, against 10,240 keys.
+    let path = bin_dir().join("robustness-writes");
+    std::fs::write(&path, b"").unwrap();
+    let (objs, w) = json_around(
+        &["disktop", "--format", "json", "-i", "60", "-r", "100000"],
+        example("many_procs").args([&n.to_string(), "write", path.to_str().unwrap()]),
+    );
+    let parent: u64 = field(&w, "pid").parse().unwrap();
+    let counted: u64 = objs
+        .iter()
+        .filter(|o| o["ppid"].as_u64() == Some(parent))
+        .map(|o| o["bytes"].as_u64().unwrap())
+        .sum();
+    adds_up("disktop", counted, lost(&objs), n);
+    let _ = std::fs::remove_file(&path);
+    assert_nothing_attached();
+
+    // slowopen: one process holds 17,000 files open (16,384 slots), in text form.
+    let files = 17_000u64;
+    let path = bin_dir().join("robustness-held");
+    std::fs::write(&path, b"held").unwrap();
+    let mut r = Running::spawn(&["slowopen", "--min", "50ms"]);
+    r.wait_ready(Duration::from_secs(60));
+    let w = run(
+        example("many_procs").args([&files.to_string(), "hold", "300", path.to_str().unwrap()]),
+        Duration::from_secs(600),
+    );
+    assert!(w.status.success(), "{w:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    r.signal(libc::SIGINT);
+    let out = r.finish(Duration::from_secs(30));
+    let name = path.display().to_string();
+    let counted = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("many_procs") && l.ends_with(&name))
+        .count() as u64;
+    let lost: u64 = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Lost ")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        out.stdout
+            .contains("the in-kernel table (16384 files) was full"),
+        "{}",
+        out.stderr
+    );
+    adds_up("slowopen", counted, lost, files);
+    let _ = std::fs::remove_file(&path);
+    assert_nothing_attached();
+}
+
+#[test]
+fn kill_9_leaves_nothing_attached() {
+    let _k = kernel_lock();
+    let ct = call_chain_args();
+    let ct: Vec<&str> = ct.iter().map(String::as_str).collect();
+    for args in [
+        vec!["nettop"],
+        vec!["disktop"],
+        vec!["slowopen"],
+        ct,
+        vec!["export", "--listen", "127.0.0.1:0"],
+    ] {
+        let mut r = Running::spawn(&args);
+        r.wait_ready(Duration::from_secs(60));
+        r.signal(libc::SIGKILL);
+        let _ = r.finish(Duration::from_secs(10));
+        assert_nothing_attached_within(Duration::from_secs(2));
+    }
+}
+
+fn vm_rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_exporter_keeps_answering_under_load() {
+    let _k = kernel_lock();
+    let mut exporter = Running::spawn(&["export", "--listen", "127.0.0.1:0"]);
+    let ready = exporter.wait_ready(Duration::from_secs(60));
+    let addr = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned();
+    // 50 connections that never send a request.
+    let idle: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Malformed requests, answered or dropped, never crashing the exporter.
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /metrics HTTP/9.9\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\n\r\n",
+        &[b'A'; 20_000],
+        b"\x00\x01\x02\r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(bad);
+    }
+    // 200 scrapes at once, while a normal scrape is timed.
+    let crowd: Vec<_> = (0..200)
+        .map(|_| {
+            let a = addr.clone();
+            std::thread::spawn(move || http_get(&a, "/metrics").status)
+        })
+        .collect();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = http_get(&addr, "/metrics");
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("stapr_series"), "{}", r.body);
+        assert!(
+            t.elapsed() < within(),
+            "a scrape took {:?} under load",
+            t.elapsed()
+        );
+    }
+    for c in crowd {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    let rss = vm_rss_kb(exporter.pid());
+    assert!(rss < 100 * 1024, "exporter RSS {rss} KiB under load");
+    drop(idle);
+    exporter.signal(libc::SIGTERM);
+    let out = exporter.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_nothing_attached();
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let long = "x".repeat(100_000);
+    let cases: &[(&[&str], &str)] = &[
+        (&["nettop", "-p", "+1"], "'+1' is not a valid id"),
+        (&["nettop", "--pid", "-1"], "'-1' is not a valid id"),
+        (&["slowopen", "-p", "0"], "idle task"),
+        (&["disktop", "-p", "0"], "idle task"),
+        (&["nettop", "-c", ""], "command names are 1 to 15 bytes"),
+        (&["disktop", "-c", &long], "command names are 1 to 15 bytes"),
+        (&["calltree", "-c", ""], "command names are 1 to 15 bytes"),
+        (&["nettop", "-d", ""], "not a network device name"),
+        (
+            &["nettop", "-d", "nosuchdev0"],
+            "no network device 'nosuchdev0'",
+        ),
+        (&["slowopen", "--min", "0"], "greater than zero"),
+        (&["slowopen", "--min", "0.1ns"], "greater than zero"),
+        (&["slowopen", "--min", "1x"], "invalid duration '1x'"),
+        (&["export", "--file-min", "0"], "greater than zero"),
+        (&["nettop", "-i", "1ns"], "too short"),
+        (&["disktop", "-i", "99999999999999"], "too long"),
+        (&["nettop", "-i", "-1"], "must be positive"),
+        (&["slowopen", "-d", "-1"], "must be positive"),
+        (&["nettop", "--count", "-1"], "greater than zero"),
+        (&["disktop", "-r", "-1"], "greater than zero"),
+        (&["calltree", "--max-depth", "-1"], "greater than zero"),
+        (
+            &["calltree", "--module", "ext4", "--binary", "/bin/true"],
+            "use one",
+        ),
+    ];
+    for (args, mentions) in cases {
+        let out = run(stapr().args(*args), Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {:?}", out.stderr);
+        assert!(lines[0].starts_with("stapr: "), "{args:?}: {lines:?}");
+        assert!(
+            lines[0].contains(mentions),
+            "{args:?}: {lines:?} lacks {mentions:?}"
+        );
+        assert!(
+            lines[0].len() < 300,
+            "{args:?}: a {} byte line",
+            lines[0].len()
+        );
+    }
+}
