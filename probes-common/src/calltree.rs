@@ -25,6 +25,9 @@ pub struct CallEvent {
     /// `CALL_ENTRY` or `CALL_RETURN`.
     pub kind: u32,
     pub _pad: u32,
+    /// A return's value as the return register held it (all 64 bits; an `int` function
+    /// leaves the upper half to chance), 0 on entries.
+    pub ret: i64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -45,7 +48,7 @@ pub struct CallConfig {
     pub uid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CallEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<CallConfig>() == 40);
 
 #[cfg(feature = "user")]

@@ -3,6 +3,8 @@
 //!
 //! One body, several attach flavours: kprobe.multi (cookie = function index << 1 | return),
 //! kprobe/kretprobe and fentry/fexit (function address), uprobe/uretprobe (cookie = index).
+//! Returns carry the function's return value: the return register (kprobe.multi,
+//! kretprobe, uretprobe) or `bpf_get_func_ret()` (fexit).
 #![no_std]
 #![no_main]
 
@@ -10,7 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::{bpf_get_attach_cookie, bpf_get_func_ip},
+        generated::{bpf_get_attach_cookie, bpf_get_func_ip, bpf_get_func_ret},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, uprobe, uretprobe},
     maps::{PerCpuArray, RingBuf},
@@ -60,7 +62,7 @@ fn contains(comm: &[u8; COMM_LEN], want: &[u8; COMM_LEN], len: usize) -> bool {
 }
 
 #[inline(always)]
-fn emit(id: u64, kind: u32) -> u32 {
+fn emit(id: u64, kind: u32, ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cfg = global(&CALL_CONFIG);
@@ -84,6 +86,7 @@ fn emit(id: u64, kind: u32) -> u32 {
                 tid: pid_tgid as u32,
                 kind,
                 _pad: 0,
+                ret,
                 comm,
             });
             // Batch wake-ups: user space polls for the rest.
@@ -107,37 +110,61 @@ fn emit(id: u64, kind: u32) -> u32 {
 #[kprobe]
 pub fn stapr_ct_multi(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    emit(cookie >> 1, (cookie & 1) as u32)
+    let kind = (cookie & 1) as u32;
+    // The same program serves returns: there the return register holds the value.
+    let ret = if kind == CALL_RETURN {
+        RetProbeContext::new(ctx.as_ptr()).ret::<i64>()
+    } else {
+        0
+    };
+    emit(cookie >> 1, kind, ret)
 }
 
 #[kprobe]
 pub fn stapr_ct_kent(ctx: ProbeContext) -> u32 {
-    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY)
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY, 0)
 }
 
 #[kretprobe]
 pub fn stapr_ct_kret(ctx: RetProbeContext) -> u32 {
-    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_RETURN)
+    let ret = ctx.ret::<i64>();
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_RETURN, ret)
 }
 
 // The function named here is a placeholder: user space loads one copy per traced function
 // with that function's BTF id.
 #[fentry(function = "vfs_read")]
 pub fn stapr_ct_fent(ctx: FEntryContext) -> u32 {
-    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY)
+    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_ENTRY, 0)
 }
 
 #[fexit(function = "vfs_read")]
 pub fn stapr_ct_fexit(ctx: FExitContext) -> u32 {
-    emit(unsafe { bpf_get_func_ip(ctx.as_ptr()) }, CALL_RETURN)
+    let mut ret = 0u64;
+    // Fails (and leaves 0) only for a function that returns nothing.
+    let _ = unsafe { bpf_get_func_ret(ctx.as_ptr(), &mut ret) };
+    emit(
+        unsafe { bpf_get_func_ip(ctx.as_ptr()) },
+        CALL_RETURN,
+        ret as i64,
+    )
 }
 
 #[uprobe]
 pub fn stapr_ct_uent(ctx: ProbeContext) -> u32 {
-    emit(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }, CALL_ENTRY)
+    emit(
+        unsafe { bpf_get_attach_cookie(ctx.as_ptr()) },
+        CALL_ENTRY,
+        0,
+    )
 }
 
 #[uretprobe]
 pub fn stapr_ct_uret(ctx: RetProbeContext) -> u32 {
-    emit(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }, CALL_RETURN)
+    let ret = ctx.ret::<i64>();
+    emit(
+        unsafe { bpf_get_attach_cookie(ctx.as_ptr()) },
+        CALL_RETURN,
+        ret,
+    )
 }

@@ -457,3 +457,349 @@ fn every_attach_method_traces_ext4() {
         assert_nothing_attached_within(Duration::from_secs(180));
     }
 }
+
+/// A line of `--min`/`--errors`/`-D` output: depth, entry, function, and for a return its
+/// duration in ns and error name (`ENOTEMPTY`).
+#[derive(Debug, Clone, PartialEq)]
+struct Timed {
+    comm: String,
+    depth: usize,
+    entry: bool,
+    func: String,
+    duration_ns: Option<f64>,
+    error: Option<String>,
+}
+
+fn timed(line: &str) -> Timed {
+    let (head, entry, rest) = match (line.find(" -> "), line.find(" <- ")) {
+        (Some(i), _) => (&line[..i], true, &line[i + 4..]),
+        (None, Some(i)) => (&line[..i], false, &line[i + 4..]),
+        _ => panic!("not a tree line: {line:?}"),
+    };
+    let who = head.trim_start().split_once(' ').map_or("", |(_, w)| w);
+    let comm = who.split('(').next().unwrap_or_default().to_owned();
+    let depth = who.len() - who.trim_end_matches(' ').len() + 1;
+    let (func, tail) = match rest.find(" (") {
+        Some(i) => (&rest[..i], &rest[i + 2..]),
+        None => (rest, ""),
+    };
+    let duration_ns = tail.split_once(')').map(|(d, _)| {
+        let (n, unit) = d.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let n: f64 = n.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        n * match unit {
+            "ns" => 1.0,
+            "us" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            _ => panic!("unit in {line:?}"),
+        }
+    });
+    let error = tail.split_once(") -").map(|(_, e)| e.trim().to_owned());
+    Timed {
+        comm,
+        depth,
+        entry,
+        func: func.to_owned(),
+        duration_ns,
+        error,
+    }
+}
+
+/// `calltree --binary call_trees` with `args` while call_trees handles one request of each
+/// kind (fast, slow, failing).
+fn trees_of_call_trees(args: &[&str]) -> Outcome {
+    let path = bin("call_trees").to_str().unwrap().to_owned();
+    let mut all = vec![
+        "calltree",
+        "--binary",
+        &path,
+        "-f",
+        "ct_*",
+        "-f",
+        "call_trees::pars*",
+    ];
+    all.extend_from_slice(args);
+    let mut tracer = Running::spawn(&all);
+    tracer.wait_ready(Duration::from_secs(60));
+    let mut prog = example("call_trees")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    prog.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert!(prog.wait().unwrap().success());
+    stop(tracer)
+}
+
+#[test]
+fn binary_min_prints_only_the_slow_tree() {
+    let _k = kernel_lock();
+    let out = trees_of_call_trees(&["--min", "100ms"]);
+    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let shape: Vec<(usize, bool, &str)> = lines
+        .iter()
+        .map(|l| (l.depth, l.entry, l.func.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, true, "ct_slow"),
+            (2, true, "ct_wait"),
+            (2, false, "ct_wait"),
+            (1, false, "ct_slow")
+        ],
+        "{}",
+        out.stdout
+    );
+    let outer = lines[3]
+        .duration_ns
+        .expect("the outermost return's duration");
+    assert!(outer >= 200e6, "{outer} ns: {}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("trees: 1 printed (0 with lines cut), 2 not slow, 0 still open"),
+        "{}",
+        out.stderr
+    );
+    assert_nothing_attached();
+}
+
+#[test]
+fn binary_errors_prints_only_the_failing_tree() {
+    let _k = kernel_lock();
+    let out = trees_of_call_trees(&["--errors"]);
+    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let shape: Vec<(bool, &str, Option<&str>)> = lines
+        .iter()
+        .map(|l| (l.entry, l.func.as_str(), l.error.as_deref()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (true, "ct_failing", None),
+            (true, "ct_open_missing", None),
+            (false, "ct_open_missing", Some("ENOENT")),
+            (false, "ct_failing", Some("ENOENT")),
+        ],
+        "{}",
+        out.stdout
+    );
+    assert!(lines.iter().all(|l| l.comm == "call_trees"));
+    assert_nothing_attached();
+}
+
+#[test]
+fn binary_durations_json_and_demangled_names() {
+    let _k = kernel_lock();
+    let out = trees_of_call_trees(&["-D"]);
+    // Every tree, every return with its duration; the Rust function by its own name.
+    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    assert_eq!(lines.len(), 12, "{}", out.stdout);
+    assert!(lines
+        .iter()
+        .filter(|l| !l.entry)
+        .all(|l| l.duration_ns.is_some()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.func == "call_trees::parse" && l.depth == 2),
+        "{}",
+        out.stdout
+    );
+    let out = trees_of_call_trees(&["--format", "json"]);
+    let returns: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "return")
+        .collect();
+    assert_eq!(returns.len(), 6, "{}", out.stdout);
+    let missing = returns
+        .iter()
+        .find(|v| v["func"] == "ct_open_missing")
+        .unwrap();
+    assert_eq!(missing["ret"], -2, "{missing}");
+    assert_eq!(missing["error"], "ENOENT", "{missing}");
+    let slow = returns.iter().find(|v| v["func"] == "ct_slow").unwrap();
+    assert!(
+        slow["duration_ns"].as_u64().unwrap() >= 200_000_000,
+        "{slow}"
+    );
+    assert_nothing_attached();
+}
+
+#[test]
+fn a_runaway_tree_is_cut_and_memory_stays_bounded() {
+    let _k = kernel_lock();
+    let path = bin("call_trees").to_str().unwrap().to_owned();
+    let mut tracer = Running::spawn(&[
+        "calltree", "--binary", &path, "-f", "ct_flood", "-f", "ct_tick", "--min", "1ns",
+    ]);
+    tracer.wait_ready(Duration::from_secs(60));
+    let mut prog = example("call_trees")
+        .args(["1", "flood", "300000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    prog.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut max_rss_kb = 0;
+    while prog.try_wait().unwrap().is_none() {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid()));
+        if let Some(kb) = status.ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        }) {
+            max_rss_kb = max_rss_kb.max(kb);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Formatting 600,000 events takes a debug build a while; output stops at Ctrl-C.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = stop(tracer);
+    // 600,000 lines of about 45 bytes would be 27 MB; one tree may hold 4 MiB.
+    assert!(
+        out.stdout
+            .contains("'s tree cut: it outgrew stapr's buffer"),
+        "{}\n{}",
+        &out.stdout[out.stdout.len().saturating_sub(300)..],
+        out.stderr
+    );
+    assert!(
+        out.stdout.len() < 5 << 20,
+        "{} bytes printed",
+        out.stdout.len()
+    );
+    assert!(
+        out.stderr.contains("1 printed (1 with lines cut)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        max_rss_kb < 100 * 1024,
+        "stapr's RSS reached {max_rss_kb} KiB"
+    );
+    eprintln!("max RSS {max_rss_kb} KiB; {}", out.stderr);
+    assert_nothing_attached();
+}
+
+/// The ext4 methods this kernel offers, as `--attach` flags.
+fn ext4_methods() -> Vec<&'static str> {
+    let mut m = vec!["fentry", "kprobe"];
+    if default_methods().contains(&"kprobe.multi") {
+        m.push("multi");
+    }
+    m
+}
+
+#[test]
+#[ignore = "needs kprobes or fentry: runs in the Debian VMs"]
+fn errors_show_the_failed_rmdir_with_every_method() {
+    let _k = kernel_lock();
+    let dir = bin_dir().join("calltree-rmdir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for method in ext4_methods() {
+        let mut tracer = Running::spawn(&[
+            "calltree",
+            "--func",
+            "ext4_rmdir",
+            "--func",
+            "ext4_empty_dir",
+            "--func",
+            "ext4_*readdir*",
+            "--func",
+            "ext4_lookup",
+            "--errors",
+            "--attach",
+            method,
+        ]);
+        tracer.wait_ready(Duration::from_secs(300));
+        let ls = run(Command::new("ls").arg(&dir), Duration::from_secs(30));
+        assert!(ls.status.success(), "{ls:?}");
+        let rmdir = run(Command::new("rmdir").arg(&dir), Duration::from_secs(30));
+        assert!(
+            !rmdir.status.success(),
+            "rmdir of a non-empty directory: {rmdir:?}"
+        );
+        let out = stop(tracer);
+        let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+        assert!(
+            lines.iter().any(|l| l.comm == "rmdir"
+                && !l.entry
+                && l.func == "ext4_rmdir"
+                && l.error.as_deref() == Some("ENOTEMPTY")),
+            "{method}: no failed ext4_rmdir:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            lines.iter().all(|l| l.comm != "ls"),
+            "{method}: a successful ls printed:\n{}",
+            out.stdout
+        );
+        assert_nothing_attached_within(Duration::from_secs(180));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "needs kprobes or fentry: runs in the Debian VMs"]
+fn min_shows_only_the_slow_ext4_trees() {
+    let _k = kernel_lock();
+    let mut tracer = Running::spawn(&[
+        "calltree",
+        "--func",
+        "ext4_*getattr",
+        "--func",
+        "ext4_file_write_iter",
+        "--func",
+        "ext4_sync_fs",
+        "--func",
+        "ext4_writepages",
+        "--func",
+        "ext4_sync_file",
+        "--min",
+        "1ms",
+    ]);
+    tracer.wait_ready(Duration::from_secs(300));
+    let file = bin_dir().join("calltree-big.dat");
+    let dd = run(
+        Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", file.display()))
+            .args(["bs=1M", "count=16"]),
+        Duration::from_secs(120),
+    );
+    assert!(dd.status.success(), "{dd:?}");
+    for _ in 0..20 {
+        let ls = run(
+            Command::new("ls").arg("-l").arg(bin_dir()),
+            Duration::from_secs(30),
+        );
+        assert!(ls.status.success(), "{ls:?}");
+    }
+    let sync = run(&mut Command::new("sync"), Duration::from_secs(120));
+    assert!(sync.status.success(), "{sync:?}");
+    let out = stop(tracer);
+    let _ = std::fs::remove_file(&file);
+    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let outermost: Vec<&Timed> = lines.iter().filter(|l| !l.entry && l.depth == 1).collect();
+    assert!(
+        outermost
+            .iter()
+            .any(|l| l.func == "ext4_writepages" || l.func == "ext4_sync_fs"),
+        "no write-back or sync tree:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    for l in &outermost {
+        let d = l.duration_ns.unwrap_or_else(|| panic!("{l:?}"));
+        assert!(d >= 1e6, "a tree under 1 ms printed: {l:?}\n{}", out.stdout);
+    }
+    assert!(out.stderr.contains(" not slow"), "{}", out.stderr);
+    assert_nothing_attached_within(Duration::from_secs(180));
+}

@@ -490,6 +490,14 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["disktop", "-r", "-1"], "greater than zero"),
         (&["calltree", "--max-depth", "-1"], "greater than zero"),
         (
+            &["calltree", "--func", "x", "--min", "0"],
+            "greater than zero",
+        ),
+        (
+            &["calltree", "--func", "x", "--min", "1x"],
+            "invalid duration '1x'",
+        ),
+        (
             &["calltree", "--module", "ext4", "--binary", "/bin/true"],
             "use one",
         ),

@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 const BTF_MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -40,6 +41,20 @@ struct Type {
     /// `size` for structs, unions, ints; the referenced type id for modifiers.
     size_or_type: u32,
     members: Vec<Member>,
+}
+
+/// What a function returns, as far as telling a failed call by its value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetKind {
+    Void,
+    /// An integer (or enum) of 4 bytes or less: the low half of the return register.
+    Int32,
+    /// A 64-bit integer (`long`, `ssize_t`).
+    Int64,
+    /// A pointer, which may be an `ERR_PTR`.
+    Ptr,
+    /// Anything else (a struct, a bool, an unknown type): never counted as failing.
+    Other,
 }
 
 /// Parsed type information of one BTF blob.
@@ -182,6 +197,39 @@ impl Btf {
         self.funcs.get(name).copied()
     }
 
+    /// What function `name` returns. For a module's split BTF, `base` is vmlinux's, where
+    /// the module's types may point.
+    pub fn func_ret(&self, name: &str, base: Option<&Btf>) -> Option<RetKind> {
+        let func = self.type_of(self.func_id(name)?, base)?;
+        let proto = self.type_of(func.size_or_type, base)?;
+        let mut id = proto.size_or_type;
+        for _ in 0..16 {
+            if id == 0 {
+                return Some(RetKind::Void);
+            }
+            let t = self.type_of(id, base)?;
+            match t.kind {
+                KIND_TYPEDEF..=KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
+                // A 1-byte int is a bool or a char: no errno in it.
+                KIND_INT | KIND_ENUM if t.size_or_type == 4 || t.size_or_type == 2 => {
+                    return Some(RetKind::Int32)
+                }
+                KIND_INT | KIND_ENUM64 if t.size_or_type == 8 => return Some(RetKind::Int64),
+                KIND_PTR => return Some(RetKind::Ptr),
+                _ => return Some(RetKind::Other),
+            }
+        }
+        Some(RetKind::Other)
+    }
+
+    /// The type `id`, in this blob or (for a split blob) its base.
+    fn type_of<'a>(&'a self, id: u32, base: Option<&'a Btf>) -> Option<&'a Type> {
+        match id.checked_sub(self.first_id) {
+            Some(i) => self.types.get(i as usize),
+            None => base?.types.get(id as usize),
+        }
+    }
+
     fn name(&self, off: u32) -> &str {
         let rest = self.strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
@@ -241,7 +289,7 @@ mod tests {
 
     /// A hand-built blob: struct outer { int a; union { long b; int c; }; int d; }.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0d\0long\0".to_vec();
+        let strings = b"\0int\0outer\0a\0b\0c\0d\0long\0getint\0getptr\0noret\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -271,6 +319,16 @@ mod tests {
         push(&[s("d"), 1, 128]);
         // 5: a function named "long" (its prototype does not matter here)
         push(&[s("long"), KIND_FUNC << 24, 0]);
+        // 6: int (void), 7: getint; 8: int *, 9: int *(void), 10: getptr; 11: void (void),
+        // 12: noret; 13: long (void) for a module's function.
+        push(&[0, KIND_FUNC_PROTO << 24, 1]);
+        push(&[s("getint"), KIND_FUNC << 24, 6]);
+        push(&[0, KIND_PTR << 24, 1]);
+        push(&[0, KIND_FUNC_PROTO << 24, 8]);
+        push(&[s("getptr"), KIND_FUNC << 24, 9]);
+        push(&[0, KIND_FUNC_PROTO << 24, 0]);
+        push(&[s("noret"), KIND_FUNC << 24, 11]);
+        push(&[0, KIND_FUNC_PROTO << 24, 2]);
         header(&types, &strings)
     }
 
@@ -293,6 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn return_kinds() {
+        let base = Btf::parse(&blob()).unwrap();
+        assert_eq!(base.func_ret("getint", None), Some(RetKind::Int32));
+        assert_eq!(base.func_ret("getptr", None), Some(RetKind::Ptr));
+        assert_eq!(base.func_ret("noret", None), Some(RetKind::Void));
+        assert_eq!(base.func_ret("nosuch", None), None);
+        // A module function whose prototype (long (void)) lives in the base.
+        let strings = b"\0modlong\0";
+        let mut types = Vec::new();
+        for w in [base.strings.len() as u32 + 1, KIND_FUNC << 24, 13] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        let module = Btf::parse_split(&header(&types, strings), &base).unwrap();
+        assert_eq!(
+            module.func_ret("modlong", Some(&base)),
+            Some(RetKind::Int64)
+        );
+    }
+
+    #[test]
     fn finds_functions_in_base_and_split_btf() {
         let base = Btf::parse(&blob()).unwrap();
         assert_eq!(base.func_id("long"), Some(5));
@@ -305,8 +383,8 @@ mod tests {
             types.extend_from_slice(&w.to_le_bytes());
         }
         let module = Btf::parse_split(&header(&types, strings), &base).unwrap();
-        assert_eq!(module.func_id("modfn"), Some(6));
-        assert_eq!(module.func_id("int"), Some(7));
+        assert_eq!(module.func_id("modfn"), Some(14));
+        assert_eq!(module.func_id("int"), Some(15));
     }
 
     #[test]

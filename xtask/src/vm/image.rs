@@ -146,6 +146,7 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> 
         "file_holder",
         "disk_writer",
         "call_chain",
+        "call_trees",
         "many_procs",
     ] {
         std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;

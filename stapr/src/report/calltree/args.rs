@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use super::{Attach, Options};
+use super::{Attach, Options, TreeFilter};
 use crate::{
-    cli::{positive_usize, OutputArgs, ProcessArgs},
+    cli::{min_duration, positive_usize, OutputArgs, ProcessArgs},
     runtime::duration,
 };
 
@@ -21,10 +21,19 @@ probed (notrace, __init, ambiguous names, refused by the kernel) are skipped and
 process that runs it. On exit output stops at once; many probes are detached by a
 background process after the prompt returns.
 
+--min and --errors hold each thread's tree back until its outermost call returns and
+print it only if that call took at least --min, or (--errors) some call in it failed:
+a kernel function whose BTF return type is an integer that returned -4095..-1 (an int's
+low 32 bits), or a pointer that returned an ERR_PTR; a program's function (--binary, no
+BTF) that returned -4095..-1 in its low 32 bits, as C's int error codes do. Void functions
+never fail. A tree that outgrows 4 MiB (64 MiB for all) is cut and counted.
+
 EXAMPLES:
     stapr calltree --module ext4              # while `ls` runs on an ext4 mount
     stapr calltree --func 'vfs_*' -c ls       # kernel functions by name, only ls
     stapr calltree --module nfs --max-depth 3 -d 10s
+    stapr calltree --module ext4 --min 10ms   # only trees slower than 10 ms
+    stapr calltree --module ext4 --errors     # only trees where something failed
     stapr calltree --binary /usr/sbin/nginx --func 'ngx_http_*' -p 1234
 ";
 
@@ -48,6 +57,18 @@ pub struct Args {
     /// Print calls only down to this depth
     #[arg(long, value_parser = positive_usize, allow_hyphen_values = true)]
     pub max_depth: Option<usize>,
+    /// Print only the call trees whose outermost call took at least this long (10ms,
+    /// 1.5s, 250us)
+    #[arg(long, value_parser = min_duration, allow_hyphen_values = true)]
+    pub min: Option<Duration>,
+    /// Print only the call trees in which some call failed (returned -4095..-1 or an
+    /// ERR_PTR; see below); with --min, trees that are slow or failed
+    #[arg(long)]
+    pub errors: bool,
+    /// End each return line with the call's duration and, when it failed, its error
+    /// (on with --min and --errors)
+    #[arg(short = 'D', long)]
+    pub durations: bool,
     /// Stop after this long (default: until Ctrl-C)
     #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
@@ -70,6 +91,11 @@ impl From<Args> for Options {
             attach: a.attach,
             filter: a.who.into(),
             max_depth: a.max_depth,
+            trees: TreeFilter {
+                min_ns: a.min.map(crate::runtime::nanos),
+                errors: a.errors,
+            },
+            durations: a.durations || a.min.is_some() || a.errors,
             duration: a.duration,
             format: a.output.format,
             timings: a.timings,

@@ -28,11 +28,11 @@ use aya::{
 use super::{
     names::{Addrs, Names},
     probes::{self, Method, Probes},
-    select::Func,
+    select::{Func, ProgramFn},
 };
 use crate::runtime::{
     bpf_sys::{self, LoadSpec},
-    btf,
+    btf::{self, RetKind},
     object::program,
     program_error_reason, user_error,
 };
@@ -163,7 +163,7 @@ fn each(
 
 /// One kprobe.multi link for every entry and one for every return; the cookie is the
 /// function's index shifted left, its low bit set on return.
-pub fn multi(ebpf: Ebpf, funcs: &[Func]) -> Result<Probes> {
+pub fn multi(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind]) -> Result<Probes> {
     let insns = relocated(&ebpf, probes::PROG_MULTI)?;
     let prog = bpf_sys::prog_load(
         &LoadSpec {
@@ -182,7 +182,7 @@ pub fn multi(ebpf: Ebpf, funcs: &[Func]) -> Result<Probes> {
         .context("kprobe.multi link on entries")?;
     let on_return = bpf_sys::kprobe_multi(prog.as_fd(), &syms, &ret, true)
         .context("kprobe.multi link on returns")?;
-    let mut p = Probes::new(ebpf, Method::Multi, Names::Index(syms));
+    let mut p = Probes::new(ebpf, Method::Multi, Names::by_index(funcs, rets));
     p.raw = vec![prog, on_entry, on_return];
     p.attached = funcs.len();
     p.links = 2;
@@ -191,7 +191,7 @@ pub fn multi(ebpf: Ebpf, funcs: &[Func]) -> Result<Probes> {
 
 /// One fentry and one fexit program per function, each loaded for its BTF id (in the
 /// module's BTF for a module's function).
-pub fn fentry(ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
+pub fn fentry(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Result<Probes> {
     let code = [
         (
             relocated(&ebpf, probes::PROG_FENTRY)?,
@@ -243,7 +243,8 @@ pub fn fentry(ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
         raw.extend(pair);
         Ok(())
     })?;
-    let mut p = Probes::new(ebpf, Method::Fentry, Names::by_address(funcs, addrs));
+    let names = Names::by_address(funcs, rets, addrs);
+    let mut p = Probes::new(ebpf, Method::Fentry, names);
     p.links = raw.len() / 2;
     p.raw = raw;
     p.attached = ok;
@@ -252,7 +253,7 @@ pub fn fentry(ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
 }
 
 /// One kprobe and one kretprobe per function.
-pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
+pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Result<Probes> {
     if !crate::runtime::kprobe_pmu_present() {
         return Err(anyhow!(crate::runtime::NO_KPROBE_PMU));
     }
@@ -279,7 +280,8 @@ pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
         }
         Ok(())
     })?;
-    let mut p = Probes::new(ebpf, Method::Kprobe, Names::by_address(funcs, addrs));
+    let names = Names::by_address(funcs, rets, addrs);
+    let mut p = Probes::new(ebpf, Method::Kprobe, names);
     p.attached = ok;
     p.links = ok * 2;
     p.skipped = skipped;
@@ -288,15 +290,15 @@ pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], addrs: &Addrs) -> Result<Probes> {
 
 /// One uprobe and one uretprobe per function of the ELF file `path`, in every process
 /// that runs it; the cookie is the function's index.
-pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[String]) -> Result<Probes> {
+pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes> {
     for name in probes::PROGS_UPROBE {
         let p: &mut UProbe = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
     let as_funcs: Vec<Func> = funcs
         .iter()
-        .map(|n| Func {
-            name: n.clone(),
+        .map(|f| Func {
+            name: f.symbol.clone(),
             module: None,
         })
         .collect();
@@ -313,7 +315,16 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[String]) -> Result<Probes> {
         Ok(())
     })
     .map_err(|e| user_error(format!("cannot attach uprobes to {}: {e}", path.display())))?;
-    let mut p = Probes::new(ebpf, Method::Uprobe, Names::Index(funcs.to_vec()));
+    // No BTF for a program's functions: an int-sized error code is what C returns.
+    let rets = vec![RetKind::Int32; as_funcs.len()];
+    let shown: Vec<Func> = funcs
+        .iter()
+        .map(|f| Func {
+            name: f.shown.clone(),
+            module: None,
+        })
+        .collect();
+    let mut p = Probes::new(ebpf, Method::Uprobe, Names::by_index(&shown, &rets));
     p.attached = ok;
     p.links = ok * 2;
     p.skipped = skipped;

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod attach;
+mod errno;
 mod names;
 mod printer;
 pub mod probes;
@@ -28,6 +29,7 @@ use crate::{
     runtime::{self, out, ring, user_error},
 };
 
+pub use printer::TreeFilter;
 pub use probes::Attach;
 
 pub struct Options {
@@ -37,6 +39,8 @@ pub struct Options {
     pub attach: Attach,
     pub filter: ProcessFilter,
     pub max_depth: Option<usize>,
+    pub trees: TreeFilter,
+    pub durations: bool,
     pub duration: Option<Duration>,
     pub format: runtime::Format,
     pub timings: bool,
@@ -79,6 +83,26 @@ fn functions(n: usize) -> &'static str {
     } else {
         "functions"
     }
+}
+
+/// "; trees: 3 printed, 120 neither slow nor failed, ..." when a filter held trees back.
+fn trees(p: &printer::Printer, filter: &TreeFilter) -> String {
+    if *filter == TreeFilter::default() {
+        return String::new();
+    }
+    let t = p.trees;
+    let what = match (filter.min_ns.is_some(), filter.errors) {
+        (true, true) => "neither slow nor failed",
+        (true, false) => "not slow",
+        _ => "without a failure",
+    };
+    format!(
+        "; trees: {} printed ({} with lines cut), {} {what}, {} still open at exit",
+        t.printed,
+        t.cut,
+        t.dropped,
+        p.open_trees()
+    )
 }
 
 /// The functions of `--binary`, attached; and what the start line calls them.
@@ -132,7 +156,8 @@ fn attach_kernel(opts: &Options, config: &CallConfig) -> Result<(probes::Probes,
             summary(&sel.skipped)
         )));
     }
-    let mut p = probes::Probes::attach_kernel(config, &sel.funcs, opts.attach, &addrs)?;
+    let rets = sources::ret_kinds(&sel.funcs);
+    let mut p = probes::Probes::attach_kernel(config, &sel.funcs, &rets, opts.attach, &addrs)?;
     for (k, v) in sel.skipped {
         *p.skipped.entry(k).or_default() += v;
     }
@@ -160,7 +185,8 @@ pub fn run(opts: Options) -> Result<()> {
     );
 
     let ring = probes.ring()?;
-    let mut printer = printer::Printer::new(opts.format, opts.max_depth);
+    let mut printer =
+        printer::Printer::new(opts.format, opts.max_depth, opts.durations, opts.trees);
     let names = &probes.names;
     runtime::block_on(async {
         let mut ring = ring::Watched::new(ring)?;
@@ -193,8 +219,10 @@ pub fn run(opts: Options) -> Result<()> {
     let stopped = Instant::now();
     let lost = probes.lost()?;
     eprintln!(
-        "stapr calltree: {} events, {lost} lost (ring buffer full), {} returns whose entry was not seen",
-        printer.events, printer.indenter.unmatched
+        "stapr calltree: {} events, {lost} lost (ring buffer full), {} returns whose entry was not seen{}",
+        printer.events,
+        printer.indenter.unmatched,
+        trees(&printer, &opts.trees)
     );
     let (method, attached, took) = (probes.method, probes.attached, probes.took);
     let (links, foreground) = (probes.links, opts.detach_in_foreground);

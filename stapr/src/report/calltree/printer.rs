@@ -1,5 +1,8 @@
 //! Events from the ring buffer to the tree's lines (text or JSON), handed out in chunks
-//! for the report's loop to write.
+//! for the report's loop to write. With `--min` or `--errors` each thread's tree is held
+//! back until its outermost call returns, and printed only if it was slow or failed.
+
+use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
 use probes_common::{
@@ -8,28 +11,84 @@ use probes_common::{
 };
 
 use super::{names::Names, tree};
-use crate::runtime::{ring, Format};
+use crate::runtime::{btf::RetKind, ring, Format};
 
 /// Events formatted between two looks at the stop signal (and two writes).
 const DRAIN_BATCH: usize = 16384;
+/// Bytes of output one held-back tree may hold, and all of them together: past that,
+/// lines are cut (and counted) rather than stapr's memory growing with a runaway tree.
+const TREE_BYTES: usize = 4 << 20;
+const ALL_TREES_BYTES: usize = 64 << 20;
+
+/// `--min` and `--errors`: which trees are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeFilter {
+    /// Trees whose outermost call took at least this long.
+    pub min_ns: Option<u64>,
+    /// Trees in which some call failed.
+    pub errors: bool,
+}
+
+impl TreeFilter {
+    fn active(&self) -> bool {
+        self.min_ns.is_some() || self.errors
+    }
+}
+
+/// What happened to the trees a filter held back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TreeCounts {
+    pub printed: u64,
+    pub dropped: u64,
+    /// Printed with lines cut for the memory bound.
+    pub cut: u64,
+}
+
+/// A thread's tree held back until its outermost call returns.
+#[derive(Debug, Default)]
+struct Held {
+    text: String,
+    failed: bool,
+    cut_lines: u64,
+}
 
 pub struct Printer {
     pub indenter: tree::Indenter,
     format: Format,
     max_depth: Option<usize>,
+    durations: bool,
+    filter: TreeFilter,
     pub events: u64,
+    pub trees: TreeCounts,
+    held: HashMap<u32, Held>,
+    held_bytes: usize,
     out: String,
 }
 
 impl Printer {
-    pub fn new(format: Format, max_depth: Option<usize>) -> Self {
+    pub fn new(
+        format: Format,
+        max_depth: Option<usize>,
+        durations: bool,
+        filter: TreeFilter,
+    ) -> Self {
         Printer {
             indenter: tree::Indenter::default(),
             format,
             max_depth,
+            durations,
+            filter,
             events: 0,
+            trees: TreeCounts::default(),
+            held: HashMap::new(),
+            held_bytes: 0,
             out: String::new(),
         }
+    }
+
+    /// Trees still held back (their outermost call had not returned).
+    pub fn open_trees(&self) -> usize {
+        self.indenter.open_trees()
     }
 
     /// Formats what is waiting in the ring, up to `DRAIN_BATCH` events: under a flood the
@@ -50,6 +109,7 @@ impl Printer {
     pub fn add(&mut self, ev: &CallEvent, names: &Names) {
         self.events += 1;
         let comm = String::from_utf8_lossy(c_bytes(&ev.comm));
+        let known = names.get(ev.id);
         let e = tree::Event {
             ts_ns: ev.ts_ns,
             pid: ev.pid,
@@ -57,16 +117,78 @@ impl Printer {
             comm: &comm,
             entry: ev.kind == CALL_ENTRY,
             id: ev.id,
-            func: names.name(ev.id),
+            func: known.map_or("?", |k| k.name.as_str()),
+            ret: ev.ret,
+            ret_kind: known.map_or(RetKind::Other, |k| k.ret),
         };
         let p = self.indenter.place(&e);
-        if self.max_depth.is_some_and(|m| p.depth > m) {
+        let shown = self.max_depth.is_none_or(|m| p.depth <= m);
+        if !self.filter.active() {
+            if shown {
+                line(&mut self.out, self.format, self.durations, &e, &p);
+            }
             return;
         }
-        match self.format {
-            Format::Text => tree::text_line(&mut self.out, &e, &p),
-            Format::Json => tree::json_line(&mut self.out, &e, &p),
+        let held = self.held.entry(e.tid).or_default();
+        held.failed |= p.errno.is_some();
+        if shown {
+            let before = held.text.len();
+            line(&mut held.text, self.format, self.durations, &e, &p);
+            let added = held.text.len() - before;
+            // The line that ends a tree (its outermost return, with the duration) is kept
+            // whatever the bound: it is one line.
+            if !p.ends_tree
+                && (before + added > TREE_BYTES || self.held_bytes + added > ALL_TREES_BYTES)
+            {
+                held.text.truncate(before);
+                held.cut_lines += 1;
+            } else {
+                self.held_bytes += added;
+            }
         }
+        if p.ends_tree {
+            self.end_tree(&e, &p);
+        }
+    }
+
+    /// The outermost call of `e`'s thread returned: its tree is printed if it was slow
+    /// enough or something in it failed.
+    fn end_tree(&mut self, e: &tree::Event, p: &tree::Placed) {
+        let Some(held) = self.held.remove(&e.tid) else {
+            return;
+        };
+        self.held_bytes -= held.text.len();
+        let slow = self
+            .filter
+            .min_ns
+            .is_some_and(|min| p.duration_ns.is_some_and(|d| d >= min));
+        if !(slow || (self.filter.errors && held.failed)) {
+            self.trees.dropped += 1;
+            return;
+        }
+        self.trees.printed += 1;
+        self.out.push_str(&held.text);
+        if held.cut_lines > 0 {
+            self.trees.cut += 1;
+            let n = held.cut_lines;
+            match self.format {
+                Format::Text => self.out.push_str(&format!(
+                    "... {n} lines of {}({})'s tree cut: it outgrew stapr's buffer\n",
+                    e.comm, e.tid
+                )),
+                Format::Json => {
+                    let v = serde_json::json!({"tid": e.tid, "comm": e.comm, "cut_lines": n});
+                    self.out.push_str(&(v.to_string() + "\n"));
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut String, format: Format, durations: bool, e: &tree::Event, p: &tree::Placed) {
+    match format {
+        Format::Text => tree::text_line(out, e, p, durations),
+        Format::Json => tree::json_line(out, e, p),
     }
 }
 
@@ -77,6 +199,7 @@ mod tests {
     use probes_common::{calltree::CALL_RETURN, COMM_LEN};
 
     use super::*;
+    use crate::report::calltree::select::Func;
 
     /// `n` synthetic events: 8 threads, calls nested 1 to 6 deep.
     fn synthetic(n: u64) -> Vec<CallEvent> {
@@ -98,6 +221,7 @@ mod tests {
                 tid: 1000 + t as u32,
                 kind: if entry { CALL_ENTRY } else { CALL_RETURN },
                 _pad: 0,
+                ret: 0,
                 comm,
             });
             if !entry {
@@ -108,12 +232,18 @@ mod tests {
     }
 
     fn names() -> Names {
-        Names::Index((0..64).map(|i| format!("ext4_function_{i}")).collect())
+        let funcs: Vec<Func> = (0..64)
+            .map(|i| Func {
+                name: format!("ext4_function_{i}"),
+                module: None,
+            })
+            .collect();
+        Names::by_index(&funcs, &[RetKind::Int32; 64])
     }
 
     #[test]
     fn formats_and_honours_max_depth() {
-        let mut p = Printer::new(Format::Text, Some(2));
+        let mut p = Printer::new(Format::Text, Some(2), false, TreeFilter::default());
         for ev in synthetic(96) {
             p.add(&ev, &names());
         }
@@ -125,6 +255,90 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ext4_function_3"), "deeper than 2: {text}");
+    }
+
+    fn call(ts_us: u64, tid: u32, id: u64, entry: bool, ret: i64) -> CallEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..3].copy_from_slice(b"srv");
+        CallEvent {
+            ts_ns: ts_us * 1000,
+            id,
+            pid: 1,
+            tid,
+            kind: if entry { CALL_ENTRY } else { CALL_RETURN },
+            _pad: 0,
+            ret,
+            comm,
+        }
+    }
+
+    /// Three trees: fast (1 us), slow (200 ms), failing (a leaf returns -ENOENT).
+    fn three_trees() -> Vec<CallEvent> {
+        vec![
+            call(0, 10, 1, true, 0),
+            call(1, 10, 2, true, 0),
+            call(1, 10, 2, false, 0),
+            call(1, 10, 1, false, 0),
+            call(10, 11, 1, true, 0),
+            call(200_010, 11, 1, false, 0),
+            call(20, 12, 1, true, 0),
+            call(21, 12, 3, true, 0),
+            call(22, 12, 3, false, -2),
+            call(23, 12, 1, false, 0),
+        ]
+    }
+
+    fn filtered(min_ns: Option<u64>, errors: bool) -> (String, TreeCounts) {
+        let f = TreeFilter { min_ns, errors };
+        let mut p = Printer::new(Format::Text, None, true, f);
+        for ev in three_trees() {
+            p.add(&ev, &names());
+        }
+        (p.take(), p.trees)
+    }
+
+    #[test]
+    fn only_slow_or_failing_trees() {
+        let (text, t) = filtered(Some(100_000_000), false);
+        assert_eq!(
+            text,
+            "     0 srv(11): -> ext4_function_1\n200000 srv(11): <- ext4_function_1 (200.000 ms)\n"
+        );
+        assert_eq!((t.printed, t.dropped), (1, 2));
+        let (text, t) = filtered(None, true);
+        assert_eq!(
+            text,
+            "     0 srv(12): -> ext4_function_1\n     1 srv(12):  -> ext4_function_3\n     2 srv(12):  <- ext4_function_3 (1.0 us) -ENOENT\n     3 srv(12): <- ext4_function_1 (3.0 us)\n"
+        );
+        assert_eq!((t.printed, t.dropped), (1, 2));
+        let (_, t) = filtered(Some(100_000_000), true);
+        assert_eq!((t.printed, t.dropped), (2, 1));
+    }
+
+    #[test]
+    fn a_runaway_tree_is_cut_and_counted() {
+        let f = TreeFilter {
+            min_ns: Some(1),
+            errors: false,
+        };
+        let mut p = Printer::new(Format::Text, None, false, f);
+        p.add(&call(0, 7, 1, true, 0), &names());
+        // About 50 bytes a line: far past TREE_BYTES.
+        for i in 0..100_000 {
+            p.add(&call(1 + i, 7, 2, true, 0), &names());
+            p.add(&call(1 + i, 7, 2, false, 0), &names());
+        }
+        assert!(p.held_bytes <= TREE_BYTES, "{} bytes held", p.held_bytes);
+        assert_eq!(p.open_trees(), 1);
+        p.add(&call(500_000, 7, 1, false, 0), &names());
+        let text = p.take();
+        assert!(
+            text.ends_with("lines of srv(7)'s tree cut: it outgrew stapr's buffer\n"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        assert_eq!((p.trees.printed, p.trees.cut), (1, 1));
+        assert_eq!(p.held_bytes, 0);
     }
 
     /// The formatter's rate, for `cargo xtask bench calltree`: STAPR_FORMAT_EVENTS
@@ -143,9 +357,16 @@ mod tests {
         let events = synthetic(n);
         let names = names();
         let path = std::env::temp_dir().join(format!("stapr-format-{}.out", std::process::id()));
+        // STAPR_FORMAT_MIN_NS: as with `--min`, trees held back and the slow ones printed.
+        let filter = TreeFilter {
+            min_ns: std::env::var("STAPR_FORMAT_MIN_NS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            errors: false,
+        };
         for _ in 0..env("STAPR_FORMAT_RUNS", 1) {
             let mut file = std::fs::File::create(&path).unwrap();
-            let mut p = Printer::new(Format::Text, None);
+            let mut p = Printer::new(Format::Text, None, filter.active(), filter);
             let t = Instant::now();
             // As the report does: a batch formatted, then written.
             for batch in events.chunks(DRAIN_BATCH) {

@@ -16,10 +16,14 @@ use aya::{
 };
 use probes_common::calltree::CallConfig;
 
-use super::{attach, names::Addrs, names::Names, select::Func};
+use super::{
+    attach,
+    names::{Addrs, Names},
+    select::{Func, ProgramFn},
+};
 use crate::{
     report::{first_working, Facility, MethodSpec, Need},
-    runtime::{self, object, user_error},
+    runtime::{self, btf::RetKind, object, user_error},
 };
 
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calltree"));
@@ -176,6 +180,7 @@ impl Probes {
     pub fn attach_kernel(
         config: &CallConfig,
         funcs: &[Func],
+        rets: &[RetKind],
         how: Attach,
         addrs: &Addrs,
     ) -> Result<Self> {
@@ -189,9 +194,9 @@ impl Probes {
         let mut p = first_working("calltree", order, Method::describe, |m| {
             let ebpf = load(config)?;
             match m {
-                Method::Multi => attach::multi(ebpf, funcs),
-                Method::Fentry => attach::fentry(ebpf, funcs, addrs),
-                _ => attach::kprobe(ebpf, funcs, addrs),
+                Method::Multi => attach::multi(ebpf, funcs, rets),
+                Method::Fentry => attach::fentry(ebpf, funcs, rets, addrs),
+                _ => attach::kprobe(ebpf, funcs, rets, addrs),
             }
         })
         .map_err(|failed| {
@@ -209,7 +214,7 @@ impl Probes {
     }
 
     /// Attaches uprobes and uretprobes to `funcs` of the ELF file `path`.
-    pub fn attach_binary(config: &CallConfig, path: &Path, funcs: &[String]) -> Result<Self> {
+    pub fn attach_binary(config: &CallConfig, path: &Path, funcs: &[ProgramFn]) -> Result<Self> {
         let t = Instant::now();
         let mut p = attach::uprobe(load(config)?, path, funcs)?;
         p.took = t.elapsed();

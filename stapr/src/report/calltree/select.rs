@@ -248,29 +248,51 @@ pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec
         .collect()
 }
 
-/// The functions of a program whose names match `globs` (all when empty), from its
-/// defined, sized text symbols (name, address). A name defined at several addresses is
-/// skipped: uprobes attach by name.
+/// A function of a program: its symbol (what uprobes attach by) and the name shown,
+/// demangled for C++ and Rust.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProgramFn {
+    pub symbol: String,
+    pub shown: String,
+}
+
+/// The symbol demangled, if it is a Rust or C++ one.
+pub fn demangle(symbol: &str) -> Option<String> {
+    if let Ok(d) = rustc_demangle::try_demangle(symbol) {
+        // `{:#}` leaves the hash out.
+        return Some(format!("{d:#}"));
+    }
+    let d = cpp_demangle::Symbol::new(symbol).ok()?.demangle().ok()?;
+    (d != symbol).then_some(d)
+}
+
+/// The functions of a program whose names (mangled or demangled) match `globs` (all when
+/// empty), from its defined, sized text symbols (name, address). A name defined at
+/// several addresses is skipped: uprobes attach by name.
 pub fn binary(
     symbols: impl IntoIterator<Item = (String, u64)>,
     globs: &[String],
-) -> (Vec<String>, BTreeMap<String, usize>) {
-    let mut by_name: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for (name, addr) in symbols {
-        if globs.is_empty() || globs.iter().any(|g| glob(g, &name)) {
-            by_name.entry(name).or_default().insert(addr);
+) -> (Vec<ProgramFn>, BTreeMap<String, usize>) {
+    let mut by_name: BTreeMap<ProgramFn, BTreeSet<u64>> = BTreeMap::new();
+    for (symbol, addr) in symbols {
+        let shown = demangle(&symbol).unwrap_or_else(|| symbol.clone());
+        if globs.is_empty() || globs.iter().any(|g| glob(g, &symbol) || glob(g, &shown)) {
+            by_name
+                .entry(ProgramFn { symbol, shown })
+                .or_default()
+                .insert(addr);
         }
     }
     let mut skipped = BTreeMap::new();
-    let mut names = Vec::new();
-    for (name, addrs) in by_name {
+    let mut funcs = Vec::new();
+    for (f, addrs) in by_name {
         if addrs.len() > 1 {
             *skipped.entry(AMBIGUOUS.to_owned()).or_default() += 1;
         } else {
-            names.push(name);
+            funcs.push(f);
         }
     }
-    (names, skipped)
+    (funcs, skipped)
 }
 
 /// Module names in modules.builtin (`kernel/fs/ext4/ext4.ko` → `ext4`).
@@ -403,15 +425,37 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
             ("dup", 5),
         ]
         .map(|(n, a)| (n.to_owned(), a));
-        let (names, skipped) = binary(syms.clone(), &[]);
+        let symbols = |funcs: Vec<ProgramFn>| -> Vec<String> {
+            funcs.into_iter().map(|f| f.symbol).collect()
+        };
+        let (funcs, skipped) = binary(syms.clone(), &[]);
         assert_eq!(
-            names,
+            symbols(funcs),
             ["ct_leaf", "ct_mid", "main"],
-            "one name per function, sorted"
+            "one per function, sorted"
         );
         assert_eq!(skipped.get(AMBIGUOUS), Some(&1));
-        let (names, skipped) = binary(syms, &["ct_*".to_owned()]);
-        assert_eq!(names, ["ct_leaf", "ct_mid"]);
+        let (funcs, skipped) = binary(syms, &["ct_*".to_owned()]);
+        assert_eq!(symbols(funcs), ["ct_leaf", "ct_mid"]);
         assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn rust_and_cpp_names_are_demangled_and_matched_either_way() {
+        let rust = "_ZN10call_trees7handler17h0123456789abcdefE";
+        let cpp = "_ZN6server7handlerEi";
+        assert_eq!(demangle(rust).as_deref(), Some("call_trees::handler"));
+        assert_eq!(demangle(cpp).as_deref(), Some("server::handler(int)"));
+        assert_eq!(demangle("ct_leaf"), None);
+        let syms = [
+            (rust.to_owned(), 1),
+            (cpp.to_owned(), 2),
+            ("plain".to_owned(), 3),
+        ];
+        let (funcs, _) = binary(syms.clone(), &["server::*".to_owned()]);
+        assert_eq!(funcs[0].shown, "server::handler(int)");
+        assert_eq!(funcs[0].symbol, cpp);
+        let (funcs, _) = binary(syms, &["_ZN10call_trees*".to_owned()]);
+        assert_eq!(funcs[0].shown, "call_trees::handler");
     }
 }

@@ -1,12 +1,15 @@
 //! What the kernel and the traced program offer, read from /proc, tracefs, /lib/modules
 //! and the ELF file, handed to `select`'s pure functions.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
 
 use super::{names::Addrs, select};
-use crate::runtime::{tracefs, user_error};
+use crate::runtime::{
+    btf::{Btf, RetKind},
+    tracefs, user_error,
+};
 
 fn read(path: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {path}"))
@@ -63,12 +66,41 @@ pub fn kernel(module: Option<&str>, funcs: &[String]) -> Result<(select::Selecti
     Ok((sel, addrs))
 }
 
+/// What each of `funcs` returns, from the kernel's BTF (a module's function from the
+/// module's); `Other` (never failing) where the kernel has no BTF for it.
+pub fn ret_kinds(funcs: &[select::Func]) -> Vec<RetKind> {
+    let Ok(vmlinux) = Btf::from_sys_fs() else {
+        return vec![RetKind::Other; funcs.len()];
+    };
+    let mut modules: HashMap<String, Option<Btf>> = HashMap::new();
+    funcs
+        .iter()
+        .map(|f| {
+            let found = match &f.module {
+                None => vmlinux.func_ret(&f.name, None),
+                Some(m) => modules
+                    .entry(m.clone())
+                    .or_insert_with(|| {
+                        let data = std::fs::read(format!("/sys/kernel/btf/{m}")).ok()?;
+                        Btf::parse_split(&data, &vmlinux).ok()
+                    })
+                    .as_ref()
+                    .and_then(|b| b.func_ret(&f.name, Some(&vmlinux))),
+            };
+            found.unwrap_or(RetKind::Other)
+        })
+        .collect()
+}
+
 /// The functions of the ELF file `path` whose names match `globs` (all when empty), from
 /// its .symtab and .dynsym; and those skipped, by reason.
 pub fn binary(
     path: &Path,
     globs: &[String],
-) -> Result<(Vec<String>, std::collections::BTreeMap<String, usize>)> {
+) -> Result<(
+    Vec<select::ProgramFn>,
+    std::collections::BTreeMap<String, usize>,
+)> {
     use object::{Object as _, ObjectSymbol as _};
     let data = std::fs::read(path)
         .map_err(|e| user_error(format!("cannot read {}: {e}", path.display())))?;

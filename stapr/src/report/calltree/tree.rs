@@ -9,6 +9,9 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
+use super::errno;
+use crate::runtime::btf::RetKind;
+
 /// One event, its function already named.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
@@ -20,12 +23,15 @@ pub struct Event<'a> {
     /// The function's id (cookie or address): what matches a return to its entry.
     pub id: u64,
     pub func: &'a str,
+    /// A return's value, and what the function returns (which says whether it failed).
+    pub ret: i64,
+    pub ret_kind: RetKind,
 }
 
 #[derive(Debug, Default)]
 struct Thread {
-    /// Open calls, outermost first.
-    stack: Vec<u64>,
+    /// Open calls, outermost first: (function id, entry time).
+    stack: Vec<(u64, u64)>,
     /// When the outermost open call began.
     base_ns: u64,
 }
@@ -39,6 +45,13 @@ pub struct Placed {
     pub depth: usize,
     /// A return whose entry was not seen.
     pub unmatched: bool,
+    /// A matched return: how long the call took.
+    pub duration_ns: Option<u64>,
+    /// A return whose value says the call failed: its errno.
+    pub errno: Option<i64>,
+    /// The event ends its thread's tree: the outermost call returned (or a return whose
+    /// entry was not seen, which is a tree of its own).
+    pub ends_tree: bool,
 }
 
 /// The per-thread state of every thread seen.
@@ -57,40 +70,48 @@ impl Indenter {
             t.base_ns = e.ts_ns;
         }
         let us = e.ts_ns.saturating_sub(t.base_ns) / 1000;
-        let placed = if e.entry {
-            t.stack.push(e.id);
-            Placed {
-                us,
-                depth: t.stack.len(),
-                unmatched: false,
-            }
-        } else if let Some(pos) = t.stack.iter().rposition(|&id| id == e.id) {
-            let depth = pos + 1;
-            t.stack.truncate(pos);
-            Placed {
-                us,
-                depth,
-                unmatched: false,
-            }
-        } else {
-            self.unmatched += 1;
-            Placed {
-                us,
-                depth: 1,
-                unmatched: true,
-            }
+        let mut placed = Placed {
+            us,
+            depth: 1,
+            unmatched: false,
+            duration_ns: None,
+            errno: None,
+            ends_tree: false,
         };
+        if e.entry {
+            t.stack.push((e.id, e.ts_ns));
+            placed.depth = t.stack.len();
+        } else {
+            placed.errno = errno::error(e.ret, e.ret_kind);
+            if let Some(pos) = t.stack.iter().rposition(|&(id, _)| id == e.id) {
+                placed.depth = pos + 1;
+                placed.duration_ns = Some(e.ts_ns.saturating_sub(t.stack[pos].1));
+                t.stack.truncate(pos);
+                placed.ends_tree = pos == 0;
+            } else {
+                self.unmatched += 1;
+                placed.unmatched = true;
+                placed.ends_tree = t.stack.is_empty();
+            }
+        }
         if t.stack.is_empty() {
             // The next event starts a new tree; keep the map small.
             self.threads.remove(&e.tid);
         }
         placed
     }
+
+    /// Threads whose outermost call has not returned.
+    pub fn open_trees(&self) -> usize {
+        self.threads.len()
+    }
 }
 
 /// The `thread_indent` line of an event: `"%6d %s:%-*s"` then `-> func` or `<- func`.
-pub fn text_line(out: &mut String, e: &Event, p: &Placed) {
-    let _ = writeln!(
+/// With `durations`, a return also says how long the call took and, when it failed, its
+/// error: `<- ext4_rmdir (31.2 us) -ENOTEMPTY`.
+pub fn text_line(out: &mut String, e: &Event, p: &Placed, durations: bool) {
+    let _ = write!(
         out,
         "{:>6} {}({}):{:pad$} {} {}",
         p.us,
@@ -101,11 +122,31 @@ pub fn text_line(out: &mut String, e: &Event, p: &Placed) {
         e.func,
         pad = p.depth.saturating_sub(1),
     );
+    if durations && !e.entry {
+        if let Some(d) = p.duration_ns {
+            let _ = write!(out, " ({})", duration(d));
+        }
+        if let Some(errno) = p.errno {
+            let _ = write!(out, " {}", errno::name(errno));
+        }
+    }
+    out.push('\n');
 }
 
-/// The same event as one JSON object (keys sorted).
+/// A call's duration as an operator reads it: `850 ns`, `31.2 us`, `200.153 ms`, `2.500 s`.
+pub fn duration(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.3} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
+}
+
+/// The same event as one JSON object (keys sorted); a return also carries `duration_ns`
+/// (null when its entry was not seen), `ret` and, when it failed, `error`.
 pub fn json_line(out: &mut String, e: &Event, p: &Placed) {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "comm": e.comm,
         "depth": p.depth,
         "event": if e.entry { "entry" } else { "return" },
@@ -116,6 +157,13 @@ pub fn json_line(out: &mut String, e: &Event, p: &Placed) {
         "unmatched": p.unmatched,
         "us": p.us,
     });
+    if !e.entry {
+        v["duration_ns"] = p.duration_ns.into();
+        v["ret"] = errno::value(e.ret, e.ret_kind).into();
+        if let Some(errno) = p.errno {
+            v["error"] = errno::name(errno).trim_start_matches('-').into();
+        }
+    }
     out.push_str(&v.to_string());
     out.push('\n');
 }
@@ -133,6 +181,8 @@ mod tests {
             entry,
             id: func.len() as u64 * 1000 + func.bytes().map(u64::from).sum::<u64>(),
             func,
+            ret: 0,
+            ret_kind: RetKind::Other,
         }
     }
 
@@ -142,7 +192,7 @@ mod tests {
         for e in events {
             let p = ind.place(e);
             if max_depth.is_none_or(|m| p.depth <= m) {
-                text_line(&mut out, e, &p);
+                text_line(&mut out, e, &p, false);
             }
         }
         out
@@ -246,6 +296,46 @@ mod tests {
     }
 
     #[test]
+    fn durations_errors_and_tree_ends() {
+        let mut ind = Indenter::default();
+        let mut out = String::new();
+        let fail = |mut e: Event<'static>| {
+            e.ret = 0xffff_ffd9; // -ENOTEMPTY in eax
+            e.ret_kind = RetKind::Int32;
+            e
+        };
+        let events = [
+            ev(0, 9, "rmdir", true, "ext4_rmdir"),
+            ev(10, 9, "rmdir", true, "ext4_empty_dir"),
+            ev(41, 9, "rmdir", false, "ext4_empty_dir"),
+            fail(ev(250_000, 9, "rmdir", false, "ext4_rmdir")),
+        ];
+        let mut ends = Vec::new();
+        for e in &events {
+            let p = ind.place(e);
+            ends.push(p.ends_tree);
+            text_line(&mut out, e, &p, true);
+        }
+        assert_eq!(
+            out,
+            "     0 rmdir(9): -> ext4_rmdir
+    10 rmdir(9):  -> ext4_empty_dir
+    41 rmdir(9):  <- ext4_empty_dir (31.0 us)
+250000 rmdir(9): <- ext4_rmdir (250.000 ms) -ENOTEMPTY
+"
+        );
+        assert_eq!(ends, [false, false, false, true]);
+        assert_eq!(ind.open_trees(), 0);
+        // A return whose entry was never seen: no duration, a tree of its own.
+        let p = ind.place(&ev(5, 9, "rmdir", false, "stray"));
+        assert!(p.ends_tree && p.unmatched && p.duration_ns.is_none());
+        ind.place(&ev(6, 9, "rmdir", true, "open"));
+        assert_eq!(ind.open_trees(), 1);
+        assert_eq!(duration(850), "850 ns");
+        assert_eq!(duration(2_500_000_000), "2.500 s");
+    }
+
+    #[test]
     fn wide_times_and_long_names() {
         let mut ind = Indenter::default();
         let mut out = String::new();
@@ -253,7 +343,7 @@ mod tests {
         let b = ev(12_345_678, 99999, "kworker/u16:3", false, "f");
         for e in [a, b] {
             let p = ind.place(&e);
-            text_line(&mut out, &e, &p);
+            text_line(&mut out, &e, &p, false);
         }
         assert_eq!(
             out,
@@ -268,10 +358,16 @@ mod tests {
         let p = ind.place(&e);
         let mut out = String::new();
         json_line(&mut out, &e, &p);
+        let mut r = ev(3, 8, "ls", false, "ext4_readdir");
+        r.ret = -2;
+        r.ret_kind = RetKind::Int64;
+        let p = ind.place(&r);
+        json_line(&mut out, &r, &p);
         assert_eq!(
             out,
             format!(
-                "{{\"comm\":\"ls\",\"depth\":1,\"event\":\"entry\",\"func\":\"ext4_readdir\",\"pid\":8,\"tid\":8,\"ts_ns\":123,\"unmatched\":false,\"us\":0}}\n"
+                "{{\"comm\":\"ls\",\"depth\":1,\"event\":\"entry\",\"func\":\"ext4_readdir\",\"pid\":8,\"tid\":8,\"ts_ns\":123,\"unmatched\":false,\"us\":0}}\n\
+                 {{\"comm\":\"ls\",\"depth\":1,\"duration_ns\":3000,\"error\":\"ENOENT\",\"event\":\"return\",\"func\":\"ext4_readdir\",\"pid\":8,\"ret\":-2,\"tid\":8,\"ts_ns\":3123,\"unmatched\":false,\"us\":3}}\n"
             )
         );
     }
