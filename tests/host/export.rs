@@ -9,7 +9,8 @@ use std::{
 };
 
 use integration_tests::{
-    assert_nothing_attached, bin_dir, example, field, http_get, kernel_lock, run, stapr, Running,
+    assert_nothing_attached, bin_dir, example, exporter_address, field, http_get, kernel_lock, run,
+    stapr, Running,
 };
 use serde_json::Value;
 
@@ -92,12 +93,7 @@ fn start_exporter(extra: &[&str]) -> (Running, String) {
     args.extend_from_slice(extra);
     let mut exporter = Running::spawn(&args);
     let ready = exporter.wait_ready(Duration::from_secs(60));
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {ready:?}"))
-        .to_owned();
+    let addr = exporter_address(&ready);
     (exporter, addr)
 }
 

@@ -10,8 +10,8 @@ use std::{
 };
 
 use integration_tests::{
-    assert_nothing_attached, assert_nothing_attached_within, bin, bin_dir, example, field,
-    http_get, kernel_lock, run, stapr, Running,
+    assert_nothing_attached, assert_nothing_attached_within, bin, bin_dir, example,
+    exporter_address, field, http_get, kernel_lock, run, stapr, Running,
 };
 use serde_json::Value;
 
@@ -411,12 +411,7 @@ fn the_exporter_keeps_answering_under_load() {
     let _k = kernel_lock();
     let mut exporter = Running::spawn(&["export", "--listen", "127.0.0.1:0"]);
     let ready = exporter.wait_ready(Duration::from_secs(60));
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {ready:?}"))
-        .to_owned();
+    let addr = exporter_address(&ready);
     // 50 connections that never send a request.
     let idle: Vec<std::net::TcpStream> = (0..50)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())

@@ -270,6 +270,17 @@ pub fn assert_nothing_attached_within(limit: Duration) {
     }
 }
 
+/// The host:port an exporter serves on, from its readiness line
+/// (`stapr export: serving http://127.0.0.1:40123/metrics (...)`).
+pub fn exporter_address(ready: &str) -> String {
+    ready
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned()
+}
+
 /// A response to a plain HTTP/1.1 GET.
 #[derive(Debug)]
 pub struct Response {

@@ -295,13 +295,11 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
         let p: &mut UProbe = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
-    let as_funcs: Vec<Func> = funcs
-        .iter()
-        .map(|f| Func {
-            name: f.symbol.clone(),
-            module: None,
-        })
-        .collect();
+    let func = |name: &String| Func {
+        name: name.clone(),
+        module: None,
+    };
+    let as_funcs: Vec<Func> = funcs.iter().map(|f| func(&f.symbol)).collect();
     let (ok, skipped) = each(&as_funcs, |i, f| {
         for name in probes::PROGS_UPROBE {
             let p: &mut UProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
@@ -317,13 +315,7 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
     .map_err(|e| user_error(format!("cannot attach uprobes to {}: {e}", path.display())))?;
     // No BTF for a program's functions: an int-sized error code is what C returns.
     let rets = vec![RetKind::Int32; as_funcs.len()];
-    let shown: Vec<Func> = funcs
-        .iter()
-        .map(|f| Func {
-            name: f.shown.clone(),
-            module: None,
-        })
-        .collect();
+    let shown: Vec<Func> = funcs.iter().map(|f| func(&f.shown)).collect();
     let mut p = Probes::new(ebpf, Method::Uprobe, Names::by_index(&shown, &rets));
     p.attached = ok;
     p.links = ok * 2;
