@@ -67,7 +67,6 @@ pub fn run<R: Periodic>(mut report: R, every: Every) -> Result<()> {
         humanize(every.interval)
     );
     let mut lost_before = 0;
-    let report = &mut report;
     let mut next = |report: &mut R| -> Result<String> {
         let lost = report.lost()?;
         let mut text = report.report(every.interval)?;
@@ -76,6 +75,7 @@ pub fn run<R: Periodic>(mut report: R, every: Every) -> Result<()> {
         lost_before = lost;
         Ok(text)
     };
+    let r = &mut report;
     block_on(async {
         let stop = stopped(None, true);
         tokio::pin!(stop);
@@ -88,7 +88,7 @@ pub fn run<R: Periodic>(mut report: R, every: Every) -> Result<()> {
             let at = start + every.interval * (made as u32 + 1);
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {
-                    let text = next(report)?;
+                    let text = next(r)?;
                     made += 1;
                     // A reader that stops reading holds the write, never the stop.
                     tokio::select! {
@@ -98,10 +98,10 @@ pub fn run<R: Periodic>(mut report: R, every: Every) -> Result<()> {
                             }
                             r?;
                         }
-                        s = &mut stop => return finish(s?, || next(report)).await,
+                        s = &mut stop => return finish(s?, || next(r)).await,
                     }
                 }
-                s = &mut stop => return finish(s?, || next(report)).await,
+                s = &mut stop => return finish(s?, || next(r)).await,
             }
         }
     })?;
