@@ -227,11 +227,17 @@ fn only_bpf_capabilities_run_the_reports_or_name_what_is_missing() {
         &["disktop", "-i", "200ms", "--count", "1"],
         &["slowopen", "-d", "200ms"],
     ];
-    for args in reports {
-        let out = as_nobody("+bpf,+perfmon", args);
-        match out.status.code() {
+    // Debian's kernels set perf_event_paranoid to 3: tracepoint perf events then need
+    // CAP_SYS_ADMIN, and the classic-tracepoint reports must say so.
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2);
+    // Exit 0, or exit 2 with one line naming what is missing (one of `missing`).
+    let runs_or_names =
+        |out: &integration_tests::Outcome, args: &[&str], missing: &[&str]| match out.status.code()
+        {
             Some(0) => {}
-            // Classic tracepoints need tracefs, which may be root's alone.
             Some(2) => {
                 let lines: Vec<&str> = out
                     .stderr
@@ -240,12 +246,15 @@ fn only_bpf_capabilities_run_the_reports_or_name_what_is_missing() {
                     .collect();
                 assert_eq!(lines.len(), 1, "{args:?}: {out:?}");
                 assert!(
-                    lines[0].contains("CAP_DAC_READ_SEARCH"),
-                    "{args:?}: {out:?}"
+                    missing.iter().any(|m| lines[0].contains(m)),
+                    "{args:?}: {out:?} names none of {missing:?}"
                 );
             }
-            _ => panic!("{args:?} with CAP_BPF and CAP_PERFMON: {out:?}"),
-        }
+            _ => panic!("{args:?}: {out:?}"),
+        };
+    for args in reports {
+        let out = as_nobody("+bpf,+perfmon", args);
+        runs_or_names(&out, args, &["CAP_DAC_READ_SEARCH", "perf_event_paranoid"]);
         if args[0] == "nettop" {
             assert_eq!(
                 out.status.code(),
@@ -254,7 +263,11 @@ fn only_bpf_capabilities_run_the_reports_or_name_what_is_missing() {
             );
         }
         let out = as_nobody("+bpf,+perfmon,+dac_read_search", args);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        if paranoid < 3 {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        } else {
+            runs_or_names(&out, args, &["perf_event_paranoid"]);
+        }
     }
     assert_nothing_attached();
 }
@@ -275,6 +288,16 @@ fn json_around(report: &[&str], workload: &mut Command) -> (Vec<Value>, String) 
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     (objects, w.stdout)
+}
+
+/// Packets dropped because a CPU's backlog queue was full, since boot (the second column
+/// of /proc/net/softnet_stat, per CPU, in hex).
+fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
 }
 
 fn lost(objects: &[Value]) -> u64 {
@@ -303,8 +326,10 @@ fn adds_up(what: &str, counted: u64, lost: u64, done: u64) {
 fn full_tables_show_their_losses_in_that_interval() {
     let _k = kernel_lock();
     // nettop: 10,500 processes, one datagram each (a transmit and a receive under the
-    // sender on loopback), against 10,240 keys.
+    // sender on loopback), against 10,240 keys. A datagram the kernel drops from a full
+    // backlog queue before it is received has no receive event: softnet_stat counts them.
     let n = 10_500u64;
+    let drops_before = backlog_drops();
     let (objs, _) = json_around(
         &["nettop", "--format", "json", "-i", "60"],
         example("many_procs").args([&n.to_string(), "udp"]),
@@ -315,7 +340,8 @@ fn full_tables_show_their_losses_in_that_interval() {
         .map(|o| o["xmit_packets"].as_u64().unwrap() + o["recv_packets"].as_u64().unwrap())
         .sum();
     assert!(objs.iter().any(|o| o["reason"] == "table_full"), "{objs:?}");
-    adds_up("nettop", counted, lost(&objs), 2 * n);
+    let dropped = backlog_drops() - drops_before;
+    adds_up("nettop", counted, lost(&objs), 2 * n - dropped);
     assert_nothing_attached();
 
     // disktop: 10,500 processes, one 1-byte write each, against 10,240 keys.

@@ -80,9 +80,36 @@ pub fn attach_tracepoint(
         p.load()
             .with_context(|| format!("loading {prog} for {category}:{name}"))?;
     }
-    p.attach(category, name)
-        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    p.attach(category, name).map_err(|e| {
+        refused_perf_event(&e).unwrap_or_else(|| {
+            anyhow::Error::from(e).context(format!("attaching tracepoint {category}:{name}"))
+        })
+    })?;
     Ok(true)
+}
+
+/// A classic tracepoint is attached through a perf event. Kernels that set
+/// `kernel.perf_event_paranoid` to 3 (Debian's default) refuse those to a user without
+/// CAP_SYS_ADMIN, whatever other capabilities it has: say so in one line.
+fn refused_perf_event(e: &ProgramError) -> Option<anyhow::Error> {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut denied = false;
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            denied |= matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+        }
+        source = s.source();
+    }
+    // SAFETY: geteuid has no preconditions.
+    if !denied || unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    Some(super::user_error(format!(
+        "this kernel refuses tracepoint perf events to this user (kernel.perf_event_paranoid is {paranoid}; at 3 they need CAP_SYS_ADMIN): run as root, or set kernel.perf_event_paranoid=2"
+    )))
 }
 
 /// The names in `names` that `object` lacks (a global also when its size differs), as
