@@ -101,6 +101,9 @@ fn start_stapr(args: &[String]) -> Result<Child> {
     Ok(child)
 }
 
+/// Stops stapr and waits until its probes are gone: a report with many probes hands the
+/// detaching to a background process (also named stapr), and a "without" round that
+/// overlapped it would still be traced.
 fn stop_stapr(mut child: Child) -> Result<()> {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -108,7 +111,25 @@ fn stop_stapr(mut child: Child) -> Result<()> {
     if !st.success() {
         bail!("stapr exited with {st}");
     }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stapr_running() {
+        if Instant::now() > deadline {
+            bail!("stapr's background detach did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
+}
+
+/// Whether a process named stapr (a background detacher) is alive.
+fn stapr_running() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "stapr")
+        })
 }
 
 /// Runs an example pinned to `cpu` and returns the `key=` number it prints.
