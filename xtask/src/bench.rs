@@ -127,9 +127,7 @@ fn stapr_running() -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "stapr")
-        })
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "stapr"))
 }
 
 /// Runs an example pinned to `cpu` and returns the `key=` number it prints.
