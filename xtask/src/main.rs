@@ -1,6 +1,8 @@
-//! Project tasks: `cargo xtask setup | run | test | bench`. Builds on stable Rust alone.
+//! Project tasks: `cargo xtask setup | run | build | test | bench`. Builds on stable Rust
+//! alone.
 
 mod bench;
+mod cross;
 mod setup;
 mod util;
 mod vm;
@@ -28,6 +30,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up and build stapr (release); with `--target aarch64`, cross-build it for arm64.
+    Build {
+        #[arg(long, value_enum)]
+        target: Option<Arch>,
+    },
     /// Set up, check formatting and lints, build, and run every test.
     Test {
         /// Passed to `cargo test` (a test name filter, `--nocapture`...)
@@ -40,12 +47,25 @@ enum Task {
     Bench(bench::BenchArgs),
 }
 
+/// Architectures stapr cross-builds for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Arch {
+    /// aarch64-unknown-linux-gnu (arm64)
+    Aarch64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::cargo_bin_on_path();
     let result = match cli.task {
         Task::Setup => setup::all().map(|_| ()),
         Task::Run { args } => run(&args),
+        Task::Build { target: None } => {
+            setup::toolchain().and_then(|()| util::cargo(&["build", "--release", "-p", "stapr"]))
+        }
+        Task::Build {
+            target: Some(Arch::Aarch64),
+        } => setup::toolchain().and_then(|()| cross::build()),
         Task::Test { args } => test(&args),
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
@@ -112,7 +132,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         cmd.push("--");
         cmd.extend(args.iter().map(String::as_str));
     }
-    let totals = util::cargo_test(&cmd)?;
+    let mut totals = util::cargo_test(&cmd)?;
+    // The arm64 build of stapr, its unit tests run under qemu-user.
+    if args.is_empty() {
+        let arm = cross::unit_tests()?;
+        totals.passed += arm.passed;
+        totals.failed += arm.failed;
+        totals.ignored += arm.ignored;
+    }
     if totals.failed > 0 || totals.passed == 0 {
         println!(
             "xtask: {} passed, {} failed, {} skipped",
