@@ -29,6 +29,8 @@ pub struct CallEvent {
     /// leaves the upper half to chance), 0 on entries.
     pub ret: i64,
     pub comm: [u8; COMM_LEN],
+    /// The task's cgroup v2 id.
+    pub cgroup: u64,
 }
 
 /// Set by user space before load.
@@ -48,7 +50,7 @@ pub struct CallConfig {
     pub uid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CallEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<CallConfig>() == 40);
 
 #[cfg(feature = "user")]

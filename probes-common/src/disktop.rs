@@ -15,6 +15,8 @@ pub struct DiskKey {
     /// The block device, in the kernel's dev_t encoding (major << 20 | minor).
     pub dev: u32,
     pub comm: [u8; COMM_LEN],
+    /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), taken when its run starts.
+    pub cgroup: u64,
 }
 
 #[repr(C)]
@@ -68,9 +70,9 @@ pub struct DiskOffsets {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<DiskKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DiskKey>() == 40);
 const _: () = assert!(core::mem::size_of::<DiskCounters>() == 24);
-const _: () = assert!(core::mem::size_of::<DiskRun>() == 88);
+const _: () = assert!(core::mem::size_of::<DiskRun>() == 96);
 const _: () = assert!(core::mem::size_of::<DiskOffsets>() == 64);
 
 #[cfg(feature = "user")]

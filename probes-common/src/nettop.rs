@@ -18,6 +18,8 @@ pub struct NetKey {
     pub uid: u32,
     pub dev: [u8; IFNAME_LEN],
     pub comm: [u8; COMM_LEN],
+    /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), taken when its run starts.
+    pub cgroup: u64,
 }
 
 #[repr(C)]
@@ -69,9 +71,9 @@ pub struct NetOffsets {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<NetKey>() == 40);
+const _: () = assert!(core::mem::size_of::<NetKey>() == 48);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<NetRun>() == 96);
+const _: () = assert!(core::mem::size_of::<NetRun>() == 104);
 const _: () = assert!(core::mem::size_of::<NetOffsets>() == 32);
 
 #[cfg(feature = "user")]

@@ -84,6 +84,8 @@ pub struct SlowFile {
     pub end: u32,
     pub key: OpenKey,
     pub end_ns: u64,
+    /// The cgroup v2 id of the task that ended the file (the holder).
+    pub cgroup: u64,
     pub file: OpenFile,
 }
 
@@ -104,6 +106,8 @@ pub struct Notice {
     /// close_range's flags (CLOSE_RANGE_CLOEXEC marks instead of closing).
     pub range_flags: u32,
     pub time_ns: u64,
+    /// The cgroup v2 id of the task the notice is about.
+    pub cgroup: u64,
 }
 
 /// Arguments of an open in flight, saved at syscall entry for the exit probe.
@@ -143,8 +147,8 @@ pub struct SlowConfig {
 
 const _: () = assert!(core::mem::size_of::<OpenKey>() == 8);
 const _: () = assert!(core::mem::size_of::<OpenFile>() == 24 + COMM_LEN + NAME_LEN);
-const _: () = assert!(core::mem::size_of::<SlowFile>() == 24 + core::mem::size_of::<OpenFile>());
-const _: () = assert!(core::mem::size_of::<Notice>() == 32);
+const _: () = assert!(core::mem::size_of::<SlowFile>() == 32 + core::mem::size_of::<OpenFile>());
+const _: () = assert!(core::mem::size_of::<Notice>() == 40);
 const _: () = assert!(core::mem::size_of::<OpenArgs>() == 16);
 const _: () = assert!(core::mem::size_of::<SlowConfig>() == 64);
 

@@ -25,7 +25,9 @@ use probes_common::{
     },
     COMM_LEN,
 };
-use probes_ebpf::global;
+use probes_ebpf::{cgroup_id, global};
+
+probes_ebpf::cgroup_filter!();
 
 #[unsafe(no_mangle)]
 static CALL_CONFIG: CallConfig = CallConfig {
@@ -77,6 +79,9 @@ fn emit(id: u64, kind: u32, ret: i64) -> u32 {
     if len > 0 && (len > COMM_LEN || !contains(&comm, &cfg.comm, len)) {
         return 0;
     }
+    if !in_cgroup() {
+        return 0;
+    }
     match CALL_EVENTS.reserve::<CallEvent>(0) {
         Some(mut slot) => {
             slot.write(CallEvent {
@@ -88,6 +93,7 @@ fn emit(id: u64, kind: u32, ret: i64) -> u32 {
                 _pad: 0,
                 ret,
                 comm,
+                cgroup: cgroup_id(),
             });
             // Batch wake-ups: user space polls for the rest.
             let waiting = CALL_EVENTS.query(0);

@@ -24,7 +24,9 @@ use aya_ebpf::{
 use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS,
 };
-use probes_ebpf::{btf_load, btf_load_str16, global, tp_field};
+use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
+
+probes_ebpf::cgroup_filter!();
 
 #[unsafe(no_mangle)]
 static DISK_OFFSETS: DiskOffsets = DiskOffsets {
@@ -187,14 +189,15 @@ fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl 
     if run.valid == 1 && run.skip == 0 {
         add_to_slot(slot, &run.key, &run.counts);
     }
-    let dev = dev_of();
     run.pid_tgid = pid_tgid;
     run.file = file;
     run.fd = fd;
     run.valid = 1;
     run.counts = DiskCounters::default();
+    // Outside --cgroup, or pipes, sockets, tmpfs, proc...: remember the verdict for the
+    // rest of the run.
+    let dev = if in_cgroup() { dev_of() } else { 0 };
     if dev == 0 {
-        // Pipes, sockets, tmpfs, proc...: remember the verdict for the rest of the run.
         run.skip = 1;
         return;
     }
@@ -205,6 +208,7 @@ fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl 
         uid: bpf_get_current_uid_gid() as u32,
         dev,
         comm: unsafe { btf_load_str16(task, off(&DISK_OFFSETS.task_comm)) },
+        cgroup: cgroup_id(),
     };
     bytes(&mut run.counts, n, write);
 }
@@ -302,7 +306,7 @@ pub fn stapr_dt_rq(ctx: TracePointContext) -> u32 {
         b'W' => true,
         _ => return 0,
     };
-    if n == 0 {
+    if n == 0 || !in_cgroup() {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -313,6 +317,7 @@ pub fn stapr_dt_rq(ctx: TracePointContext) -> u32 {
         uid: bpf_get_current_uid_gid() as u32,
         dev,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cgroup: cgroup_id(),
     };
     let mut c = DiskCounters::default();
     bytes(&mut c, n as u64, write);

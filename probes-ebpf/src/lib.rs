@@ -49,3 +49,37 @@ pub fn tp_field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, off: usize
     use aya_ebpf::EbpfContext;
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
 }
+
+/// Whether the current task passes `--cgroup` (`filter.on == 0`: every task does): its
+/// ancestor at the filter's depth is the filter's cgroup.
+#[inline(always)]
+pub fn cgroup_allowed(filter: &probes_common::CgroupFilter) -> bool {
+    let f = global(filter);
+    f.on == 0
+        || unsafe { aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id(f.level as i32) } == f.id
+}
+
+/// The current task's cgroup v2 id.
+#[inline(always)]
+pub fn cgroup_id() -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
+}
+
+/// Declares the object's `CGROUP_FILTER` global (see [`probes_common::CgroupFilter`])
+/// and `in_cgroup()`, which checks the current task against it.
+#[macro_export]
+macro_rules! cgroup_filter {
+    () => {
+        #[unsafe(no_mangle)]
+        static CGROUP_FILTER: probes_common::CgroupFilter = probes_common::CgroupFilter {
+            on: 0,
+            level: 0,
+            id: 0,
+        };
+
+        #[inline(always)]
+        fn in_cgroup() -> bool {
+            $crate::cgroup_allowed(&CGROUP_FILTER)
+        }
+    };
+}

@@ -21,7 +21,9 @@ use probes_common::{
     nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_MAX_ENTRIES, NET_SLOTS},
     IFNAME_LEN,
 };
-use probes_ebpf::{btf_load, btf_load_str16, global};
+use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global};
+
+probes_ebpf::cgroup_filter!();
 
 #[unsafe(no_mangle)]
 static NET_OFFSETS: NetOffsets = NetOffsets {
@@ -112,6 +114,10 @@ fn count(dev: Dev, len: u32, rx: bool) {
             flush(&NET_COUNTS_1, run);
         }
     }
+    if !in_cgroup() {
+        run.valid = 0;
+        return;
+    }
     let (dev_ptr, name) = match dev {
         Dev::Ptr(p) => (p as u64, netdev_name(p)),
         Dev::Name(n) => (0, n),
@@ -124,6 +130,7 @@ fn count(dev: Dev, len: u32, rx: bool) {
         uid: bpf_get_current_uid_gid() as u32,
         dev: name,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cgroup: cgroup_id(),
     };
     run.counts = NetCounters::default();
     add(&mut run.counts, len as u64, rx);

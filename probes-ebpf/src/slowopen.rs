@@ -25,7 +25,9 @@ use probes_common::slowopen::{
     MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
-use probes_ebpf::{btf_load, btf_load_str16, global, tp_field};
+use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
+
+probes_ebpf::cgroup_filter!();
 
 #[unsafe(no_mangle)]
 static SLOW_CONFIG: SlowConfig = SlowConfig {
@@ -220,6 +222,9 @@ fn track(pid_tgid: u64, fd: u32, args: OpenArgs, comm: [u8; COMM_LEN]) {
     if global(&SLOW_CONFIG.filter_uid) == 1 && uid != global(&SLOW_CONFIG.uid) {
         return;
     }
+    if !in_cgroup() {
+        return;
+    }
     let key = OpenKey { tgid, fd };
     // Reuse the process's slot for this fd number if it has one (no lock, no copy);
     // otherwise build the entry in per-CPU scratch space and insert it.
@@ -305,6 +310,7 @@ fn report(key: OpenKey, file: &OpenFile, end_ns: u64, how: u32) {
                 (*rec).end = how;
                 (*rec).key = key;
                 (*rec).end_ns = end_ns;
+                (*rec).cgroup = cgroup_id();
                 (*rec).file = *file;
             }
             slot.submit(0);
@@ -355,6 +361,7 @@ fn notice(tgid: u32, how: u32, first_fd: u32, last_fd: u32, range_flags: u32) {
         last_fd,
         range_flags,
         time_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup: cgroup_id(),
     };
     if EVENTS.output::<Notice>(&n, 0).is_err() {
         missed(MISSED_RINGBUF_FULL);

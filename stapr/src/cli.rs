@@ -124,6 +124,28 @@ impl From<ProcessArgs> for crate::report::ProcessFilter {
     }
 }
 
+/// The cgroup flags every report takes.
+#[derive(Debug, Args)]
+pub struct CgroupArgs {
+    /// Add a CONTAINER column: the container id (12 hex digits) or systemd unit of each
+    /// process's cgroup, "-" for the root cgroup
+    #[arg(long)]
+    pub containers: bool,
+    /// Only processes in this cgroup and below it: a path below the cgroup2 root
+    /// (system.slice/nginx.service) or a container id prefix of 6 or more hex digits
+    #[arg(long, value_name = "PATH|ID", allow_hyphen_values = true)]
+    pub cgroup: Option<String>,
+}
+
+impl From<CgroupArgs> for crate::report::containers::Choice {
+    fn from(a: CgroupArgs) -> Self {
+        crate::report::containers::Choice {
+            show: a.containers,
+            cgroup: a.cgroup,
+        }
+    }
+}
+
 /// Digits only: `+1` and `-1` are typos, not ids.
 fn digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -212,7 +234,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a.listen.to_string(), "127.0.0.1:9464");
-        assert_eq!(a.by, crate::export::By::Pid);
+        assert_eq!(a.by, crate::export::By::PID);
         assert_eq!(a.forget_after, Duration::from_secs(300));
         for bad in [
             &["--listen", "localhost"][..],

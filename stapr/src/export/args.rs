@@ -13,6 +13,7 @@ left out, and said so at start) and serves, in Prometheus' text format:
     stapr_net_packets_total, stapr_net_bytes_total  {pid, comm, uid, dev, direction}
     stapr_disk_bytes_total                          {pid, comm, uid, dev, direction}
     stapr_file_open_seconds (histogram)             {comm}
+    (--by container adds a container label: the container id or systemd unit)
     stapr_events_total, stapr_events_lost_total, stapr_probes_attached, stapr_series
 Counters are drained from the kernel at every scrape. The series of a process that exited
 are dropped --forget-after later; --by comm leaves the pid label out, for large fleets.
@@ -22,6 +23,7 @@ EXAMPLES:
     stapr export                            # http://127.0.0.1:9464/metrics
     stapr export --listen 0.0.0.0:9464      # for a Prometheus on another node
     stapr export --by comm --forget-after 1m
+    stapr export --by comm,container        # per command and container
 ";
 
 #[derive(Debug, ClapArgs)]
@@ -29,8 +31,9 @@ pub struct Args {
     /// Address and port to serve /metrics on
     #[arg(long, default_value = "127.0.0.1:9464", value_parser = socket_addr)]
     pub listen: std::net::SocketAddr,
-    /// Label traffic series by pid (with comm and uid), or by comm only
-    #[arg(long, value_enum, default_value = "pid")]
+    /// Label series by pid (with comm and uid), comm (with uid), container, or a comma
+    /// list: comm,container
+    #[arg(long, default_value = "pid", value_parser = By::parse, allow_hyphen_values = true)]
     pub by: By,
     /// Drop the series of a process this long after it exited (--by comm: after this long
     /// without traffic)

@@ -11,15 +11,71 @@ use probes_common::{
 
 use crate::report::Report;
 
-/// Which labels identify a process in the traffic series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum By {
-    /// pid, comm and uid: one series per process (and device, direction).
-    #[default]
-    Pid,
-    /// comm and uid only: processes of one command add up, so short-lived workers do not
-    /// each make new series.
-    Comm,
+/// Which labels identify a process in the series: `--by` takes a comma list of `pid`
+/// (pid, comm and uid: one series per process), `comm` (comm and uid: processes of one
+/// command add up, so short-lived workers do not each make new series) and `container`
+/// (the container or unit of the process's cgroup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct By {
+    pub pid: bool,
+    pub comm: bool,
+    pub container: bool,
+}
+
+impl Default for By {
+    fn default() -> Self {
+        By::PID
+    }
+}
+
+impl By {
+    pub const PID: By = By {
+        pid: true,
+        comm: true,
+        container: false,
+    };
+    #[cfg(test)]
+    pub const COMM: By = By {
+        pid: false,
+        comm: true,
+        container: false,
+    };
+
+    /// `--by pid`, `--by comm,container`, `--by container`...
+    pub fn parse(s: &str) -> Result<By, String> {
+        let mut by = By {
+            pid: false,
+            comm: false,
+            container: false,
+        };
+        for part in s.split(',') {
+            match part.trim() {
+                "pid" => (by.pid, by.comm) = (true, true),
+                "comm" => by.comm = true,
+                "container" => by.container = true,
+                other => {
+                    return Err(format!(
+                        "'{other}': --by takes pid, comm, container or a comma list of them"
+                    ))
+                }
+            }
+        }
+        Ok(by)
+    }
+
+    /// As the start line says it: `pid`, `comm,container`...
+    pub fn describe(self) -> String {
+        let mut parts = Vec::new();
+        if self.pid {
+            parts.push("pid");
+        } else if self.comm {
+            parts.push("comm");
+        }
+        if self.container {
+            parts.push("container");
+        }
+        parts.join(",")
+    }
 }
 
 /// Upper bounds (seconds) of the `stapr_file_open_seconds` buckets; `+Inf` follows.
@@ -29,10 +85,12 @@ pub const FILE_BUCKETS: [f64; 11] = [
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Series {
-    /// None when aggregating `--by comm`.
+    /// None unless `--by pid`.
     pid: Option<u32>,
-    comm: String,
-    uid: u32,
+    /// None unless `--by pid` or `--by comm`.
+    comm: Option<(String, u32)>,
+    /// None unless `--by container`.
+    container: Option<String>,
     dev: String,
     direction: &'static str,
 }
@@ -74,7 +132,8 @@ pub struct Registry {
     forget_after_ns: u64,
     net: BTreeMap<Series, Count>,
     disk: BTreeMap<Series, Count>,
-    files: BTreeMap<String, Histogram>,
+    /// Per command (and container, `--by ...,container`).
+    files: BTreeMap<(String, Option<String>), Histogram>,
     pub sources: Vec<Source>,
     /// Series dropped because their process had gone, since start.
     pub forgotten: u64,
@@ -94,15 +153,28 @@ impl Registry {
     }
 
     fn pid(&self, pid: u32) -> Option<u32> {
-        (self.by == By::Pid).then_some(pid)
+        self.by.pid.then_some(pid)
+    }
+
+    fn comm(&self, comm: &[u8], uid: u32) -> Option<(String, u32)> {
+        self.by.comm.then(|| (text(comm), uid))
+    }
+
+    fn container(&self, cgroup: u64, name: &mut impl FnMut(u64) -> String) -> Option<String> {
+        self.by.container.then(|| name(cgroup))
     }
 
     pub fn source(&mut self, report: Report) -> Option<&mut Source> {
         self.sources.iter_mut().find(|s| s.report == report)
     }
 
-    /// Adds nettop's drained entries (one per key and CPU).
-    pub fn add_net(&mut self, entries: &[(NetKey, NetCounters)], now_ns: u64) {
+    /// Adds nettop's drained entries (one per key and CPU); `container` names a cgroup id.
+    pub fn add_net(
+        &mut self,
+        entries: &[(NetKey, NetCounters)],
+        mut container: impl FnMut(u64) -> String,
+        now_ns: u64,
+    ) {
         let mut events = 0;
         for (k, c) in entries {
             for (direction, packets, bytes) in [
@@ -115,8 +187,8 @@ impl Registry {
                 events += packets;
                 let series = Series {
                     pid: self.pid(k.pid),
-                    comm: text(&k.comm),
-                    uid: k.uid,
+                    comm: self.comm(&k.comm, k.uid),
+                    container: self.container(k.cgroup, &mut container),
                     dev: text(&k.dev),
                     direction,
                 };
@@ -131,11 +203,13 @@ impl Registry {
         }
     }
 
-    /// Adds disktop's drained entries; `dev_name` names a device number.
+    /// Adds disktop's drained entries; `dev_name` names a device number, `container` a
+    /// cgroup id.
     pub fn add_disk(
         &mut self,
         entries: &[(DiskKey, DiskCounters)],
         mut dev_name: impl FnMut(u32) -> String,
+        mut container: impl FnMut(u64) -> String,
         now_ns: u64,
     ) {
         let mut events = 0;
@@ -147,8 +221,8 @@ impl Registry {
                 }
                 let series = Series {
                     pid: self.pid(k.pid),
-                    comm: text(&k.comm),
-                    uid: k.uid,
+                    comm: self.comm(&k.comm, k.uid),
+                    container: self.container(k.cgroup, &mut container),
                     dev: dev_name(k.dev),
                     direction,
                 };
@@ -162,10 +236,14 @@ impl Registry {
         }
     }
 
-    /// Records a file `comm` held open for `held_ns`.
-    pub fn observe_file(&mut self, comm: &str, held_ns: u64, now_ns: u64) {
+    /// Records a file `comm` (in `container`) held open for `held_ns`.
+    pub fn observe_file(&mut self, comm: &str, container: &str, held_ns: u64, now_ns: u64) {
         let secs = held_ns as f64 / 1e9;
-        let h = self.files.entry(comm.to_owned()).or_default();
+        let key = (
+            comm.to_owned(),
+            self.by.container.then(|| container.to_owned()),
+        );
+        let h = self.files.entry(key).or_default();
         let i = FILE_BUCKETS
             .iter()
             .position(|&le| secs <= le)
@@ -271,13 +349,17 @@ impl Registry {
     fn traffic(&self, map: &BTreeMap<Series, Count>, value: fn(&Count) -> u64) -> Vec<Sample> {
         map.iter()
             .map(|(s, c)| {
-                let mut labels = Vec::with_capacity(5);
+                let mut labels = Vec::with_capacity(6);
                 if let Some(p) = s.pid {
                     labels.push(("pid", p.to_string()));
                 }
+                if let Some((comm, uid)) = &s.comm {
+                    labels.extend([("comm", comm.clone()), ("uid", uid.to_string())]);
+                }
+                if let Some(c) = &s.container {
+                    labels.push(("container", c.clone()));
+                }
                 labels.extend([
-                    ("comm", s.comm.clone()),
-                    ("uid", s.uid.to_string()),
                     ("dev", s.dev.clone()),
                     ("direction", s.direction.to_owned()),
                 ]);
@@ -289,17 +371,24 @@ impl Registry {
     /// The histogram's cumulative buckets, sum and count per command.
     fn file_samples(&self) -> Vec<Sample> {
         let mut out = Vec::new();
-        for (comm, h) in &self.files {
+        for ((comm, container), h) in &self.files {
+            let comm = || {
+                let mut l = vec![("comm", comm.clone())];
+                if let Some(c) = container {
+                    l.push(("container", c.clone()));
+                }
+                l
+            };
             let mut cumulative = 0;
             for (i, n) in h.buckets.iter().enumerate() {
                 cumulative += n;
                 let le = FILE_BUCKETS
                     .get(i)
                     .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-                let labels = vec![("comm", comm.clone()), ("le", le)];
+                let mut labels = comm();
+                labels.push(("le", le));
                 out.push(Sample::new(labels, cumulative).suffix("_bucket"));
             }
-            let comm = || vec![("comm", comm.clone())];
             out.push(Sample {
                 suffix: "_sum",
                 labels: comm(),
@@ -469,6 +558,7 @@ mod tests {
                 (net_key(10, "httpd", "eth0"), net(1, 500, 2, 120)), // another CPU
                 (net_key(11, "httpd", "eth0"), net(0, 0, 1, 60)),
             ],
+            |_| "web".into(),
             5,
         );
         r.add_disk(
@@ -481,16 +571,17 @@ mod tests {
                 },
             )],
             |_| "sda".into(),
+            |_| "web".into(),
             5,
         );
-        r.observe_file("vsftpd", 2_500_000_000, 5);
-        r.observe_file("vsftpd", 20_000_000, 5);
+        r.observe_file("vsftpd", "web", 2_500_000_000, 5);
+        r.observe_file("vsftpd", "web", 20_000_000, 5);
         r
     }
 
     #[test]
     fn exposition_golden() {
-        let text = registry(By::Pid).render();
+        let text = registry(By::PID).render();
         let golden = r#"# HELP stapr_net_packets_total Packets sent (transmit) and received (receive) per process and network device; receives are charged to the task running when the kernel processed them.
 # TYPE stapr_net_packets_total counter
 stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 2
@@ -547,7 +638,7 @@ stapr_series_forgotten_total 0
 
     #[test]
     fn by_comm_drops_the_pid_label() {
-        let text = registry(By::Comm).render();
+        let text = registry(By::COMM).render();
         assert!(text.contains(
             "stapr_net_packets_total{comm=\"httpd\",uid=\"33\",dev=\"eth0\",direction=\"receive\"} 3\n"
         ));
@@ -556,7 +647,7 @@ stapr_series_forgotten_total 0
 
     #[test]
     fn forgets_gone_processes_after_the_delay() {
-        let mut r = registry(By::Pid);
+        let mut r = registry(By::PID);
         let minute = 60_000_000_000;
         // Everyone is gone, but not for long enough yet.
         r.forget(minute, |_| false);
@@ -570,7 +661,7 @@ stapr_series_forgotten_total 0
         assert!(!text.contains("pid=\"11\""));
         assert!(!text.contains("vsftpd"));
         // --by comm: idle series go whatever `alive` says.
-        let mut c = registry(By::Comm);
+        let mut c = registry(By::COMM);
         c.forget(minute + 10, |_| true);
         assert_eq!(c.series(), 0);
     }

@@ -18,7 +18,10 @@ use tokio::{
 };
 
 use crate::{
-    report::{disktop, nettop, slowopen, Report},
+    report::{
+        containers::{Choice, Containers},
+        disktop, nettop, slowopen, Report,
+    },
     runtime::{self, ring, user_error},
 };
 
@@ -44,6 +47,8 @@ struct Parts {
     slow: Option<slowopen::probes::Probes>,
     slow_state: slowopen::State,
     dev_names: disktop::DevNames,
+    /// Names cgroups for `--by ...,container`.
+    containers: Containers,
     file_min_ns: u64,
 }
 
@@ -61,6 +66,7 @@ impl Parts {
     fn attach(
         file_min_ns: u64,
         reg: &mut metrics::Registry,
+        containers: Containers,
     ) -> Result<(Self, Option<RingBuf<MapData>>)> {
         let unavailable = |report: Report, err: &anyhow::Error| {
             eprintln!(
@@ -68,13 +74,13 @@ impl Parts {
                 report.name()
             );
         };
-        let net = nettop::probes::Probes::attach(nettop::ProbeKind::Auto)
+        let net = nettop::probes::Probes::attach(nettop::ProbeKind::Auto, Default::default())
             .inspect_err(|e| unavailable(Report::Nettop, e))
             .ok();
         if let Some(n) = &net {
             reg.sources.push(source(Report::Nettop, n.kind.name(), 2));
         }
-        let disk = disktop::probes::Probes::attach(disktop::Method::Auto)
+        let disk = disktop::probes::Probes::attach(disktop::Method::Auto, Default::default())
             .inspect_err(|e| unavailable(Report::Disktop, e))
             .ok();
         if let Some(d) = &disk {
@@ -86,7 +92,7 @@ impl Parts {
             self_tgid: std::process::id(),
             ..Default::default()
         };
-        let (slow, ring) = match slowopen::probes::Probes::attach(config) {
+        let (slow, ring) = match slowopen::probes::Probes::attach(config, Default::default()) {
             Ok((s, ring)) => {
                 reg.sources
                     .push(source(Report::Slowopen, "tracepoint", s.attached));
@@ -108,6 +114,7 @@ impl Parts {
             slow,
             slow_state: slowopen::State::default(),
             dev_names: disktop::DevNames::default(),
+            containers,
             file_min_ns,
         };
         Ok((parts, ring))
@@ -127,15 +134,21 @@ impl Parts {
     fn collect(&mut self, reg: &mut metrics::Registry) -> Result<()> {
         let now = runtime::monotonic_ns();
         if let Some(n) = &mut self.net {
-            reg.add_net(&n.drain()?, now);
+            let names = &mut self.containers;
+            reg.add_net(&n.drain()?, |id| names.name(id).container.clone(), now);
             let lost = n.dropped()?;
             if let Some(s) = reg.source(Report::Nettop) {
                 s.lost.insert("table_full", lost);
             }
         }
         if let Some(d) = &mut self.disk {
-            let names = &mut self.dev_names;
-            reg.add_disk(&d.drain()?, |dev| names.name(dev), now);
+            let (devs, names) = (&mut self.dev_names, &mut self.containers);
+            reg.add_disk(
+                &d.drain()?,
+                |dev| devs.name(dev),
+                |id| names.name(id).container.clone(),
+                now,
+            );
             let lost = d.dropped()?;
             if let Some(s) = reg.source(Report::Disktop) {
                 s.lost.insert("table_full", lost);
@@ -168,7 +181,8 @@ impl Parts {
         )?;
         let now = runtime::monotonic_ns();
         for r in rows {
-            reg.observe_file(&r.comm, r.held_ns, now);
+            let container = self.containers.name(r.cgroup).container.clone();
+            reg.observe_file(&r.comm, &container, r.held_ns, now);
         }
         Ok(())
     }
@@ -233,7 +247,12 @@ pub fn run(opts: Options) -> Result<()> {
     let forget_ns = runtime::nanos(opts.forget_after);
     let mut reg = metrics::Registry::new(opts.by, forget_ns);
     let file_min_ns = runtime::nanos(opts.file_min);
-    let (mut parts, ring) = Parts::attach(file_min_ns, &mut reg)?;
+    let choice = Choice {
+        show: opts.by.container,
+        cgroup: None,
+    };
+    let (containers, _) = Containers::open(&choice, runtime::Format::Text)?;
+    let (mut parts, ring) = Parts::attach(file_min_ns, &mut reg, containers)?;
     let methods: Vec<String> = reg
         .sources
         .iter()
@@ -242,10 +261,7 @@ pub fn run(opts: Options) -> Result<()> {
     eprintln!(
         "stapr export: serving http://{local}/metrics ({}; series by {}, dropped {:?} after their process ends). Ctrl-C to end.",
         methods.join(", "),
-        match opts.by {
-            By::Pid => "pid",
-            By::Comm => "comm",
-        },
+        opts.by.describe(),
         opts.forget_after,
     );
 

@@ -6,6 +6,7 @@
 //! which method the report will use on this kernel.
 
 pub mod calltree;
+pub mod containers;
 pub mod disktop;
 pub mod nettop;
 pub mod slowopen;

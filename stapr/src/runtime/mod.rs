@@ -3,6 +3,7 @@
 
 pub mod bpf_sys;
 pub mod btf;
+pub mod cgroup;
 pub mod detach;
 pub mod duration;
 pub mod interval;

@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 
 use super::{Attach, Options, TreeFilter};
 use crate::{
-    cli::{min_duration, positive_usize, OutputArgs, ProcessArgs},
+    cli::{min_duration, positive_usize, CgroupArgs, OutputArgs, ProcessArgs},
     runtime::duration,
 };
 
@@ -54,6 +54,8 @@ pub struct Args {
     pub attach: Attach,
     #[command(flatten)]
     pub who: ProcessArgs,
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
     /// Print calls only down to this depth
     #[arg(long, value_parser = positive_usize, allow_hyphen_values = true)]
     pub max_depth: Option<usize>,
@@ -90,6 +92,7 @@ impl From<Args> for Options {
             binary: a.binary,
             attach: a.attach,
             filter: a.who.into(),
+            containers: a.cgroups.into(),
             max_depth: a.max_depth,
             trees: TreeFilter {
                 min_ns: a.min.map(crate::runtime::nanos),

@@ -25,7 +25,10 @@ use anyhow::Result;
 use probes_common::{calltree::CallConfig, COMM_LEN};
 
 use crate::{
-    report::ProcessFilter,
+    report::{
+        containers::{self, Containers},
+        ProcessFilter,
+    },
     runtime::{self, out, ring, user_error},
 };
 
@@ -45,6 +48,7 @@ pub struct Options {
     pub format: runtime::Format,
     pub timings: bool,
     pub detach_in_foreground: bool,
+    pub containers: containers::Choice,
 }
 
 /// User space checks the ring this often: the probes wake it only when a lot is waiting.
@@ -106,7 +110,7 @@ fn trees(p: &printer::Printer, filter: &TreeFilter) -> String {
 }
 
 /// The functions of `--binary`, attached; and what the start line calls them.
-fn attach_binary(opts: &Options, config: &CallConfig) -> Result<(probes::Probes, String)> {
+fn attach_binary(opts: &Options, config: &probes::Globals) -> Result<(probes::Probes, String)> {
     let bin = opts.binary.as_deref().unwrap_or(std::path::Path::new(""));
     if opts.module.is_some() {
         return Err(user_error(
@@ -135,7 +139,7 @@ fn attach_binary(opts: &Options, config: &CallConfig) -> Result<(probes::Probes,
 
 /// The kernel functions of `--module`/`--func`, attached; and what the start line calls
 /// them.
-fn attach_kernel(opts: &Options, config: &CallConfig) -> Result<(probes::Probes, String)> {
+fn attach_kernel(opts: &Options, config: &probes::Globals) -> Result<(probes::Probes, String)> {
     if opts.module.is_none() && opts.funcs.is_empty() {
         return Err(user_error(
             "nothing to trace: give --module NAME, --func GLOB or --binary PATH",
@@ -170,7 +174,11 @@ fn attach_kernel(opts: &Options, config: &CallConfig) -> Result<(probes::Probes,
 
 pub fn run(opts: Options) -> Result<()> {
     runtime::prepare()?;
-    let config = config(&opts.filter);
+    let (cgroups, cgroup) = Containers::open(&opts.containers, opts.format)?;
+    let config = probes::Globals {
+        call: config(&opts.filter),
+        cgroup,
+    };
     let (mut probes, what) = if opts.binary.is_some() {
         attach_binary(&opts, &config)?
     } else {
@@ -187,6 +195,7 @@ pub fn run(opts: Options) -> Result<()> {
     let ring = probes.ring()?;
     let mut printer =
         printer::Printer::new(opts.format, opts.max_depth, opts.durations, opts.trees);
+    printer.cgroups = cgroups;
     let names = &probes.names;
     runtime::block_on(async {
         let mut ring = ring::Watched::new(ring)?;

@@ -11,7 +11,10 @@ use probes_common::{
 };
 
 use super::{names::Names, tree};
-use crate::runtime::{btf::RetKind, ring, Format};
+use crate::{
+    report::containers::Containers,
+    runtime::{btf::RetKind, ring, Format},
+};
 
 /// Events formatted between two looks at the stop signal (and two writes).
 const DRAIN_BATCH: usize = 16384;
@@ -63,6 +66,8 @@ pub struct Printer {
     held: HashMap<u32, Held>,
     held_bytes: usize,
     out: String,
+    /// Names each event's cgroup, for `--containers` and JSON.
+    pub cgroups: Containers,
 }
 
 impl Printer {
@@ -83,6 +88,7 @@ impl Printer {
             held: HashMap::new(),
             held_bytes: 0,
             out: String::new(),
+            cgroups: Containers::none(),
         }
     }
 
@@ -110,6 +116,8 @@ impl Printer {
         self.events += 1;
         let comm = String::from_utf8_lossy(c_bytes(&ev.comm));
         let known = names.get(ev.id);
+        let cg = (self.cgroups.show || self.format == Format::Json)
+            .then(|| self.cgroups.name(ev.cgroup).clone());
         let e = tree::Event {
             ts_ns: ev.ts_ns,
             pid: ev.pid,
@@ -120,6 +128,7 @@ impl Printer {
             func: known.map_or("?", |k| k.name.as_str()),
             ret: ev.ret,
             ret_kind: known.map_or(RetKind::Other, |k| k.ret),
+            cg: cg.as_ref(),
         };
         let p = self.indenter.place(&e);
         let shown = self.max_depth.is_none_or(|m| p.depth <= m);
@@ -223,6 +232,7 @@ mod tests {
                 _pad: 0,
                 ret: 0,
                 comm,
+                cgroup: 1,
             });
             if !entry {
                 depth[t] -= 1;
@@ -269,6 +279,7 @@ mod tests {
             _pad: 0,
             ret,
             comm,
+            cgroup: 1,
         }
     }
 

@@ -14,7 +14,7 @@ use aya::{
     maps::{MapData, RingBuf},
     Ebpf, EbpfLoader,
 };
-use probes_common::calltree::CallConfig;
+use probes_common::{calltree::CallConfig, CgroupFilter, CGROUP_FILTER};
 
 use super::{
     attach,
@@ -50,7 +50,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         PROGS_UPROBE[1],
     ],
     maps: &[EVENTS, LOST],
-    globals: &[(CONFIG, size_of::<CallConfig>())],
+    globals: &[
+        (CONFIG, size_of::<CallConfig>()),
+        (CGROUP_FILTER, size_of::<CgroupFilter>()),
+    ],
 };
 
 /// `--attach`: how kernel functions are probed.
@@ -141,9 +144,17 @@ pub struct Probes {
     pub took: Duration,
 }
 
-fn load(config: &CallConfig) -> Result<Ebpf> {
+/// The read-only globals set before load: filters and the process to leave out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Globals {
+    pub call: CallConfig,
+    pub cgroup: CgroupFilter,
+}
+
+fn load(config: &Globals) -> Result<Ebpf> {
     EbpfLoader::new()
-        .override_global(CONFIG, config, true)
+        .override_global(CONFIG, &config.call, true)
+        .override_global(CGROUP_FILTER, &config.cgroup, true)
         .load(OBJECT)
         .context("loading the calltree eBPF object")
 }
@@ -178,7 +189,7 @@ impl Probes {
     /// Attaches to kernel functions with `attach` (`Auto`: the first method of [`AUTO`]
     /// that works).
     pub fn attach_kernel(
-        config: &CallConfig,
+        config: &Globals,
         funcs: &[Func],
         rets: &[RetKind],
         how: Attach,
@@ -214,7 +225,7 @@ impl Probes {
     }
 
     /// Attaches uprobes and uretprobes to `funcs` of the ELF file `path`.
-    pub fn attach_binary(config: &CallConfig, path: &Path, funcs: &[ProgramFn]) -> Result<Self> {
+    pub fn attach_binary(config: &Globals, path: &Path, funcs: &[ProgramFn]) -> Result<Self> {
         let t = Instant::now();
         let mut p = attach::uprobe(load(config)?, path, funcs)?;
         p.took = t.elapsed();

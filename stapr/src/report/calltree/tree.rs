@@ -10,7 +10,7 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use super::errno;
-use crate::runtime::btf::RetKind;
+use crate::runtime::{btf::RetKind, cgroup::Named};
 
 /// One event, its function already named.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +26,8 @@ pub struct Event<'a> {
     /// A return's value, and what the function returns (which says whether it failed).
     pub ret: i64,
     pub ret_kind: RetKind,
+    /// The task's cgroup, when the output shows it (`--containers`, JSON).
+    pub cg: Option<&'a Named>,
 }
 
 #[derive(Debug, Default)]
@@ -111,12 +113,13 @@ impl Indenter {
 /// With `durations`, a return also says how long the call took and, when it failed, its
 /// error: `<- ext4_rmdir (31.2 us) -ENOTEMPTY`.
 pub fn text_line(out: &mut String, e: &Event, p: &Placed, durations: bool) {
+    let _ = write!(out, "{:>6} {}({})", p.us, e.comm, e.tid);
+    if let Some(cg) = e.cg {
+        let _ = write!(out, " {}", cg.container);
+    }
     let _ = write!(
         out,
-        "{:>6} {}({}):{:pad$} {} {}",
-        p.us,
-        e.comm,
-        e.tid,
+        ":{:pad$} {} {}",
         "",
         if e.entry { "->" } else { "<-" },
         e.func,
@@ -157,6 +160,9 @@ pub fn json_line(out: &mut String, e: &Event, p: &Placed) {
         "unmatched": p.unmatched,
         "us": p.us,
     });
+    if let (Some(cg), Some(obj)) = (e.cg, v.as_object_mut()) {
+        cg.json_fields(obj);
+    }
     if !e.entry {
         v["duration_ns"] = p.duration_ns.into();
         v["ret"] = errno::value(e.ret, e.ret_kind).into();
@@ -183,6 +189,7 @@ mod tests {
             func,
             ret: 0,
             ret_kind: RetKind::Other,
+            cg: None,
         }
     }
 

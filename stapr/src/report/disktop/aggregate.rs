@@ -7,6 +7,8 @@ use probes_common::{
     disktop::{DiskCounters, DiskKey},
 };
 
+use crate::runtime::cgroup::Named;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dir {
     Read,
@@ -31,6 +33,9 @@ pub struct Row {
     pub device: String,
     pub dir: Dir,
     pub bytes: u64,
+    /// The task's cgroup v2 id, and its path and container (filled in before output).
+    pub cgroup: u64,
+    pub cg: Named,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -94,6 +99,8 @@ pub fn snapshot(
                     device: device_name(k.dev),
                     dir,
                     bytes,
+                    cgroup: k.cgroup,
+                    cg: Named::default(),
                 });
             }
         }

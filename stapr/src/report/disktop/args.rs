@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 
 use super::{Method, Options, SortKey};
-use crate::cli::{positive_usize, IntervalArgs, OutputArgs, ProcessArgs};
+use crate::cli::{positive_usize, IntervalArgs, CgroupArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
 Counts the bytes that read and write calls return for files on a block device, page-cache
@@ -35,6 +35,8 @@ pub struct Args {
     #[command(flatten)]
     pub who: ProcessArgs,
     #[command(flatten)]
+    pub cgroups: CgroupArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
     /// Order rows by bytes (largest first) or pid
     #[arg(short, long, value_enum, default_value = "bytes")]
@@ -56,6 +58,7 @@ impl From<Args> for Options {
         Options {
             every: a.every.into(),
             filter: a.who.into(),
+            containers: a.cgroups.into(),
             format: a.output.format,
             sort: a.sort,
             rows: a.rows,

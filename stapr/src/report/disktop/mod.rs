@@ -9,7 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
 
-use crate::runtime::{self, interval};
+use crate::{
+    report::containers::{self, Containers},
+    runtime::{self, interval},
+};
 
 pub use aggregate::{Filter, SortKey};
 pub use probes::Method;
@@ -21,6 +24,7 @@ pub struct Options {
     pub rows: usize,
     pub method: probes::Method,
     pub format: runtime::Format,
+    pub containers: containers::Choice,
 }
 
 /// The kernel's names of block devices (`vda`, `dm-0`, `nvme0n1p2`), read from sysfs once
@@ -50,6 +54,7 @@ struct Report {
     probes: probes::Probes,
     names: DevNames,
     opts: Options,
+    cgroups: Containers,
 }
 
 impl interval::Periodic for Report {
@@ -64,7 +69,7 @@ impl interval::Periodic for Report {
         let o = &self.opts;
         let entries = self.probes.drain()?;
         let names = &mut self.names;
-        let snap = aggregate::snapshot(
+        let mut snap = aggregate::snapshot(
             entries,
             |dev| names.name(dev),
             &o.filter,
@@ -72,11 +77,16 @@ impl interval::Periodic for Report {
             o.rows,
             interval.as_millis() as u64,
         );
+        for r in snap.iter_mut().flat_map(|s| s.rows.iter_mut()) {
+            r.cg = self.cgroups.name(r.cgroup).clone();
+        }
         Ok(match (snap, o.format) {
             (None, _) => String::new(),
-            (Some(s), runtime::Format::Text) => {
-                render::text(&s, &render::ctime(&chrono::Local::now()))
-            }
+            (Some(s), runtime::Format::Text) => render::text(
+                &s,
+                &render::ctime(&chrono::Local::now()),
+                self.cgroups.show,
+            ),
             (Some(s), runtime::Format::Json) => render::json(&s, &runtime::utc_now()),
         })
     }
@@ -97,7 +107,8 @@ impl interval::Periodic for Report {
 pub fn run(opts: Options) -> Result<()> {
     opts.filter.refuse_idle("disktop")?;
     runtime::prepare()?;
-    let probes = probes::Probes::attach(opts.method)?;
+    let (cgroups, filter) = Containers::open(&opts.containers, opts.format)?;
+    let probes = probes::Probes::attach(opts.method, filter)?;
     if !probes.skipped.is_empty() {
         eprintln!(
             "stapr disktop: this kernel lacks {}; those calls are not counted",
@@ -111,6 +122,7 @@ pub fn run(opts: Options) -> Result<()> {
             probes,
             names,
             opts,
+            cgroups,
         },
         every,
     )

@@ -3,7 +3,10 @@
 
 use anyhow::{Context as _, Result};
 use aya::{programs::FExit, Ebpf, EbpfLoader};
-use probes_common::disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun};
+use probes_common::{
+    disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun},
+    CgroupFilter, CGROUP_FILTER,
+};
 
 use crate::{
     report::{first_working, last_error, Facility, MethodSpec, Need},
@@ -45,7 +48,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         MAPS.runs,
         MAPS.dropped,
     ],
-    globals: &[(OFFSETS, size_of::<DiskOffsets>())],
+    globals: &[
+        (OFFSETS, size_of::<DiskOffsets>()),
+        (CGROUP_FILTER, size_of::<CgroupFilter>()),
+    ],
 };
 
 const MAPS: SlotMaps = SlotMaps {
@@ -173,7 +179,7 @@ fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
 impl Probes {
     /// Attaches with `method`; `Auto` walks [`AUTO`] and says on stderr why a method
     /// was passed over.
-    pub fn attach(method: Method) -> Result<Self> {
+    pub fn attach(method: Method, cgroup: CgroupFilter) -> Result<Self> {
         if !kernel_btf_present() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): disktop needs it to find a file's device",
@@ -188,12 +194,12 @@ impl Probes {
             "disktop",
             order,
             |m| m.spec().name,
-            |m| Self::attach_with(&kbtf, m),
+            |m| Self::attach_with(&kbtf, m, &cgroup),
         )
         .map_err(last_error)
     }
 
-    fn attach_with(kbtf: &btf::Btf, method: Method) -> Result<Self> {
+    fn attach_with(kbtf: &btf::Btf, method: Method, cgroup: &CgroupFilter) -> Result<Self> {
         let mut offsets = DiskOffsets {
             task_real_parent: kbtf.member_offset("task_struct", "real_parent")?,
             task_tgid: kbtf.member_offset("task_struct", "tgid")?,
@@ -214,6 +220,7 @@ impl Probes {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS, &offsets, true)
+            .override_global(CGROUP_FILTER, cgroup, true)
             .load(OBJECT)
             .context("loading the disktop eBPF object")?;
         if method == Method::Fexit {

@@ -1,11 +1,13 @@
 //! Pure: a snapshot → SystemTap disktop's text.
 
 use super::aggregate::Snapshot;
+use crate::report::containers::column;
 
 /// `"\n%-25s, %-8s%4dKb/sec, %-7s%6dKb, %-7s%6dKb\n\n"`, the header
 /// `%8s %8s %8s %25s %8s %4s %12s` and rows `%8d %8d %8d %25s %8s %4s %12d`.
 /// `time` is the local time as ctime(3) prints it, e.g. `Sat Apr 11 17:22:03 2009`.
-pub fn text(s: &Snapshot, time: &str) -> String {
+/// `--containers` puts CONTAINER (`%12s`) before CMD.
+pub fn text(s: &Snapshot, time: &str, containers: bool) -> String {
     let mut out = format!(
         "\n{:<25}, {:<8}{:>4}Kb/sec, {:<7}{:>6}Kb, {:<7}{:>6}Kb\n\n",
         time,
@@ -17,15 +19,23 @@ pub fn text(s: &Snapshot, time: &str) -> String {
         s.write_bytes / 1024
     );
     out.push_str(&format!(
-        "{:>8} {:>8} {:>8} {:>25} {:>8} {:>4} {:>12}\n",
-        "UID", "PID", "PPID", "CMD", "DEVICE", "T", "BYTES"
+        "{:>8} {:>8} {:>8} {}{:>25} {:>8} {:>4} {:>12}\n",
+        "UID",
+        "PID",
+        "PPID",
+        column(containers, "CONTAINER", true),
+        "CMD",
+        "DEVICE",
+        "T",
+        "BYTES"
     ));
     for r in &s.rows {
         out.push_str(&format!(
-            "{:>8} {:>8} {:>8} {:>25} {:>8} {:>4} {:>12}\n",
+            "{:>8} {:>8} {:>8} {}{:>25} {:>8} {:>4} {:>12}\n",
             r.uid,
             r.pid,
             r.ppid,
+            column(containers, &r.cg.container, true),
             r.comm,
             r.device,
             r.dir.letter(),
@@ -40,7 +50,7 @@ pub fn json(s: &Snapshot, time: &str) -> String {
     s.rows
         .iter()
         .map(|r| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "time": time,
                 "interval_s": s.interval_ms as f64 / 1000.0,
                 "uid": r.uid,
@@ -50,9 +60,11 @@ pub fn json(s: &Snapshot, time: &str) -> String {
                 "device": r.device,
                 "direction": r.dir.letter(),
                 "bytes": r.bytes,
-            })
-            .to_string()
-                + "\n"
+            });
+            if let Some(obj) = v.as_object_mut() {
+                r.cg.json_fields(obj);
+            }
+            v.to_string() + "\n"
         })
         .collect()
 }
@@ -70,6 +82,7 @@ mod tests {
         Filter, SortKey,
     };
     use super::*;
+    use crate::runtime::cgroup::Named;
     use chrono::TimeZone;
 
     #[test]
@@ -96,7 +109,7 @@ mod tests {
             "      48    15342    15239                     httpd     dm-0    W          210\n",
             "      48    15343    15239                     httpd     dm-0    W          210\n",
         );
-        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009"), expected);
+        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009", false), expected);
     }
 
     #[test]
@@ -114,7 +127,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            text(&s, "Thu Nov  5 09:01:02 2026"),
+            text(&s, "Thu Nov  5 09:01:02 2026", false),
             concat!(
                 "\n",
                 "Thu Nov  5 09:01:02 2026 , Average:1073774592Kb/sec, Read:   32768Kb, Write: 1073741824Kb\n",
@@ -128,7 +141,7 @@ mod tests {
 
     #[test]
     fn golden_json() {
-        let s = snapshot(
+        let mut s = snapshot(
             vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
             names,
             &Filter::default(),
@@ -137,15 +150,47 @@ mod tests {
             5000,
         )
         .unwrap();
+        for r in &mut s.rows {
+            r.cg = Named::of(Some("/web.slice/httpd.service".into()));
+        }
         assert_eq!(
             json(&s, "2009-04-11T17:22:03.000Z"),
             concat!(
-                r#"{"bytes":4096,"comm":"httpd","device":"dm-0","direction":"R","interval_s":5.0,"#,
+                r#"{"bytes":4096,"cgroup":"/web.slice/httpd.service","comm":"httpd","#,
+                r#""container":"httpd.service","device":"dm-0","direction":"R","interval_s":5.0,"#,
                 r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
                 "\n",
-                r#"{"bytes":210,"comm":"httpd","device":"dm-0","direction":"W","interval_s":5.0,"#,
+                r#"{"bytes":210,"cgroup":"/web.slice/httpd.service","comm":"httpd","#,
+                r#""container":"httpd.service","device":"dm-0","direction":"W","interval_s":5.0,"#,
                 r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
                 "\n",
+            )
+        );
+    }
+
+    #[test]
+    fn golden_containers_column() {
+        let mut s = snapshot(
+            vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        for r in &mut s.rows {
+            r.cg = Named::of(Some("/web.slice/httpd.service".into()));
+        }
+        assert_eq!(
+            text(&s, "Sat Apr 11 17:22:03 2009", true),
+            concat!(
+                "\n",
+                "Sat Apr 11 17:22:03 2009 , Average:   0Kb/sec, Read:       4Kb, Write:      0Kb\n",
+                "\n",
+                "     UID      PID     PPID    CONTAINER                       CMD   DEVICE    T        BYTES\n",
+                "      48    15342    15239 httpd.service                     httpd     dm-0    R         4096\n",
+                "      48    15342    15239 httpd.service                     httpd     dm-0    W          210\n",
             )
         );
     }

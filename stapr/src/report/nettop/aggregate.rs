@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::runtime::cgroup::Named;
 use probes_common::{
     c_bytes,
     nettop::{NetCounters, NetKey},
@@ -17,6 +18,9 @@ pub struct Row {
     pub recv_packets: u64,
     pub xmit_bytes: u64,
     pub recv_bytes: u64,
+    /// The task's cgroup v2 id, and its path and container (filled in before output).
+    pub cgroup: u64,
+    pub cg: Named,
 }
 
 impl Row {
@@ -93,6 +97,8 @@ pub fn snapshot(
             recv_packets: v.recv_packets,
             xmit_bytes: v.xmit_bytes,
             recv_bytes: v.recv_bytes,
+            cgroup: k.cgroup,
+            cg: Named::default(),
         })
         .filter(|r| filter.keeps(r))
         .collect();
@@ -249,6 +255,8 @@ pub(crate) mod tests {
             recv_packets: 1,
             xmit_bytes: bytes,
             recv_bytes: bytes,
+            cgroup: 1,
+            cg: Named::default(),
         };
         assert_eq!(row(0).xmit_kb(), 0);
         assert_eq!(row(1023).xmit_kb(), 0);

@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 
 use super::{Filter, Options, ProbeKind, SortKey};
-use crate::cli::{device, positive_usize, IntervalArgs, OutputArgs, ProcessArgs};
+use crate::cli::{device, positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
 Transmitted packets are charged to the process that sent them. Received packets are charged
@@ -19,6 +19,8 @@ EXAMPLES:
     stapr nettop -i 1 --count 10  # every second, ten times
     stapr nettop -p 1234 -d eth0  # only PID 1234 on eth0
     stapr nettop -c httpd -s xmit_kb -r 5
+    stapr nettop --containers     # which container or unit each row belongs to
+    stapr nettop --cgroup system.slice/nginx.service
 ";
 
 #[derive(Debug, ClapArgs)]
@@ -27,6 +29,8 @@ pub struct Args {
     pub every: IntervalArgs,
     #[command(flatten)]
     pub who: ProcessArgs,
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Only this network device (e.g. eth0, lo)
@@ -55,6 +59,7 @@ impl From<Args> for Options {
             sort: a.sort,
             rows: a.rows,
             probe: a.probe,
+            containers: a.cgroups.into(),
         }
     }
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::runtime::{self, interval};
+use crate::{
+    report::containers::{self, Containers},
+    runtime::{self, interval},
+};
 
 pub use aggregate::{Filter, SortKey};
 pub use probes::ProbeKind;
@@ -21,11 +24,13 @@ pub struct Options {
     pub rows: Option<usize>,
     pub probe: ProbeKind,
     pub format: runtime::Format,
+    pub containers: containers::Choice,
 }
 
 struct Report {
     probes: probes::Probes,
     opts: Options,
+    names: Containers,
 }
 
 impl interval::Periodic for Report {
@@ -41,9 +46,12 @@ impl interval::Periodic for Report {
 
     fn report(&mut self, interval: Duration) -> Result<String> {
         let o = &self.opts;
-        let snap = aggregate::snapshot(self.probes.drain()?, &o.filter, o.sort, o.rows);
+        let mut snap = aggregate::snapshot(self.probes.drain()?, &o.filter, o.sort, o.rows);
+        for r in &mut snap.rows {
+            r.cg = self.names.name(r.cgroup).clone();
+        }
         Ok(match o.format {
-            runtime::Format::Text => render::text(&snap),
+            runtime::Format::Text => render::text(&snap, self.names.show),
             runtime::Format::Json => {
                 render::json(&snap, &runtime::utc_now(), interval.as_secs_f64())
             }
@@ -91,7 +99,15 @@ pub fn run(opts: Options) -> Result<()> {
         check_device(dev)?;
     }
     runtime::prepare()?;
-    let probes = probes::Probes::attach(opts.probe)?;
+    let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
+    let probes = probes::Probes::attach(opts.probe, cgroup)?;
     let every = opts.every;
-    interval::run(Report { probes, opts }, every)
+    interval::run(
+        Report {
+            probes,
+            opts,
+            names,
+        },
+        every,
+    )
 }

@@ -6,7 +6,10 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use probes_common::nettop::{NetCounters, NetKey, NetOffsets, NetRun};
+use probes_common::{
+    nettop::{NetCounters, NetKey, NetOffsets, NetRun},
+    CgroupFilter, CGROUP_FILTER,
+};
 
 use crate::{
     report::{first_working, last_error, Facility, MethodSpec, Need},
@@ -47,7 +50,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         MAPS.runs,
         MAPS.dropped,
     ],
-    globals: &[(OFFSETS, size_of::<NetOffsets>())],
+    globals: &[
+        (OFFSETS, size_of::<NetOffsets>()),
+        (CGROUP_FILTER, size_of::<CgroupFilter>()),
+    ],
 };
 
 /// Which tracepoint flavour carries the probes.
@@ -122,19 +128,19 @@ const MAPS: SlotMaps = SlotMaps {
 impl Probes {
     /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for;
     /// `Auto` walks [`AUTO`] and says on stderr why a flavour was passed over.
-    pub fn attach(kind: ProbeKind) -> Result<Self> {
+    pub fn attach(kind: ProbeKind, cgroup: CgroupFilter) -> Result<Self> {
         let order: &[ProbeKind] = match kind {
             ProbeKind::Auto => &AUTO,
             _ => std::slice::from_ref(&kind),
         };
         first_working("nettop", order, ProbeKind::describe, |k| match k {
-            ProbeKind::Tracepoint => Self::attach_classic(),
-            _ => Self::attach_btf(),
+            ProbeKind::Tracepoint => Self::attach_classic(&cgroup),
+            _ => Self::attach_btf(&cgroup),
         })
         .map_err(last_error)
     }
 
-    fn attach_btf() -> Result<Self> {
+    fn attach_btf(cgroup: &CgroupFilter) -> Result<Self> {
         if !kernel_btf_present() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): BTF tracepoints need it; use --probe tracepoint",
@@ -147,7 +153,7 @@ impl Probes {
             netdev_name: kbtf.member_offset("net_device", "name")?,
             ..Default::default()
         };
-        let mut ebpf = load(&offsets)?;
+        let mut ebpf = load(&offsets, cgroup)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         for (prog, tp) in BTF_PROGS {
             let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
@@ -163,7 +169,7 @@ impl Probes {
         })
     }
 
-    fn attach_classic() -> Result<Self> {
+    fn attach_classic(cgroup: &CgroupFilter) -> Result<Self> {
         let offsets = NetOffsets {
             xmit_len: tracefs::field_offset("net", "net_dev_xmit", "len")?,
             xmit_name: tracefs::field_offset("net", "net_dev_xmit", "name")?,
@@ -171,7 +177,7 @@ impl Probes {
             recv_name: tracefs::field_offset("net", "netif_receive_skb", "name")?,
             ..Default::default()
         };
-        let mut ebpf = load(&offsets)?;
+        let mut ebpf = load(&offsets, cgroup)?;
         for (prog, tp) in CLASSIC_PROGS {
             let p: &mut TracePoint = program(&mut ebpf, prog)?;
             p.load()
@@ -199,9 +205,10 @@ impl Probes {
     }
 }
 
-fn load(offsets: &NetOffsets) -> Result<Ebpf> {
+fn load(offsets: &NetOffsets, cgroup: &CgroupFilter) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(OFFSETS, offsets, true)
+        .override_global(CGROUP_FILTER, cgroup, true)
         .load(OBJECT)
         .context("loading the nettop eBPF object")
 }

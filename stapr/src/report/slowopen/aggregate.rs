@@ -1,5 +1,6 @@
 //! Pure: records from the kernel and entries of its open-file table → report rows.
 
+use crate::runtime::cgroup::Named;
 use probes_common::{
     c_bytes,
     slowopen::{
@@ -63,9 +64,14 @@ pub struct Row {
     pub name: String,
     pub truncated: bool,
     pub end: End,
+    /// The holder's cgroup v2 id as the kernel saw it when the file ended (0: unknown,
+    /// for files still open: user space looks the process up).
+    pub cgroup: u64,
+    /// The cgroup's path and container, filled in by user space before output.
+    pub cg: Named,
 }
 
-fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End) -> Row {
+fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End, cgroup: u64) -> Row {
     Row {
         comm: String::from_utf8_lossy(c_bytes(&f.comm)).into_owned(),
         pid: key.tgid,
@@ -77,6 +83,8 @@ fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End) -> Row {
         name: String::from_utf8_lossy(c_bytes(&f.name)).into_owned(),
         truncated: f.flags & FLAG_TRUNCATED != 0,
         end,
+        cgroup,
+        cg: Named::default(),
     }
 }
 
@@ -101,9 +109,9 @@ pub fn resolve_unseen(s: &SlowFile, recent: &[Notice], min_ns: u64) -> Option<Ro
                 }
                 _ => return None,
             };
-            Some((n.time_ns, end))
+            Some((n.time_ns, end, n.cgroup))
         })
-        .map(|(at, end)| row(s.key, f, at.saturating_sub(f.start_ns), end))
+        .map(|(at, end, cg)| row(s.key, f, at.saturating_sub(f.start_ns), end, cg))
         .filter(|r| r.held_ns >= min_ns)
 }
 
@@ -124,6 +132,7 @@ pub fn from_slow_file(s: &SlowFile) -> Row {
         &s.file,
         s.end_ns.saturating_sub(s.file.start_ns),
         End::from_raw(s.end),
+        s.cgroup,
     )
 }
 
@@ -162,14 +171,16 @@ pub fn match_notices(notices: &[Notice], entries: &[(OpenKey, OpenFile)], min_ns
             .filter(|n| n.tgid == key.tgid && n.time_ns >= file.start_ns)
         {
             match n.end {
-                END_EXIT => ended = Some((n.time_ns, End::Exit)),
-                END_EXEC if file.flags & FLAG_CLOEXEC != 0 => ended = Some((n.time_ns, End::Exec)),
+                END_EXIT => ended = Some((n.time_ns, End::Exit, n.cgroup)),
+                END_EXEC if file.flags & FLAG_CLOEXEC != 0 => {
+                    ended = Some((n.time_ns, End::Exec, n.cgroup))
+                }
                 END_CLOSE_RANGE if (n.first_fd..=n.last_fd).contains(&key.fd) => {
                     if n.range_flags & CLOSE_RANGE_CLOEXEC != 0 {
                         file.flags |= FLAG_CLOEXEC;
                         marked = true;
                     } else {
-                        ended = Some((n.time_ns, End::CloseRange));
+                        ended = Some((n.time_ns, End::CloseRange, n.cgroup));
                     }
                 }
                 _ => {}
@@ -179,10 +190,10 @@ pub fn match_notices(notices: &[Notice], entries: &[(OpenKey, OpenFile)], min_ns
             }
         }
         match ended {
-            Some((at, end)) => {
+            Some((at, end, cg)) => {
                 let held = at.saturating_sub(file.start_ns);
                 if held >= min_ns {
-                    m.rows.push(row(*key, &file, held, end));
+                    m.rows.push(row(*key, &file, held, end, cg));
                 }
                 m.remove.push((*key, file.start_ns));
             }
@@ -201,7 +212,7 @@ pub fn still_open(entries: &[(OpenKey, OpenFile)], now_ns: u64, min_ns: u64) -> 
         .filter(|(_, f)| f.start_ns != CLOSED)
         .filter_map(|(k, f)| {
             let held = now_ns.saturating_sub(f.start_ns);
-            (held >= min_ns).then(|| row(*k, f, held, End::StillOpen))
+            (held >= min_ns).then(|| row(*k, f, held, End::StillOpen, 0))
         })
         .collect();
     rows.sort_by(|a, b| b.held_ns.cmp(&a.held_ns).then(a.pid.cmp(&b.pid)));
@@ -284,6 +295,7 @@ pub(crate) mod tests {
             end: END_DUP2,
             key: key(15337, 5),
             end_ns: 10 * S + 8_471_285_000,
+            cgroup: 0,
             file: file(
                 10 * S,
                 15338,
@@ -307,6 +319,7 @@ pub(crate) mod tests {
             end: probes_common::slowopen::END_UNSEEN,
             key: key(100, fd),
             end_ns: 5 * S,
+            cgroup: 0,
             file: file(S, 100, "old", "/held", flags),
         };
         let exec = notice(100, END_EXEC, 3 * S);
@@ -437,18 +450,18 @@ pub(crate) mod tests {
 
     #[test]
     fn each_file_is_reported_once() {
-        let r = row(key(7, 3), &file(S, 7, "a", "/f", 0), S, End::Exec);
+        let r = row(key(7, 3), &file(S, 7, "a", "/f", 0), S, End::Exec, 0);
         let mut seen = Reported::default();
         assert!(seen.first_time(&r));
         assert!(!seen.first_time(&r));
-        let reopened = row(key(7, 3), &file(2 * S, 7, "a", "/f", 0), S, End::Close);
+        let reopened = row(key(7, 3), &file(2 * S, 7, "a", "/f", 0), S, End::Close, 0);
         assert!(seen.first_time(&reopened));
     }
 
     #[test]
     fn filter_uses_the_opener() {
         // pid, uid and comm are the opener's, as stored with the file.
-        let r = row(key(7, 3), &file(0, 9, "httpd", "/f", 0), S, End::Close);
+        let r = row(key(7, 3), &file(0, 9, "httpd", "/f", 0), S, End::Close, 0);
         assert!(keeps(&Filter::default(), &r));
         let f = Filter {
             pid: Some(7),

@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 
 use super::Options;
 use crate::{
-    cli::{min_duration, OutputArgs, ProcessArgs},
+    cli::{min_duration, CgroupArgs, OutputArgs, ProcessArgs},
     runtime::duration,
 };
 
@@ -34,6 +34,8 @@ pub struct Args {
     #[command(flatten)]
     pub who: ProcessArgs,
     #[command(flatten)]
+    pub cgroups: CgroupArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
     /// Stop after this long (default: until Ctrl-C)
     #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
@@ -48,6 +50,7 @@ impl From<Args> for Options {
         Options {
             min: a.min,
             filter: a.who.into(),
+            containers: a.cgroups.into(),
             format: a.output.format,
             duration: a.duration,
             verbose: a.verbose,

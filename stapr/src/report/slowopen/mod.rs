@@ -13,7 +13,10 @@ use probes_common::slowopen::{
     Notice, SlowConfig, SlowFile, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 
-use crate::runtime::{self, out, ring, Stop};
+use crate::{
+    report::containers::{self, Containers},
+    runtime::{self, out, ring, Stop},
+};
 
 pub use aggregate::Filter;
 
@@ -23,12 +26,20 @@ pub struct Options {
     pub format: runtime::Format,
     pub duration: Option<Duration>,
     pub verbose: bool,
+    pub containers: containers::Choice,
 }
 
 impl Options {
+    fn columns(&self) -> render::Columns {
+        render::Columns {
+            verbose: self.verbose,
+            containers: self.containers.show,
+        }
+    }
+
     fn line(&self, r: &aggregate::Row) -> String {
         match self.format {
-            runtime::Format::Text => render::line(r, self.verbose),
+            runtime::Format::Text => render::line(r, self.columns()),
             runtime::Format::Json => render::json(r, &runtime::utc_now()),
         }
     }
@@ -109,14 +120,26 @@ pub fn ended(
     Ok(out)
 }
 
+/// Names the cgroup of each row: the one the kernel sent, else the live process's.
+fn name_cgroups(rows: &mut [aggregate::Row], names: &mut Containers) {
+    for r in rows {
+        r.cg = match r.cgroup {
+            0 => names.of_process(r.pid),
+            id => names.name(id).clone(),
+        };
+    }
+}
+
 /// The lines of the files a batch ended.
 fn ended_lines(
     probes: &mut probes::Probes,
     batch: Batch,
     state: &mut State,
     opts: &Options,
+    names: &mut Containers,
 ) -> Result<String> {
-    let rows = ended(probes, batch, state, min_ns(opts), &opts.filter)?;
+    let mut rows = ended(probes, batch, state, min_ns(opts), &opts.filter)?;
+    name_cgroups(&mut rows, names);
     Ok(rows.iter().map(|r| opts.line(r)).collect())
 }
 
@@ -173,7 +196,8 @@ pub fn run(opts: Options) -> Result<()> {
         self_tgid: std::process::id(),
         ..Default::default()
     };
-    let (mut probes, ring) = probes::Probes::attach(config)?;
+    let (mut names, filter) = Containers::open(&opts.containers, opts.format)?;
+    let (mut probes, ring) = probes::Probes::attach(config, filter)?;
     if !probes.skipped.is_empty() {
         eprintln!(
             "stapr slowopen: this kernel lacks {}; those calls are not traced",
@@ -188,7 +212,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut seen = (0, 0);
     runtime::block_on(async {
         let header = match opts.format {
-            runtime::Format::Text => render::header(opts.verbose),
+            runtime::Format::Text => render::header(opts.columns()),
             runtime::Format::Json => String::new(),
         };
         let mut ring = ring::Watched::new(ring)?;
@@ -214,7 +238,7 @@ pub fn run(opts: Options) -> Result<()> {
                     r?;
                     let mut batch = Batch::default();
                     read_records(ring.ring(), &mut batch);
-                    ended_lines(&mut probes, batch, &mut state, &opts)?
+                    ended_lines(&mut probes, batch, &mut state, &opts, &mut names)?
                         + &losses(&probes, &mut seen, opts.format)?
                 }
                 _ = tick.tick() => losses(&probes, &mut seen, opts.format)?,
@@ -227,15 +251,16 @@ pub fn run(opts: Options) -> Result<()> {
         // What arrived between the last wake-up and the stop, then the files still open.
         let mut batch = Batch::default();
         read_records(ring.ring(), &mut batch);
-        let mut last = ended_lines(&mut probes, batch, &mut state, &opts)?;
+        let mut last = ended_lines(&mut probes, batch, &mut state, &opts, &mut names)?;
         last += &losses(&probes, &mut seen, opts.format)?;
         let entries = probes.open_files()?;
-        let rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
+        let mut rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
             .into_iter()
             .filter(|r| aggregate::keeps(&opts.filter, r))
             .collect();
+        name_cgroups(&mut rows, &mut names);
         last += &match opts.format {
-            runtime::Format::Text => render::still_open(&rows, opts.verbose),
+            runtime::Format::Text => render::still_open(&rows, opts.columns()),
             runtime::Format::Json => rows.iter().map(|r| opts.line(r)).collect(),
         };
         out::write_last(&last).await

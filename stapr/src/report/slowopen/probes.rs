@@ -6,6 +6,7 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
     Ebpf, EbpfLoader,
 };
+use probes_common::{CgroupFilter, CGROUP_FILTER};
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
 };
@@ -45,7 +46,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         ATTACH[9].0,
     ],
     maps: &[EVENTS, OPEN_FILES, MISSED],
-    globals: &[(CONFIG, size_of::<SlowConfig>())],
+    globals: &[
+        (CONFIG, size_of::<SlowConfig>()),
+        (CGROUP_FILTER, size_of::<CgroupFilter>()),
+    ],
 };
 
 /// The ways slowopen attaches, best first: both are the same syscall tracepoints; the
@@ -130,7 +134,10 @@ fn syscall_arg_regs(kbtf: &btf::Btf) -> Option<[u32; 4]> {
 impl Probes {
     /// Loads the object with `config` (threshold, filters) and attaches every probe; the
     /// exit-detection offsets are filled in here from the kernel's BTF.
-    pub fn attach(mut config: SlowConfig) -> Result<(Self, RingBuf<MapData>)> {
+    pub fn attach(
+        mut config: SlowConfig,
+        cgroup: CgroupFilter,
+    ) -> Result<(Self, RingBuf<MapData>)> {
         if kernel_btf_present() {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
@@ -143,6 +150,7 @@ impl Probes {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG, &config, true)
+            .override_global(CGROUP_FILTER, &cgroup, true)
             .load(OBJECT)
             .context("loading the slowopen eBPF object")?;
         let mut skipped = Vec::new();

@@ -1,33 +1,49 @@
 //! Pure: rows → the seed's lines.
 
 use super::aggregate::{End, Row};
+use crate::report::containers::column;
 
-/// `printf("%10s %12s %30s\n", "Process", "Open time(s)", "File Name")`; `-v` puts PID
-/// and TID in front.
-pub fn header(verbose: bool) -> String {
-    let ids = if verbose {
-        format!("{:>7} {:>7} ", "PID", "TID")
-    } else {
-        String::new()
-    };
+/// The columns asked for beyond the seed's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Columns {
+    /// `-v`: PID and TID in front.
+    pub verbose: bool,
+    /// `--containers`: CONTAINER before Process.
+    pub containers: bool,
+}
+
+impl Columns {
+    fn ids(self, pid: impl std::fmt::Display, tid: impl std::fmt::Display) -> String {
+        if self.verbose {
+            format!("{pid:>7} {tid:>7} ")
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// `printf("%10s %12s %30s\n", "Process", "Open time(s)", "File Name")`, with the extra
+/// columns in front.
+pub fn header(c: Columns) -> String {
     format!(
-        "{ids}{:>10} {:>12} {:>30}\n",
-        "Process", "Open time(s)", "File Name"
+        "{}{}{:>10} {:>12} {:>30}\n",
+        c.ids("PID", "TID"),
+        column(c.containers, "CONTAINER", true),
+        "Process",
+        "Open time(s)",
+        "File Name"
     )
 }
 
 /// `printf("%10s %6d.%06d %s\n", comm, secs, usecs, name)`, the name followed by a marker
 /// when the file was not closed by close(2), and `...` when it was cut to fit.
-pub fn line(r: &Row, verbose: bool) -> String {
+pub fn line(r: &Row, c: Columns) -> String {
     let us = r.held_ns / 1000;
-    let ids = if verbose {
-        format!("{:>7} {:>7} ", r.pid, r.tid)
-    } else {
-        String::new()
-    };
     let cut = if r.truncated { "..." } else { "" };
     format!(
-        "{ids}{:>10} {:>6}.{:06} {}{cut}{}\n",
+        "{}{}{:>10} {:>6}.{:06} {}{cut}{}\n",
+        c.ids(r.pid, r.tid),
+        column(c.containers, &r.cg.container, true),
         r.comm,
         us / 1_000_000,
         us % 1_000_000,
@@ -47,7 +63,7 @@ pub fn json(r: &Row, time: &str) -> String {
         End::CloseRange => "close_range",
         End::StillOpen => "still_open",
     };
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "time": time,
         "pid": r.pid,
         "tid": r.tid,
@@ -59,20 +75,22 @@ pub fn json(r: &Row, time: &str) -> String {
         "file": r.name,
         "truncated": r.truncated,
         "end": end,
-    })
-    .to_string()
-        + "\n"
+    });
+    if let Some(obj) = v.as_object_mut() {
+        r.cg.json_fields(obj);
+    }
+    v.to_string() + "\n"
 }
 
 /// The listing printed once when stapr stops.
-pub fn still_open(rows: &[Row], verbose: bool) -> String {
+pub fn still_open(rows: &[Row], c: Columns) -> String {
     if rows.is_empty() {
         return String::new();
     }
     let mut out = String::from("\nStill open when stapr stopped:\n");
-    out.push_str(&header(verbose));
+    out.push_str(&header(c));
     for r in rows {
-        out.push_str(&line(r, verbose));
+        out.push_str(&line(r, c));
     }
     out
 }
@@ -80,6 +98,12 @@ pub fn still_open(rows: &[Row], verbose: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::cgroup::Named;
+
+    const VERBOSE: Columns = Columns {
+        verbose: true,
+        containers: false,
+    };
 
     fn row(comm: &str, held_ns: u64, name: &str, end: End) -> Row {
         Row {
@@ -93,13 +117,15 @@ mod tests {
             name: name.into(),
             truncated: false,
             end,
+            cgroup: 0,
+            cg: Default::default(),
         }
     }
 
     #[test]
     fn golden_seed_line() {
         assert_eq!(
-            header(false),
+            header(Columns::default()),
             "   Process Open time(s)                      File Name\n"
         );
         assert_eq!(
@@ -110,7 +136,7 @@ mod tests {
                     "/var/www/html/lectura_lenta.html",
                     End::Close
                 ),
-                false
+                Columns::default()
             ),
             "     httpd      8.471285 /var/www/html/lectura_lenta.html\n"
         );
@@ -119,33 +145,53 @@ mod tests {
     #[test]
     fn golden_markers_verbose_and_truncation() {
         assert_eq!(
-            header(true),
+            header(VERBOSE),
             "    PID     TID    Process Open time(s)                      File Name\n"
         );
         assert_eq!(
-            line(&row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit), true),
+            line(&row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit), VERBOSE),
             "  15337   15338    php-fpm      0.001000 a b/ñandú.txt [exit]\n"
         );
         let mut r = row("verylongcommand", 123_456_789_000_000, "/x", End::Dup2);
         r.truncated = true;
         assert_eq!(
-            line(&r, false),
+            line(&r, Columns::default()),
             "verylongcommand 123456.789000 /x... [dup2]\n"
         );
     }
 
     #[test]
+    fn golden_containers_column() {
+        let c = Columns {
+            verbose: false,
+            containers: true,
+        };
+        assert_eq!(
+            header(c),
+            "   CONTAINER    Process Open time(s)                      File Name\n"
+        );
+        let mut r = row("httpd", 8_471_285_123, "/var/www/a.html", End::Close);
+        r.cg = Named::of(Some(format!("/docker/{}", "0123456789ab".repeat(5) + "cdef")));
+        assert_eq!(
+            line(&r, c),
+            "0123456789ab      httpd      8.471285 /var/www/a.html\n"
+        );
+    }
+
+    #[test]
     fn golden_json() {
-        let r = row(
+        let mut r = row(
             "httpd",
             8_471_285_123,
             "/var/www/html/lectura lenta.html",
             End::Exit,
         );
+        r.cg = Named::of(Some("/web.slice/httpd.service".into()));
         assert_eq!(
             json(&r, "2009-04-11T17:22:03.000Z"),
             concat!(
-                r#"{"comm":"httpd","end":"exit","fd":3,"file":"/var/www/html/lectura lenta.html","#,
+                r#"{"cgroup":"/web.slice/httpd.service","comm":"httpd","container":"httpd.service","#,
+                r#""end":"exit","fd":3,"file":"/var/www/html/lectura lenta.html","#,
                 r#""held_ns":8471285123,"held_s":8.471285123,"pid":15337,"tid":15338,"#,
                 r#""time":"2009-04-11T17:22:03.000Z","truncated":false,"uid":48}"#,
                 "\n"
@@ -155,7 +201,7 @@ mod tests {
 
     #[test]
     fn golden_still_open() {
-        assert_eq!(still_open(&[], false), "");
+        assert_eq!(still_open(&[], Columns::default()), "");
         assert_eq!(
             still_open(
                 &[row(
@@ -164,7 +210,7 @@ mod tests {
                     "/var/log/syslog",
                     End::StillOpen
                 )],
-                false
+                Columns::default()
             ),
             concat!(
                 "\nStill open when stapr stopped:\n",
