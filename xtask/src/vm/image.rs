@@ -42,6 +42,7 @@ const TEST_BINARIES: &[&str] = &[
     "export",
     "calltree",
     "robustness",
+    "containers",
 ];
 /// Host programs the tests run inside too, copied into the initramfs with their libraries.
 const HOST_PROGRAMS: &[&str] = &["/usr/bin/setpriv"];
@@ -179,6 +180,8 @@ mount -t tmpfs tmpfs /dev/shm 2>/dev/null || { mkdir -p /dev/shm; mount -t tmpfs
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
+# The unified cgroup hierarchy where Debian 12 mounts it.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ln -sf /bin/busybox /sbin/modprobe
 ulimit -l unlimited
 # Tests that know what each kernel allows (doctor's) tell the VMs from the host by this.

@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 
 use super::{Method, Options, SortKey};
-use crate::cli::{positive_usize, IntervalArgs, CgroupArgs, OutputArgs, ProcessArgs};
+use crate::cli::{positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
 Counts the bytes that read and write calls return for files on a block device, page-cache

@@ -82,11 +82,9 @@ impl interval::Periodic for Report {
         }
         Ok(match (snap, o.format) {
             (None, _) => String::new(),
-            (Some(s), runtime::Format::Text) => render::text(
-                &s,
-                &render::ctime(&chrono::Local::now()),
-                self.cgroups.show,
-            ),
+            (Some(s), runtime::Format::Text) => {
+                render::text(&s, &render::ctime(&chrono::Local::now()), self.cgroups.show)
+            }
             (Some(s), runtime::Format::Json) => render::json(&s, &runtime::utc_now()),
         })
     }

@@ -162,7 +162,10 @@ mod tests {
             SortKey::RecvPk,
             None,
         );
-        s.rows[0].cg = Named::of(Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16))));
+        s.rows[0].cg = Named::of(Some(format!(
+            "/system.slice/docker-{}.scope",
+            "ab12".repeat(16)
+        )));
         s.rows[1].cg = Named::of(Some("/".into()));
         assert_eq!(
             text(&s, true),

@@ -254,10 +254,11 @@ pub fn run(opts: Options) -> Result<()> {
         let mut last = ended_lines(&mut probes, batch, &mut state, &opts, &mut names)?;
         last += &losses(&probes, &mut seen, opts.format)?;
         let entries = probes.open_files()?;
-        let mut rows: Vec<_> = aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
-            .into_iter()
-            .filter(|r| aggregate::keeps(&opts.filter, r))
-            .collect();
+        let mut rows: Vec<_> =
+            aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
+                .into_iter()
+                .filter(|r| aggregate::keeps(&opts.filter, r))
+                .collect();
         name_cgroups(&mut rows, &mut names);
         last += &match opts.format {
             runtime::Format::Text => render::still_open(&rows, opts.columns()),

@@ -6,10 +6,10 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
     Ebpf, EbpfLoader,
 };
-use probes_common::{CgroupFilter, CGROUP_FILTER};
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
 };
+use probes_common::{CgroupFilter, CGROUP_FILTER};
 
 use crate::{
     report::{Facility, MethodSpec, Need},

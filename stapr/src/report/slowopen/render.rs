@@ -149,7 +149,10 @@ mod tests {
             "    PID     TID    Process Open time(s)                      File Name\n"
         );
         assert_eq!(
-            line(&row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit), VERBOSE),
+            line(
+                &row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit),
+                VERBOSE
+            ),
             "  15337   15338    php-fpm      0.001000 a b/ñandú.txt [exit]\n"
         );
         let mut r = row("verylongcommand", 123_456_789_000_000, "/x", End::Dup2);
@@ -171,7 +174,10 @@ mod tests {
             "   CONTAINER    Process Open time(s)                      File Name\n"
         );
         let mut r = row("httpd", 8_471_285_123, "/var/www/a.html", End::Close);
-        r.cg = Named::of(Some(format!("/docker/{}", "0123456789ab".repeat(5) + "cdef")));
+        r.cg = Named::of(Some(format!(
+            "/docker/{}",
+            "0123456789ab".repeat(5) + "cdef"
+        )));
         assert_eq!(
             line(&r, c),
             "0123456789ab      httpd      8.471285 /var/www/a.html\n"
