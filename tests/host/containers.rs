@@ -139,14 +139,12 @@ fn nettop_names_containers_and_filters_by_container_id() {
     let _k = kernel_lock();
     let (docker, id) = TestCgroup::docker("5ca1ab1e");
     let web = TestCgroup::new("web.slice/httpd.service");
-    let mut text = Running::spawn(&["nettop", "-i", "1", "--count", "2", "--containers"]);
+    let mut text = Running::spawn(&["nettop", "-i", "1", "--containers"]);
     text.wait_ready(Duration::from_secs(30));
     let mut json = Running::spawn(&[
         "nettop",
         "-i",
         "1",
-        "--count",
-        "2",
         "--format",
         "json",
         "--cgroup",
@@ -156,8 +154,9 @@ fn nettop_names_containers_and_filters_by_container_id() {
     let talk = ["--count", "300", "--size", "400"];
     let inside = pid_of(&docker.run("udp_talker", &talk));
     let twin = pid_of(&web.run("udp_talker", &talk));
-    let text = finish(text).stdout;
-    let json = finish(json).stdout;
+    // SIGINT prints the interval in progress.
+    let text = interrupt(text).stdout;
+    let json = interrupt(json).stdout;
 
     assert!(
         text.contains("XMIT_KB RECV_KB CONTAINER    COMMAND"),
@@ -378,12 +377,14 @@ fn export_labels_series_by_container() {
 fn a_removed_cgroup_keeps_its_last_name() {
     let _k = kernel_lock();
     let (mut docker, id) = TestCgroup::docker("dead");
-    let mut json = Running::spawn(&["nettop", "-i", "2", "--count", "1", "--format", "json"]);
+    let mut json = Running::spawn(&["nettop", "-i", "1", "--format", "json"]);
     json.wait_ready(Duration::from_secs(30));
     let pid = pid_of(&docker.run("udp_talker", &["--count", "50", "--size", "100"]));
     docker.remove();
     assert!(!docker.dir().exists(), "the test cgroup is still there");
-    let json = finish(json).stdout;
+    // Reports after the removal still name it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let json = interrupt(json).stdout;
     let rows = json_lines(&json);
     let mine: Vec<_> = rows.iter().filter(|r| r["pid"] == pid).collect();
     assert!(!mine.is_empty(), "{json}");
