@@ -208,6 +208,20 @@ fn stapr_args(report: Report) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// The configurations timed against the bare workload in each round: the report as
+/// `stapr_args` runs it, and for nettop and disktop the same with `--containers` (what
+/// naming each row's container costs).
+fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
+    let base = stapr_args(report);
+    let mut sides = vec![("", base.clone())];
+    if matches!(report, Report::Nettop | Report::Disktop) {
+        let mut c = base;
+        c.push("--containers".into());
+        sides.push((" --containers", c));
+    }
+    sides
+}
+
 fn event_name(report: Report) -> &'static str {
     match report {
         Report::Nettop => "packet",
@@ -277,38 +291,53 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         formatter(args.verbose)?;
     }
     let event = event_name(report);
+    let sides = sides(report);
     // An untimed run warms caches and the CPU before the first round.
     workload(report, args.events, args.cpu)?;
-    let (mut without, mut with, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut without = Vec::new();
+    let mut with = vec![Vec::new(); sides.len()];
+    let mut diffs = vec![Vec::new(); sides.len()];
     for round in 1..=args.rounds {
         let a = workload(report, args.events, args.cpu)?;
-        let child = start_stapr(&stapr_args(report))?;
-        let b = workload(report, args.events, args.cpu);
-        stop_stapr(child)?;
-        let b = b?;
-        if args.verbose {
-            eprintln!("round {round:3}: without {a:8.1}  with {b:8.1} ns/{event}");
-        }
         without.push(a);
-        with.push(b);
-        diffs.push(b - a);
+        let mut line = format!("round {round:3}: without {a:8.1}");
+        for (i, (label, stapr)) in sides.iter().enumerate() {
+            let child = start_stapr(stapr)?;
+            let b = workload(report, args.events, args.cpu);
+            stop_stapr(child)?;
+            let b = b?;
+            line += &format!("  with{label} {b:8.1}");
+            with[i].push(b);
+            diffs[i].push(b - a);
+        }
+        if args.verbose {
+            eprintln!("{line} ns/{event}");
+        }
     }
-    let (m0, m1) = (median(&without), median(&with));
+    let m0 = median(&without);
     println!(
-        "{} rounds of {} {event}s each on CPU {}, alternating without/with `stapr {}`:",
+        "{} rounds of {} {event}s each on CPU {}, alternating without/with `stapr {}`{}:",
         args.rounds,
         args.events,
         args.cpu,
-        stapr_args(report).join(" ")
+        stapr_args(report).join(" "),
+        sides
+            .iter()
+            .skip(1)
+            .map(|(label, _)| format!(" and{label}"))
+            .collect::<String>()
     );
-    let added = median(&diffs);
-    let (q1, q3) = quartiles(&diffs);
     println!("  without stapr   median {m0:8.1} ns/{event}");
-    println!("  with stapr      median {m1:8.1} ns/{event}");
-    println!(
-        "  added           {added:+8.1} ns/{event} (median of paired differences; middle half {q1:+.1} to {q3:+.1}), ratio {:.3}",
-        (m0 + added) / m0
-    );
+    for (i, (label, _)) in sides.iter().enumerate() {
+        let m1 = median(&with[i]);
+        let added = median(&diffs[i]);
+        let (q1, q3) = quartiles(&diffs[i]);
+        println!("  with stapr{label}  median {m1:8.1} ns/{event}");
+        println!(
+            "  added{label}      {added:+8.1} ns/{event} (median of paired differences; middle half {q1:+.1} to {q3:+.1}), ratio {:.3}",
+            (m0 + added) / m0
+        );
+    }
     let (ns, runs) = in_kernel_cost(report, args.events, args.cpu)?;
     println!(
         "  in-kernel probe time {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
