@@ -35,6 +35,7 @@ EXAMPLES:
     stapr calltree --module ext4 --min 10ms   # only trees slower than 10 ms
     stapr calltree --module ext4 --errors     # only trees where something failed
     stapr calltree --binary /usr/sbin/nginx --func 'ngx_http_*' -p 1234
+    stapr calltree --module ext4 --cgroup system.slice/nginx.service --containers
 ";
 
 #[derive(Debug, ClapArgs)]

@@ -26,6 +26,7 @@ EXAMPLES:
     stapr disktop -i 1 -r 20      # every second, top 20
     stapr disktop -c postgres     # only commands containing 'postgres'
     stapr disktop --block         # physical I/O per device
+    stapr disktop --containers --cgroup system.slice   # services only, named
 ";
 
 #[derive(Debug, ClapArgs)]

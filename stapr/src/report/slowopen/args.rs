@@ -24,6 +24,7 @@ EXAMPLES:
     stapr slowopen                  # files held open 1 s or more
     stapr slowopen --min 250ms -v   # a lower threshold, with PID and TID columns
     stapr slowopen -c httpd -d 10m  # only httpd, for ten minutes
+    stapr slowopen --cgroup 3f4c2a1b9d8e --containers   # one container's files
 ";
 
 #[derive(Debug, ClapArgs)]
