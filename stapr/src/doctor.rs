@@ -71,6 +71,8 @@ pub struct Plan {
 #[derive(Debug, Clone, Serialize)]
 pub struct Findings {
     pub kernel: String,
+    /// The machine's architecture (x86_64, aarch64).
+    pub arch: &'static str,
     pub btf: bool,
     pub lockdown: String,
     pub tracefs: bool,
@@ -94,10 +96,10 @@ impl Findings {
 /// Pure: which method each report will use given the facilities: the first of the
 /// report's own list ([`Report::methods`], the order its attach code walks) whose needs
 /// are all met.
-pub fn plan(f: &Findings, x86_64: bool) -> Vec<Plan> {
+pub fn plan(f: &Findings, saved_regs: bool) -> Vec<Plan> {
     let met = |n: &Need| match *n {
         Need::Btf => f.btf,
-        Need::X86_64 => x86_64,
+        Need::SavedRegs => saved_regs,
         Need::Works(facility) => f.works(facility),
     };
     Report::ALL
@@ -334,13 +336,17 @@ pub fn examine() -> Result<Findings> {
     let btf = kernel_btf_present();
     let mut f = Findings {
         kernel: kernel_release(),
+        arch: std::env::consts::ARCH,
         btf,
         lockdown: lockdown(),
         tracefs: runtime::tracefs::ensure_mounted().is_ok(),
         facilities: probe_facilities(btf)?,
         reports: Vec::new(),
     };
-    f.reports = plan(&f, cfg!(target_arch = "x86_64"));
+    f.reports = plan(
+        &f,
+        cfg!(any(target_arch = "x86_64", target_arch = "aarch64")),
+    );
     Ok(f)
 }
 
@@ -355,7 +361,7 @@ fn yes_no(b: bool) -> &'static str {
 /// Pure: the text screen.
 pub fn text(f: &Findings) -> String {
     let mut out = String::new();
-    out.push_str(&format!("kernel    {}\n", f.kernel));
+    out.push_str(&format!("kernel    {} ({})\n", f.kernel, f.arch));
     out.push_str(&format!("BTF       {}\n", yes_no(f.btf)));
     out.push_str(&format!("lockdown  {}\n", f.lockdown));
     out.push_str(&format!("tracefs   {}\n\n", yes_no(f.tracefs)));
@@ -416,6 +422,7 @@ mod tests {
     fn findings(works: &[Fac], btf: bool) -> Findings {
         Findings {
             kernel: "6.18.0".into(),
+            arch: "x86_64",
             btf,
             lockdown: "confidentiality".into(),
             tracefs: true,
@@ -522,7 +529,7 @@ mod tests {
         assert_eq!(
             methods(&f, false)[2].as_deref(),
             Some("block layer requests (--block only)"),
-            "the syscall path is x86-64 only"
+            "the syscall path needs an architecture whose saved registers stapr knows"
         );
     }
 

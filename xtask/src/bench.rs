@@ -428,13 +428,13 @@ done
 /// calltree's VM part: attach and detach times of every ext4 function with each method,
 /// on each kernel, side by side.
 fn calltree_in_vms() -> Result<()> {
-    let tests = vm::prepare()?;
     println!("calltree --module ext4 in the Debian VMs (TCG emulation: slower than hardware):");
     println!(
         "  {:<12} {:<18} {:>9} {:>8} {:>14} {:>14} {:>14}",
         "kernel", "method", "functions", "attach", "stop->prompt", "bg detach done", "fg detach"
     );
     for line in vm::kernel_lines(&[])? {
+        let tests = vm::prepare(line.arch)?;
         let script = vm::Inject::Script(CALLTREE_BENCH);
         let (_, log, o) = vm::boot_line(line, &tests, &[], script, Duration::from_secs(2400))?;
         if !o.done {

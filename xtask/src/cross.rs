@@ -34,6 +34,11 @@ pub fn setup() -> Result<()> {
         "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
         "qemu-aarch64 -L /usr/aarch64-linux-gnu",
     );
+    // Linked statically: the arm64 VM's initramfs then needs no arm64 libraries.
+    std::env::set_var(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+        "-C target-feature=+crt-static",
+    );
     Ok(())
 }
 

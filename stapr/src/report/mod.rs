@@ -93,8 +93,8 @@ impl Facility {
 pub enum Need {
     /// Kernel BTF (/sys/kernel/btf/vmlinux).
     Btf,
-    /// An x86-64 machine: syscall arguments read from its saved registers.
-    X86_64,
+    /// An architecture whose saved syscall registers stapr knows (x86-64, arm64).
+    SavedRegs,
     /// A facility that loads and attaches here.
     Works(Facility),
 }
@@ -103,7 +103,7 @@ impl Need {
     pub fn name(self) -> &'static str {
         match self {
             Need::Btf => "kernel BTF",
-            Need::X86_64 => "x86-64",
+            Need::SavedRegs => "x86-64 or arm64",
             Need::Works(f) => f.name(),
         }
     }

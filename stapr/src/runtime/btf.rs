@@ -239,17 +239,35 @@ impl Btf {
     /// Byte offset of `member` in `struct name`, looking through anonymous structs and
     /// unions the way C does (`skb->dev` lives in one on current kernels).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
-        let ids = self
-            .composites
-            .get(name)
-            .with_context(|| format!("struct {name} not found in kernel BTF"))?;
+        let ids = self.composites.get(name).ok_or_else(|| {
+            super::user_error(format!(
+                "this kernel's BTF has no struct {name}, which stapr's probes read"
+            ))
+        })?;
         for &id in ids {
             if let Some(bits) = self.find_member(id, member, 0) {
                 ensure!(bits % 8 == 0, "{name}.{member} is a bitfield");
                 return Ok(bits / 8);
             }
         }
-        bail!("struct {name} has no member {member} in kernel BTF")
+        Err(super::user_error(format!(
+            "this kernel's BTF has no member {member} in struct {name}, which stapr's probes read"
+        )))
+    }
+
+    /// Offsets in `struct pt_regs` of syscall arguments 0..=3 as they stand while the
+    /// syscall runs and when it returns: x86-64's di, si, dx, r10; arm64's orig_x0 (x0
+    /// itself takes the return value) and regs[1..=3].
+    pub fn syscall_arg_offsets(&self) -> Result<[u32; 4]> {
+        let m = |f: &str| self.member_offset("pt_regs", f);
+        if cfg!(target_arch = "aarch64") {
+            let regs = m("regs")?;
+            Ok([m("orig_x0")?, regs + 8, regs + 16, regs + 24])
+        } else if cfg!(target_arch = "x86_64") {
+            Ok([m("di")?, m("si")?, m("dx")?, m("r10")?])
+        } else {
+            bail!("stapr reads syscall arguments from saved registers on x86-64 and arm64 only")
+        }
     }
 
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {

@@ -12,12 +12,13 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     console::{DONE, METHOD, RESULT},
-    kernels::Kernel,
-    Inject, INJECTED_TEST,
+    kernels::{self, Kernel},
+    Arch, Inject, INJECTED_TEST,
 };
 use crate::util::{output, status, workspace_root};
 
-/// Modules the init loads, in order (dependencies first).
+/// Modules the init loads, in order (dependencies first); those built into a kernel are
+/// left out for it.
 const MODULES: &[&str] = &[
     "virtio",
     "virtio_ring",
@@ -44,7 +45,8 @@ const TEST_BINARIES: &[&str] = &[
     "robustness",
     "containers",
 ];
-/// Host programs the tests run inside too, copied into the initramfs with their libraries.
+/// Host programs the tests run inside too, copied into the initramfs with their libraries
+/// (x86-64 only: they are this machine's binaries).
 const HOST_PROGRAMS: &[&str] = &["/usr/bin/setpriv"];
 /// Tests that need programs the initramfs does not carry: (binary, test, why).
 pub const SKIPPED: &[(&str, &str, &str)] = &[
@@ -59,11 +61,37 @@ pub const SKIPPED: &[(&str, &str, &str)] = &[
         "needs the prometheus server",
     ),
 ];
+/// As [`SKIPPED`], on arm64 only.
+pub const SKIPPED_ARM64: &[(&str, &str, &str)] = &[(
+    "robustness",
+    "only_bpf_capabilities_run_the_reports_or_name_what_is_missing",
+    "needs an arm64 setpriv",
+)];
 
-/// Builds the test binaries and returns (name, path) for each in TEST_BINARIES.
-pub fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+/// The tests a boot of `arch` leaves out.
+pub fn skipped(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    let extra: &[_] = if arch == Arch::Aarch64 {
+        SKIPPED_ARM64
+    } else {
+        &[]
+    };
+    SKIPPED.iter().chain(extra)
+}
+
+/// Builds the test binaries for `arch` and returns (name, path) for each in
+/// TEST_BINARIES.
+pub fn test_binaries(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
+    let target: Vec<&str> = match arch.rust_target() {
+        Some(t) => {
+            crate::cross::setup()?;
+            vec!["--target", t]
+        }
+        None => Vec::new(),
+    };
+    let mut build = vec!["build", "-p", "stapr", "-p", "stapr-examples"];
+    build.extend(&target);
+    crate::util::cargo(&build)?;
     let out = Command::new(cargo)
         .args([
             "test",
@@ -72,6 +100,7 @@ pub fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
             "--no-run",
             "--message-format=json",
         ])
+        .args(&target)
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
@@ -135,12 +164,12 @@ fn copy_into(root: &Path, file: &Path) -> Result<()> {
 
 /// The ext4 image: the binaries in their target/debug layout (the tests find stapr and the
 /// examples next to their own directory) plus room for the tests' files.
-pub fn build_image(work: &Path, tests: &[(String, PathBuf)]) -> Result<PathBuf> {
+pub fn build_image(work: &Path, tests: &[(String, PathBuf)], arch: Arch) -> Result<PathBuf> {
     let stage = work.join("stage");
     let _ = std::fs::remove_dir_all(&stage);
     let debug = stage.join("target/debug");
     std::fs::create_dir_all(debug.join("deps"))?;
-    let bins = workspace_root().join("target/debug");
+    let bins = arch.debug_dir();
     for b in [
         "stapr",
         "udp_talker",
@@ -213,20 +242,23 @@ pub fn build_initramfs(
     let root = work.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+    std::fs::copy(kernels::busybox(kernel.arch)?, root.join("bin/busybox"))
         .context("busybox-static is not installed")?;
-    // glibc and friends for the dynamically linked binaries on the image.
+    // glibc and friends for the dynamically linked binaries on the image (the arm64 ones
+    // are linked statically).
     let mut libs = BTreeSet::new();
-    let debug = workspace_root().join("target/debug");
-    for exe in tests
-        .iter()
-        .map(|(_, p)| p.clone())
-        .chain([debug.join("stapr"), debug.join("udp_talker")])
-        .chain(HOST_PROGRAMS.iter().map(PathBuf::from))
-    {
-        libs.extend(libraries(&exe)?);
+    if kernel.arch == Arch::X86_64 {
+        let debug = workspace_root().join("target/debug");
+        for exe in tests
+            .iter()
+            .map(|(_, p)| p.clone())
+            .chain([debug.join("stapr"), debug.join("udp_talker")])
+            .chain(HOST_PROGRAMS.iter().map(PathBuf::from))
+        {
+            libs.extend(libraries(&exe)?);
+        }
+        libs.extend(HOST_PROGRAMS.iter().map(PathBuf::from));
     }
-    libs.extend(HOST_PROGRAMS.iter().map(PathBuf::from));
     for file in &libs {
         copy_into(&root, file)?;
     }
@@ -274,8 +306,7 @@ pub fn build_initramfs(
     // The method lines need only a moment; skip them when only the harness is tested.
     let methods = inject == Inject::Nothing;
     for (t, _) in tests {
-        let skips: Vec<String> = SKIPPED
-            .iter()
+        let skips: Vec<String> = skipped(kernel.arch)
             .filter(|(b, _, _)| b == t)
             .map(|(_, test, _)| format!("--skip {test}"))
             .collect();

@@ -8,18 +8,43 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::Line;
+use super::{Arch, Line};
 use crate::util::{output, status};
 
 fn cache_dir() -> PathBuf {
     crate::util::cache_dir().join("kernels")
 }
 
-/// The newest `linux-image-<prefix>*-amd64-unsigned` in the archive.
+/// Makes Debian's packages of `arch` reachable through apt (`dpkg --add-architecture`),
+/// once.
+pub fn enable_arch(arch: Arch) -> Result<()> {
+    if arch == Arch::X86_64 {
+        return Ok(());
+    }
+    let foreign = output("dpkg", &["--print-foreign-architectures"]).unwrap_or_default();
+    if foreign.lines().any(|a| a.trim() == arch.deb()) {
+        return Ok(());
+    }
+    eprintln!("xtask vm: adding the {} architecture to apt", arch.deb());
+    status(Command::new("dpkg").args(["--add-architecture", arch.deb()]))?;
+    status(Command::new("apt-get").args(["update", "-q"]))
+}
+
+/// `apt-get download`'s name for a package of `arch`.
+fn spec(package: &str, arch: Arch) -> String {
+    match arch {
+        Arch::X86_64 => package.to_owned(),
+        _ => format!("{package}:{}", arch.deb()),
+    }
+}
+
+/// The newest `linux-image-<prefix>*-<arch>-unsigned` in the archive.
 pub fn resolve(line: &Line) -> Result<String> {
+    enable_arch(line.arch)?;
     let pattern = format!(
-        "^linux-image-{}.*-amd64-unsigned$",
-        line.prefix.replace('.', "\\.")
+        "^linux-image-{}.*-{}-unsigned$",
+        line.prefix.replace('.', "\\."),
+        line.arch.deb()
     );
     // Kernel images of the line, without the realtime and cloud flavours.
     let search = || -> Vec<String> {
@@ -53,6 +78,7 @@ pub fn resolve(line: &Line) -> Result<String> {
 /// A kernel unpacked and ready: vmlinuz, its release, its module tree.
 pub struct Kernel {
     pub package: String,
+    pub arch: Arch,
     pub root: PathBuf,
     pub release: String,
 }
@@ -69,30 +95,52 @@ impl Kernel {
     }
 }
 
-pub fn fetch(package: &str) -> Result<Kernel> {
+/// Downloads a package of `arch` and unpacks it under `dir/root`.
+fn unpack(package: &str, arch: Arch, dir: &Path) -> Result<()> {
+    eprintln!("xtask vm: fetching {package} ({})", arch.deb());
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    status(
+        Command::new("apt-get")
+            .args(["download", "-q", &spec(package, arch)])
+            .current_dir(dir),
+    )
+    .with_context(|| format!("downloading {package}"))?;
+    let deb = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    status(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+    )?;
+    std::fs::remove_file(&deb)?;
+    Ok(())
+}
+
+/// A static busybox for `arch`: the host's own, or Debian's busybox-static of that
+/// architecture, unpacked once.
+pub fn busybox(arch: Arch) -> Result<PathBuf> {
+    if arch == Arch::X86_64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    enable_arch(arch)?;
+    let dir = cache_dir().join(format!("busybox-static-{}", arch.deb()));
+    let exe = dir.join("root/bin/busybox");
+    if !dir.join(".ready").exists() {
+        unpack("busybox-static", arch, &dir)?;
+        std::fs::write(dir.join(".ready"), "")?;
+    }
+    Ok(exe)
+}
+
+pub fn fetch(package: &str, arch: Arch) -> Result<Kernel> {
     let dir = cache_dir().join(package);
     let ready = dir.join(".ready");
     if !ready.exists() {
-        eprintln!("xtask vm: fetching {package}");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        status(
-            Command::new("apt-get")
-                .args(["download", "-q", package])
-                .current_dir(&dir),
-        )
-        .with_context(|| format!("downloading {package}"))?;
-        let deb = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb")?;
-        status(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(&deb)
-                .arg(dir.join("root")),
-        )?;
-        std::fs::remove_file(&deb)?;
+        unpack(package, arch, &dir)?;
         let release = only_entry(&dir.join("root/lib/modules"))?;
         let modules = dir.join("root/lib/modules").join(&release);
         // Newer kernels ship modules compressed; the initramfs's modprobe wants them plain.
@@ -113,6 +161,7 @@ pub fn fetch(package: &str) -> Result<Kernel> {
     let release = only_entry(&root.join("lib/modules"))?;
     Ok(Kernel {
         package: package.to_owned(),
+        arch,
         root,
         release,
     })

@@ -27,28 +27,91 @@ use crate::util::workspace_root;
 /// Packages the harness runs on the host.
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-system-arm",
     "busybox-static",
     "cpio",
     "e2fsprogs",
     "kmod",
 ];
 
+/// The architecture a kernel line is built for: what QEMU emulates and what the test
+/// binaries are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// Debian's name for it.
+    pub fn deb(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// The Rust target to cross-build for, None for this machine's own.
+    pub fn rust_target(self) -> Option<&'static str> {
+        match self {
+            Arch::X86_64 => None,
+            Arch::Aarch64 => Some(crate::cross::TARGET),
+        }
+    }
+
+    /// Where cargo puts the debug build for this architecture.
+    pub fn debug_dir(self) -> PathBuf {
+        let target = workspace_root().join("target");
+        match self.rust_target() {
+            None => target.join("debug"),
+            Some(t) => target.join(t).join("debug"),
+        }
+    }
+}
+
 /// A line of Debian kernels: the newest package whose name matches is used.
 pub struct Line {
     pub name: &'static str,
-    /// `linux-image-<prefix><abi>-amd64-unsigned`
+    /// `linux-image-<prefix><abi>-<arch>-unsigned`
     prefix: &'static str,
+    pub arch: Arch,
+    /// Tests `cargo xtask test` runs on this line (a name filter); empty: all of them.
+    /// `cargo xtask vm-test --kernel NAME` always runs all.
+    ci_subset: &'static [&'static str],
 }
 
 const LINES: &[Line] = &[
     Line {
         name: "debian-6.1",
         prefix: "6.1.0-",
+        arch: Arch::X86_64,
+        ci_subset: &[],
     },
     Line {
         name: "debian-6.12",
         prefix: "6.12.",
+        arch: Arch::X86_64,
+        ci_subset: &[],
     },
+    Line {
+        name: "debian-6.12-arm64",
+        prefix: "6.12.",
+        arch: Arch::Aarch64,
+        ci_subset: ARM64_CI,
+    },
+];
+
+/// What `cargo xtask test` runs on arm64, where the whole suite under emulation would
+/// not fit the CI budget: each report's main test.
+const ARM64_CI: &[&str] = &[
+    "loopback_udp_btf_tracepoints",
+    "file_writes_and_reads_on_the_right_device",
+    "held_long_enough_is_reported_with_its_time",
+    "module_ext4_while_ls_write_and_sync_run",
+    "binary_tree_has_the_programs_call_structure",
+    "serves_the_workloads_counters",
+    "verdicts_match_this_kernel",
+    "nettop_names_containers_and_filters_by_container_id",
 ];
 
 #[derive(Args)]
@@ -66,6 +129,9 @@ pub struct VmArgs {
     /// Passed to every test binary (a test name filter)
     #[arg(trailing_var_arg = true)]
     filter: Vec<String>,
+    /// Run each line's CI subset (what `cargo xtask test` does), not every test.
+    #[arg(skip)]
+    ci: bool,
 }
 
 /// What the init runs besides the tests: nothing, a fault the harness must recognise, or
@@ -95,10 +161,10 @@ pub fn boot_line(
     timeout: Duration,
 ) -> Result<(String, PathBuf, Outcome)> {
     let package = kernels::resolve(line)?;
-    let kernel = kernels::fetch(&package)?;
+    let kernel = kernels::fetch(&package, line.arch)?;
     let work = workspace_root().join("target/vm").join(line.name);
     std::fs::create_dir_all(&work)?;
-    let image = image::build_image(&work, tests)?;
+    let image = image::build_image(&work, tests, line.arch)?;
     let initrd = image::build_initramfs(&work, &kernel, tests, filter, inject)?;
     let log = work.join("console.log");
     eprintln!(
@@ -135,7 +201,7 @@ fn run_kernel(
         println!("   {f}");
     }
     if inject == Inject::Nothing {
-        for (bin, test, why) in image::SKIPPED {
+        for (bin, test, why) in image::skipped(line.arch) {
             println!("   not run here: {bin}::{test} ({why} inside the VM)");
         }
     }
@@ -163,7 +229,10 @@ pub fn kernel_lines(names: &[String]) -> Result<Vec<&'static Line>> {
             LINES
                 .iter()
                 .find(|l| l.name == k)
-                .with_context(|| format!("unknown kernel {k}; known: debian-6.1, debian-6.12"))
+                .with_context(|| {
+                    let known: Vec<&str> = LINES.iter().map(|l| l.name).collect();
+                    format!("unknown kernel {k}; known: {}", known.join(", "))
+                })
         })
         .collect()
 }
@@ -174,25 +243,33 @@ pub fn run(args: &VmArgs) -> Result<()> {
     Ok(())
 }
 
-/// Installs what booting needs and builds the test binaries: (name, path) of each.
-pub fn prepare() -> Result<Vec<(String, PathBuf)>> {
+/// Installs what booting needs and builds the test binaries for `arch`: (name, path) of
+/// each.
+pub fn prepare(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     crate::setup::packages(PACKAGES)?;
-    image::test_binaries()
+    image::test_binaries(arch)
 }
 
 /// Runs what `args` asks for; returns the tests passed and failed over all kernels, or an
 /// error when any kernel did not pass.
 pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
     let lines = kernel_lines(&args.kernels)?;
-    let tests = prepare()?;
     let timeout = Duration::from_secs(args.timeout);
     if args.self_test {
-        self_test(lines[0], &tests, timeout)?;
+        for line in lines {
+            self_test(line, &prepare(line.arch)?, timeout)?;
+        }
         return Ok((0, 0));
     }
     let (mut passed, mut failed_tests, mut failed) = (0, 0, Vec::new());
     for line in lines {
-        let (v, p, f) = run_kernel(line, &tests, &args.filter, timeout, Inject::Nothing)?;
+        let tests = prepare(line.arch)?;
+        let filter: Vec<String> = if args.ci && args.filter.is_empty() {
+            line.ci_subset.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.filter.clone()
+        };
+        let (v, p, f) = run_kernel(line, &tests, &filter, timeout, Inject::Nothing)?;
         passed += p;
         failed_tests += f;
         if let Some(v) = v {
@@ -209,21 +286,23 @@ pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
 }
 
 impl VmArgs {
-    /// Every kernel, every test.
-    pub fn all() -> Self {
+    /// What `cargo xtask test` runs: every kernel line, each with its CI subset.
+    pub fn ci() -> Self {
         VmArgs {
             kernels: Vec::new(),
             timeout: 1800,
             self_test: false,
             filter: Vec::new(),
+            ci: true,
         }
     }
 
-    /// The harness's self-test on the first kernel.
+    /// The harness's self-test on the first kernel of each architecture.
     pub fn self_check() -> Self {
         VmArgs {
+            kernels: vec!["debian-6.1".into(), "debian-6.12-arm64".into()],
             self_test: true,
-            ..Self::all()
+            ..Self::ci()
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{console::Outcome, kernels::Kernel};
+use super::{console::Outcome, kernels::Kernel, Arch};
 
 pub fn boot(
     kernel: &Kernel,
@@ -20,13 +20,20 @@ pub fn boot(
     timeout: Duration,
     log: &Path,
 ) -> Result<Outcome> {
-    let mut child = Command::new("qemu-system-x86_64")
+    // arm64: QEMU's generic "virt" board; its first serial port is a PL011.
+    let (qemu, machine, console): (&str, &[&str], &str) = match kernel.arch {
+        Arch::X86_64 => ("qemu-system-x86_64", &[], "ttyS0"),
+        Arch::Aarch64 => ("qemu-system-aarch64", &["-M", "virt"], "ttyAMA0"),
+    };
+    let mut child = Command::new(qemu)
+        .args(machine)
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
         .arg("-kernel")
         .arg(kernel.vmlinuz())
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
+        .arg("-append")
+        .arg(format!("console={console} quiet panic=-1 loglevel=4"))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", image.display()))
         .args(["-nographic", "-no-reboot", "-nic", "none"])
@@ -34,7 +41,7 @@ pub fn boot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {qemu}"))?;
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;

@@ -101,7 +101,7 @@ impl Method {
             },
             Method::Syscalls => MethodSpec {
                 name: "syscall exit tracepoints",
-                needs: &[Need::Btf, Need::Works(Facility::Classic), Need::X86_64],
+                needs: &[Need::Btf, Need::Works(Facility::Classic), Need::SavedRegs],
                 note: "fexit unavailable",
                 partial: false,
             },
@@ -152,15 +152,12 @@ pub struct Probes {
     pub attached: usize,
 }
 
-/// Offsets for the file walk (both read/write paths) and, on x86-64, the fd register.
+/// Offsets for the file walk (both read/write paths) and the saved register holding the
+/// fd (syscall argument 0).
 fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
     let m = |s: &str, f: &str| kbtf.member_offset(s, f);
     Ok(DiskOffsets {
-        reg_arg0: if cfg!(target_arch = "x86_64") {
-            m("pt_regs", "di")?
-        } else {
-            0
-        },
+        reg_arg0: kbtf.syscall_arg_offsets()?[0],
         task_files: m("task_struct", "files")?,
         task_real_parent: m("task_struct", "real_parent")?,
         task_tgid: m("task_struct", "tgid")?,
@@ -210,11 +207,6 @@ impl Probes {
                 offsets.rq_dev = tracefs::field_offset("block", "block_rq_issue", "dev")?;
                 offsets.rq_bytes = tracefs::field_offset("block", "block_rq_issue", "bytes")?;
                 offsets.rq_rwbs = tracefs::field_offset("block", "block_rq_issue", "rwbs")?;
-            }
-            Method::Syscalls if !cfg!(target_arch = "x86_64") => {
-                return Err(user_error(
-                    "disktop's syscall path reads the fd from saved x86-64 registers; on this architecture use --probe fexit or --block",
-                ));
             }
             _ => offsets = file_offsets(kbtf)?,
         }

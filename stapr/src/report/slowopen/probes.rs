@@ -62,7 +62,7 @@ pub fn methods() -> Vec<MethodSpec> {
                 Need::Works(Facility::Classic),
                 Need::Works(Facility::Ringbuf),
                 Need::Btf,
-                Need::X86_64,
+                Need::SavedRegs,
             ],
             note: "arguments read from saved registers",
             partial: false,
@@ -119,16 +119,7 @@ pub struct Probes {
 /// Offsets in `struct pt_regs` of the first four syscall arguments, where the kernel
 /// keeps them unchanged until the syscall returns.
 fn syscall_arg_regs(kbtf: &btf::Btf) -> Option<[u32; 4]> {
-    let names: [&str; 4] = if cfg!(target_arch = "x86_64") {
-        ["di", "si", "dx", "r10"]
-    } else {
-        return None;
-    };
-    let mut out = [0; 4];
-    for (o, n) in out.iter_mut().zip(names) {
-        *o = kbtf.member_offset("pt_regs", n).ok()?;
-    }
-    Some(out)
+    kbtf.syscall_arg_offsets().ok()
 }
 
 impl Probes {
