@@ -266,7 +266,12 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
     let p: &mut UProbe = program(&mut ebpf, PROG_UPROBE)?;
     push(
         Fac::Uprobes,
-        match libc_path() {
+        // A statically linked stapr (the arm64 build) carries getpid itself.
+        match libc_path().or_else(|| {
+            std::fs::read_link("/proc/self/exe")
+                .ok()
+                .map(|p| p.display().to_string())
+        }) {
             Some(libc) => p
                 .load()
                 .and_then(|_| {
@@ -275,7 +280,7 @@ fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
                 })
                 .map(|_| format!("attached to getpid in {libc}"))
                 .map_err(|e| runtime::program_error_reason(&e)),
-            None => Err("libc not found in /proc/self/maps".into()),
+            None => Err("neither libc nor stapr's own executable found".into()),
         },
     );
 

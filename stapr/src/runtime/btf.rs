@@ -416,6 +416,24 @@ mod tests {
         assert!(btf.member_offset("inner", "a").is_err());
     }
 
+    /// A type or member the probes need and the kernel lacks is the user's to know: one
+    /// line naming it, exit code 2.
+    #[test]
+    fn a_missing_type_or_member_is_named_for_the_user() {
+        let btf = Btf::parse(&blob()).unwrap();
+        for (e, names) in [
+            (btf.member_offset("pt_regs", "orig_x0"), "struct pt_regs"),
+            (
+                btf.member_offset("outer", "zz"),
+                "member zz in struct outer",
+            ),
+        ] {
+            let e = e.unwrap_err();
+            assert!(e.downcast_ref::<super::super::UserError>().is_some(), "{e}");
+            assert!(e.to_string().contains(names), "{e}");
+        }
+    }
+
     #[test]
     fn rejects_garbage() {
         assert!(Btf::parse(b"not btf at all, not at all").is_err());

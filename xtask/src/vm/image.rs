@@ -69,7 +69,9 @@ pub const SKIPPED_ARM64: &[(&str, &str, &str)] = &[(
 )];
 
 /// The tests a boot of `arch` leaves out.
-pub fn skipped(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+pub fn skipped(
+    arch: Arch,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
     let extra: &[_] = if arch == Arch::Aarch64 {
         SKIPPED_ARM64
     } else {

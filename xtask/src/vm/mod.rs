@@ -226,13 +226,10 @@ pub fn kernel_lines(names: &[String]) -> Result<Vec<&'static Line>> {
     names
         .iter()
         .map(|k| {
-            LINES
-                .iter()
-                .find(|l| l.name == k)
-                .with_context(|| {
-                    let known: Vec<&str> = LINES.iter().map(|l| l.name).collect();
-                    format!("unknown kernel {k}; known: {}", known.join(", "))
-                })
+            LINES.iter().find(|l| l.name == k).with_context(|| {
+                let known: Vec<&str> = LINES.iter().map(|l| l.name).collect();
+                format!("unknown kernel {k}; known: {}", known.join(", "))
+            })
         })
         .collect()
 }
