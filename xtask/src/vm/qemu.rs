@@ -2,7 +2,7 @@
 //! console read line by line into an [`Outcome`] and saved as a log.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
@@ -61,7 +61,10 @@ pub fn boot(
         }
     });
     let mut o = Outcome::default();
-    let mut transcript = String::new();
+    // Written as it arrives, so a long boot can be followed with `tail -f`.
+    let mut transcript = std::io::LineWriter::new(
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?,
+    );
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -72,12 +75,13 @@ pub fn boot(
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r');
-                transcript.push_str(line);
-                transcript.push('\n');
+                writeln!(transcript, "{line}")?;
                 if o.feed(line) {
                     // Give the panic message a moment to finish, then stop.
                     std::thread::sleep(Duration::from_millis(500));
-                    transcript.extend(rx.try_iter().map(|l| l + "\n"));
+                    for l in rx.try_iter() {
+                        writeln!(transcript, "{l}")?;
+                    }
                     break;
                 }
             }
@@ -91,6 +95,6 @@ pub fn boot(
     }
     let _ = child.kill();
     let _ = child.wait();
-    std::fs::write(log, &transcript)?;
+    transcript.flush()?;
     Ok(o)
 }
