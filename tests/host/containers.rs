@@ -112,6 +112,18 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that every JSON row or event in `rows` names `cgroup` and `container`.
+fn assert_named<'a>(
+    rows: impl IntoIterator<Item = &'a serde_json::Value>,
+    cgroup: &str,
+    container: &str,
+) {
+    for r in rows {
+        assert_eq!(r["cgroup"], cgroup, "{r}");
+        assert_eq!(r["container"], container, "{r}");
+    }
+}
+
 /// Rows of a text report whose whitespace-separated column `pid_col` is `pid`.
 fn text_rows(stdout: &str, pid_col: usize, pid: u64) -> Vec<Vec<&str>> {
     let pid = pid.to_string();
@@ -177,10 +189,7 @@ fn nettop_names_containers_and_filters_by_container_id() {
         .map(|r| r["xmit_packets"].as_u64().unwrap())
         .sum();
     assert!(sent >= 300, "{json}");
-    for r in &mine {
-        assert_eq!(r["cgroup"], docker.rel.as_str(), "{r}");
-        assert_eq!(r["container"], &id[..12], "{r}");
-    }
+    assert_named(mine, &docker.rel, &id[..12]);
     assert!(
         rows.iter().all(|r| r["cgroup"] == docker.rel.as_str()),
         "--cgroup let other cgroups through:\n{json}"
@@ -239,10 +248,7 @@ fn disktop_names_containers_and_filters_by_path() {
     let rows = json_lines(&json);
     let mine: Vec<_> = rows.iter().filter(|r| r["pid"] == inside).collect();
     assert!(!mine.is_empty(), "{json}");
-    for r in &mine {
-        assert_eq!(r["cgroup"], web.rel.as_str(), "{r}");
-        assert_eq!(r["container"], "httpd.service", "{r}");
-    }
+    assert_named(mine, &web.rel, "httpd.service");
     assert!(
         rows.iter()
             .all(|r| r["cgroup"].as_str().unwrap_or("").starts_with("/web.slice")),
@@ -333,9 +339,8 @@ fn calltree_names_containers_and_filters() {
     assert!(events.iter().any(|e| e["tid"] == inside), "{json}");
     for e in &events {
         assert_eq!(e["tid"], inside, "--cgroup let {e} through");
-        assert_eq!(e["cgroup"], docker.rel.as_str(), "{e}");
-        assert_eq!(e["container"], &id[..12], "{e}");
     }
+    assert_named(&events, &docker.rel, &id[..12]);
     assert_nothing_attached();
 }
 
@@ -388,10 +393,7 @@ fn a_removed_cgroup_keeps_its_last_name() {
     let rows = json_lines(&json);
     let mine: Vec<_> = rows.iter().filter(|r| r["pid"] == pid).collect();
     assert!(!mine.is_empty(), "{json}");
-    for r in mine {
-        assert_eq!(r["cgroup"], docker.rel.as_str(), "{r}");
-        assert_eq!(r["container"], &id[..12], "{r}");
-    }
+    assert_named(mine, &docker.rel, &id[..12]);
     assert_nothing_attached();
 }
 

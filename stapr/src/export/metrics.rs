@@ -236,13 +236,18 @@ impl Registry {
         }
     }
 
-    /// Records a file `comm` (in `container`) held open for `held_ns`.
-    pub fn observe_file(&mut self, comm: &str, container: &str, held_ns: u64, now_ns: u64) {
+    /// Records a file `comm` (in cgroup `cgroup`, which `container` names) held open for
+    /// `held_ns`.
+    pub fn observe_file(
+        &mut self,
+        comm: &str,
+        cgroup: u64,
+        mut container: impl FnMut(u64) -> String,
+        held_ns: u64,
+        now_ns: u64,
+    ) {
         let secs = held_ns as f64 / 1e9;
-        let key = (
-            comm.to_owned(),
-            self.by.container.then(|| container.to_owned()),
-        );
+        let key = (comm.to_owned(), self.container(cgroup, &mut container));
         let h = self.files.entry(key).or_default();
         let i = FILE_BUCKETS
             .iter()
@@ -574,8 +579,8 @@ mod tests {
             |_| "web".into(),
             5,
         );
-        r.observe_file("vsftpd", "web", 2_500_000_000, 5);
-        r.observe_file("vsftpd", "web", 20_000_000, 5);
+        r.observe_file("vsftpd", 1, |_| "web".into(), 2_500_000_000, 5);
+        r.observe_file("vsftpd", 1, |_| "web".into(), 20_000_000, 5);
         r
     }
 

@@ -180,9 +180,15 @@ impl Parts {
             &Default::default(),
         )?;
         let now = runtime::monotonic_ns();
+        let names = &mut self.containers;
         for r in rows {
-            let container = self.containers.name(r.cgroup).container.clone();
-            reg.observe_file(&r.comm, &container, r.held_ns, now);
+            reg.observe_file(
+                &r.comm,
+                r.cgroup,
+                |id| names.name(id).container.clone(),
+                r.held_ns,
+                now,
+            );
         }
         Ok(())
     }

@@ -139,8 +139,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn golden_json() {
+    /// One process's read and write in `web.slice/httpd.service`.
+    fn httpd_in_a_service() -> Snapshot {
         let mut s = snapshot(
             vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
             names,
@@ -153,6 +153,12 @@ mod tests {
         for r in &mut s.rows {
             r.cg = Named::of(Some("/web.slice/httpd.service".into()));
         }
+        s
+    }
+
+    #[test]
+    fn golden_json() {
+        let s = httpd_in_a_service();
         assert_eq!(
             json(&s, "2009-04-11T17:22:03.000Z"),
             concat!(
@@ -170,18 +176,7 @@ mod tests {
 
     #[test]
     fn golden_containers_column() {
-        let mut s = snapshot(
-            vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
-        )
-        .unwrap();
-        for r in &mut s.rows {
-            r.cg = Named::of(Some("/web.slice/httpd.service".into()));
-        }
+        let s = httpd_in_a_service();
         assert_eq!(
             text(&s, "Sat Apr 11 17:22:03 2009", true),
             concat!(

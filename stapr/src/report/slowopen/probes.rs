@@ -116,12 +116,6 @@ pub struct Probes {
     pub attached: usize,
 }
 
-/// Offsets in `struct pt_regs` of the first four syscall arguments, where the kernel
-/// keeps them unchanged until the syscall returns.
-fn syscall_arg_regs(kbtf: &btf::Btf) -> Option<[u32; 4]> {
-    kbtf.syscall_arg_offsets().ok()
-}
-
 impl Probes {
     /// Loads the object with `config` (threshold, filters) and attaches every probe; the
     /// exit-detection offsets are filled in here from the kernel's BTF.
@@ -133,7 +127,9 @@ impl Probes {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
             config.signal_live = kbtf.member_offset("signal_struct", "live")?;
-            if let Some(regs) = syscall_arg_regs(&kbtf) {
+            // Where the architecture's saved registers are known, open's arguments are
+            // read there at its exit; otherwise entry probes save them.
+            if let Ok(regs) = kbtf.syscall_arg_offsets() {
                 config.args_from_regs = 1;
                 config.reg_arg = regs;
                 config.task_comm = kbtf.member_offset("task_struct", "comm")?;
