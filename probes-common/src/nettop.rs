@@ -20,6 +20,11 @@ pub struct NetKey {
     pub comm: [u8; COMM_LEN],
     /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), taken when its run starts.
     pub cgroup: u64,
+    /// Receives charged to the reading socket (`--recv-at socket`): the interface index the
+    /// packets arrived on and the inode number of the reader's network namespace, which
+    /// user space turns into a name; `dev` is then empty. Zero otherwise.
+    pub ifindex: u32,
+    pub netns: u32,
 }
 
 #[repr(C)]
@@ -68,13 +73,46 @@ pub struct NetOffsets {
     pub recv_len: u32,
     /// Classic flavour: offset of the `__data_loc char[] name` field in netif_receive_skb.
     pub recv_name: u32,
+    /// Socket receive (`struct sk_buff`): `skb_iif`, `head`, `data`, `end`, `mac_header`,
+    /// `network_header`, `sk`, `cb` (where `tcp_skb_cb.seq` starts).
+    pub skb_iif: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_end: u32,
+    pub skb_mac_header: u32,
+    pub skb_network_header: u32,
+    pub skb_sk: u32,
+    pub skb_cb: u32,
+    /// `offsetof(struct skb_shared_info, gso_segs)`.
+    pub shinfo_gso_segs: u32,
+    /// `offsetof(struct tcp_sock, copied_seq)`, `offsetof(struct sock, sk_protocol)`.
+    pub tcp_copied_seq: u32,
+    pub sk_protocol: u32,
+    /// `task_struct.nsproxy`, `nsproxy.net_ns`, `net.ns.inum` (one offset from `net`).
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
+    pub net_inum: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<NetKey>() == 48);
+/// What arrived on a UDP socket and was not yet read (`--recv-at socket` on kernels with
+/// the `sock:sock_recv_length` tracepoint): kept in the socket's own storage, added to
+/// when a datagram is queued, taken by the next read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvLedger {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Interface index of the last datagram queued.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<NetKey>() == 56);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<NetRun>() == 104);
-const _: () = assert!(core::mem::size_of::<NetOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<RecvLedger>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -82,4 +120,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetCounters {}
     unsafe impl aya::Pod for super::NetOffsets {}
     unsafe impl aya::Pod for super::NetRun {}
+    unsafe impl aya::Pod for super::RecvLedger {}
 }

@@ -1,5 +1,8 @@
 //! Helpers shared by the eBPF objects (one binary per report).
 #![no_std]
+// The bpfel target has no `AtomicU64::fetch_add`; the intrinsic lowers to the BPF atomic add.
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 /// eBPF programs cannot unwind; the verifier rejects any path that could reach this.
 #[cfg(target_arch = "bpf")]
@@ -13,6 +16,24 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[inline(always)]
 pub fn global<T: Copy>(value: &T) -> T {
     unsafe { core::ptr::read_volatile(value) }
+}
+
+/// Adds `v` to `*dst` atomically (memory other CPUs write too, unlike per-CPU values).
+///
+/// # Safety
+/// `dst` must point to map memory.
+#[inline(always)]
+pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(dst)
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A load from a BTF-typed kernel pointer (tp_btf arguments, `bpf_task_pt_regs()`). The

@@ -1,5 +1,12 @@
 //! nettop: count packets and bytes per (pid, uid, device, comm) on transmit and receive.
 //!
+//! Receives are charged either to the task current when the device hands the packet to the
+//! stack (`netif_receive_skb`, the seed's semantics) or to the task that reads it off its
+//! socket (`--recv-at socket`): TCP at the read that first copies an skb
+//! (`skb_copy_datagram_iovec`), UDP where the reader frees the datagram (`consume_skb`,
+//! kernels before 6.18) or through a per-socket ledger filled when a datagram is queued
+//! (cgroup_skb ingress) and taken by the next read (`sock_recv_length`).
+//!
 //! Counters live in per-CPU maps so the hot path needs no atomics; user space sums the
 //! CPUs. Consecutive packets of one thread on one device are added up in a per-CPU run
 //! cache (`NET_RUN`) and reach the hash map only when the run ends. Two slots alternate
@@ -11,17 +18,23 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
-    macros::{btf_tracepoint, map, tracepoint},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::{bpf_sk_fullsock, bpf_sk_storage_get},
+    },
+    macros::{btf_map, btf_tracepoint, cgroup_skb, map, tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, SkBuffContext, TracePointContext},
     EbpfContext,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_MAX_ENTRIES, NET_SLOTS},
+    nettop::{NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, NET_MAX_ENTRIES, NET_SLOTS},
     IFNAME_LEN,
 };
-use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global};
+use probes_ebpf::{atomic_add, btf_load, btf_load_str16, cgroup_id, global};
 
 probes_ebpf::cgroup_filter!();
 
@@ -34,6 +47,20 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     xmit_name: 0,
     recv_len: 0,
     recv_name: 0,
+    skb_iif: 0,
+    skb_head: 0,
+    skb_data: 0,
+    skb_end: 0,
+    skb_mac_header: 0,
+    skb_network_header: 0,
+    skb_sk: 0,
+    skb_cb: 0,
+    shinfo_gso_segs: 0,
+    tcp_copied_seq: 0,
+    sk_protocol: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    net_inum: 0,
     _pad: 0,
 };
 
@@ -49,9 +76,20 @@ static NET_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 /// The current run on each CPU, one entry per slot.
 #[map]
 static NET_RUN: PerCpuArray<NetRun> = PerCpuArray::with_max_entries(NET_SLOTS, 0);
-/// Runs that could not be counted because the hash map was full (packets, summed).
+/// Runs that could not be counted because the hash map was full, and datagrams whose
+/// socket could not be given a ledger (packets, summed).
 #[map]
 static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// UDP datagrams queued on a socket and not yet read (see [`RecvLedger`]).
+#[btf_map]
+static NET_RX_LEDGER: SkStorage<RecvLedger> = SkStorage::new();
+
+#[inline(always)]
+fn lost(packets: u64) {
+    if let Some(d) = NET_DROPPED.get_ptr_mut(0) {
+        unsafe { *d += packets };
+    }
+}
 
 /// Adds a finished run to the slot's hash map.
 #[inline(always)]
@@ -64,32 +102,40 @@ fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
         c.recv_packets += run.counts.recv_packets;
         c.recv_bytes += run.counts.recv_bytes;
     } else if map.insert(&run.key, &run.counts, 0).is_err() {
-        if let Some(d) = NET_DROPPED.get_ptr_mut(0) {
-            unsafe { *d += run.counts.xmit_packets + run.counts.recv_packets };
-        }
+        lost(run.counts.xmit_packets + run.counts.recv_packets);
     }
 }
 
 #[inline(always)]
-fn add(c: &mut NetCounters, len: u64, rx: bool) {
+fn add(c: &mut NetCounters, packets: u64, bytes: u64, rx: bool) {
     if rx {
-        c.recv_packets += 1;
-        c.recv_bytes += len;
+        c.recv_packets += packets;
+        c.recv_bytes += bytes;
     } else {
-        c.xmit_packets += 1;
-        c.xmit_bytes += len;
+        c.xmit_packets += packets;
+        c.xmit_bytes += bytes;
     }
 }
 
 /// Where a packet's device comes from: a pointer whose name is read only when a new run
-/// starts (BTF), or the name itself (classic tracepoint records).
+/// starts (BTF), the name itself (classic tracepoint records), or an interface index in
+/// the reader's network namespace (socket receives), named by user space.
 enum Dev {
     Ptr(*const u8),
     Name([u8; IFNAME_LEN]),
+    Index(u32),
 }
+
+/// Marks `NetRun::dev_ptr` as an interface index (kernel pointers have their top bits set).
+const INDEX_RUN: u64 = 1 << 62;
 
 #[inline(always)]
 fn count(dev: Dev, len: u32, rx: bool) {
+    count_n(dev, 1, len as u64, rx)
+}
+
+#[inline(always)]
+fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
     let slot = match NET_SLOT.get(0) {
         Some(&s) if s < NET_SLOTS => s,
         _ => 0,
@@ -102,9 +148,10 @@ fn count(dev: Dev, len: u32, rx: bool) {
     let same_dev = match &dev {
         Dev::Ptr(p) => run.dev_ptr == *p as u64,
         Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
+        Dev::Index(i) => run.dev_ptr == INDEX_RUN | *i as u64,
     };
     if run.valid == 1 && run.pid_tgid == pid_tgid && same_dev {
-        add(&mut run.counts, len as u64, rx);
+        add(&mut run.counts, packets, bytes, rx);
         return;
     }
     if run.valid == 1 {
@@ -118,9 +165,10 @@ fn count(dev: Dev, len: u32, rx: bool) {
         run.valid = 0;
         return;
     }
-    let (dev_ptr, name) = match dev {
-        Dev::Ptr(p) => (p as u64, netdev_name(p)),
-        Dev::Name(n) => (0, n),
+    let (dev_ptr, name, ifindex, netns) = match dev {
+        Dev::Ptr(p) => (p as u64, netdev_name(p), 0, 0),
+        Dev::Name(n) => (0, n, 0, 0),
+        Dev::Index(i) => (INDEX_RUN | i as u64, [0; IFNAME_LEN], i, current_netns()),
     };
     run.pid_tgid = pid_tgid;
     run.dev_ptr = dev_ptr;
@@ -131,9 +179,193 @@ fn count(dev: Dev, len: u32, rx: bool) {
         dev: name,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         cgroup: cgroup_id(),
+        ifindex,
+        netns,
     };
     run.counts = NetCounters::default();
-    add(&mut run.counts, len as u64, rx);
+    add(&mut run.counts, packets, bytes, rx);
+}
+
+/// Inode number of the current task's network namespace (0 while it exits).
+#[inline(always)]
+fn current_netns() -> u32 {
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let nsproxy: *const u8 = unsafe { btf_load(task, global(&NET_OFFSETS.task_nsproxy)) };
+    if nsproxy.is_null() {
+        return 0;
+    }
+    let net: *const u8 = unsafe { btf_load(nsproxy, global(&NET_OFFSETS.nsproxy_net)) };
+    if net.is_null() {
+        return 0;
+    }
+    unsafe { btf_load(net, global(&NET_OFFSETS.net_inum)) }
+}
+
+/// A kernel value at `base + off`, through the probe-read helper (for members the
+/// verifier cannot type: unions of a pointer and a scalar, memory past a struct's end).
+#[inline(always)]
+fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+        .unwrap_or_default()
+}
+
+/// An skb as its device saw it: (wire packets, bytes with every packet's headers from the
+/// link layer up). A GRO'd or coalesced skb holds `gso_segs` packets, each of which
+/// carried the headers in front of `data`.
+#[inline(always)]
+fn wire(skb: *const u8) -> (u64, u64) {
+    let o = &NET_OFFSETS;
+    let len: u32 = unsafe { btf_load(skb, global(&o.skb_len)) };
+    let head: u64 = unsafe { btf_load(skb, global(&o.skb_head)) };
+    let data: u64 = unsafe { btf_load(skb, global(&o.skb_data)) };
+    let mac: u16 = unsafe { btf_load(skb, global(&o.skb_mac_header)) };
+    let end: u32 = unsafe { btf_load(skb, global(&o.skb_end)) };
+    let start = head + mac as u64;
+    let hdr = if mac != u16::MAX && data >= start && data - start < 256 {
+        data - start
+    } else {
+        0
+    };
+    let shinfo = (head + end as u64) as *const u8;
+    let segs: u16 = read(shinfo, global(&o.shinfo_gso_segs));
+    let segs = segs.max(1) as u64;
+    (segs, len as u64 + segs * hdr)
+}
+
+// TP_PROTO(const struct sk_buff *skb, int len): a read copying from a received skb.
+// Charged to the reader once per TCP skb, at the read that starts at its first byte
+// (`copied_seq` is advanced after the copy).
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
+    let o = &NET_OFFSETS;
+    let skb: *const u8 = ctx.arg(0);
+    let iif: i32 = unsafe { btf_load(skb, global(&o.skb_iif)) };
+    if iif <= 0 {
+        return 0;
+    }
+    let sk: *const u8 = unsafe { btf_load(skb, global(&o.skb_sk)) };
+    if sk.is_null() {
+        return 0;
+    }
+    let protocol: u16 = unsafe { btf_load(sk, global(&o.sk_protocol)) };
+    if protocol as u32 != IPPROTO_TCP {
+        return 0;
+    }
+    // Past `struct sock`, where the verifier's typed loads do not reach.
+    let copied: u32 = read(sk, global(&o.tcp_copied_seq));
+    let seq: u32 = unsafe { btf_load(skb, global(&o.skb_cb)) };
+    if copied != seq {
+        return 0;
+    }
+    let (packets, bytes) = wire(skb);
+    count_n(Dev::Index(iif as u32), packets, bytes, true);
+    0
+}
+
+// TP_PROTO(struct sk_buff *skb[, void *location]): on kernels before 6.18 the reader
+// frees each UDP datagram it took (skb_consume_udp). Such an skb is known by its `dev`
+// member: UDP keeps a small non-pointer scratch value there while the datagram is queued.
+#[btf_tracepoint(function = "consume_skb")]
+pub fn stapr_net_rx_udp(ctx: BtfTracePointContext) -> u32 {
+    let o = &NET_OFFSETS;
+    let skb: *const u8 = ctx.arg(0);
+    let iif: i32 = unsafe { btf_load(skb, global(&o.skb_iif)) };
+    if iif <= 0 {
+        return 0;
+    }
+    let scratch: u64 = read(skb, global(&o.skb_dev));
+    if scratch == 0 || scratch >> 48 == 0xffff {
+        return 0;
+    }
+    let (packets, bytes) = wire(skb);
+    count_n(Dev::Index(iif as u32), packets, bytes, true);
+    0
+}
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const MSG_PEEK: i32 = 2;
+
+// Every packet handed to a local socket: UDP datagrams are written into their socket's
+// ledger. Always lets the packet through.
+#[cgroup_skb(ingress)]
+pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() || unsafe { (*sk).protocol } != IPPROTO_UDP {
+        return 1;
+    }
+    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let ledger = unsafe {
+        bpf_sk_storage_get(
+            &NET_RX_LEDGER as *const _ as *mut _,
+            sk as *mut _,
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut RecvLedger;
+    if ledger.is_null() {
+        lost(segs);
+        return 1;
+    }
+    // The skb's data starts at the network header here; the link header lies before it.
+    let o = &NET_OFFSETS;
+    let base = ctx.as_ptr() as *const u8;
+    let mac: u16 = read(base, global(&o.skb_mac_header));
+    let net: u16 = read(base, global(&o.skb_network_header));
+    let link = if mac != u16::MAX && net >= mac {
+        (net - mac) as u64
+    } else {
+        0
+    };
+    let bytes = unsafe { (*skb).len } as u64 + segs * link;
+    let l = unsafe { &mut *ledger };
+    unsafe {
+        atomic_add(&mut l.packets, segs);
+        atomic_add(&mut l.bytes, bytes);
+    }
+    l.ifindex = unsafe { (*skb).ifindex };
+    1
+}
+
+// TP_PROTO(struct sock *sk, int ret, int flags): a read returned; it takes what its
+// socket's ledger holds.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn stapr_net_rx_read(ctx: BtfTracePointContext) -> u32 {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let flags: i64 = ctx.arg(2);
+    if (ret as i32) < 0 || (flags as i32) & MSG_PEEK != 0 {
+        return 0;
+    }
+    let ledger = unsafe {
+        bpf_sk_storage_get(
+            &NET_RX_LEDGER as *const _ as *mut _,
+            sk,
+            core::ptr::null_mut(),
+            0,
+        )
+    } as *mut RecvLedger;
+    if ledger.is_null() {
+        return 0;
+    }
+    let l = unsafe { &mut *ledger };
+    let packets = l.packets;
+    if packets == 0 {
+        return 0;
+    }
+    let bytes = l.bytes;
+    // Datagrams queued meanwhile on another CPU stay for the next read.
+    unsafe {
+        atomic_add(&mut l.packets, packets.wrapping_neg());
+        atomic_add(&mut l.bytes, bytes.wrapping_neg());
+    }
+    count_n(Dev::Index(l.ifindex), packets, bytes, true);
+    0
 }
 
 /// `dev->name` (IFNAMSIZ = 16 bytes).

@@ -45,6 +45,10 @@ pub struct Args {
     /// Stop after this long (default: until Ctrl-C or SIGTERM)
     #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
+    /// Charge received packets (direction="receive") to the reading process (socket) or to
+    /// the task current when the device delivers them (device); see `stapr nettop --help`
+    #[arg(long, value_enum, default_value = "socket")]
+    pub recv_at: crate::report::nettop::RecvAt,
 }
 
 impl From<Args> for Options {
@@ -55,6 +59,7 @@ impl From<Args> for Options {
             forget_after: a.forget_after,
             file_min: a.file_min,
             duration: a.duration,
+            recv_at: a.recv_at,
         }
     }
 }

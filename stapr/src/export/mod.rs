@@ -33,6 +33,7 @@ pub struct Options {
     pub forget_after: Duration,
     pub file_min: Duration,
     pub duration: Option<Duration>,
+    pub recv_at: nettop::RecvAt,
 }
 
 /// Between scrapes the tables are drained this often, so they never fill.
@@ -65,6 +66,7 @@ fn source(report: Report, method: &'static str, attached: usize) -> metrics::Sou
 impl Parts {
     fn attach(
         file_min_ns: u64,
+        recv_at: nettop::RecvAt,
         reg: &mut metrics::Registry,
         containers: Containers,
     ) -> Result<(Self, Option<RingBuf<MapData>>)> {
@@ -74,11 +76,13 @@ impl Parts {
                 report.name()
             );
         };
-        let net = nettop::probes::Probes::attach(nettop::ProbeKind::Auto, Default::default())
-            .inspect_err(|e| unavailable(Report::Nettop, e))
-            .ok();
+        let net =
+            nettop::probes::Probes::attach(nettop::ProbeKind::Auto, recv_at, Default::default())
+                .inspect_err(|e| unavailable(Report::Nettop, e))
+                .ok();
         if let Some(n) = &net {
-            reg.sources.push(source(Report::Nettop, n.kind.name(), 2));
+            reg.sources
+                .push(source(Report::Nettop, n.kind.name(), n.attached));
         }
         let disk = disktop::probes::Probes::attach(disktop::Method::Auto, Default::default())
             .inspect_err(|e| unavailable(Report::Disktop, e))
@@ -123,8 +127,8 @@ impl Parts {
     /// Attachments that are slow to detach: every report's but nettop's BTF tracepoints.
     fn slow_attachments(&self) -> usize {
         let net = match &self.net {
-            Some(n) if n.kind == nettop::ProbeKind::Tracepoint => 2,
-            _ => 0,
+            Some(n) => n.slow_attachments(),
+            None => 0,
         };
         net + self.disk.as_ref().map_or(0, |d| d.attached)
             + self.slow.as_ref().map_or(0, |s| s.attached)
@@ -258,7 +262,7 @@ pub fn run(opts: Options) -> Result<()> {
         cgroup: None,
     };
     let (containers, _) = Containers::open(&choice, runtime::Format::Text)?;
-    let (mut parts, ring) = Parts::attach(file_min_ns, &mut reg, containers)?;
+    let (mut parts, ring) = Parts::attach(file_min_ns, opts.recv_at, &mut reg, containers)?;
     let methods: Vec<String> = reg
         .sources
         .iter()

@@ -192,6 +192,14 @@ impl Btf {
         Ok(btf)
     }
 
+    /// Whether the kernel has tracepoint `name`: its BTF declares `btf_trace_<name>`.
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        let want = format!("btf_trace_{name}");
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)
+    }
+
     /// The type id of function `name`.
     pub fn func_id(&self, name: &str) -> Option<u32> {
         self.funcs.get(name).copied()

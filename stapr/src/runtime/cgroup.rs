@@ -56,14 +56,19 @@ pub struct Cgroups {
 /// A miss walks the tree again, at most this often.
 const REWALK: Duration = Duration::from_millis(500);
 
+/// The cgroup2 root directory (mounted in a private mount namespace when there is none).
+pub fn root() -> Result<PathBuf> {
+    match find_mount()? {
+        Some(root) => Ok(root),
+        None => mount_private(),
+    }
+}
+
 impl Cgroups {
     /// Finds the cgroup2 mount (mounting one in a private mount namespace when there is
     /// none) and walks it.
     pub fn open() -> Result<Cgroups> {
-        let root = match find_mount()? {
-            Some(root) => root,
-            None => mount_private()?,
-        };
+        let root = root()?;
         let mut c = Cgroups {
             root,
             paths: HashMap::new(),

@@ -2,17 +2,23 @@
 
 use clap::Args as ClapArgs;
 
-use super::{Filter, Options, ProbeKind, SortKey};
+use super::{Filter, Options, ProbeKind, RecvAt, SortKey};
 use crate::cli::{device, positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
-Transmitted packets are charged to the process that sent them. Received packets are charged
-to whatever task was running when the kernel processed them (softirq context), as SystemTap's
-netdev.receive did: on loopback that is usually the sender, on a real NIC often an unrelated
-task, 'swapper/N' (PID 0) or 'ksoftirqd/N'. KB is bytes/1024, rounded down; bytes are the
-skb length the kernel reports (receive lengths exclude the link-layer header).
--p 0 selects the idle tasks (swapper/N), which softirq work such as receiving is often
-charged to.
+Transmitted packets are charged to the process that sent them, with the length the device
+sent (link-layer header included).
+
+--recv-at socket (the default): a received packet is charged to the process that reads it
+off its TCP or UDP socket, on the device it arrived on, counted as the device saw it (link
+header included; a coalesced TCP skb counts the wire packets it holds). Packets no process
+reads (forwarded, dropped, never read, ICMP, raw/packet sockets, TCP splice and zerocopy
+receive) are not charged.
+--recv-at device: a received packet is charged to whatever task was running when the device
+handed it to the stack (softirq), as SystemTap's netdev.receive did: on loopback usually the
+sender, on a NIC often 'swapper/N' (PID 0, select with -p 0) or 'ksoftirqd/N'; lengths then
+exclude the link header. It sees every packet, whether or not a process reads it.
+KB is bytes/1024, rounded down.
 
 EXAMPLES:
     stapr nettop                  # every 5 s, all processes, ordered by RECV_PK
@@ -45,6 +51,10 @@ pub struct Args {
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]
     pub probe: ProbeKind,
+    /// Charge received packets to the reading process (socket) or to the task current
+    /// when the device delivers them (device)
+    #[arg(long, value_enum, default_value = "socket")]
+    pub recv_at: RecvAt,
 }
 
 impl From<Args> for Options {
@@ -59,6 +69,7 @@ impl From<Args> for Options {
             sort: a.sort,
             rows: a.rows,
             probe: a.probe,
+            recv_at: a.recv_at,
             containers: a.cgroups.into(),
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod args;
+pub mod ifnames;
 pub mod probes;
 pub mod render;
 
@@ -15,7 +16,7 @@ use crate::{
 };
 
 pub use aggregate::{Filter, SortKey};
-pub use probes::ProbeKind;
+pub use probes::{ProbeKind, RecvAt};
 
 pub struct Options {
     pub every: interval::Every,
@@ -23,6 +24,7 @@ pub struct Options {
     pub sort: SortKey,
     pub rows: Option<usize>,
     pub probe: ProbeKind,
+    pub recv_at: RecvAt,
     pub format: runtime::Format,
     pub containers: containers::Choice,
 }
@@ -38,9 +40,11 @@ impl interval::Periodic for Report {
     const LOST: &'static str = "packets";
 
     fn describe(&self) -> String {
+        let p = &self.probes;
         format!(
-            "{} on net:net_dev_xmit and net:netif_receive_skb",
-            self.probes.kind.describe()
+            "{} on {}",
+            p.kind.describe(),
+            p.recv_at.describe(p.udp_ledger)
         )
     }
 
@@ -67,10 +71,7 @@ impl interval::Periodic for Report {
     }
 
     fn slow_attachments(&self) -> usize {
-        match self.probes.kind {
-            ProbeKind::Tracepoint => 2,
-            _ => 0,
-        }
+        self.probes.slow_attachments()
     }
 }
 
@@ -100,7 +101,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     runtime::prepare()?;
     let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
-    let probes = probes::Probes::attach(opts.probe, cgroup)?;
+    let probes = probes::Probes::attach(opts.probe, opts.recv_at, cgroup)?;
     let every = opts.every;
     interval::run(
         Report {

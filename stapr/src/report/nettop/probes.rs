@@ -3,7 +3,9 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{BtfTracePoint, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, BtfTracePoint, CgroupAttachMode, CgroupSkb, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use probes_common::{
@@ -11,6 +13,7 @@ use probes_common::{
     CgroupFilter, CGROUP_FILTER,
 };
 
+use super::ifnames::IfNames;
 use crate::{
     report::{first_working, last_error, Facility, MethodSpec, Need},
     runtime::{
@@ -32,6 +35,12 @@ const CLASSIC_PROGS: [(&str, &str); 2] = [
     ("stapr_net_tx_tp", "net_dev_xmit"),
     ("stapr_net_rx_tp", "netif_receive_skb"),
 ];
+/// Receives charged to the reading socket: TCP reads, and UDP through the reader's free
+/// (kernels before 6.18) or through the socket ledger (kernels with sock:sock_recv_length).
+const RX_TCP: (&str, &str) = ("stapr_net_rx_tcp", "skb_copy_datagram_iovec");
+const RX_UDP_FREE: (&str, &str) = ("stapr_net_rx_udp", "consume_skb");
+const RX_UDP_READ: (&str, &str) = ("stapr_net_rx_read", "sock_recv_length");
+const RX_UDP_QUEUE: &str = "stapr_net_rx_queue";
 const OFFSETS: &str = "NET_OFFSETS";
 
 #[cfg(test)]
@@ -42,6 +51,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         BTF_PROGS[1].0,
         CLASSIC_PROGS[0].0,
         CLASSIC_PROGS[1].0,
+        RX_TCP.0,
+        RX_UDP_FREE.0,
+        RX_UDP_READ.0,
+        RX_UDP_QUEUE,
     ],
     maps: &[
         MAPS.slot,
@@ -67,11 +80,42 @@ pub enum ProbeKind {
     Tracepoint,
 }
 
+/// Which task a received packet is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecvAt {
+    /// The task that reads it off its socket, on the device it arrived on.
+    Socket,
+    /// The task current when the device hands it to the stack (SystemTap's netdev.receive).
+    Device,
+}
+
+impl RecvAt {
+    /// The tracepoints a report attaches to, for its start line.
+    pub fn describe(self, udp_ledger: bool) -> &'static str {
+        match (self, udp_ledger) {
+            (RecvAt::Device, _) => "net:net_dev_xmit and net:netif_receive_skb",
+            (RecvAt::Socket, true) => {
+                "net:net_dev_xmit, skb:skb_copy_datagram_iovec, sock:sock_recv_length and cgroup_skb ingress"
+            }
+            (RecvAt::Socket, false) => {
+                "net:net_dev_xmit, skb:skb_copy_datagram_iovec and skb:consume_skb"
+            }
+        }
+    }
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     /// The map the probes write into now (0 or 1).
     slot: u32,
     pub kind: ProbeKind,
+    pub recv_at: RecvAt,
+    /// UDP receives go through the socket ledger (sock:sock_recv_length) rather than the
+    /// reader's free.
+    pub udp_ledger: bool,
+    /// Programs attached.
+    pub attached: usize,
+    names: IfNames,
 }
 
 /// `--probe auto` tries these in order.
@@ -128,80 +172,198 @@ const MAPS: SlotMaps = SlotMaps {
 impl Probes {
     /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for;
     /// `Auto` walks [`AUTO`] and says on stderr why a flavour was passed over.
-    pub fn attach(kind: ProbeKind, cgroup: CgroupFilter) -> Result<Self> {
+    pub fn attach(kind: ProbeKind, recv_at: RecvAt, cgroup: CgroupFilter) -> Result<Self> {
+        let socket = match recv_at {
+            RecvAt::Socket => Some(SocketReceive::find()?),
+            RecvAt::Device => None,
+        };
         let order: &[ProbeKind] = match kind {
             ProbeKind::Auto => &AUTO,
             _ => std::slice::from_ref(&kind),
         };
-        first_working("nettop", order, ProbeKind::describe, |k| match k {
-            ProbeKind::Tracepoint => Self::attach_classic(&cgroup),
-            _ => Self::attach_btf(&cgroup),
+        first_working("nettop", order, ProbeKind::describe, |k| {
+            Self::attach_kind(k, socket.as_ref(), &cgroup)
         })
         .map_err(last_error)
     }
 
-    fn attach_btf(cgroup: &CgroupFilter) -> Result<Self> {
-        if !kernel_btf_present() {
+    fn attach_kind(
+        kind: ProbeKind,
+        socket: Option<&SocketReceive>,
+        cgroup: &CgroupFilter,
+    ) -> Result<Self> {
+        let classic = kind == ProbeKind::Tracepoint;
+        if !classic && !kernel_btf_present() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): BTF tracepoints need it; use --probe tracepoint",
             ));
         }
-        let kbtf = btf::Btf::from_sys_fs()?;
-        let offsets = NetOffsets {
-            skb_len: kbtf.member_offset("sk_buff", "len")?,
-            skb_dev: kbtf.member_offset("sk_buff", "dev")?,
-            netdev_name: kbtf.member_offset("net_device", "name")?,
-            ..Default::default()
+        let mut offsets = match socket {
+            Some(s) => s.offsets,
+            None => NetOffsets::default(),
         };
+        if classic {
+            offsets.xmit_len = tracefs::field_offset("net", "net_dev_xmit", "len")?;
+            offsets.xmit_name = tracefs::field_offset("net", "net_dev_xmit", "name")?;
+            offsets.recv_len = tracefs::field_offset("net", "netif_receive_skb", "len")?;
+            offsets.recv_name = tracefs::field_offset("net", "netif_receive_skb", "name")?;
+        }
+        if !classic || socket.is_some() {
+            let kbtf = btf::Btf::from_sys_fs()?;
+            offsets.skb_len = kbtf.member_offset("sk_buff", "len")?;
+            offsets.skb_dev = kbtf.member_offset("sk_buff", "dev")?;
+            offsets.netdev_name = kbtf.member_offset("net_device", "name")?;
+        }
         let mut ebpf = load(&offsets, cgroup)?;
-        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        for (prog, tp) in BTF_PROGS {
-            let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
-            p.load(tp, &aya_btf)
-                .with_context(|| format!("loading BTF tracepoint {tp}"))?;
-            p.attach()
-                .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
+        let progs = if classic { CLASSIC_PROGS } else { BTF_PROGS };
+        let tx_rx = match socket {
+            Some(_) => &progs[..1],
+            None => &progs[..],
+        };
+        let aya_btf = socket
+            .is_some()
+            .then(|| aya::Btf::from_sys_fs().context("reading kernel BTF"))
+            .transpose()?;
+        for &(prog, tp) in tx_rx {
+            if classic {
+                let p: &mut TracePoint = program(&mut ebpf, prog)?;
+                p.load()
+                    .with_context(|| format!("loading tracepoint net:{tp}"))?;
+                p.attach("net", tp)
+                    .with_context(|| format!("attaching tracepoint net:{tp}"))?;
+            } else {
+                let kbtf = match &aya_btf {
+                    Some(b) => b,
+                    None => &aya::Btf::from_sys_fs().context("reading kernel BTF")?,
+                };
+                attach_btf(&mut ebpf, prog, tp, kbtf)?;
+            }
+        }
+        let mut udp_ledger = false;
+        let mut attached = tx_rx.len();
+        if let (Some(s), Some(kbtf)) = (socket, &aya_btf) {
+            attach_btf(&mut ebpf, RX_TCP.0, RX_TCP.1, kbtf)?;
+            udp_ledger = s.ledger;
+            attached += if s.ledger { 3 } else { 2 };
+            if s.ledger {
+                attach_btf(&mut ebpf, RX_UDP_READ.0, RX_UDP_READ.1, kbtf)?;
+                let root = std::fs::File::open(&s.cgroup_root).with_context(|| {
+                    format!("opening the cgroup2 root {}", s.cgroup_root.display())
+                })?;
+                let p: &mut CgroupSkb = program(&mut ebpf, RX_UDP_QUEUE)?;
+                p.load().context("loading the cgroup_skb ingress program")?;
+                // A link: other programs on the root keep running (flags must be 0 for links).
+                p.attach(root, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                    .context("attaching the cgroup_skb ingress program to the cgroup2 root")?;
+            } else {
+                attach_btf(&mut ebpf, RX_UDP_FREE.0, RX_UDP_FREE.1, kbtf)?;
+            }
         }
         Ok(Self {
             ebpf,
             slot: 0,
-            kind: ProbeKind::TpBtf,
-        })
-    }
-
-    fn attach_classic(cgroup: &CgroupFilter) -> Result<Self> {
-        let offsets = NetOffsets {
-            xmit_len: tracefs::field_offset("net", "net_dev_xmit", "len")?,
-            xmit_name: tracefs::field_offset("net", "net_dev_xmit", "name")?,
-            recv_len: tracefs::field_offset("net", "netif_receive_skb", "len")?,
-            recv_name: tracefs::field_offset("net", "netif_receive_skb", "name")?,
-            ..Default::default()
-        };
-        let mut ebpf = load(&offsets, cgroup)?;
-        for (prog, tp) in CLASSIC_PROGS {
-            let p: &mut TracePoint = program(&mut ebpf, prog)?;
-            p.load()
-                .with_context(|| format!("loading tracepoint net:{tp}"))?;
-            p.attach("net", tp)
-                .with_context(|| format!("attaching tracepoint net:{tp}"))?;
-        }
-        Ok(Self {
-            ebpf,
-            slot: 0,
-            kind: ProbeKind::Tracepoint,
+            kind: if classic {
+                ProbeKind::Tracepoint
+            } else {
+                ProbeKind::TpBtf
+            },
+            recv_at: if socket.is_some() {
+                RecvAt::Socket
+            } else {
+                RecvAt::Device
+            },
+            udp_ledger,
+            attached,
+            names: IfNames::new(),
         })
     }
 
     /// What the probes counted since the last call (one element per key and CPU).
+    /// Receives charged to sockets come with an interface index; they leave here with the
+    /// device's name, so they add up with the transmits on that device.
     pub fn drain(&mut self) -> Result<Vec<(NetKey, NetCounters)>> {
-        slots::drain(&mut self.ebpf, &MAPS, &mut self.slot, |r: &NetRun| {
+        let mut got = slots::drain(&mut self.ebpf, &MAPS, &mut self.slot, |r: &NetRun| {
             (r.valid == 1).then_some((r.key, r.counts))
-        })
+        })?;
+        for (k, _) in &mut got {
+            if k.ifindex != 0 {
+                k.dev = self.names.name(k.netns, k.ifindex, k.pid);
+                k.ifindex = 0;
+                k.netns = 0;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Attachments slow to detach (classic tracepoints).
+    pub fn slow_attachments(&self) -> usize {
+        match (self.kind, self.recv_at) {
+            (ProbeKind::Tracepoint, RecvAt::Device) => 2,
+            (ProbeKind::Tracepoint, RecvAt::Socket) => 1,
+            _ => 0,
+        }
     }
 
     /// Packets not counted because a counter map was full, since start.
     pub fn dropped(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, kbtf: &aya::Btf) -> Result<()> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
+    p.load(tp, kbtf)
+        .with_context(|| format!("loading BTF tracepoint {tp}"))?;
+    p.attach()
+        .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
+    Ok(())
+}
+
+/// What charging receives to the reading socket needs from this kernel.
+struct SocketReceive {
+    offsets: NetOffsets,
+    /// UDP through the socket ledger (the kernel has sock:sock_recv_length).
+    ledger: bool,
+    cgroup_root: std::path::PathBuf,
+}
+
+impl SocketReceive {
+    fn find() -> Result<Self> {
+        if !kernel_btf_present() {
+            return Err(user_error(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): charging receives to the reading socket needs it; use --recv-at device",
+            ));
+        }
+        let b = btf::Btf::from_sys_fs()?;
+        let m = |s: &str, f: &str| b.member_offset(s, f);
+        let offsets = NetOffsets {
+            skb_iif: m("sk_buff", "skb_iif")?,
+            skb_head: m("sk_buff", "head")?,
+            skb_data: m("sk_buff", "data")?,
+            skb_end: m("sk_buff", "end")?,
+            skb_mac_header: m("sk_buff", "mac_header")?,
+            skb_network_header: m("sk_buff", "network_header")?,
+            skb_sk: m("sk_buff", "sk")?,
+            skb_cb: m("sk_buff", "cb")?,
+            shinfo_gso_segs: m("skb_shared_info", "gso_segs")?,
+            tcp_copied_seq: m("tcp_sock", "copied_seq")?,
+            sk_protocol: m("sock", "sk_protocol")?,
+            task_nsproxy: m("task_struct", "nsproxy")?,
+            nsproxy_net: m("nsproxy", "net_ns")?,
+            net_inum: m("net", "ns")? + m("ns_common", "inum")?,
+            ..Default::default()
+        };
+        let ledger = b.has_tracepoint("sock_recv_length");
+        let cgroup_root = if ledger {
+            crate::runtime::cgroup::root()?
+        } else {
+            Default::default()
+        };
+        Ok(SocketReceive {
+            offsets,
+            ledger,
+            cgroup_root,
+        })
     }
 }
 
