@@ -88,11 +88,12 @@ pub struct NetOffsets {
     /// `offsetof(struct tcp_sock, copied_seq)`, `offsetof(struct sock, sk_protocol)`.
     pub tcp_copied_seq: u32,
     pub sk_protocol: u32,
+    /// `offsetof(struct tcp_sock, advmss)`: the largest segment the peer may send.
+    pub tcp_advmss: u32,
     /// `task_struct.nsproxy`, `nsproxy.net_ns`, `net.ns.inum` (one offset from `net`).
     pub task_nsproxy: u32,
     pub nsproxy_net: u32,
     pub net_inum: u32,
-    pub _pad: u32,
 }
 
 /// What arrived on a UDP socket and was not yet read (`--recv-at socket` on kernels with

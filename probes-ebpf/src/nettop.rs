@@ -58,10 +58,10 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     shinfo_gso_segs: 0,
     tcp_copied_seq: 0,
     sk_protocol: 0,
+    tcp_advmss: 0,
     task_nsproxy: 0,
     nsproxy_net: 0,
     net_inum: 0,
-    _pad: 0,
 };
 
 #[map]
@@ -214,6 +214,12 @@ fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
 /// carried the headers in front of `data`.
 #[inline(always)]
 fn wire(skb: *const u8) -> (u64, u64) {
+    wire_at_least(skb, 1)
+}
+
+/// As [`wire`], for an skb known to hold at least `least` packets.
+#[inline(always)]
+fn wire_at_least(skb: *const u8, least: u64) -> (u64, u64) {
     let o = &NET_OFFSETS;
     let len: u32 = unsafe { btf_load(skb, global(&o.skb_len)) };
     let head: u64 = unsafe { btf_load(skb, global(&o.skb_head)) };
@@ -228,17 +234,19 @@ fn wire(skb: *const u8) -> (u64, u64) {
     };
     let shinfo = (head + end as u64) as *const u8;
     let segs: u16 = read(shinfo, global(&o.shinfo_gso_segs));
-    let segs = segs.max(1) as u64;
+    let segs = (segs as u64).max(least);
     (segs, len as u64 + segs * hdr)
 }
 
 // TP_PROTO(const struct sk_buff *skb, int len): a read copying from a received skb.
-// Charged to the reader once per TCP skb, at the read that starts at its first byte
-// (`copied_seq` is advanced after the copy).
+// Charged to the reader once per TCP skb, at the copy that reaches its end: the skb is
+// then taken off the queue, so data the stack coalesced into it meanwhile is included
+// and nothing is counted twice (`copied_seq` is advanced after the copy).
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
     let o = &NET_OFFSETS;
     let skb: *const u8 = ctx.arg(0);
+    let len: i64 = ctx.arg(1);
     let iif: i32 = unsafe { btf_load(skb, global(&o.skb_iif)) };
     if iif <= 0 {
         return 0;
@@ -254,10 +262,19 @@ pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
     // Past `struct sock`, where the verifier's typed loads do not reach.
     let copied: u32 = read(sk, global(&o.tcp_copied_seq));
     let seq: u32 = unsafe { btf_load(skb, global(&o.skb_cb)) };
-    if copied != seq {
+    let skb_len: u32 = unsafe { btf_load(skb, global(&o.skb_len)) };
+    if copied.wrapping_sub(seq).wrapping_add(len as u32) != skb_len {
         return 0;
     }
-    let (packets, bytes) = wire(skb);
+    // The stack may have coalesced segments into this skb without adding them to
+    // gso_segs: it holds at least one segment per advertised MSS.
+    let mss: u16 = read(sk, global(&o.tcp_advmss));
+    let least = if mss > 0 {
+        (skb_len as u64).div_ceil(mss as u64)
+    } else {
+        1
+    };
+    let (packets, bytes) = wire_at_least(skb, least);
     count_n(Dev::Index(iif as u32), packets, bytes, true);
     0
 }

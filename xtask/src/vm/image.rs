@@ -56,6 +56,11 @@ pub const SKIPPED: &[(&str, &str, &str)] = &[
         "needs iproute2's netns",
     ),
     (
+        "nettop",
+        "veth_receiver_in_another_namespace_is_charged_on_its_device",
+        "needs iproute2's netns",
+    ),
+    (
         "export",
         "prometheus_scrapes_the_exporter",
         "needs the prometheus server",
@@ -175,6 +180,7 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)], arch: Arch) -> Resu
     for b in [
         "stapr",
         "udp_talker",
+        "net_peer",
         "file_holder",
         "disk_writer",
         "call_chain",

@@ -52,17 +52,30 @@ fn index_to_name(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Entries of a directory, as paths (none when it cannot be read).
+fn entries(dir: &str) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+}
+
 /// Looks the index up from inside namespace `netns`: a short-lived thread joins it
-/// (setns changes only the calling thread) through a process that lives there, `pid` first.
+/// (setns changes only the calling thread) through the reader `pid`, a namespace named
+/// by `ip netns`, or any process that lives there.
 fn in_namespace(netns: u32, pid: u32, ifindex: u32) -> Option<String> {
-    let path = std::iter::once(pid)
+    let path = std::iter::once(PathBuf::from(format!("/proc/{pid}/ns/net")))
+        .chain(entries("/run/netns"))
         .chain(
-            std::fs::read_dir("/proc")
-                .ok()?
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok()),
+            entries("/proc")
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .map(|p| p.join("ns/net")),
         )
-        .map(|p: u32| PathBuf::from(format!("/proc/{p}/ns/net")))
         .find(|p| ns_inode(p) == Some(netns))?;
     let ns = std::fs::File::open(path).ok()?;
     std::thread::spawn(move || {

@@ -348,6 +348,7 @@ impl SocketReceive {
             shinfo_gso_segs: m("skb_shared_info", "gso_segs")?,
             tcp_copied_seq: m("tcp_sock", "copied_seq")?,
             sk_protocol: m("sock", "sk_protocol")?,
+            tcp_advmss: m("tcp_sock", "advmss")?,
             task_nsproxy: m("task_struct", "nsproxy")?,
             nsproxy_net: m("nsproxy", "net_ns")?,
             net_inum: m("net", "ns")? + m("ns_common", "inum")?,
