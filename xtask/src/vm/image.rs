@@ -26,6 +26,9 @@ const MODULES: &[&str] = &[
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
     "crc16",
     "crc32c_generic",
     "mbcache",
@@ -227,6 +230,9 @@ for m in @MODULES@; do modprobe $m || echo "STAPR-VM-ERROR modprobe $m"; done
 sleep 1
 mount -t ext4 /dev/vda /stapr || echo "STAPR-VM-ERROR mount ext4"
 ip link set lo up
+# The NIC on QEMU's user network (see qemu.rs): its usual static address.
+ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up || echo "STAPR-VM-ERROR eth0"
+export STAPR_NIC
 echo "STAPR-VM-BOOTED $(uname -r)"
 cd /stapr/target/debug
 method() {

@@ -13,6 +13,9 @@ use anyhow::{Context as _, Result};
 
 use super::{console::Outcome, kernels::Kernel, Arch};
 
+/// The UDP port the guest's NIC receives the forwarded datagrams on.
+pub const NIC_GUEST_PORT: u16 = 5555;
+
 pub fn boot(
     kernel: &Kernel,
     initrd: &Path,
@@ -25,6 +28,16 @@ pub fn boot(
         Arch::X86_64 => ("qemu-system-x86_64", &[], "ttyS0"),
         Arch::Aarch64 => ("qemu-system-aarch64", &["-M", "virt"], "ttyAMA0"),
     };
+    // A virtio-net NIC on QEMU's user network. A datagram the guest sends to
+    // 10.0.2.2:<port> reaches this host's loopback, where the forward of that port sends
+    // it back in to the guest's NIC_GUEST_PORT: traffic that arrives through a real NIC
+    // driver, with no server needed on the host. The guest learns the address from its
+    // kernel command line (STAPR_NIC, passed to init as an environment variable).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .context("finding a free UDP port for the guest's NIC")?
+        .port();
+    let netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{NIC_GUEST_PORT}");
     let mut child = Command::new(qemu)
         .args(machine)
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
@@ -33,10 +46,13 @@ pub fn boot(
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console={console} quiet panic=-1 loglevel=4"))
+        .arg(format!(
+            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port}"
+        ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", image.display()))
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+        .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
