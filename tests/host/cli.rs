@@ -45,6 +45,15 @@ fn unknown_sort_key() {
 }
 
 #[test]
+fn unknown_receive_charging_names_the_two() {
+    for report in ["nettop", "export"] {
+        let out = stapr_with(&[report, "--recv-at", "softirq"]);
+        assert_usage_error(&out, "softirq");
+        assert!(out.stderr.contains("socket") && out.stderr.contains("device"), "{out:?}");
+    }
+}
+
+#[test]
 fn unknown_report() {
     assert_usage_error(&stapr_with(&["nettopp"]), "nettopp");
 }
