@@ -49,7 +49,10 @@ fn unknown_receive_charging_names_the_two() {
     for report in ["nettop", "export"] {
         let out = stapr_with(&[report, "--recv-at", "softirq"]);
         assert_usage_error(&out, "softirq");
-        assert!(out.stderr.contains("socket") && out.stderr.contains("device"), "{out:?}");
+        assert!(
+            out.stderr.contains("socket") && out.stderr.contains("device"),
+            "{out:?}"
+        );
     }
 }
 

@@ -209,15 +209,22 @@ fn stapr_args(report: Report) -> Vec<String> {
 }
 
 /// The configurations timed against the bare workload in each round: the report as
-/// `stapr_args` runs it, and for nettop and disktop the same with `--containers` (what
-/// naming each row's container costs).
+/// `stapr_args` runs it; for nettop and disktop the same with `--containers` (what
+/// naming each row's container costs); for nettop also `--recv-at device` (receives
+/// charged where the device delivers them instead of at the reading socket).
 fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     let base = stapr_args(report);
     let mut sides = vec![("", base.clone())];
+    let with = |extra: &[&str]| {
+        let mut c = base.clone();
+        c.extend(extra.iter().map(|s| s.to_string()));
+        c
+    };
     if matches!(report, Report::Nettop | Report::Disktop) {
-        let mut c = base;
-        c.push("--containers".into());
-        sides.push((" --containers", c));
+        sides.push((" --containers", with(&["--containers"])));
+    }
+    if let Report::Nettop = report {
+        sides.push((" --recv-at device", with(&["--recv-at", "device"])));
     }
     sides
 }
