@@ -34,6 +34,7 @@ pub fn user_error(msg: impl Into<String>) -> anyhow::Error {
     UserError(msg.into()).into()
 }
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -53,6 +54,11 @@ fn effective_caps() -> u64 {
 pub fn has_bpf_privileges(caps: u64) -> bool {
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Whether this process may attach programs to cgroups (cgroup_skb and friends).
+pub fn may_attach_to_cgroups() -> bool {
+    effective_caps() & (1u64 << CAP_NET_ADMIN) != 0
 }
 
 /// Everything a report needs before it loads probes. Runs before any other work so an

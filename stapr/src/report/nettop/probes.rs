@@ -355,6 +355,11 @@ impl SocketReceive {
             ..Default::default()
         };
         let ledger = b.has_tracepoint("sock_recv_length");
+        if ledger && !crate::runtime::may_attach_to_cgroups() {
+            return Err(user_error(
+                "charging UDP receives to the reading socket attaches a cgroup_skb program, which needs CAP_NET_ADMIN: run as root, add CAP_NET_ADMIN, or use --recv-at device",
+            ));
+        }
         let cgroup_root = if ledger {
             crate::runtime::cgroup::root()?
         } else {
