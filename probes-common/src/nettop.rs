@@ -94,6 +94,13 @@ pub struct NetOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_net: u32,
     pub net_inum: u32,
+    /// `net_device.ifindex` and `net_device.nd_net` (where its `struct net *` is).
+    pub netdev_ifindex: u32,
+    pub netdev_net: u32,
+    /// 1 with `--recv-at socket`: a run is one thread on one interface index, so that
+    /// transmits (device pointer) and socket receives (index) on a device share it.
+    pub by_index: u32,
+    pub _pad: u32,
 }
 
 /// What arrived on a UDP socket and was not yet read (`--recv-at socket` on kernels with
@@ -102,18 +109,26 @@ pub struct NetOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecvLedger {
-    pub packets: u64,
-    pub bytes: u64,
-    /// Interface index of the last datagram queued.
+    /// Packets (top 24 bits) and bytes (low 40 bits) queued and not yet read, in one word
+    /// so that queueing and reading each take one atomic add. A socket's receive queue is
+    /// bounded by its rcvbuf (at most 2 GiB of buffers), far below either limit.
+    pub pending: u64,
+    /// Interface index of the last datagram queued, and the length of its link header
+    /// (kept: the next datagram from the same device reuses it).
     pub ifindex: u32,
-    pub _pad: u32,
+    pub link: u16,
+    /// 1 once `link` is known for `ifindex`.
+    pub link_known: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<NetKey>() == 56);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
-const _: () = assert!(core::mem::size_of::<NetOffsets>() == 88);
-const _: () = assert!(core::mem::size_of::<RecvLedger>() == 24);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
+
+/// Bits of [`RecvLedger::pending`] that hold bytes.
+pub const LEDGER_BYTE_BITS: u32 = 40;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -31,7 +31,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, NET_MAX_ENTRIES, NET_SLOTS},
+    nettop::{
+        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, LEDGER_BYTE_BITS, NET_MAX_ENTRIES,
+        NET_SLOTS,
+    },
     IFNAME_LEN,
 };
 use probes_ebpf::{atomic_add, btf_load, btf_load_str16, cgroup_id, global};
@@ -62,6 +65,10 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     task_nsproxy: 0,
     nsproxy_net: 0,
     net_inum: 0,
+    netdev_ifindex: 0,
+    netdev_net: 0,
+    by_index: 0,
+    _pad: 0,
 };
 
 #[map]
@@ -145,10 +152,16 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
     };
     let run = unsafe { &mut *run };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let by_index = global(&NET_OFFSETS.by_index) == 1;
+    let ident = match &dev {
+        Dev::Ptr(p) if by_index => INDEX_RUN | netdev_ifindex(*p) as u64,
+        Dev::Ptr(p) => *p as u64,
+        Dev::Name(_) => 0,
+        Dev::Index(i) => INDEX_RUN | *i as u64,
+    };
     let same_dev = match &dev {
-        Dev::Ptr(p) => run.dev_ptr == *p as u64,
         Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
-        Dev::Index(i) => run.dev_ptr == INDEX_RUN | *i as u64,
+        _ => run.dev_ptr == ident,
     };
     if run.valid == 1 && run.pid_tgid == pid_tgid && same_dev {
         add(&mut run.counts, packets, bytes, rx);
@@ -165,13 +178,14 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         run.valid = 0;
         return;
     }
-    let (dev_ptr, name, ifindex, netns) = match dev {
-        Dev::Ptr(p) => (p as u64, netdev_name(p), 0, 0),
-        Dev::Name(n) => (0, n, 0, 0),
-        Dev::Index(i) => (INDEX_RUN | i as u64, [0; IFNAME_LEN], i, current_netns()),
+    let (name, ifindex, netns) = match dev {
+        Dev::Ptr(p) if by_index => (netdev_name(p), netdev_ifindex(p), netdev_netns(p)),
+        Dev::Ptr(p) => (netdev_name(p), 0, 0),
+        Dev::Name(n) => (n, 0, 0),
+        Dev::Index(i) => ([0; IFNAME_LEN], i, current_netns()),
     };
     run.pid_tgid = pid_tgid;
-    run.dev_ptr = dev_ptr;
+    run.dev_ptr = ident;
     run.valid = 1;
     run.key = NetKey {
         pid: (pid_tgid >> 32) as u32,
@@ -194,11 +208,28 @@ fn current_netns() -> u32 {
     if nsproxy.is_null() {
         return 0;
     }
-    let net: *const u8 = unsafe { btf_load(nsproxy, global(&NET_OFFSETS.nsproxy_net)) };
+    net_inum(unsafe { btf_load(nsproxy, global(&NET_OFFSETS.nsproxy_net)) })
+}
+
+/// Inode number of a `struct net *` (0 for NULL).
+#[inline(always)]
+fn net_inum(net: *const u8) -> u32 {
     if net.is_null() {
         return 0;
     }
     unsafe { btf_load(net, global(&NET_OFFSETS.net_inum)) }
+}
+
+/// `dev->ifindex`.
+#[inline(always)]
+fn netdev_ifindex(dev: *const u8) -> u32 {
+    unsafe { btf_load(dev, global(&NET_OFFSETS.netdev_ifindex)) }
+}
+
+/// Inode number of the network namespace device `dev` lives in.
+#[inline(always)]
+fn netdev_netns(dev: *const u8) -> u32 {
+    net_inum(unsafe { btf_load(dev, global(&NET_OFFSETS.netdev_net)) })
 }
 
 /// A kernel value at `base + off`, through the probe-read helper (for members the
@@ -329,23 +360,25 @@ pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
         lost(segs);
         return 1;
     }
-    // The skb's data starts at the network header here; the link header lies before it.
-    let o = &NET_OFFSETS;
-    let base = ctx.as_ptr() as *const u8;
-    let mac: u16 = read(base, global(&o.skb_mac_header));
-    let net: u16 = read(base, global(&o.skb_network_header));
-    let link = if mac != u16::MAX && net >= mac {
-        (net - mac) as u64
-    } else {
-        0
-    };
-    let bytes = unsafe { (*skb).len } as u64 + segs * link;
     let l = unsafe { &mut *ledger };
-    unsafe {
-        atomic_add(&mut l.packets, segs);
-        atomic_add(&mut l.bytes, bytes);
+    let ifindex = unsafe { (*skb).ifindex };
+    if l.link_known == 0 || l.ifindex != ifindex {
+        // The skb's data starts at the network header here; the link header lies before
+        // it. Read once per socket and device.
+        let o = &NET_OFFSETS;
+        let base = ctx.as_ptr() as *const u8;
+        let mac: u16 = read(base, global(&o.skb_mac_header));
+        let net: u16 = read(base, global(&o.skb_network_header));
+        l.link = if mac != u16::MAX && net >= mac {
+            net - mac
+        } else {
+            0
+        };
+        l.link_known = 1;
+        l.ifindex = ifindex;
     }
-    l.ifindex = unsafe { (*skb).ifindex };
+    let bytes = unsafe { (*skb).len } as u64 + segs * l.link as u64;
+    unsafe { atomic_add(&mut l.pending, (segs << LEDGER_BYTE_BITS) + bytes) };
     1
 }
 
@@ -371,16 +404,14 @@ pub fn stapr_net_rx_read(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let l = unsafe { &mut *ledger };
-    let packets = l.packets;
-    if packets == 0 {
+    let pending = unsafe { core::ptr::read_volatile(&l.pending) };
+    if pending == 0 {
         return 0;
     }
-    let bytes = l.bytes;
     // Datagrams queued meanwhile on another CPU stay for the next read.
-    unsafe {
-        atomic_add(&mut l.packets, packets.wrapping_neg());
-        atomic_add(&mut l.bytes, bytes.wrapping_neg());
-    }
+    unsafe { atomic_add(&mut l.pending, pending.wrapping_neg()) };
+    let packets = pending >> LEDGER_BYTE_BITS;
+    let bytes = pending & ((1 << LEDGER_BYTE_BITS) - 1);
     count_n(Dev::Index(l.ifindex), packets, bytes, true);
     0
 }

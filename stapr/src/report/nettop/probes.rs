@@ -36,7 +36,7 @@ const CLASSIC_PROGS: [(&str, &str); 2] = [
     ("stapr_net_rx_tp", "netif_receive_skb"),
 ];
 /// Receives charged to the reading socket: TCP reads, and UDP through the reader's free
-/// (kernels before 6.18) or through the socket ledger (kernels with sock:sock_recv_length).
+/// (kernels before 6.18) or through the socket ledger (6.18 and later).
 const RX_TCP: (&str, &str) = ("stapr_net_rx_tcp", "skb_copy_datagram_iovec");
 const RX_UDP_FREE: (&str, &str) = ("stapr_net_rx_udp", "consume_skb");
 const RX_UDP_READ: (&str, &str) = ("stapr_net_rx_read", "sock_recv_length");
@@ -322,7 +322,7 @@ fn attach_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, kbtf: &aya::Btf) -> Result<
 /// What charging receives to the reading socket needs from this kernel.
 struct SocketReceive {
     offsets: NetOffsets,
-    /// UDP through the socket ledger (the kernel has sock:sock_recv_length).
+    /// UDP through the socket ledger (6.18 and later: the reader no longer frees).
     ledger: bool,
     cgroup_root: std::path::PathBuf,
 }
@@ -352,9 +352,16 @@ impl SocketReceive {
             task_nsproxy: m("task_struct", "nsproxy")?,
             nsproxy_net: m("nsproxy", "net_ns")?,
             net_inum: m("net", "ns")? + m("ns_common", "inum")?,
+            netdev_ifindex: m("net_device", "ifindex")?,
+            netdev_net: m("net_device", "nd_net")?,
+            by_index: 1,
             ..Default::default()
         };
-        let ledger = b.has_tracepoint("sock_recv_length");
+        // Kernels before 6.18 free each UDP datagram in the reader's context; 6.18 defers
+        // that free to the CPU that allocated the skb (the same release gave udp_sock its
+        // per-NUMA producer queues, which is what tells the two apart here).
+        let ledger = b.member_offset("udp_sock", "udp_prod_queue").is_ok()
+            && b.has_tracepoint("sock_recv_length");
         if ledger && !crate::runtime::may_attach_to_cgroups() {
             return Err(user_error(
                 "charging UDP receives to the reading socket attaches a cgroup_skb program, which needs CAP_NET_ADMIN: run as root, add CAP_NET_ADMIN, or use --recv-at device",
