@@ -107,6 +107,7 @@ const LINES: &[Line] = &[
 /// ten minutes under TCG on arm64.
 const ARM64_CI: &[&str] = &[
     "loopback_udp_btf_tracepoints",
+    "nic_receiver_is_charged_on_the_nic",
     "file_writes_and_reads_on_the_right_device",
     "held_long_enough_is_reported_with_its_time",
     "errors_show_the_failed_rmdir_with_every_method",
