@@ -334,17 +334,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map(|(label, _)| format!(" and{label}"))
             .collect::<String>()
     );
-    println!("  {:<24} median {m0:8.1} ns/{event}", "without stapr");
+    println!("  {:<28} median {m0:8.1} ns/{event}", "without stapr");
     for (i, (label, _)) in sides.iter().enumerate() {
         let m1 = median(&with[i]);
         let added = median(&diffs[i]);
         let (q1, q3) = quartiles(&diffs[i]);
         println!(
-            "  {:<24} median {m1:8.1} ns/{event}",
+            "  {:<28} median {m1:8.1} ns/{event}",
             format!("with stapr{label}")
         );
         println!(
-            "  {:<24} {added:+8.1} ns/{event} (median of paired differences; middle half {q1:+.1} to {q3:+.1}), ratio {:.3}",
+            "  {:<28} {added:+8.1} ns/{event} (median of paired differences; middle half {q1:+.1} to {q3:+.1}), ratio {:.3}",
             format!("added{label}"),
             (m0 + added) / m0
         );

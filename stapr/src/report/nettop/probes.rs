@@ -132,7 +132,7 @@ impl ProbeKind {
             ProbeKind::TpBtf | ProbeKind::Auto => MethodSpec {
                 name: ProbeKind::TpBtf.describe(),
                 needs: &[Need::Btf, Need::Works(Facility::TpBtf)],
-                note: "net:net_dev_xmit, net:netif_receive_skb",
+                note: "net:net_dev_xmit + socket receives",
                 partial: false,
             },
             ProbeKind::Tracepoint => MethodSpec {
