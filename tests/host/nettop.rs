@@ -380,7 +380,11 @@ impl Peer {
     /// Waits for it to end well; returns its last line.
     fn finish(mut self) -> String {
         let status = self.child.wait().expect("waiting for net_peer");
-        let rest: Vec<String> = self.lines.try_iter().collect();
+        // Every line up to the end of its stdout (the reader thread may still hold some).
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            rest.push(line);
+        }
         assert!(status.success(), "net_peer failed: {rest:?}");
         rest.last().cloned().unwrap_or_default()
     }
