@@ -20,9 +20,9 @@ pub struct NetKey {
     pub comm: [u8; COMM_LEN],
     /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), taken when its run starts.
     pub cgroup: u64,
-    /// Receives charged to the reading socket (`--recv-at socket`): the interface index the
-    /// packets arrived on and the inode number of the reader's network namespace, which
-    /// user space turns into a name; `dev` is then empty. Zero otherwise.
+    /// With `--recv-at socket`: the interface index and the inode number of its network
+    /// namespace (the reader's for receives, the device's for transmits), which user space
+    /// turns into the name (`dev` is empty in runs a receive started). Zero otherwise.
     pub ifindex: u32,
     pub netns: u32,
 }
@@ -103,8 +103,8 @@ pub struct NetOffsets {
     pub _pad: u32,
 }
 
-/// What arrived on a UDP socket and was not yet read (`--recv-at socket` on kernels with
-/// the `sock:sock_recv_length` tracepoint): kept in the socket's own storage, added to
+/// What arrived on a UDP socket and was not yet read (`--recv-at socket` on 6.18 and
+/// later, where the reader no longer frees the datagram): kept in the socket's own storage, added to
 /// when a datagram is queued, taken by the next read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -179,7 +179,8 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         return;
     }
     let (name, ifindex, netns) = match dev {
-        Dev::Ptr(p) if by_index => (netdev_name(p), netdev_ifindex(p), netdev_netns(p)),
+        // The index is the low half of `ident`.
+        Dev::Ptr(p) if by_index => (netdev_name(p), ident as u32, netdev_netns(p)),
         Dev::Ptr(p) => (netdev_name(p), 0, 0),
         Dev::Name(n) => (n, 0, 0),
         Dev::Index(i) => ([0; IFNAME_LEN], i, current_netns()),

@@ -1,7 +1,11 @@
 //! Names of the devices receives arrive on: the probes give an interface index and the
 //! reader's network namespace; the name is looked up here, once per pair.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf};
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use probes_common::IFNAME_LEN;
 
@@ -14,7 +18,7 @@ pub struct IfNames {
 impl IfNames {
     pub fn new() -> Self {
         IfNames {
-            own: ns_inode(&PathBuf::from("/proc/self/ns/net")).unwrap_or(0),
+            own: ns_inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
             known: HashMap::new(),
         }
     }
@@ -38,7 +42,7 @@ impl IfNames {
     }
 }
 
-fn ns_inode(path: &PathBuf) -> Option<u32> {
+fn ns_inode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
 

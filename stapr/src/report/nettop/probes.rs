@@ -208,11 +208,9 @@ impl Probes {
             offsets.recv_len = tracefs::field_offset("net", "netif_receive_skb", "len")?;
             offsets.recv_name = tracefs::field_offset("net", "netif_receive_skb", "name")?;
         }
-        if !classic || socket.is_some() {
-            let kbtf = btf::Btf::from_sys_fs()?;
-            offsets.skb_len = kbtf.member_offset("sk_buff", "len")?;
-            offsets.skb_dev = kbtf.member_offset("sk_buff", "dev")?;
-            offsets.netdev_name = kbtf.member_offset("net_device", "name")?;
+        // Socket receives come with the device offsets already (SocketReceive::find).
+        if !classic && socket.is_none() {
+            device_offsets(&btf::Btf::from_sys_fs()?, &mut offsets)?;
         }
         let mut ebpf = load(&offsets, cgroup)?;
         let progs = if classic { CLASSIC_PROGS } else { BTF_PROGS };
@@ -220,23 +218,19 @@ impl Probes {
             Some(_) => &progs[..1],
             None => &progs[..],
         };
-        let aya_btf = socket
-            .is_some()
+        let aya_btf = (!classic || socket.is_some())
             .then(|| aya::Btf::from_sys_fs().context("reading kernel BTF"))
             .transpose()?;
         for &(prog, tp) in tx_rx {
-            if classic {
-                let p: &mut TracePoint = program(&mut ebpf, prog)?;
-                p.load()
-                    .with_context(|| format!("loading tracepoint net:{tp}"))?;
-                p.attach("net", tp)
-                    .with_context(|| format!("attaching tracepoint net:{tp}"))?;
-            } else {
-                let kbtf = match &aya_btf {
-                    Some(b) => b,
-                    None => &aya::Btf::from_sys_fs().context("reading kernel BTF")?,
-                };
-                attach_btf(&mut ebpf, prog, tp, kbtf)?;
+            match &aya_btf {
+                Some(kbtf) if !classic => attach_btf(&mut ebpf, prog, tp, kbtf)?,
+                _ => {
+                    let p: &mut TracePoint = program(&mut ebpf, prog)?;
+                    p.load()
+                        .with_context(|| format!("loading tracepoint net:{tp}"))?;
+                    p.attach("net", tp)
+                        .with_context(|| format!("attaching tracepoint net:{tp}"))?;
+                }
             }
         }
         let mut udp_ledger = false;
@@ -336,7 +330,7 @@ impl SocketReceive {
         }
         let b = btf::Btf::from_sys_fs()?;
         let m = |s: &str, f: &str| b.member_offset(s, f);
-        let offsets = NetOffsets {
+        let mut offsets = NetOffsets {
             skb_iif: m("sk_buff", "skb_iif")?,
             skb_head: m("sk_buff", "head")?,
             skb_data: m("sk_buff", "data")?,
@@ -357,6 +351,7 @@ impl SocketReceive {
             by_index: 1,
             ..Default::default()
         };
+        device_offsets(&b, &mut offsets)?;
         // Kernels before 6.18 free each UDP datagram in the reader's context; 6.18 defers
         // that free to the CPU that allocated the skb (the same release gave udp_sock its
         // per-NUMA producer queues, which is what tells the two apart here).
@@ -378,6 +373,15 @@ impl SocketReceive {
             cgroup_root,
         })
     }
+}
+
+/// What the BTF transmit and receive programs read: the skb's length and device, the
+/// device's name.
+fn device_offsets(b: &btf::Btf, o: &mut NetOffsets) -> Result<()> {
+    o.skb_len = b.member_offset("sk_buff", "len")?;
+    o.skb_dev = b.member_offset("sk_buff", "dev")?;
+    o.netdev_name = b.member_offset("net_device", "name")?;
+    Ok(())
 }
 
 fn load(offsets: &NetOffsets, cgroup: &CgroupFilter) -> Result<Ebpf> {
