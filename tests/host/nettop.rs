@@ -3,13 +3,14 @@
 //! (UDP over IPv4 and IPv6, TCP, a veth pair between namespaces) show who receives.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
-use integration_tests::{assert_nothing_attached, example, field, kernel_lock, run, Running};
+use integration_tests::{
+    assert_nothing_attached, example, field, kernel_lock, lines_of, run, Running,
+};
 
 const HEADER: &str = "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        ";
 
@@ -353,15 +354,7 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting net_peer");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout"));
         let next = || {
             lines
                 .recv_timeout(Duration::from_secs(20))
@@ -394,6 +387,41 @@ fn net_peer(args: &[&str]) -> Command {
     let mut c = example("net_peer");
     c.args(args);
     c
+}
+
+/// What one exchange between a receiver and a sender left.
+struct Exchange {
+    rx_pid: u32,
+    /// The receiver's last line.
+    rx_said: String,
+    tx_pid: u32,
+    tx_stdout: String,
+    /// stapr's.
+    stdout: String,
+}
+
+/// Runs the sender `send(receiver's port)` to its end (within `within`), waits for the
+/// started receiver `rx` to end, then for `nettop`; each must succeed.
+fn exchange(
+    nettop: Running,
+    rx: Peer,
+    send: impl FnOnce(u16) -> Command,
+    within: Duration,
+) -> Exchange {
+    let tx = run(&mut send(rx.port), within);
+    assert!(tx.status.success(), "{tx:?}");
+    let tx_pid = field(&tx.stdout, "pid").parse().unwrap();
+    let rx_pid = rx.pid;
+    let rx_said = rx.finish();
+    let out = nettop.finish(Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    Exchange {
+        rx_pid,
+        rx_said,
+        tx_pid,
+        tx_stdout: tx.stdout,
+        stdout: out.stdout,
+    }
 }
 
 /// Raw JSON sums of one process on one device.
@@ -434,19 +462,18 @@ fn udp_pair(recv_at: &str, bind: &str, dest: &str) -> (u32, u32, String) {
     const N: u64 = 500;
     let nettop = nettop_json(&["--recv-at", recv_at]);
     let rx = Peer::start(net_peer(&["udp-recv", "--bind", bind, "--count", "500"]));
-    let to = format!("{dest}:{}", rx.port);
-    let tx = run(
-        &mut net_peer(&["udp-send", "--to", &to, "--count", "500", "--size", "600"]),
+    let x = exchange(
+        nettop,
+        rx,
+        |port| {
+            let to = format!("{dest}:{port}");
+            net_peer(&["udp-send", "--to", &to, "--count", "500", "--size", "600"])
+        },
         Duration::from_secs(30),
     );
-    assert!(tx.status.success(), "{tx:?}");
-    let tx_pid: u32 = field(&tx.stdout, "pid").parse().unwrap();
-    assert!(rx.pid != tx_pid);
-    let rx_pid = rx.pid;
-    assert!(rx.finish().contains(&format!("received={N}")));
-    let out = nettop.finish(Duration::from_secs(30));
-    assert!(out.status.success(), "{out:?}");
-    (rx_pid, tx_pid, out.stdout)
+    assert!(x.rx_pid != x.tx_pid);
+    assert!(x.rx_said.contains(&format!("received={N}")));
+    (x.rx_pid, x.tx_pid, x.stdout)
 }
 
 fn check_udp_receiver_charged(bind: &str, dest: &str) {
@@ -494,20 +521,19 @@ fn tcp_server_is_charged_for_the_stream_it_reads() {
     const BYTES: u64 = 2_000_000;
     let nettop = nettop_json(&[]);
     let server = Peer::start(net_peer(&["tcp-serve", "--bind", "127.0.0.1:0"]));
-    let to = format!("127.0.0.1:{}", server.port);
-    let client = run(
-        &mut net_peer(&["tcp-send", "--to", &to, "--bytes", &BYTES.to_string()]),
+    let out = exchange(
+        nettop,
+        server,
+        |port| {
+            let to = format!("127.0.0.1:{port}");
+            net_peer(&["tcp-send", "--to", &to, "--bytes", &BYTES.to_string()])
+        },
         Duration::from_secs(30),
     );
-    assert!(client.status.success(), "{client:?}");
-    assert!(client.stdout.contains("answer=ok"), "{client:?}");
-    let client_pid: u32 = field(&client.stdout, "pid").parse().unwrap();
-    let server_pid = server.pid;
-    assert!(server.finish().contains(&format!("received={BYTES}")));
-    let out = nettop.finish(Duration::from_secs(30));
-    assert!(out.status.success(), "{out:?}");
-    let s = raw(&out.stdout, server_pid, "lo");
-    let c = raw(&out.stdout, client_pid, "lo");
+    assert!(out.tx_stdout.contains("answer=ok"), "{}", out.tx_stdout);
+    assert!(out.rx_said.contains(&format!("received={BYTES}")));
+    let s = raw(&out.stdout, out.rx_pid, "lo");
+    let c = raw(&out.stdout, out.tx_pid, "lo");
     assert!(s.recv_bytes >= BYTES, "server {s:?}\n{}", out.stdout);
     // Every wire packet carries at most 64 KiB of payload.
     assert!(s.recv_packets >= BYTES / 65536, "server {s:?}");
@@ -533,19 +559,17 @@ fn a_receiver_that_never_reads_is_not_charged() {
         "--no-read",
         "2",
     ]));
-    let to = format!("127.0.0.1:{}", rx.port);
-    let tx = run(
-        &mut net_peer(&["udp-send", "--to", &to, "--count", "300"]),
+    let out = exchange(
+        nettop,
+        rx,
+        |port| {
+            let to = format!("127.0.0.1:{port}");
+            net_peer(&["udp-send", "--to", &to, "--count", "300"])
+        },
         Duration::from_secs(30),
     );
-    assert!(tx.status.success(), "{tx:?}");
-    let tx_pid: u32 = field(&tx.stdout, "pid").parse().unwrap();
-    let rx_pid = rx.pid;
-    rx.finish();
-    let out = nettop.finish(Duration::from_secs(30));
-    assert!(out.status.success(), "{out:?}");
-    let r = raw(&out.stdout, rx_pid, "lo");
-    let t = raw(&out.stdout, tx_pid, "lo");
+    let r = raw(&out.stdout, out.rx_pid, "lo");
+    let t = raw(&out.stdout, out.tx_pid, "lo");
     assert_eq!(t.xmit_packets, 300, "{t:?}\n{}", out.stdout);
     assert_eq!(
         r.recv_packets + t.recv_packets,
@@ -571,22 +595,21 @@ fn veth_receiver_in_another_namespace_is_charged_on_its_device() {
         "400",
     ]);
     let rx = Peer::start(cmd);
-    let to = format!("10.211.0.2:{}", rx.port);
-    let tx = run(
-        Command::new("ip")
-            .args(["netns", "exec", NS_A])
-            .arg(&peer)
-            .args(["udp-send", "--to", &to, "--count", "400", "--size", "300"]),
+    let out = exchange(
+        nettop,
+        rx,
+        |port| {
+            let to = format!("10.211.0.2:{port}");
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", NS_A])
+                .arg(&peer)
+                .args(["udp-send", "--to", &to, "--count", "400", "--size", "300"]);
+            c
+        },
         Duration::from_secs(30),
     );
-    assert!(tx.status.success(), "{tx:?}");
-    let tx_pid: u32 = field(&tx.stdout, "pid").parse().unwrap();
-    let rx_pid = rx.pid;
-    rx.finish();
-    let out = nettop.finish(Duration::from_secs(30));
-    assert!(out.status.success(), "{out:?}");
-    let r = raw(&out.stdout, rx_pid, "stapr-vb");
-    let t = raw(&out.stdout, tx_pid, "stapr-va");
+    let r = raw(&out.stdout, out.rx_pid, "stapr-vb");
+    let t = raw(&out.stdout, out.tx_pid, "stapr-va");
     assert_eq!(r.recv_packets, 400, "receiver {r:?}\n{}", out.stdout);
     // 300 bytes of payload, 8 of UDP, 20 of IPv4, 14 of Ethernet (the sender's first
     // packet on the pair is an ARP request, so its XMIT counts one more).
@@ -615,24 +638,25 @@ fn nic_pair(recv_at: &str, count: u64, size: usize) -> (u32, String) {
         "--count",
         &count.to_string(),
     ]));
-    let tx = run(
-        &mut net_peer(&[
-            "udp-send",
-            "--to",
-            &nic_loop(),
-            "--count",
-            &count.to_string(),
-            "--size",
-            &size.to_string(),
-        ]),
+    // The receiver's port is fixed: the forward leads to it.
+    let x = exchange(
+        nettop,
+        rx,
+        |_| {
+            net_peer(&[
+                "udp-send",
+                "--to",
+                &nic_loop(),
+                "--count",
+                &count.to_string(),
+                "--size",
+                &size.to_string(),
+            ])
+        },
         Duration::from_secs(60),
     );
-    assert!(tx.status.success(), "{tx:?}");
-    let rx_pid = rx.pid;
-    assert!(rx.finish().contains(&format!("received={count}")));
-    let out = nettop.finish(Duration::from_secs(30));
-    assert!(out.status.success(), "{out:?}");
-    (rx_pid, out.stdout)
+    assert!(x.rx_said.contains(&format!("received={count}")));
+    (x.rx_pid, x.stdout)
 }
 
 #[test]

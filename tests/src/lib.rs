@@ -66,6 +66,20 @@ pub struct Running {
 
 const READY: &str = "Ctrl-C to end";
 
+/// The lines `reader` gives, as they come, read by a thread of its own; the channel ends
+/// when the reader does.
+pub fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 impl Running {
     /// stapr with `args`, its stdout read to the end by a thread (`finish` returns it).
     pub fn spawn(args: &[&str]) -> Running {
@@ -90,17 +104,9 @@ impl Running {
             .spawn()
             .expect("starting stapr");
         let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Running {
             child,
-            stderr_lines: rx,
+            stderr_lines: lines_of(err),
             stderr_seen: Vec::new(),
             stdout: None,
         }
