@@ -28,6 +28,10 @@ pub const END_DUP3: u32 = 6;
 /// without a close the probes saw (exec, close_range, or something untraced). Sent with
 /// `end_ns` = the reopen time, for user space to match against the notices it has had.
 pub const END_UNSEEN: u32 = 7;
+/// `--open-min`: the open call itself took at least the threshold. Sent when it returns,
+/// with `key.fd` = its return value (a negative errno when it failed) and `end_ns` = the
+/// return time; `file.open_ns` holds the open's duration.
+pub const END_SLOW_OPEN: u32 = 8;
 
 /// Ring buffer record kinds (the first u32 of every record).
 pub const REC_SLOW_FILE: u32 = 1;
@@ -50,6 +54,8 @@ pub struct OpenKey {
 pub struct OpenFile {
     /// bpf_ktime_get_ns() when the open returned.
     pub start_ns: u64,
+    /// How long the open call itself took (entry to return), 0 when not timed.
+    pub open_ns: u64,
     /// The thread that opened it.
     pub tid: u32,
     pub uid: u32,
@@ -63,6 +69,7 @@ impl Default for OpenFile {
     fn default() -> Self {
         OpenFile {
             start_ns: 0,
+            open_ns: 0,
             tid: 0,
             uid: 0,
             flags: 0,
@@ -80,7 +87,7 @@ impl Default for OpenFile {
 pub struct SlowFile {
     /// `REC_SLOW_FILE`.
     pub kind: u32,
-    /// `END_CLOSE`, `END_DUP2`, `END_DUP3` or `END_UNSEEN`.
+    /// `END_CLOSE`, `END_DUP2`, `END_DUP3`, `END_UNSEEN` or `END_SLOW_OPEN`.
     pub end: u32,
     pub key: OpenKey,
     pub end_ns: u64,
@@ -116,13 +123,18 @@ pub struct Notice {
 pub struct OpenArgs {
     pub filename: u64,
     pub flags: u64,
+    /// bpf_ktime_get_ns() at the syscall's entry (0 from the exit-only path).
+    pub entry_ns: u64,
 }
 
 /// Filters and the threshold, set before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlowConfig {
+    /// Files held at least this long are reported; `u64::MAX`: none (`--open-min` alone).
     pub min_ns: u64,
+    /// Opens that themselves took at least this long are reported as they return; 0: none.
+    pub open_min_ns: u64,
     /// Only this thread group when `filter_tgid` is 1.
     pub tgid: u32,
     pub filter_tgid: u32,
@@ -142,15 +154,16 @@ pub struct SlowConfig {
     pub reg_arg: [u32; 4],
     /// `task_struct.comm`, read directly when `args_from_regs` is 1.
     pub task_comm: u32,
-    pub _pad: u32,
+    /// 1: entry probes run and time every open (`--open-min`, `-v`).
+    pub time_opens: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<OpenKey>() == 8);
-const _: () = assert!(core::mem::size_of::<OpenFile>() == 24 + COMM_LEN + NAME_LEN);
+const _: () = assert!(core::mem::size_of::<OpenFile>() == 32 + COMM_LEN + NAME_LEN);
 const _: () = assert!(core::mem::size_of::<SlowFile>() == 32 + core::mem::size_of::<OpenFile>());
 const _: () = assert!(core::mem::size_of::<Notice>() == 40);
-const _: () = assert!(core::mem::size_of::<OpenArgs>() == 16);
-const _: () = assert!(core::mem::size_of::<SlowConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<OpenArgs>() == 24);
+const _: () = assert!(core::mem::size_of::<SlowConfig>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 use probes_common::slowopen::{
     Notice, OpenArgs, OpenFile, OpenKey, SlowConfig, SlowFile, CLOSED, END_CLOSE, END_CLOSE_RANGE,
-    END_DUP2, END_DUP3, END_EXEC, END_EXIT, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
-    MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
+    END_DUP2, END_DUP3, END_EXEC, END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC,
+    FLAG_TRUNCATED, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE,
+    REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
 use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
@@ -32,6 +33,7 @@ probes_ebpf::cgroup_filter!();
 #[unsafe(no_mangle)]
 static SLOW_CONFIG: SlowConfig = SlowConfig {
     min_ns: 1_000_000_000,
+    open_min_ns: 0,
     tgid: 0,
     filter_tgid: 0,
     uid: 0,
@@ -42,7 +44,7 @@ static SLOW_CONFIG: SlowConfig = SlowConfig {
     args_from_regs: 0,
     reg_arg: [0; 4],
     task_comm: 0,
-    _pad: 0,
+    time_opens: 0,
 };
 
 const O_CLOEXEC: u64 = 0o2000000;
@@ -55,7 +57,8 @@ const RET: usize = 16;
 
 #[map]
 static OPEN_FILES: HashMap<OpenKey, OpenFile> = HashMap::with_max_entries(OPEN_MAX_ENTRIES, 0);
-/// Opens in flight, by thread id (only when arguments cannot be read from registers).
+/// Opens in flight, by thread id: their arguments and entry time (only when entry probes
+/// run: arguments not readable from registers, or opens timed).
 #[map]
 static OPEN_ARGS: HashMap<u32, OpenArgs> = HashMap::with_max_entries(8192, 0);
 /// Thread groups that have tracked files: only their exec, exit and close_range reach
@@ -86,7 +89,16 @@ fn arg(ctx: &TracePointContext, off: usize) -> u64 {
 #[inline(always)]
 fn save_args(filename: u64, flags: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = OPEN_ARGS.insert(&tid, &OpenArgs { filename, flags }, 0);
+    let entry_ns = unsafe { bpf_ktime_get_ns() };
+    let _ = OPEN_ARGS.insert(
+        &tid,
+        &OpenArgs {
+            filename,
+            flags,
+            entry_ns,
+        },
+        0,
+    );
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
@@ -143,13 +155,52 @@ fn reg(regs: *const u8, n: usize) -> u64 {
 fn open_exit(ctx: &TracePointContext, name_arg: usize, flags: Flags) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret = arg(ctx, RET) as i64;
-    let args = if global(&SLOW_CONFIG.args_from_regs) == 1 {
-        if ret < 0 {
-            return;
+    let from_regs = global(&SLOW_CONFIG.args_from_regs) == 1;
+    let timed = global(&SLOW_CONFIG.time_opens) == 1;
+    // What the entry probe saved, when entry probes run (explicitly zeroed: an Option
+    // here leaves the verifier an uninitialised register on the None path).
+    let mut saved = OpenArgs::default();
+    let mut have_saved = false;
+    if timed || !from_regs {
+        let tid = pid_tgid as u32;
+        if let Some(a) = unsafe { OPEN_ARGS.get(&tid) } {
+            saved = *a;
+            have_saved = true;
+            let _ = OPEN_ARGS.remove(&tid);
         }
-        // The registers the process entered the syscall with are still saved: read the
-        // arguments here instead of paying for an entry probe and a map round trip.
-        let task = unsafe { bpf_get_current_task_btf() };
+    }
+    if ret < 0 && !timed {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let open_ns = if have_saved && saved.entry_ns != 0 {
+        now.wrapping_sub(saved.entry_ns)
+    } else {
+        0
+    };
+    let open_min = global(&SLOW_CONFIG.open_min_ns);
+    let slow_open = open_min != 0 && open_ns >= open_min;
+    let held = global(&SLOW_CONFIG.min_ns) != u64::MAX;
+    if (ret < 0 || !held) && !slow_open {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let uid = bpf_get_current_uid_gid() as u32;
+    if !wanted(tgid, uid) {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() };
+    let comm = if from_regs {
+        // Direct loads instead of bpf_get_current_comm()'s string copy.
+        unsafe { btf_load_str16(task as *const u8, global(&SLOW_CONFIG.task_comm)) }
+    } else {
+        bpf_get_current_comm().unwrap_or([0; 16])
+    };
+    let args = if have_saved {
+        saved
+    } else if from_regs {
+        // The registers the process entered the syscall with are still saved: read
+        // the arguments here instead of paying for an entry probe and a map round trip.
         let regs = unsafe { bpf_task_pt_regs(task) } as *const u8;
         let flags = match flags {
             Flags::Arg(n) => reg(regs, n),
@@ -158,31 +209,37 @@ fn open_exit(ctx: &TracePointContext, name_arg: usize, flags: Flags) {
             }
             Flags::Creat => CREAT_FLAGS,
         };
-        // Direct loads instead of bpf_get_current_comm()'s string copy.
-        let comm = unsafe { btf_load_str16(task as *const u8, global(&SLOW_CONFIG.task_comm)) };
-        let args = OpenArgs {
+        OpenArgs {
             filename: reg(regs, name_arg),
             flags,
-        };
-        track(pid_tgid, ret as u32, args, comm);
-        return;
-    } else {
-        let tid = pid_tgid as u32;
-        let Some(args) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
-            return;
-        };
-        let _ = OPEN_ARGS.remove(&tid);
-        if ret < 0 {
-            return;
+            entry_ns: 0,
         }
-        args
+    } else {
+        return;
     };
-    track(
-        pid_tgid,
-        ret as u32,
-        args,
-        bpf_get_current_comm().unwrap_or([0; 16]),
-    );
+    let key = OpenKey {
+        tgid,
+        fd: ret as u32,
+    };
+    let f = if ret >= 0 && held {
+        track(key, pid_tgid, uid, &args, comm, now, open_ns)
+    } else {
+        // A slow open that failed, or one whose file is not tracked: built aside.
+        match SCRATCH.get_ptr_mut(0) {
+            Some(f) => {
+                let f = unsafe { &mut *f };
+                fill(f, pid_tgid, uid, &args, comm, open_ns);
+                f.start_ns = now;
+                Some(f as *mut OpenFile)
+            }
+            None => None,
+        }
+    };
+    if slow_open {
+        if let Some(f) = f {
+            report(key, unsafe { &*f }, now, END_SLOW_OPEN);
+        }
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
@@ -209,44 +266,28 @@ pub fn stapr_so_x_creat(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether the process is one the filters keep (never stapr itself).
 #[inline(always)]
-fn track(pid_tgid: u64, fd: u32, args: OpenArgs, comm: [u8; COMM_LEN]) {
-    let tgid = (pid_tgid >> 32) as u32;
-    let uid = bpf_get_current_uid_gid() as u32;
-    if tgid == global(&SLOW_CONFIG.self_tgid) {
-        return;
-    }
-    if global(&SLOW_CONFIG.filter_tgid) == 1 && tgid != global(&SLOW_CONFIG.tgid) {
-        return;
-    }
-    if global(&SLOW_CONFIG.filter_uid) == 1 && uid != global(&SLOW_CONFIG.uid) {
-        return;
-    }
-    if !in_cgroup() {
-        return;
-    }
-    let key = OpenKey { tgid, fd };
-    // Reuse the process's slot for this fd number if it has one (no lock, no copy);
-    // otherwise build the entry in per-CPU scratch space and insert it.
-    let existing = OPEN_FILES.get_ptr_mut(&key);
-    let f = match existing {
-        Some(f) => f,
-        None => match SCRATCH.get_ptr_mut(0) {
-            Some(f) => f,
-            None => return,
-        },
-    };
-    let f = unsafe { &mut *f };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if existing.is_some()
-        && f.start_ns != CLOSED
-        && now.wrapping_sub(f.start_ns) >= global(&SLOW_CONFIG.min_ns)
-    {
-        // The previous file on this fd ended unseen and may have been slow.
-        report(key, f, now, END_UNSEEN);
-    }
+fn wanted(tgid: u32, uid: u32) -> bool {
+    tgid != global(&SLOW_CONFIG.self_tgid)
+        && (global(&SLOW_CONFIG.filter_tgid) == 0 || tgid == global(&SLOW_CONFIG.tgid))
+        && (global(&SLOW_CONFIG.filter_uid) == 0 || uid == global(&SLOW_CONFIG.uid))
+        && in_cgroup()
+}
+
+/// Everything of an entry but its start time.
+#[inline(always)]
+fn fill(
+    f: &mut OpenFile,
+    pid_tgid: u64,
+    uid: u32,
+    args: &OpenArgs,
+    comm: [u8; COMM_LEN],
+    open_ns: u64,
+) {
     f.tid = pid_tgid as u32;
     f.uid = uid;
+    f.open_ns = open_ns;
     f.flags = if args.flags & O_CLOEXEC != 0 {
         FLAG_CLOEXEC
     } else {
@@ -265,20 +306,52 @@ fn track(pid_tgid: u64, fd: u32, args: OpenArgs, comm: [u8; COMM_LEN]) {
         Ok(_) => {}
         Err(_) => f.name[0] = 0,
     }
+}
+
+/// Starts tracking the file an open returned; the entry it now has (None when it could
+/// not get one).
+#[inline(always)]
+fn track(
+    key: OpenKey,
+    pid_tgid: u64,
+    uid: u32,
+    args: &OpenArgs,
+    comm: [u8; COMM_LEN],
+    now: u64,
+    open_ns: u64,
+) -> Option<*mut OpenFile> {
+    // Reuse the process's slot for this fd number if it has one (no lock, no copy);
+    // otherwise build the entry in per-CPU scratch space and insert it.
+    let existing = OPEN_FILES.get_ptr_mut(&key);
+    let f = match existing {
+        Some(f) => f,
+        None => SCRATCH.get_ptr_mut(0)?,
+    };
+    let fr = unsafe { &mut *f };
+    if existing.is_some()
+        && fr.start_ns != CLOSED
+        && now.wrapping_sub(fr.start_ns) >= global(&SLOW_CONFIG.min_ns)
+    {
+        // The previous file on this fd ended unseen and may have been slow.
+        report(key, fr, now, END_UNSEEN);
+    }
+    fill(fr, pid_tgid, uid, args, comm, open_ns);
     // Last: a slot with a start time is an open file.
-    f.start_ns = now;
+    fr.start_ns = now;
     if existing.is_some() {
         // A reused slot: the process is already in TGIDS (pids are not reused within
         // the moment user space takes to free an exited process's slots).
-        return;
+        return Some(f);
     }
-    if OPEN_FILES.insert(&key, f, 0).is_err() {
+    if OPEN_FILES.insert(&key, fr, 0).is_err() {
         missed(MISSED_TABLE_FULL);
-        return;
+        return Some(f);
     }
+    let tgid = key.tgid;
     if unsafe { TGIDS.get(&tgid) }.is_none() {
         let _ = TGIDS.insert(&tgid, &1, 0);
     }
+    Some(f)
 }
 
 /// The fd stops referring to the tracked file: report it if it was slow and mark the

@@ -217,14 +217,29 @@ mod tests {
         let Command::Slowopen(a) = c.command else {
             panic!()
         };
-        assert_eq!(a.min, Duration::from_micros(250));
+        assert_eq!(a.min, Some(Duration::from_micros(250)));
         assert!(a.verbose);
-        for bad in ["abc", "-1s", "1x"] {
-            assert!(
-                Cli::try_parse_from(["stapr", "slowopen", "--min", bad]).is_err(),
-                "{bad}"
-            );
+        for flag in ["--min", "--open-min"] {
+            for bad in ["abc", "-1s", "1x", "0", "0s"] {
+                assert!(
+                    Cli::try_parse_from(["stapr", "slowopen", flag, bad]).is_err(),
+                    "{flag} {bad}"
+                );
+            }
         }
+        // --open-min alone reports slow opens only; with --min, both.
+        let opts = |args: &[&str]| {
+            let c = Cli::try_parse_from(["stapr", "slowopen"].iter().chain(args)).unwrap();
+            let Command::Slowopen(a) = c.command else {
+                panic!()
+            };
+            crate::report::slowopen::Options::from(a)
+        };
+        assert_eq!(opts(&[]).min, Some(Duration::from_secs(1)));
+        let o = opts(&["--open-min", "1s"]);
+        assert_eq!((o.min, o.open_min), (None, Some(Duration::from_secs(1))));
+        let o = opts(&["--open-min", "1s", "--min", "2s"]);
+        assert_eq!(o.min, Some(Duration::from_secs(2)));
     }
 
     #[test]

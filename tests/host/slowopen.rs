@@ -7,7 +7,8 @@ use integration_tests::{
     assert_nothing_attached, bin_dir, example, field, kernel_lock, run, Running,
 };
 
-const HEADER_V: &str = "    PID     TID    Process Open time(s)                      File Name";
+const HEADER_V: &str =
+    "    PID     TID    Process Open time(s)    OPEN(s)                      File Name";
 
 #[derive(Debug, Clone, PartialEq)]
 struct Line {
@@ -15,26 +16,37 @@ struct Line {
     tid: u32,
     comm: String,
     secs: f64,
-    /// Everything after the time: the name and any marker.
+    /// OPEN(s): how long the open call took (None: `-`, not timed).
+    open: Option<f64>,
+    /// Everything after the times: the name and any marker.
     rest: String,
 }
 
-/// Parses `-v` rows: PID TID Process Open-time then the name, which may hold spaces.
+/// Parses `-v` rows: PID TID Process Open-time OPEN(s) then the name, which may hold
+/// spaces.
 fn parse(line: &str) -> Line {
     let mut it = line.split_whitespace();
-    let (pid, tid, comm, secs) = (it.next(), it.next(), it.next(), it.next());
-    let secs = secs.unwrap_or_else(|| panic!("short row {line:?}"));
+    let (pid, tid, comm, secs, open) = (it.next(), it.next(), it.next(), it.next(), it.next());
+    let (secs, open) = match (secs, open) {
+        (Some(s), Some(o)) => (s, o),
+        _ => panic!("short row {line:?}"),
+    };
     let at = line
         .find(&format!(" {secs} "))
         .unwrap_or_else(|| panic!("{line:?}"));
-    let frac = secs.split_once('.').map(|(_, f)| f.len());
-    assert_eq!(frac, Some(6), "time must have six decimals: {line:?}");
+    let after = &line[at + secs.len() + 1..];
+    let at_open = after.find(open).unwrap_or_else(|| panic!("{line:?}"));
+    for t in [secs, open].into_iter().filter(|t| *t != "-") {
+        let frac = t.split_once('.').map(|(_, f)| f.len());
+        assert_eq!(frac, Some(6), "times must have six decimals: {line:?}");
+    }
     Line {
         pid: pid.unwrap().parse().unwrap_or_else(|_| panic!("{line:?}")),
         tid: tid.unwrap().parse().unwrap_or_else(|_| panic!("{line:?}")),
         comm: comm.unwrap().to_owned(),
         secs: secs.parse().unwrap(),
-        rest: line[at + secs.len() + 2..].to_owned(),
+        open: (open != "-").then(|| open.parse().unwrap_or_else(|_| panic!("{line:?}"))),
+        rest: after[at_open + open.len() + 1..].to_owned(),
     }
 }
 
@@ -129,6 +141,73 @@ fn held_long_enough_is_reported_with_its_time() {
     assert_eq!(row.rest, p, "no marker for a plain close");
     assert_eq!(row.comm, "file_holder");
     assert_eq!(row.tid, h.tid);
+    // -v times the open itself: a local file opens in far less than a second.
+    let open = row.open.expect("-v times every open");
+    assert!(open < 0.5, "{row:?}");
+}
+
+/// A FIFO's open for reading waits until a writer opens it: an open call that itself
+/// takes 2 s, the way one stuck on a stalled file server does.
+#[test]
+fn open_min_reports_a_slow_open_as_it_returns_and_not_a_fast_one() {
+    let _k = kernel_lock();
+    let fifo = path("slow-open.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.clone()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {fifo}"
+    );
+    let fast = path("fast-open.html");
+    std::fs::write(&fast, "x").unwrap();
+    let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let quick = run(
+        example("file_holder").args(["open", "0", &fast]),
+        Duration::from_secs(30),
+    );
+    assert!(quick.status.success(), "{quick:?}");
+    let waiting = example("file_holder")
+        .args(["open", "0", &fifo])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The writer arrives: the reader's open returns.
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let waited = waiting.wait_with_output().unwrap();
+    drop(writer);
+    assert!(waited.status.success(), "{waited:?}");
+    let stdout = String::from_utf8_lossy(&waited.stdout);
+    let pid: u32 = field(&stdout, "pid").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stapr.signal(libc::SIGINT);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("opens taking >= 1s"),
+        "the start line says what is reported: {}",
+        out.stderr
+    );
+    let (rows, still) = rows(&out.stdout);
+    assert!(
+        still.is_empty(),
+        "--open-min alone reports no held files: {out:?}"
+    );
+    let slow: Vec<_> = rows.iter().filter(|l| l.pid == pid).collect();
+    assert_eq!(slow.len(), 1, "{}", out.stdout);
+    let r = slow[0];
+    assert_eq!(r.rest, format!("{fifo} [slow open]"));
+    assert!(r.secs >= 1.5 && r.secs < 4.0, "{r:?}");
+    assert_eq!(r.open, Some(r.secs), "{r:?}");
+    assert!(
+        !out.stdout.contains(&fast),
+        "a fast open is not reported: {}",
+        out.stdout
+    );
+    assert_nothing_attached();
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //!   exec      open with O_CLOEXEC, then exec /bin/true
 //!   failed    an open that fails (PATH must not exist), then close(0), which was opened
 //!             before the program started
+//!   open      open read-only without creating (waits on a FIFO until a writer comes, on
+//!             a stalled network filesystem until its server answers), then as close;
+//!             also prints open_s=<how long the open call took>
 //!   loop      (benchmark) open + read 4 KiB + close, SECONDS is the iteration count;
 //!             prints ns_per_iteration
 
@@ -48,7 +51,7 @@ fn announce(fd: i32) {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, secs, path] = args.as_slice() else {
-        bail!("usage: file_holder close|thread|exit|dup2|exec|failed|loop SECONDS PATH");
+        bail!("usage: file_holder close|thread|exit|dup2|exec|failed|open|loop SECONDS PATH");
     };
     let path = Path::new(path);
     if mode == "loop" {
@@ -58,6 +61,21 @@ fn main() -> Result<()> {
     match mode.as_str() {
         "close" => {
             let fd = open(path, libc::O_RDWR)?;
+            announce(fd);
+            std::thread::sleep(hold);
+            close(fd);
+        }
+        "open" => {
+            let c = CString::new(path.as_os_str().as_bytes())?;
+            let t = Instant::now();
+            // SAFETY: a valid NUL-terminated path.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+            let took = t.elapsed().as_secs_f64();
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("open {}", path.display()));
+            }
+            println!("open_s={took:.6}");
             announce(fd);
             std::thread::sleep(hold);
             close(fd);

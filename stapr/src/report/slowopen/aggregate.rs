@@ -5,7 +5,7 @@ use probes_common::{
     c_bytes,
     slowopen::{
         Notice, OpenFile, OpenKey, SlowFile, CLOSED, END_CLOSE_RANGE, END_DUP2, END_DUP3, END_EXEC,
-        END_EXIT, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
+        END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
     },
 };
 
@@ -23,6 +23,8 @@ pub enum End {
     CloseRange,
     /// Still open when stapr stopped.
     StillOpen,
+    /// Not an end: the open call itself took at least `--open-min`.
+    SlowOpen,
 }
 
 impl End {
@@ -33,6 +35,7 @@ impl End {
             END_EXEC => End::Exec,
             END_EXIT => End::Exit,
             END_CLOSE_RANGE => End::CloseRange,
+            END_SLOW_OPEN => End::SlowOpen,
             _ => End::Close,
         }
     }
@@ -46,6 +49,7 @@ impl End {
             End::Exec => " [exec]",
             End::Exit => " [exit]",
             End::CloseRange => " [close_range]",
+            End::SlowOpen => " [slow open]",
         }
     }
 }
@@ -60,7 +64,12 @@ pub struct Row {
     pub fd: u32,
     /// When the open returned (CLOCK_MONOTONIC ns).
     pub start_ns: u64,
+    /// How long it was held; for `End::SlowOpen`, how long the open took.
     pub held_ns: u64,
+    /// How long the open call took, when opens are timed.
+    pub open_ns: Option<u64>,
+    /// `End::SlowOpen` of an open that failed: its errno.
+    pub error: Option<i32>,
     pub name: String,
     pub truncated: bool,
     pub end: End,
@@ -72,14 +81,18 @@ pub struct Row {
 }
 
 fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End, cgroup: u64) -> Row {
+    // A failed open's "fd" is its negative errno.
+    let error = (end == End::SlowOpen && (key.fd as i32) < 0).then(|| -(key.fd as i32));
     Row {
         comm: String::from_utf8_lossy(c_bytes(&f.comm)).into_owned(),
         pid: key.tgid,
         tid: f.tid,
         uid: f.uid,
-        fd: key.fd,
+        fd: if error.is_some() { 0 } else { key.fd },
         start_ns: f.start_ns,
         held_ns,
+        open_ns: (f.open_ns != 0).then_some(f.open_ns),
+        error,
         name: String::from_utf8_lossy(c_bytes(&f.name)).into_owned(),
         truncated: f.flags & FLAG_TRUNCATED != 0,
         end,
@@ -125,15 +138,14 @@ pub fn slow_file_row(s: &SlowFile, recent: &[Notice], min_ns: u64) -> Option<Row
     }
 }
 
-/// A file the kernel found slow when it was closed.
+/// A file the kernel found slow when it was closed, or an open it found slow.
 pub fn from_slow_file(s: &SlowFile) -> Row {
-    row(
-        s.key,
-        &s.file,
-        s.end_ns.saturating_sub(s.file.start_ns),
-        End::from_raw(s.end),
-        s.cgroup,
-    )
+    let end = End::from_raw(s.end);
+    let held = match end {
+        End::SlowOpen => s.file.open_ns,
+        _ => s.end_ns.saturating_sub(s.file.start_ns),
+    };
+    row(s.key, &s.file, held, end, s.cgroup)
 }
 
 /// What user space must do to the kernel's table after matching notices.

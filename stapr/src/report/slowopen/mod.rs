@@ -1,4 +1,5 @@
-//! `stapr slowopen`: files a process held open at least `--min`, reported when closed.
+//! `stapr slowopen`: files a process held open at least `--min`, reported when closed,
+//! and opens that themselves took at least `--open-min`, reported as they return.
 
 pub mod aggregate;
 pub mod args;
@@ -21,7 +22,9 @@ use crate::{
 pub use aggregate::Filter;
 
 pub struct Options {
-    pub min: Duration,
+    /// None: held files are not reported (`--open-min` alone).
+    pub min: Option<Duration>,
+    pub open_min: Option<Duration>,
     pub filter: Filter,
     pub format: runtime::Format,
     pub duration: Option<Duration>,
@@ -68,7 +71,25 @@ pub fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
 }
 
 fn min_ns(opts: &Options) -> u64 {
-    runtime::nanos(opts.min)
+    opts.min.map_or(u64::MAX, runtime::nanos)
+}
+
+impl Options {
+    /// Whether the open calls are timed (entry probes attached).
+    fn timed(&self) -> bool {
+        self.open_min.is_some() || self.verbose
+    }
+
+    /// What the start line says is reported.
+    fn reported(&self) -> String {
+        let held = self.min.map(|m| format!("files held >= {m:?}"));
+        let opens = self.open_min.map(|m| format!("opens taking >= {m:?}"));
+        let mut what: Vec<String> = held.into_iter().chain(opens).collect();
+        if self.verbose && self.open_min.is_none() {
+            what.push("each open timed".into());
+        }
+        what.join("; ")
+    }
 }
 
 /// What user space remembers between batches.
@@ -112,7 +133,11 @@ pub fn ended(
     let recent = recent.make_contiguous();
     for s in &batch.slow {
         if let Some(row) = aggregate::slow_file_row(s, recent, min_ns) {
-            if aggregate::keeps(filter, &row) && reported.first_time(&row) {
+            // A slow open is sent once, when it returns; its file may be reported again
+            // when it is closed.
+            if aggregate::keeps(filter, &row)
+                && (row.end == aggregate::End::SlowOpen || reported.first_time(&row))
+            {
                 out.push(row);
             }
         }
@@ -189,6 +214,8 @@ pub fn run(opts: Options) -> Result<()> {
     runtime::prepare()?;
     let config = SlowConfig {
         min_ns: min_ns(&opts),
+        open_min_ns: opts.open_min.map_or(0, runtime::nanos),
+        time_opens: opts.timed() as u32,
         tgid: opts.filter.pid.unwrap_or(0),
         filter_tgid: opts.filter.pid.is_some() as u32,
         uid: opts.filter.uid.unwrap_or(0),
@@ -205,8 +232,9 @@ pub fn run(opts: Options) -> Result<()> {
         );
     }
     eprintln!(
-        "stapr slowopen: syscall tracepoints (open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); files held >= {:?}. Ctrl-C to end.",
-        opts.min
+        "stapr slowopen: syscall tracepoints ({}open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); {}. Ctrl-C to end.",
+        if opts.timed() { "entry and exit of " } else { "" },
+        opts.reported()
     );
     let mut state = State::default();
     let mut seen = (0, 0);

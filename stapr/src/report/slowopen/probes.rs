@@ -79,8 +79,8 @@ pub fn methods() -> Vec<MethodSpec> {
     ]
 }
 
-/// Entry probes that save open's arguments, needed only where the exit probes cannot read
-/// them from the saved registers.
+/// Entry probes that save open's arguments and entry time, needed where the exit probes
+/// cannot read the arguments from the saved registers, or when opens are timed.
 const ENTRY: &[(&str, &str, &str, bool)] = &[
     ("stapr_so_e_open", "syscalls", "sys_enter_open", false),
     ("stapr_so_e_at", "syscalls", "sys_enter_openat", true),
@@ -142,7 +142,7 @@ impl Probes {
             .context("loading the slowopen eBPF object")?;
         let mut skipped = Vec::new();
         let mut attached = 0;
-        let entry: &[_] = if config.args_from_regs == 1 {
+        let entry: &[_] = if config.args_from_regs == 1 && config.time_opens == 0 {
             &[]
         } else {
             ENTRY

@@ -6,7 +6,7 @@ use crate::report::containers::column;
 /// The columns asked for beyond the seed's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Columns {
-    /// `-v`: PID and TID in front.
+    /// `-v`: PID and TID in front, OPEN(s) after the time.
     pub verbose: bool,
     /// `--containers`: CONTAINER before Process.
     pub containers: bool,
@@ -20,17 +20,67 @@ impl Columns {
             String::new()
         }
     }
+
+    /// `-v`'s OPEN(s) column: how long the open call took, `-` when it was not timed.
+    fn open_time(self, open_ns: Option<u64>) -> String {
+        match (self.verbose, open_ns) {
+            (false, _) => String::new(),
+            (true, Some(ns)) => {
+                let us = ns / 1000;
+                format!(" {:>3}.{:06}", us / 1_000_000, us % 1_000_000)
+            }
+            (true, None) => format!(" {:>10}", "-"),
+        }
+    }
+}
+
+/// The symbolic name of the errors a slow open usually ends with, else the number.
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EIO => "EIO",
+        libc::EINTR => "EINTR",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ESTALE => "ESTALE",
+        libc::ENXIO => "ENXIO",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EEXIST => "EEXIST",
+        libc::ELOOP => "ELOOP",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::EROFS => "EROFS",
+        libc::ERESTART => "ERESTART",
+        libc::EAGAIN => "EAGAIN",
+        _ => return format!("errno {e}"),
+    };
+    name.to_owned()
+}
+
+/// The marker after the name: how the file ended, or that its open was slow (and failed).
+fn marker(r: &Row) -> String {
+    match (r.end, r.error) {
+        (End::SlowOpen, Some(e)) => format!(" [slow open, failed: {}]", errno_name(e)),
+        (end, _) => end.marker().to_owned(),
+    }
 }
 
 /// `printf("%10s %12s %30s\n", "Process", "Open time(s)", "File Name")`, with the extra
-/// columns in front.
+/// columns in front (and `-v`'s OPEN(s) after the time).
 pub fn header(c: Columns) -> String {
     format!(
-        "{}{}{:>10} {:>12} {:>30}\n",
+        "{}{}{:>10} {:>12}{} {:>30}\n",
         c.ids("PID", "TID"),
         column(c.containers, "CONTAINER", true),
         "Process",
         "Open time(s)",
+        if c.verbose {
+            format!(" {:>10}", "OPEN(s)")
+        } else {
+            String::new()
+        },
         "File Name"
     )
 }
@@ -41,14 +91,15 @@ pub fn line(r: &Row, c: Columns) -> String {
     let us = r.held_ns / 1000;
     let cut = if r.truncated { "..." } else { "" };
     format!(
-        "{}{}{:>10} {:>6}.{:06} {}{cut}{}\n",
+        "{}{}{:>10} {:>6}.{:06}{} {}{cut}{}\n",
         c.ids(r.pid, r.tid),
         column(c.containers, &r.cg.container, true),
         r.comm,
         us / 1_000_000,
         us % 1_000_000,
+        c.open_time(r.open_ns),
         r.name,
-        r.end.marker()
+        marker(r)
     )
 }
 
@@ -62,6 +113,7 @@ pub fn json(r: &Row, time: &str) -> String {
         End::Exit => "exit",
         End::CloseRange => "close_range",
         End::StillOpen => "still_open",
+        End::SlowOpen => "slow_open",
     };
     let mut v = serde_json::json!({
         "time": time,
@@ -78,6 +130,18 @@ pub fn json(r: &Row, time: &str) -> String {
     });
     if let Some(obj) = v.as_object_mut() {
         r.cg.json_fields(obj);
+        if let Some(ns) = r.open_ns {
+            obj.insert("open_ns".into(), ns.into());
+        }
+        if r.end == End::SlowOpen {
+            // Not a held file: the open's time is all there is.
+            obj.remove("held_ns");
+            obj.remove("held_s");
+            if let Some(e) = r.error {
+                obj.insert("fd".into(), serde_json::Value::Null);
+                obj.insert("error".into(), errno_name(e).into());
+            }
+        }
     }
     v.to_string() + "\n"
 }
@@ -114,6 +178,8 @@ mod tests {
             fd: 3,
             start_ns: 1,
             held_ns,
+            open_ns: None,
+            error: None,
             name: name.into(),
             truncated: false,
             end,
@@ -146,14 +212,17 @@ mod tests {
     fn golden_markers_verbose_and_truncation() {
         assert_eq!(
             header(VERBOSE),
-            "    PID     TID    Process Open time(s)                      File Name\n"
+            "    PID     TID    Process Open time(s)    OPEN(s)                      File Name\n"
         );
+        let mut r = row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit);
         assert_eq!(
-            line(
-                &row("php-fpm", 1_000_000, "a b/ñandú.txt", End::Exit),
-                VERBOSE
-            ),
-            "  15337   15338    php-fpm      0.001000 a b/ñandú.txt [exit]\n"
+            line(&r, VERBOSE),
+            "  15337   15338    php-fpm      0.001000          - a b/ñandú.txt [exit]\n"
+        );
+        r.open_ns = Some(2_345_678);
+        assert_eq!(
+            line(&r, VERBOSE),
+            "  15337   15338    php-fpm      0.001000   0.002345 a b/ñandú.txt [exit]\n"
         );
         let mut r = row("verylongcommand", 123_456_789_000_000, "/x", End::Dup2);
         r.truncated = true;
@@ -203,6 +272,36 @@ mod tests {
                 "\n"
             )
         );
+    }
+
+    #[test]
+    fn golden_slow_open() {
+        let mut r = row("httpd", 2_013_456_789, "/srv/nfs/a.html", End::SlowOpen);
+        r.open_ns = Some(2_013_456_789);
+        assert_eq!(
+            line(&r, Columns::default()),
+            "     httpd      2.013456 /srv/nfs/a.html [slow open]\n"
+        );
+        assert_eq!(
+            line(&r, VERBOSE),
+            "  15337   15338      httpd      2.013456   2.013456 /srv/nfs/a.html [slow open]\n"
+        );
+        assert_eq!(
+            json(&r, "2009-04-11T17:22:03.000Z"),
+            concat!(
+                r#"{"cgroup":null,"comm":"httpd","container":"?","end":"slow_open","fd":3,"#,
+                r#""file":"/srv/nfs/a.html","#,
+                r#""open_ns":2013456789,"pid":15337,"tid":15338,"#,
+                r#""time":"2009-04-11T17:22:03.000Z","truncated":false,"uid":48}"#,
+                "\n"
+            )
+        );
+        r.error = Some(libc::ENOENT);
+        assert_eq!(
+            line(&r, Columns::default()),
+            "     httpd      2.013456 /srv/nfs/a.html [slow open, failed: ENOENT]\n"
+        );
+        assert!(json(&r, "t").contains(r#""error":"ENOENT","fd":null"#));
     }
 
     #[test]
