@@ -12,7 +12,9 @@ pub struct DiskKey {
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,
-    /// The block device, in the kernel's dev_t encoding (major << 20 | minor).
+    /// The block device, in the kernel's dev_t encoding (major << 20 | minor); for a file
+    /// on a network filesystem, the superblock's anonymous device (major 0), which user
+    /// space finds in mountinfo.
     pub dev: u32,
     pub comm: [u8; COMM_LEN],
     /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), taken when its run starts.
@@ -39,12 +41,25 @@ pub struct DiskRun {
     pub fd: u32,
     /// 1 when the entry holds a run.
     pub valid: u32,
-    /// 1 when the file is not on a block device: its bytes are not counted.
+    /// 1 when the file is on neither a block device nor a network filesystem: its bytes
+    /// are not counted.
     pub skip: u32,
     pub _pad: u32,
     pub key: DiskKey,
     pub counts: DiskCounters,
 }
+
+/// The `s_magic` of the network filesystems disktop counts: NFS (v2-v4), SMB2/3 and
+/// CIFS, Ceph, 9p, AFS (kAFS's two). FUSE is left out: most FUSE mounts are local.
+pub const NETWORK_FS_MAGICS: [u64; 7] = [
+    0x6969,      // NFS_SUPER_MAGIC
+    0xFE53_4D42, // SMB2_SUPER_MAGIC (smb3)
+    0xFF53_4D42, // CIFS_SUPER_MAGIC
+    0x00C3_6400, // CEPH_SUPER_MAGIC
+    0x0102_1997, // V9FS_MAGIC
+    0x5346_414F, // AFS_SUPER_MAGIC
+    0x6B41_4653, // AFS_FS_MAGIC
+];
 
 /// BTF offsets the syscall-path probes need, set before load.
 #[repr(C)]
@@ -63,17 +78,20 @@ pub struct DiskOffsets {
     pub inode_sb: u32,
     pub sb_bdev: u32,
     pub bdev_dev: u32,
+    /// `super_block.s_magic` and `.s_dev`: a filesystem without a block device is counted
+    /// when its magic is a network filesystem's, under its anonymous device number.
+    pub sb_magic: u32,
+    pub sb_dev: u32,
     /// `--block`: offsets in the block_rq_issue record.
     pub rq_dev: u32,
     pub rq_bytes: u32,
     pub rq_rwbs: u32,
-    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<DiskKey>() == 40);
 const _: () = assert!(core::mem::size_of::<DiskCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<DiskRun>() == 96);
-const _: () = assert!(core::mem::size_of::<DiskOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<DiskOffsets>() == 68);
 
 #[cfg(feature = "user")]
 mod pod {

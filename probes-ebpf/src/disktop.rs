@@ -1,5 +1,5 @@
-//! disktop: bytes returned by reads and writes of files on block devices, per (process,
-//! device), counted at syscall exit. The fd is resolved to its file, and the file to the
+//! disktop: bytes returned by reads and writes of files on block devices and network
+//! filesystems, per (process, device), counted at syscall exit. The fd is resolved to its file, and the file to the
 //! block device under its filesystem, through BTF offsets handed in at load time.
 //!
 //! Where the kernel allows fexit, `vfs_read`/`vfs_write` are probed instead: the file is
@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::{FExitContext, TracePointContext},
 };
 use probes_common::disktop::{
-    DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS,
+    DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS, NETWORK_FS_MAGICS,
 };
 use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
 
@@ -42,10 +42,11 @@ static DISK_OFFSETS: DiskOffsets = DiskOffsets {
     inode_sb: 0,
     sb_bdev: 0,
     bdev_dev: 0,
+    sb_magic: 0,
+    sb_dev: 0,
     rq_dev: 0,
     rq_bytes: 0,
     rq_rwbs: 0,
-    _pad: 0,
 };
 
 #[map]
@@ -138,7 +139,22 @@ fn fd_file(task: *const u8, fd: u32) -> u64 {
     read_ptr(array, fd * 8)
 }
 
-/// The block device under the file's filesystem (dev_t), or 0 when there is none.
+/// The device a superblock without a block device is counted under: its anonymous
+/// s_dev when it is a network filesystem's, else 0 (pipes, sockets, tmpfs, proc...).
+#[inline(always)]
+fn network_dev(magic: u64, s_dev: impl FnOnce() -> u32) -> u32 {
+    let mut i = 0;
+    while i < NETWORK_FS_MAGICS.len() {
+        if magic == NETWORK_FS_MAGICS[i] {
+            return s_dev();
+        }
+        i += 1;
+    }
+    0
+}
+
+/// The device under the file's filesystem (dev_t): its block device, or a network
+/// filesystem's anonymous device; 0 when there is neither.
 #[inline(always)]
 fn file_bdev(file: u64) -> u32 {
     let o = &DISK_OFFSETS;
@@ -152,7 +168,10 @@ fn file_bdev(file: u64) -> u32 {
     }
     let bdev = read_ptr(sb, off(&o.sb_bdev));
     if bdev == 0 {
-        return 0;
+        return network_dev(read_ptr(sb, off(&o.sb_magic)), || {
+            unsafe { bpf_probe_read_kernel((sb + off(&o.sb_dev) as u64) as *const u32) }
+                .unwrap_or(0)
+        });
     }
     unsafe { bpf_probe_read_kernel((bdev + off(&o.bdev_dev) as u64) as *const u32) }.unwrap_or(0)
 }
@@ -194,8 +213,8 @@ fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl 
     run.fd = fd;
     run.valid = 1;
     run.counts = DiskCounters::default();
-    // Outside --cgroup, or pipes, sockets, tmpfs, proc...: remember the verdict for the
-    // rest of the run.
+    // Outside --cgroup, or pipes, sockets, tmpfs, proc, FUSE...: remember the verdict for
+    // the rest of the run.
     let dev = if in_cgroup() { dev_of() } else { 0 };
     if dev == 0 {
         run.skip = 1;
@@ -255,7 +274,8 @@ fn vfs_exit(ctx: &FExitContext, write: bool) {
         }
         let bdev: *const u8 = unsafe { btf_load(sb, off(&o.sb_bdev)) };
         if bdev.is_null() {
-            return 0;
+            let magic: u64 = unsafe { btf_load(sb, off(&o.sb_magic)) };
+            return network_dev(magic, || unsafe { btf_load(sb, off(&o.sb_dev)) });
         }
         unsafe { btf_load(bdev, off(&o.bdev_dev)) }
     });

@@ -528,7 +528,10 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["slowopen", "--min", "0.1ns"], "greater than zero"),
         (&["slowopen", "--min", "1x"], "invalid duration '1x'"),
         (&["slowopen", "--open-min", "0"], "greater than zero"),
-        (&["slowopen", "--open-min", "soon"], "invalid duration 'soon'"),
+        (
+            &["slowopen", "--open-min", "soon"],
+            "invalid duration 'soon'",
+        ),
         (&["export", "--file-min", "0"], "greater than zero"),
         (&["nettop", "-i", "1ns"], "too short"),
         (&["disktop", "-i", "99999999999999"], "too long"),

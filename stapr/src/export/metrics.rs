@@ -208,7 +208,7 @@ impl Registry {
     pub fn add_disk(
         &mut self,
         entries: &[(DiskKey, DiskCounters)],
-        mut dev_name: impl FnMut(u32) -> String,
+        mut dev_name: impl FnMut(u32, u32) -> String,
         mut container: impl FnMut(u64) -> String,
         now_ns: u64,
     ) {
@@ -223,7 +223,7 @@ impl Registry {
                     pid: self.pid(k.pid),
                     comm: self.comm(&k.comm, k.uid),
                     container: self.container(k.cgroup, &mut container),
-                    dev: dev_name(k.dev),
+                    dev: dev_name(k.dev, k.pid),
                     direction,
                 };
                 let n = self.disk.entry(series).or_default();
@@ -575,7 +575,7 @@ mod tests {
                     calls: 1,
                 },
             )],
-            |_| "sda".into(),
+            |_, _| "sda".into(),
             |_| "web".into(),
             5,
         );

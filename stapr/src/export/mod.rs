@@ -47,7 +47,7 @@ struct Parts {
     disk: Option<disktop::probes::Probes>,
     slow: Option<slowopen::probes::Probes>,
     slow_state: slowopen::State,
-    dev_names: disktop::DevNames,
+    dev_names: disktop::devices::DevNames,
     /// Names cgroups for `--by ...,container`.
     containers: Containers,
     file_min_ns: u64,
@@ -117,7 +117,7 @@ impl Parts {
             disk,
             slow,
             slow_state: slowopen::State::default(),
-            dev_names: disktop::DevNames::default(),
+            dev_names: disktop::devices::DevNames::default(),
             containers,
             file_min_ns,
         };
@@ -149,7 +149,7 @@ impl Parts {
             let (devs, names) = (&mut self.dev_names, &mut self.containers);
             reg.add_disk(
                 &d.drain()?,
-                |dev| devs.name(dev),
+                |dev, pid| devs.name(dev, pid).name,
                 |id| names.name(id).container.clone(),
                 now,
             );

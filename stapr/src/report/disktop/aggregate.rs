@@ -7,6 +7,7 @@ use probes_common::{
     disktop::{DiskCounters, DiskKey},
 };
 
+use super::devices::Device;
 use crate::runtime::cgroup::Named;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +32,8 @@ pub struct Row {
     pub ppid: u32,
     pub comm: String,
     pub device: String,
+    /// The filesystem type on the device, when known (JSON only).
+    pub fstype: Option<String>,
     pub dir: Dir,
     pub bytes: u64,
     /// The task's cgroup v2 id, and its path and container (filled in before output).
@@ -68,7 +71,7 @@ impl Snapshot {
 /// `limit`. None when the interval saw no I/O (the seed prints nothing then).
 pub fn snapshot(
     entries: impl IntoIterator<Item = (DiskKey, DiskCounters)>,
-    mut device_name: impl FnMut(u32) -> String,
+    mut device_name: impl FnMut(u32, u32) -> Device,
     filter: &Filter,
     sort: SortKey,
     limit: usize,
@@ -89,6 +92,7 @@ pub fn snapshot(
         }
         read += v.read_bytes;
         write += v.write_bytes;
+        let dev = device_name(k.dev, k.pid);
         for (dir, bytes) in [(Dir::Read, v.read_bytes), (Dir::Write, v.write_bytes)] {
             if bytes > 0 {
                 rows.push(Row {
@@ -96,7 +100,8 @@ pub fn snapshot(
                     pid: k.pid,
                     ppid: k.ppid,
                     comm: comm.clone(),
-                    device: device_name(k.dev),
+                    device: dev.name.clone(),
+                    fstype: dev.fstype.clone(),
                     dir,
                     bytes,
                     cgroup: k.cgroup,
@@ -153,11 +158,16 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn names(dev: u32) -> String {
-        match major_minor(dev) {
-            (253, 0) => "dm-0".into(),
-            (254, 0) => "vda".into(),
-            (maj, min) => format!("{maj}:{min}"),
+    pub fn names(dev: u32, _pid: u32) -> Device {
+        let (name, fstype) = match major_minor(dev) {
+            (253, 0) => ("dm-0".into(), Some("xfs")),
+            (254, 0) => ("vda".into(), Some("ext4")),
+            (0, 53) => ("nfs1:/export/www".into(), Some("nfs4")),
+            (maj, min) => (format!("{maj}:{min}"), None),
+        };
+        Device {
+            name,
+            fstype: fstype.map(Into::into),
         }
     }
 

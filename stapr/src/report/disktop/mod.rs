@@ -1,11 +1,13 @@
-//! `stapr disktop`: bytes read and written per process and block device, every interval.
+//! `stapr disktop`: bytes read and written per process and device (block device or
+//! network filesystem), every interval.
 
 pub mod aggregate;
 pub mod args;
+pub mod devices;
 pub mod probes;
 pub mod render;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -27,32 +29,9 @@ pub struct Options {
     pub containers: containers::Choice,
 }
 
-/// The kernel's names of block devices (`vda`, `dm-0`, `nvme0n1p2`), read from sysfs once
-/// per device number.
-#[derive(Default)]
-pub struct DevNames(HashMap<u32, String>);
-
-impl DevNames {
-    pub fn name(&mut self, dev: u32) -> String {
-        self.0.entry(dev).or_insert_with(|| sysfs_name(dev)).clone()
-    }
-}
-
-fn sysfs_name(dev: u32) -> String {
-    let (major, minor) = aggregate::major_minor(dev);
-    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-        .ok()
-        .and_then(|u| {
-            u.lines()
-                .find_map(|l| l.strip_prefix("DEVNAME="))
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("{major}:{minor}"))
-}
-
 struct Report {
     probes: probes::Probes,
-    names: DevNames,
+    names: devices::DevNames,
     opts: Options,
     cgroups: Containers,
 }
@@ -71,7 +50,7 @@ impl interval::Periodic for Report {
         let names = &mut self.names;
         let mut snap = aggregate::snapshot(
             entries,
-            |dev| names.name(dev),
+            |dev, pid| names.name(dev, pid),
             &o.filter,
             o.sort,
             o.rows,
@@ -114,7 +93,7 @@ pub fn run(opts: Options) -> Result<()> {
         );
     }
     let every = opts.every;
-    let names = DevNames::default();
+    let names = devices::DevNames::default();
     interval::run(
         Report {
             probes,

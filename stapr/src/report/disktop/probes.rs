@@ -169,6 +169,8 @@ fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
         inode_sb: m("inode", "i_sb")?,
         sb_bdev: m("super_block", "s_bdev")?,
         bdev_dev: m("block_device", "bd_dev")?,
+        sb_magic: m("super_block", "s_magic")?,
+        sb_dev: m("super_block", "s_dev")?,
         ..Default::default()
     })
 }

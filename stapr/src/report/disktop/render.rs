@@ -58,6 +58,7 @@ pub fn json(s: &Snapshot, time: &str) -> String {
                 "ppid": r.ppid,
                 "comm": r.comm,
                 "device": r.device,
+                "fstype": r.fstype,
                 "direction": r.dir.letter(),
                 "bytes": r.bytes,
             });
@@ -163,11 +164,13 @@ mod tests {
             json(&s, "2009-04-11T17:22:03.000Z"),
             concat!(
                 r#"{"bytes":4096,"cgroup":"/web.slice/httpd.service","comm":"httpd","#,
-                r#""container":"httpd.service","device":"dm-0","direction":"R","interval_s":5.0,"#,
+                r#""container":"httpd.service","device":"dm-0","direction":"R","fstype":"xfs","#,
+                r#""interval_s":5.0,"#,
                 r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
                 "\n",
                 r#"{"bytes":210,"cgroup":"/web.slice/httpd.service","comm":"httpd","#,
-                r#""container":"httpd.service","device":"dm-0","direction":"W","interval_s":5.0,"#,
+                r#""container":"httpd.service","device":"dm-0","direction":"W","fstype":"xfs","#,
+                r#""interval_s":5.0,"#,
                 r#""pid":15342,"ppid":15239,"time":"2009-04-11T17:22:03.000Z","uid":48}"#,
                 "\n",
             )
@@ -187,6 +190,43 @@ mod tests {
                 "      48    15342    15239 httpd.service                     httpd     dm-0    R         4096\n",
                 "      48    15342    15239 httpd.service                     httpd     dm-0    W          210\n",
             )
+        );
+    }
+
+    /// A file on NFS: DEVICE names the server and its export, the `%8s` column grows for
+    /// it as printf's would; JSON says which filesystem.
+    #[test]
+    fn golden_network_filesystem_row() {
+        let s = snapshot(
+            vec![
+                (key(15342, 15239, 48, 53, "httpd"), counts(8192, 0)),
+                (key(15342, 15239, 48, 254 << 20, "httpd"), counts(0, 4096)),
+            ],
+            names,
+            &Filter::default(),
+            SortKey::Bytes,
+            10,
+            5000,
+        )
+        .unwrap();
+        assert_eq!(
+            text(&s, "Sat Apr 11 17:22:03 2009", false),
+            concat!(
+                "\n",
+                "Sat Apr 11 17:22:03 2009 , Average:   2Kb/sec, Read:       8Kb, Write:      4Kb\n",
+                "\n",
+                "     UID      PID     PPID                       CMD   DEVICE    T        BYTES\n",
+                "      48    15342    15239                     httpd nfs1:/export/www    R         8192\n",
+                "      48    15342    15239                     httpd      vda    W         4096\n",
+            )
+        );
+        let j = json(&s, "t");
+        assert!(
+            j.lines()
+                .next()
+                .unwrap()
+                .contains(r#""device":"nfs1:/export/www","direction":"R","fstype":"nfs4""#),
+            "{j}"
         );
     }
 
