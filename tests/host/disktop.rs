@@ -278,3 +278,73 @@ fn json_lines_carry_raw_bytes() {
     assert!(written >= 8 * MIB, "{written}\n{stdout}");
     let _ = std::fs::remove_file(file);
 }
+
+/// The seed's farm reads its content from NFS: a write and read-back on a real NFS mount
+/// (nfs-ganesha, through the guest's NIC) is counted under the server's name, next to the
+/// same on the local ext4.
+#[test]
+#[ignore = "needs the NFS server on QEMU's user network: runs in the Debian VMs"]
+fn nfs_reads_and_writes_are_counted_under_the_server() {
+    let _k = kernel_lock();
+    let nfs = integration_tests::NfsMount::direct("stapr-nfs-disktop");
+    // Both paths: fexit on vfs_read/vfs_write, and the syscall exits.
+    for probe in ["fexit", "syscalls"] {
+        nfs_and_local_io(&nfs, probe);
+    }
+}
+
+fn nfs_and_local_io(nfs: &integration_tests::NfsMount, probe: &str) {
+    let local_dir = work_dir();
+    let local = device_of(&local_dir);
+    let remote_file = nfs.dir.join("8mib.dat");
+    let local_file = local_dir.join("8mib.dat");
+    let (pid, stdout) = disktop_with(
+        &[
+            "disktop",
+            "-i",
+            "1",
+            "-r",
+            "50",
+            "-c",
+            "disk_writer",
+            "--format",
+            "json",
+            "--probe",
+            probe,
+        ],
+        &[
+            "file",
+            "8",
+            remote_file.to_str().unwrap(),
+            local_file.to_str().unwrap(),
+        ],
+    );
+    let mut by_device: std::collections::BTreeMap<(String, String, String), u64> =
+        Default::default();
+    for l in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        if v["pid"] != pid {
+            continue;
+        }
+        let key = (
+            v["device"].as_str().unwrap().to_owned(),
+            v["fstype"].as_str().unwrap_or("?").to_owned(),
+            v["direction"].as_str().unwrap().to_owned(),
+        );
+        *by_device.entry(key).or_default() += v["bytes"].as_u64().unwrap();
+    }
+    let bytes = |dev: &str, fstype: &str, dir: &str| {
+        by_device
+            .get(&(dev.to_owned(), fstype.to_owned(), dir.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Exactly what went through the NFS file: nothing else the writer does is on NFS.
+    let why = format!("--probe {probe}: {by_device:?}\n{stdout}");
+    assert_eq!(bytes(&nfs.source, "nfs4", "W"), 8 * MIB, "{why}");
+    assert_eq!(bytes(&nfs.source, "nfs4", "R"), 8 * MIB, "{why}");
+    assert!(bytes(&local, "ext4", "W") >= 8 * MIB, "{why}");
+    assert!(bytes(&local, "ext4", "R") >= 8 * MIB, "{why}");
+    let _ = std::fs::remove_file(remote_file);
+    let _ = std::fs::remove_file(local_file);
+}

@@ -390,3 +390,62 @@ fn json_lines_per_file() {
     );
     assert_nothing_attached();
 }
+
+/// What the seed suspected: the NFS server is slow to serve the web content. The server
+/// stops answering for 2 s (its traffic stalls in a relay that is stopped) while a process
+/// opens a file it has not opened before: `--open-min` reports that open, with its time,
+/// as it returns; a fast open on the same mount is not reported.
+#[test]
+#[ignore = "needs the NFS server on QEMU's user network: runs in the Debian VMs"]
+fn a_stalled_nfs_server_shows_as_a_slow_open() {
+    let _k = kernel_lock();
+    let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-slowopen");
+    let fresh = nfs.dir.join("fresh.html");
+    let fast = nfs.dir.join("fast.html");
+    for f in [&fresh, &fast] {
+        std::fs::write(f, "<html></html>").unwrap();
+    }
+    let (fresh, fast) = (fresh.to_str().unwrap(), fast.to_str().unwrap());
+    let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let quick = run(
+        example("file_holder").args(["open", "0", fast]),
+        Duration::from_secs(30),
+    );
+    assert!(quick.status.success(), "{quick:?}");
+    // SAFETY: signalling the test's own relay.
+    unsafe { libc::kill(nfs.relay_pid(), libc::SIGSTOP) };
+    let opener = example("file_holder")
+        .args(["open", "0", fresh])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(nfs.relay_pid(), libc::SIGCONT) };
+    let opened = opener.wait_with_output().unwrap();
+    assert!(opened.status.success(), "{opened:?}");
+    let stdout = String::from_utf8_lossy(&opened.stdout);
+    let pid: u32 = field(&stdout, "pid").parse().unwrap();
+    let took: f64 = field(&stdout, "open_s").parse().unwrap();
+    assert!(took >= 1.5, "the open itself took only {took} s: {stdout}");
+    std::thread::sleep(Duration::from_millis(300));
+    stapr.signal(libc::SIGINT);
+    let out = stapr.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (rows, _) = rows(&out.stdout);
+    let slow: Vec<_> = rows.iter().filter(|l| l.pid == pid).collect();
+    assert_eq!(slow.len(), 1, "{}", out.stdout);
+    assert_eq!(slow[0].rest, format!("{fresh} [slow open]"));
+    assert!(
+        slow[0].secs >= 1.5 && (slow[0].secs - took).abs() < 0.1,
+        "stapr timed {:?}, the opener {took} s",
+        slow[0]
+    );
+    assert!(
+        !out.stdout.contains(fast),
+        "a fast open is not reported: {}",
+        out.stdout
+    );
+    assert_nothing_attached();
+}

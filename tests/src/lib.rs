@@ -333,3 +333,96 @@ pub fn field(line: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
         .to_owned()
 }
+
+/// The export of the NFS server the VM harness runs for each boot (nfs-ganesha on the
+/// host), mounted with the kernel's NFS client; unmounted when dropped.
+pub struct NfsMount {
+    pub dir: PathBuf,
+    /// The mount's source as mountinfo shows it (`10.0.2.2:/export`).
+    pub source: String,
+    relay: Option<Child>,
+}
+
+impl NfsMount {
+    /// Mounts the export straight from the server.
+    pub fn direct(name: &str) -> NfsMount {
+        let (host, port, path) = nfs_server();
+        Self::mount(name, &host, &port, &path, None)
+    }
+
+    /// Mounts the export through a `tcp_relay` on the guest's loopback: stopping the
+    /// relay stalls the server for this mount ([`NfsMount::relay_pid`]).
+    pub fn through_relay(name: &str) -> NfsMount {
+        let (host, port, path) = nfs_server();
+        let mut relay = example("tcp_relay")
+            .arg(format!("{host}:{port}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting tcp_relay");
+        let mut first = String::new();
+        BufReader::new(relay.stdout.take().expect("relay stdout"))
+            .read_line(&mut first)
+            .expect("reading the relay's port");
+        let local = field(&first, "port");
+        Self::mount(name, "127.0.0.1", &local, &path, Some(relay))
+    }
+
+    fn mount(name: &str, host: &str, port: &str, path: &str, relay: Option<Child>) -> NfsMount {
+        let dir = PathBuf::from("/tmp").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = format!("{host}:{path}");
+        // The kernel's own option parsing (no mount.nfs): NFSv4.1 over TCP on the
+        // server's port; hard, with a 10 s retransmit timeout (a 2 s stall is waited out).
+        let data = format!("vers=4.1,proto=tcp,port={port},addr={host},hard,timeo=100");
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let (src, target, data_c) = (c(&source), c(dir.to_str().unwrap()), c(&data));
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                c"nfs4".as_ptr(),
+                0,
+                data_c.as_ptr() as *const libc::c_void,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount -t nfs4 {source} {} -o {data}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        NfsMount { dir, source, relay }
+    }
+
+    pub fn relay_pid(&self) -> i32 {
+        self.relay.as_ref().expect("mounted through a relay").id() as i32
+    }
+}
+
+impl Drop for NfsMount {
+    fn drop(&mut self) {
+        if let Some(r) = &mut self.relay {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(r.id() as i32, libc::SIGCONT) };
+        }
+        let target = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path. Detached: never waits on the server.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        if let Some(r) = &mut self.relay {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+    }
+}
+
+/// (host, port, export path) from STAPR_NFS=host:port:/path, set by the VM harness.
+fn nfs_server() -> (String, String, String) {
+    let v = std::env::var("STAPR_NFS").expect("STAPR_NFS is set by the VM harness");
+    let mut it = v.splitn(3, ':');
+    match (it.next(), it.next(), it.next()) {
+        (Some(h), Some(p), Some(path)) => (h.to_owned(), p.to_owned(), path.to_owned()),
+        _ => panic!("STAPR_NFS={v:?} is not host:port:/path"),
+    }
+}

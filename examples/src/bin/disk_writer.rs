@@ -2,7 +2,8 @@
 //! logs and serving files. Prints `pid=<pid>` first.
 //!
 //! usage: disk_writer MODE MIB [PATH]
-//!   file     write MIB MiB to PATH (1 MiB writes), fsync, read it back (1 MiB reads)
+//!   file     write MIB MiB to PATH (1 MiB writes), fsync, read it back (1 MiB reads);
+//!            more PATHs: the same on each, in turn
 //!   pipe     write MIB MiB into a pipe a thread drains
 //!   direct   write MIB MiB to PATH with O_DIRECT (bypassing the page cache)
 //!   readloop (benchmark) pread 4 KiB at offset 0 of PATH, MIB times (the count);
@@ -32,24 +33,26 @@ fn main() -> Result<()> {
     let chunk = vec![0x5au8; MIB];
     match mode {
         "file" => {
-            let p = need_path()?;
-            let mut f = File::create(p).with_context(|| format!("creating {p}"))?;
-            for _ in 0..n {
-                f.write_all(&chunk)?;
-            }
-            f.sync_all()?;
-            drop(f);
-            let mut f = File::open(p)?;
-            let mut buf = vec![0u8; MIB];
-            let mut total = 0u64;
-            loop {
-                let got = f.read(&mut buf)?;
-                if got == 0 {
-                    break;
+            need_path()?;
+            for p in &args[3..] {
+                let mut f = File::create(p).with_context(|| format!("creating {p}"))?;
+                for _ in 0..n {
+                    f.write_all(&chunk)?;
                 }
-                total += got as u64;
+                f.sync_all()?;
+                drop(f);
+                let mut f = File::open(p)?;
+                let mut buf = vec![0u8; MIB];
+                let mut total = 0u64;
+                loop {
+                    let got = f.read(&mut buf)?;
+                    if got == 0 {
+                        break;
+                    }
+                    total += got as u64;
+                }
+                println!("wrote={} read={total}", n * MIB as u64);
             }
-            println!("wrote={} read={total}", n * MIB as u64);
         }
         "pipe" => {
             let (mut r, mut w) = std::io::pipe()?;

@@ -10,6 +10,7 @@
 mod console;
 mod image;
 mod kernels;
+mod nfs;
 mod qemu;
 
 pub use console::Outcome;
@@ -32,6 +33,9 @@ pub const PACKAGES: &[&str] = &[
     "cpio",
     "e2fsprogs",
     "kmod",
+    // The NFS server the guests mount (nfs.rs).
+    "nfs-ganesha",
+    "nfs-ganesha-vfs",
 ];
 
 /// The architecture a kernel line is built for: what QEMU emulates and what the test
@@ -115,6 +119,8 @@ const ARM64_CI: &[&str] = &[
     "serves_the_workloads_counters",
     "verdicts_match_this_kernel",
     "nettop_names_containers_and_filters_by_container_id",
+    "nfs_reads_and_writes_are_counted_under_the_server",
+    "a_stalled_nfs_server_shows_as_a_slow_open",
 ];
 
 #[derive(Args)]

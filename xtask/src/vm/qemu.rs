@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{console::Outcome, kernels::Kernel, Arch};
+use super::{console::Outcome, kernels::Kernel, nfs, Arch};
 
 /// The UDP port the guest's NIC receives the forwarded datagrams on.
 pub const NIC_GUEST_PORT: u16 = 5555;
@@ -38,6 +38,9 @@ pub fn boot(
         .context("finding a free UDP port for the guest's NIC")?
         .port();
     let netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{NIC_GUEST_PORT}");
+    // The NFS server the guest mounts at 10.0.2.2:<its port> (STAPR_NFS), for this boot.
+    let work = log.parent().context("the log's directory")?;
+    let server = nfs::Server::start(work)?;
     let mut child = Command::new(qemu)
         .args(machine)
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
@@ -47,7 +50,9 @@ pub fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port}"
+            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port} STAPR_NFS=10.0.2.2:{}:{}",
+            server.port,
+            nfs::EXPORT
         ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", image.display()))
@@ -111,6 +116,7 @@ pub fn boot(
     }
     let _ = child.kill();
     let _ = child.wait();
+    drop(server);
     transcript.flush()?;
     Ok(o)
 }
