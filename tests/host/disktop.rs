@@ -348,3 +348,37 @@ fn nfs_and_local_io(nfs: &integration_tests::NfsMount, probe: &str) {
     let _ = std::fs::remove_file(remote_file);
     let _ = std::fs::remove_file(local_file);
 }
+
+/// stapr never touches a network mount to name it: with the server not answering,
+/// disktop still reports on time, names the mount, and exits.
+#[test]
+#[ignore = "needs the NFS server on QEMU's user network: runs in the Debian VMs"]
+fn a_stalled_nfs_server_does_not_stall_disktop() {
+    use std::io::Write as _;
+    let _k = kernel_lock();
+    let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-stalled");
+    let path = nfs.dir.join("written-while-stalled.dat");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut stapr = Running::spawn(&[
+        "disktop", "-i", "1", "--count", "2", "--format", "json", "--probe", "syscalls",
+    ]);
+    stapr.wait_ready(Duration::from_secs(30));
+    let stalled = nfs.stall();
+    // Into the page cache: no request to the server until the file is flushed.
+    file.write_all(&vec![7u8; MIB as usize]).unwrap();
+    let out = stapr.finish(Duration::from_secs(10));
+    drop(stalled);
+    drop(file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let me = std::process::id();
+    let written: u64 = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["pid"] == me && v["device"] == nfs.source.as_str() && v["direction"] == "W")
+        .map(|v| v["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(written, MIB, "{}", out.stdout);
+    let _ = std::fs::remove_file(path);
+    assert_nothing_attached();
+}

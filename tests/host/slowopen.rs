@@ -413,16 +413,14 @@ fn a_stalled_nfs_server_shows_as_a_slow_open() {
         Duration::from_secs(30),
     );
     assert!(quick.status.success(), "{quick:?}");
-    // SAFETY: signalling the test's own relay.
-    unsafe { libc::kill(nfs.relay_pid(), libc::SIGSTOP) };
+    let stalled = nfs.stall();
     let opener = example("file_holder")
         .args(["open", "0", fresh])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: as above.
-    unsafe { libc::kill(nfs.relay_pid(), libc::SIGCONT) };
+    drop(stalled);
     let opened = opener.wait_with_output().unwrap();
     assert!(opened.status.success(), "{opened:?}");
     let stdout = String::from_utf8_lossy(&opened.stdout);

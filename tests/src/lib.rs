@@ -396,8 +396,24 @@ impl NfsMount {
         NfsMount { dir, source, relay }
     }
 
-    pub fn relay_pid(&self) -> i32 {
-        self.relay.as_ref().expect("mounted through a relay").id() as i32
+    /// Stops the relay: the server stops answering this mount until the returned guard
+    /// is dropped (also when a test fails: drop it before anything that waits on the
+    /// server, such as closing a written file).
+    pub fn stall(&self) -> Stalled {
+        let pid = self.relay.as_ref().expect("mounted through a relay").id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stalled(pid)
+    }
+}
+
+/// A stopped relay, continued when dropped.
+pub struct Stalled(i32);
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
 
