@@ -211,7 +211,8 @@ fn stapr_args(report: Report) -> Vec<String> {
 /// The configurations timed against the bare workload in each round: the report as
 /// `stapr_args` runs it; for nettop and disktop the same with `--containers` (what
 /// naming each row's container costs); for nettop also `--recv-at device` (receives
-/// charged where the device delivers them instead of at the reading socket).
+/// charged where the device delivers them instead of at the reading socket); for
+/// slowopen also `--open-min 1s` (every open timed by entry probes as well).
 fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     let base = stapr_args(report);
     let mut sides = vec![("", base.clone())];
@@ -225,6 +226,9 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     }
     if let Report::Nettop = report {
         sides.push((" --recv-at device", with(&["--recv-at", "device"])));
+    }
+    if let Report::Slowopen = report {
+        sides.push((" --open-min 1s", with(&["--open-min", "1s"])));
     }
     sides
 }
