@@ -156,14 +156,34 @@ pub struct SlowConfig {
     pub task_comm: u32,
     /// 1: entry probes run and time every open (`--open-min`, `-v`).
     pub time_opens: u32,
+    /// The raw-syscall programs (BTF tracepoints on raw_syscalls:sys_enter/sys_exit):
+    /// `struct pt_regs` member holding the syscall number (x86-64 `orig_ax`, arm64
+    /// `syscallno`, read as its low 32 bits) and this architecture's numbers of the calls
+    /// they handle, indexed by `NR_*` (`NR_NONE` where it has no such call).
+    pub reg_nr: u32,
+    pub nr: [u32; NR_COUNT],
+    pub _pad: u32,
 }
+
+/// `SlowConfig::nr` indices.
+pub const NR_CLOSE: usize = 0;
+pub const NR_OPENAT: usize = 1;
+pub const NR_OPEN: usize = 2;
+pub const NR_OPENAT2: usize = 3;
+pub const NR_CREAT: usize = 4;
+pub const NR_DUP2: usize = 5;
+pub const NR_DUP3: usize = 6;
+pub const NR_CLOSE_RANGE: usize = 7;
+pub const NR_COUNT: usize = 8;
+/// A syscall this architecture does not have.
+pub const NR_NONE: u32 = u32::MAX;
 
 const _: () = assert!(core::mem::size_of::<OpenKey>() == 8);
 const _: () = assert!(core::mem::size_of::<OpenFile>() == 32 + COMM_LEN + NAME_LEN);
 const _: () = assert!(core::mem::size_of::<SlowFile>() == 32 + core::mem::size_of::<OpenFile>());
 const _: () = assert!(core::mem::size_of::<Notice>() == 40);
 const _: () = assert!(core::mem::size_of::<OpenArgs>() == 24);
-const _: () = assert!(core::mem::size_of::<SlowConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<SlowConfig>() == 112);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -15,15 +15,16 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_probe_read_user_str_bytes, bpf_task_pt_regs,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use probes_common::slowopen::{
     Notice, OpenArgs, OpenFile, OpenKey, SlowConfig, SlowFile, CLOSED, END_CLOSE, END_CLOSE_RANGE,
     END_DUP2, END_DUP3, END_EXEC, END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC,
-    FLAG_TRUNCATED, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, OPEN_MAX_ENTRIES, REC_NOTICE,
-    REC_SLOW_FILE,
+    FLAG_TRUNCATED, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, NR_CLOSE, NR_CLOSE_RANGE,
+    NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT, NR_OPENAT2,
+    OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
 use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
@@ -45,6 +46,9 @@ static SLOW_CONFIG: SlowConfig = SlowConfig {
     reg_arg: [0; 4],
     task_comm: 0,
     time_opens: 0,
+    reg_nr: 0,
+    nr: [NR_NONE; NR_COUNT],
+    _pad: 0,
 };
 
 const O_CLOEXEC: u64 = 0o2000000;
@@ -128,6 +132,13 @@ pub fn stapr_so_e_creat(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The current task's saved user registers (classic tracepoints are not given them).
+#[inline(always)]
+fn task_regs() -> *const u8 {
+    let task = unsafe { bpf_get_current_task_btf() };
+    unsafe { bpf_task_pt_regs(task) as *const u8 }
+}
+
 /// Where an open's flags are.
 #[derive(Clone, Copy)]
 enum Flags {
@@ -151,10 +162,10 @@ fn reg(regs: *const u8, n: usize) -> u64 {
     unsafe { btf_load(regs, off) }
 }
 
+/// An open returned `ret`; `regs` gives the registers the task entered the syscall with.
 #[inline(always)]
-fn open_exit(ctx: &TracePointContext, name_arg: usize, flags: Flags) {
+fn open_exit(ret: i64, regs: impl FnOnce() -> *const u8, name_arg: usize, flags: Flags) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let ret = arg(ctx, RET) as i64;
     let from_regs = global(&SLOW_CONFIG.args_from_regs) == 1;
     let timed = global(&SLOW_CONFIG.time_opens) == 1;
     // What the entry probe saved, when entry probes run (explicitly zeroed: an Option
@@ -244,25 +255,25 @@ fn open_exit(ctx: &TracePointContext, name_arg: usize, flags: Flags) {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn stapr_so_x_open(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx, 0, Flags::Arg(1));
+    open_exit(arg(&ctx, RET) as i64, task_regs, 0, Flags::Arg(1));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn stapr_so_x_at(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx, 1, Flags::Arg(2));
+    open_exit(arg(&ctx, RET) as i64, task_regs, 1, Flags::Arg(2));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn stapr_so_x_at2(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx, 1, Flags::OpenHow(2));
+    open_exit(arg(&ctx, RET) as i64, task_regs, 1, Flags::OpenHow(2));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn stapr_so_x_creat(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx, 0, Flags::Creat);
+    open_exit(arg(&ctx, RET) as i64, task_regs, 0, Flags::Creat);
     0
 }
 
@@ -443,9 +454,15 @@ fn notice(tgid: u32, how: u32, first_fd: u32, last_fd: u32, range_flags: u32) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close_range")]
 pub fn stapr_so_crange(ctx: TracePointContext) -> u32 {
+    close_range(arg(&ctx, ARG0), arg(&ctx, ARG1), arg(&ctx, ARG2));
+    0
+}
+
+/// close_range(first, last, flags) of a process with tracked files: a notice.
+#[inline(always)]
+fn close_range(first: u64, last: u64, flags: u64) {
     let tgid = current_tgid();
     if unsafe { TGIDS.get(&tgid) }.is_some() {
-        let (first, last, flags) = (arg(&ctx, ARG0), arg(&ctx, ARG1), arg(&ctx, ARG2));
         notice(
             tgid,
             END_CLOSE_RANGE,
@@ -454,7 +471,6 @@ pub fn stapr_so_crange(ctx: TracePointContext) -> u32 {
             flags as u32,
         );
     }
-    0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -501,4 +517,78 @@ pub fn stapr_so_exit(_ctx: TracePointContext) -> u32 {
         let _ = TGIDS.remove(&tgid);
     }
     0
+}
+
+/// This architecture's number of syscall `i` (`NR_*`).
+#[inline(always)]
+fn nr(i: usize) -> u32 {
+    match i {
+        NR_CLOSE => global(&SLOW_CONFIG.nr[NR_CLOSE]),
+        NR_OPENAT => global(&SLOW_CONFIG.nr[NR_OPENAT]),
+        NR_OPEN => global(&SLOW_CONFIG.nr[NR_OPEN]),
+        NR_OPENAT2 => global(&SLOW_CONFIG.nr[NR_OPENAT2]),
+        NR_CREAT => global(&SLOW_CONFIG.nr[NR_CREAT]),
+        NR_DUP2 => global(&SLOW_CONFIG.nr[NR_DUP2]),
+        NR_DUP3 => global(&SLOW_CONFIG.nr[NR_DUP3]),
+        NR_CLOSE_RANGE => global(&SLOW_CONFIG.nr[NR_CLOSE_RANGE]),
+        _ => NR_NONE,
+    }
+}
+
+/// The raw-syscall method: one BTF tracepoint on every syscall's exit instead of a classic
+/// tracepoint per call. Each syscall of every process runs it, so the calls it does not
+/// handle return after one load and a few compares; the ones it handles skip the classic
+/// tracepoints' record building. Arguments come from the saved registers it is given.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn stapr_so_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = unsafe { ctx.arg(0) };
+    let ret: i64 = unsafe { ctx.arg(1) };
+    let n: u32 = unsafe { btf_load(regs, global(&SLOW_CONFIG.reg_nr)) };
+    if n == nr(NR_CLOSE) {
+        end(current_tgid(), reg(regs, 0) as u32, END_CLOSE);
+    } else if n == nr(NR_OPENAT) {
+        open_exit(ret, || regs, 1, Flags::Arg(2));
+    } else if n == nr(NR_OPEN) {
+        open_exit(ret, || regs, 0, Flags::Arg(1));
+    } else if n == nr(NR_OPENAT2) {
+        open_exit(ret, || regs, 1, Flags::OpenHow(2));
+    } else if n == nr(NR_CREAT) {
+        open_exit(ret, || regs, 0, Flags::Creat);
+    } else if n == nr(NR_DUP2) || n == nr(NR_DUP3) {
+        let (old, new) = (reg(regs, 0) as u32, reg(regs, 1) as u32);
+        // dup2(fd, fd) closes nothing; a failed dup replaced nothing.
+        if ret >= 0 && old != new {
+            let how = if n == nr(NR_DUP2) { END_DUP2 } else { END_DUP3 };
+            end(current_tgid(), new, how);
+        }
+    } else if n == nr(NR_CLOSE_RANGE) {
+        close_range(reg(regs, 0), reg(regs, 1), reg(regs, 2));
+    }
+    0
+}
+
+/// With the raw-syscall method and opens timed: each open's entry time.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn stapr_so_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = unsafe { ctx.arg(0) };
+    let id: i64 = unsafe { ctx.arg(1) };
+    let n = id as u32;
+    if n == nr(NR_OPENAT) || n == nr(NR_OPENAT2) {
+        save_args(reg(regs, 1), open_flags(regs, n == nr(NR_OPENAT2)));
+    } else if n == nr(NR_OPEN) {
+        save_args(reg(regs, 0), reg(regs, 1));
+    } else if n == nr(NR_CREAT) {
+        save_args(reg(regs, 0), CREAT_FLAGS);
+    }
+    0
+}
+
+/// openat's flags (argument 2), or openat2's from its `struct open_how`.
+#[inline(always)]
+fn open_flags(regs: *const u8, openat2: bool) -> u64 {
+    if openat2 {
+        unsafe { bpf_probe_read_user(reg(regs, 2) as *const u64) }.unwrap_or(0)
+    } else {
+        reg(regs, 2)
+    }
 }

@@ -96,10 +96,15 @@ impl Parts {
             self_tgid: std::process::id(),
             ..Default::default()
         };
-        let (slow, ring) = match slowopen::probes::Probes::attach(config, Default::default()) {
+        let attach =
+            slowopen::probes::Probes::attach(config, Default::default(), slowopen::probes::Method::Auto);
+        let (slow, ring) = match attach {
             Ok((s, ring)) => {
-                reg.sources
-                    .push(source(Report::Slowopen, "tracepoint", s.attached));
+                reg.sources.push(source(
+                    Report::Slowopen,
+                    s.method.label(),
+                    s.attached + s.raw,
+                ));
                 (Some(s), Some(ring))
             }
             Err(e) => {

@@ -278,6 +278,18 @@ impl Btf {
         }
     }
 
+    /// Offset in `struct pt_regs` of the syscall number (x86-64 `orig_ax`, arm64
+    /// `syscallno`); its low 32 bits are read.
+    pub fn syscall_nr_offset(&self) -> Result<u32> {
+        if cfg!(target_arch = "aarch64") {
+            self.member_offset("pt_regs", "syscallno")
+        } else if cfg!(target_arch = "x86_64") {
+            self.member_offset("pt_regs", "orig_ax")
+        } else {
+            bail!("stapr reads syscall numbers from saved registers on x86-64 and arm64 only")
+        }
+    }
+
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
         let t = self.types.get(id as usize)?;
         for m in &t.members {

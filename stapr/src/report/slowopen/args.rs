@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use super::Options;
+use super::{probes::Method, Options};
 use crate::{
     cli::{min_duration, CgroupArgs, OutputArgs, ProcessArgs},
     runtime::duration,
@@ -55,6 +55,10 @@ pub struct Args {
     /// Add PID, TID and OPEN(s) (the open call's own time) columns
     #[arg(short, long)]
     pub verbose: bool,
+    /// How syscalls are seen: raw-syscalls (one BTF tracepoint on every syscall's exit),
+    /// syscalls (classic tracepoints per call), or auto (the first where it works)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub probe: Method,
 }
 
 impl From<Args> for Options {
@@ -72,6 +76,7 @@ impl From<Args> for Options {
             format: a.output.format,
             duration: a.duration,
             verbose: a.verbose,
+            method: a.probe,
         }
     }
 }

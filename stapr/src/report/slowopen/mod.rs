@@ -30,6 +30,7 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub verbose: bool,
     pub containers: containers::Choice,
+    pub method: probes::Method,
 }
 
 impl Options {
@@ -224,16 +225,25 @@ pub fn run(opts: Options) -> Result<()> {
         ..Default::default()
     };
     let (mut names, filter) = Containers::open(&opts.containers, opts.format)?;
-    let (mut probes, ring) = probes::Probes::attach(config, filter)?;
+    let (mut probes, ring) = probes::Probes::attach(config, filter, opts.method)?;
     if !probes.skipped.is_empty() {
         eprintln!(
             "stapr slowopen: this kernel lacks {}; those calls are not traced",
             probes.skipped.join(", ")
         );
     }
+    let how = match probes.method {
+        probes::Method::RawSyscalls => format!(
+            "raw syscall tracepoint (BTF: raw_syscalls:sys_exit{}, handling open, openat, openat2, creat, close, dup2, dup3, close_range) and tracepoints on exec, exit",
+            if opts.timed() { " and sys_enter" } else { "" }
+        ),
+        _ => format!(
+            "syscall tracepoints ({}open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit)",
+            if opts.timed() { "entry and exit of " } else { "" }
+        ),
+    };
     eprintln!(
-        "stapr slowopen: syscall tracepoints ({}open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit); {}. Ctrl-C to end.",
-        if opts.timed() { "entry and exit of " } else { "" },
+        "stapr slowopen: {how}; {}. Ctrl-C to end.",
         opts.reported()
     );
     let mut state = State::default();

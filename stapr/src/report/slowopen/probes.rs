@@ -4,17 +4,20 @@
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
+    programs::BtfTracePoint,
     Ebpf, EbpfLoader,
 };
 use probes_common::slowopen::{
-    OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
+    OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NR_CLOSE,
+    NR_CLOSE_RANGE, NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT,
+    NR_OPENAT2,
 };
 use probes_common::{CgroupFilter, CGROUP_FILTER};
 
 use crate::{
     report::{Facility, MethodSpec, Need},
     runtime::{
-        btf, kernel_btf_present,
+        btf, kernel_btf_present, user_error,
         object::{self, attach_tracepoint},
     },
 };
@@ -44,6 +47,8 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         ATTACH[7].0,
         ATTACH[8].0,
         ATTACH[9].0,
+        RAW_EXIT.0,
+        RAW_ENTER.0,
     ],
     maps: &[EVENTS, OPEN_FILES, MISSED],
     globals: &[
@@ -52,10 +57,44 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
     ],
 };
 
-/// The ways slowopen attaches, best first: both are the same syscall tracepoints; the
-/// first reads open's arguments at its exit, the second needs entry probes for them.
+/// How the syscalls are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// raw-syscalls where the kernel has BTF (x86-64, arm64), else syscalls.
+    Auto,
+    /// One BTF tracepoint on every syscall's exit (raw_syscalls:sys_exit).
+    RawSyscalls,
+    /// Classic tracepoints on each traced syscall.
+    Syscalls,
+}
+
+impl Method {
+    /// The `method` label of the exporter's series.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::RawSyscalls => "raw_tracepoint",
+            Method::Auto | Method::Syscalls => "tracepoint",
+        }
+    }
+}
+
+/// The ways slowopen attaches, best first: one BTF tracepoint on every syscall's exit,
+/// then the classic syscall tracepoints, reading open's arguments at its exit, or with
+/// entry probes for them.
 pub fn methods() -> Vec<MethodSpec> {
     vec![
+        MethodSpec {
+            name: "raw syscall tracepoint",
+            needs: &[
+                Need::Btf,
+                Need::SavedRegs,
+                Need::Works(Facility::TpBtf),
+                Need::Works(Facility::Classic),
+                Need::Works(Facility::Ringbuf),
+            ],
+            note: "one BTF tracepoint on every syscall's exit",
+            partial: false,
+        },
         MethodSpec {
             name: "syscall tracepoints",
             needs: &[
@@ -108,22 +147,51 @@ const ATTACH: &[(&str, &str, &str, bool)] = &[
     ("stapr_so_exit", "sched", "sched_process_exit", true),
 ];
 
+/// The raw-syscall programs: the exit of every syscall, and with opens timed its entry.
+const RAW_EXIT: (&str, &str) = ("stapr_so_sys_exit", "sys_exit");
+const RAW_ENTER: (&str, &str) = ("stapr_so_sys_enter", "sys_enter");
+/// What the raw-syscall method attaches as classic tracepoints: exec and exit.
+const RAW_CLASSIC: &[(&str, &str, &str, bool)] = &[ATTACH[8], ATTACH[9]];
+
+/// This architecture's numbers of the syscalls the raw-syscall programs handle.
+fn syscall_numbers() -> [u32; NR_COUNT] {
+    let mut nr = [NR_NONE; NR_COUNT];
+    nr[NR_CLOSE] = libc::SYS_close as u32;
+    nr[NR_OPENAT] = libc::SYS_openat as u32;
+    nr[NR_OPENAT2] = libc::SYS_openat2 as u32;
+    nr[NR_DUP3] = libc::SYS_dup3 as u32;
+    nr[NR_CLOSE_RANGE] = libc::SYS_close_range as u32;
+    #[cfg(target_arch = "x86_64")]
+    {
+        nr[NR_OPEN] = libc::SYS_open as u32;
+        nr[NR_CREAT] = libc::SYS_creat as u32;
+        nr[NR_DUP2] = libc::SYS_dup2 as u32;
+    }
+    nr
+}
+
 pub struct Probes {
     ebpf: Ebpf,
+    /// The method attached (never `Auto`).
+    pub method: Method,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
-    /// Tracepoints attached.
+    /// Classic tracepoints attached (slow to detach).
     pub attached: usize,
+    /// BTF tracepoints attached (bpf links: quick to detach).
+    pub raw: usize,
 }
 
 impl Probes {
-    /// Loads the object with `config` (threshold, filters) and attaches every probe; the
-    /// exit-detection offsets are filled in here from the kernel's BTF.
+    /// Loads the object with `config` (threshold, filters) and attaches every probe with
+    /// `method` (`Auto`: the raw-syscall method where it loads, else the classic one); the
+    /// exit-detection and register offsets are filled in here from the kernel's BTF.
     pub fn attach(
         mut config: SlowConfig,
         cgroup: CgroupFilter,
+        method: Method,
     ) -> Result<(Self, RingBuf<MapData>)> {
-        if kernel_btf_present() {
+        let kbtf = if kernel_btf_present() {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
             config.signal_live = kbtf.member_offset("signal_struct", "live")?;
@@ -133,13 +201,73 @@ impl Probes {
                 config.args_from_regs = 1;
                 config.reg_arg = regs;
                 config.task_comm = kbtf.member_offset("task_struct", "comm")?;
+                config.reg_nr = kbtf.syscall_nr_offset()?;
+                config.nr = syscall_numbers();
+            }
+            Some(kbtf)
+        } else {
+            None
+        };
+        let raw_possible = config.args_from_regs == 1;
+        match method {
+            Method::RawSyscalls if !raw_possible => Err(user_error(
+                "--probe raw-syscalls needs kernel BTF (/sys/kernel/btf/vmlinux) on x86-64 or arm64; use --probe syscalls",
+            )),
+            Method::RawSyscalls => Self::attach_raw(config, cgroup),
+            Method::Syscalls => Self::attach_classic(config, cgroup),
+            Method::Auto if raw_possible => Self::attach_raw(config, cgroup).or_else(|e| {
+                eprintln!(
+                    "stapr slowopen: the raw syscall tracepoint did not attach ({e:#}); using the syscall tracepoints"
+                );
+                Self::attach_classic(config, cgroup)
+            }),
+            Method::Auto => {
+                drop(kbtf);
+                Self::attach_classic(config, cgroup)
             }
         }
-        let mut ebpf = EbpfLoader::new()
-            .override_global(CONFIG, &config, true)
-            .override_global(CGROUP_FILTER, &cgroup, true)
+    }
+
+    fn load(config: &SlowConfig, cgroup: &CgroupFilter) -> Result<Ebpf> {
+        EbpfLoader::new()
+            .override_global(CONFIG, config, true)
+            .override_global(CGROUP_FILTER, cgroup, true)
             .load(OBJECT)
-            .context("loading the slowopen eBPF object")?;
+            .context("loading the slowopen eBPF object")
+    }
+
+    fn attach_raw(config: SlowConfig, cgroup: CgroupFilter) -> Result<(Self, RingBuf<MapData>)> {
+        let mut ebpf = Self::load(&config, &cgroup)?;
+        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut raw = vec![RAW_EXIT];
+        if config.time_opens == 1 {
+            raw.push(RAW_ENTER);
+        }
+        let mut attached = 0;
+        let raw_count = raw.len();
+        for (prog, tp) in raw {
+            let p: &mut BtfTracePoint = object::program(&mut ebpf, prog)?;
+            p.load(tp, &btf)
+                .with_context(|| format!("loading BTF tracepoint {tp}"))?;
+            p.attach()
+                .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
+        }
+        let mut skipped = Vec::new();
+        for &(prog, category, name, required) in RAW_CLASSIC {
+            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
+                attached += 1;
+            } else {
+                skipped.push(format!("{category}:{name}"));
+            }
+        }
+        Self::ready(ebpf, Method::RawSyscalls, skipped, (attached, raw_count))
+    }
+
+    fn attach_classic(
+        config: SlowConfig,
+        cgroup: CgroupFilter,
+    ) -> Result<(Self, RingBuf<MapData>)> {
+        let mut ebpf = Self::load(&config, &cgroup)?;
         let mut skipped = Vec::new();
         let mut attached = 0;
         let entry: &[_] = if config.args_from_regs == 1 && config.time_opens == 0 {
@@ -154,12 +282,23 @@ impl Probes {
                 skipped.push(format!("{category}:{name}"));
             }
         }
+        Self::ready(ebpf, Method::Syscalls, skipped, (attached, 0))
+    }
+
+    fn ready(
+        mut ebpf: Ebpf,
+        method: Method,
+        skipped: Vec<String>,
+        (attached, raw): (usize, usize),
+    ) -> Result<(Self, RingBuf<MapData>)> {
         let events = object::ring(&mut ebpf, EVENTS)?;
         Ok((
             Self {
                 ebpf,
+                method,
                 skipped,
                 attached,
+                raw,
             },
             events,
         ))
