@@ -212,7 +212,7 @@ fn open_exit(ret: i64, regs: impl FnOnce() -> *const u8, name_arg: usize, flags:
     } else if from_regs {
         // The registers the process entered the syscall with are still saved: read
         // the arguments here instead of paying for an entry probe and a map round trip.
-        let regs = unsafe { bpf_task_pt_regs(task) } as *const u8;
+        let regs = regs();
         let flags = match flags {
             Flags::Arg(n) => reg(regs, n),
             Flags::OpenHow(n) => {
@@ -541,8 +541,8 @@ fn nr(i: usize) -> u32 {
 /// tracepoints' record building. Arguments come from the saved registers it is given.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn stapr_so_sys_exit(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const u8 = unsafe { ctx.arg(0) };
-    let ret: i64 = unsafe { ctx.arg(1) };
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
     let n: u32 = unsafe { btf_load(regs, global(&SLOW_CONFIG.reg_nr)) };
     if n == nr(NR_CLOSE) {
         end(current_tgid(), reg(regs, 0) as u32, END_CLOSE);
@@ -570,8 +570,8 @@ pub fn stapr_so_sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// With the raw-syscall method and opens timed: each open's entry time.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn stapr_so_sys_enter(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const u8 = unsafe { ctx.arg(0) };
-    let id: i64 = unsafe { ctx.arg(1) };
+    let regs: *const u8 = ctx.arg(0);
+    let id: i64 = ctx.arg(1);
     let n = id as u32;
     if n == nr(NR_OPENAT) || n == nr(NR_OPENAT2) {
         save_args(reg(regs, 1), open_flags(regs, n == nr(NR_OPENAT2)));

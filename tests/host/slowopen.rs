@@ -91,7 +91,14 @@ struct Held {
 /// Starts `stapr slowopen -v --min 1s`, runs `file_holder MODE SECS PATH`, stops stapr
 /// with SIGINT and returns the holder's ids and stapr's stdout.
 fn hold(mode: &str, secs: &str, path: &str) -> Held {
-    let mut stapr = Running::spawn(&["slowopen", "-v", "--min", "1s"]);
+    hold_with(&[], mode, secs, path)
+}
+
+/// As [`hold`], with more arguments for stapr.
+fn hold_with(extra: &[&str], mode: &str, secs: &str, path: &str) -> Held {
+    let mut args = vec!["slowopen", "-v", "--min", "1s"];
+    args.extend(extra);
+    let mut stapr = Running::spawn(&args);
     stapr.wait_ready(Duration::from_secs(30));
     let holder = run(
         example("file_holder").args([mode, secs, path]),
@@ -151,6 +158,12 @@ fn held_long_enough_is_reported_with_its_time() {
 #[test]
 fn open_min_reports_a_slow_open_as_it_returns_and_not_a_fast_one() {
     let _k = kernel_lock();
+    for extra in [&[][..], &["--probe", "raw-syscalls"]] {
+        fifo_open_is_slow(extra);
+    }
+}
+
+fn fifo_open_is_slow(extra: &[&str]) {
     let fifo = path("slow-open.fifo");
     let _ = std::fs::remove_file(&fifo);
     let c = std::ffi::CString::new(fifo.clone()).unwrap();
@@ -162,7 +175,9 @@ fn open_min_reports_a_slow_open_as_it_returns_and_not_a_fast_one() {
     );
     let fast = path("fast-open.html");
     std::fs::write(&fast, "x").unwrap();
-    let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
+    let mut args = vec!["slowopen", "--open-min", "1s", "-v"];
+    args.extend(extra);
+    let mut stapr = Running::spawn(&args);
     stapr.wait_ready(Duration::from_secs(30));
     let quick = run(
         example("file_holder").args(["open", "0", &fast]),
@@ -197,9 +212,9 @@ fn open_min_reports_a_slow_open_as_it_returns_and_not_a_fast_one() {
         "--open-min alone reports no held files: {out:?}"
     );
     let slow: Vec<_> = rows.iter().filter(|l| l.pid == pid).collect();
-    assert_eq!(slow.len(), 1, "{}", out.stdout);
+    assert_eq!(slow.len(), 1, "{extra:?}: {}", out.stdout);
     let r = slow[0];
-    assert_eq!(r.rest, format!("{fifo} [slow open]"));
+    assert_eq!(r.rest, format!("{fifo} [slow open]"), "{extra:?}");
     assert!(r.secs >= 1.5 && r.secs < 4.0, "{r:?}");
     assert_eq!(r.open, Some(r.secs), "{r:?}");
     assert!(
@@ -250,13 +265,55 @@ fn process_exit_closes_its_files() {
 
 #[test]
 fn dup2_onto_the_fd_closes_the_file() {
-    // arm64 has no dup2 system call: its C library makes dup2() a dup3().
-    let marker = if cfg!(target_arch = "aarch64") {
+    check_ended_by("dup2", "replaced-by-dup2", dup2_marker());
+}
+
+/// arm64 has no dup2 system call: its C library makes dup2() a dup3().
+fn dup2_marker() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
         "[dup3]"
     } else {
         "[dup2]"
-    };
-    check_ended_by("dup2", "replaced-by-dup2", marker);
+    }
+}
+
+/// `--probe raw-syscalls` (one BTF tracepoint on every syscall's exit, and on their entry
+/// when opens are timed) sees every end the classic tracepoints see, and times opens.
+#[test]
+fn the_raw_syscall_method_sees_every_end() {
+    let _k = kernel_lock();
+    let raw = ["--probe", "raw-syscalls"];
+    for (mode, marker) in [
+        ("close", ""),
+        ("thread", ""),
+        ("dup2", dup2_marker()),
+        ("exec", "[exec]"),
+        ("exit", "[exit]"),
+    ] {
+        let p = path(&format!("raw-{mode}"));
+        let h = hold_with(&raw, mode, "1.2", &p);
+        let row = only_row_of(&h);
+        let want = if marker.is_empty() {
+            p.clone()
+        } else {
+            format!("{p} {marker}")
+        };
+        assert_eq!(row.rest, want, "{mode}");
+        assert!(row.secs > 1.1 && row.secs < 2.0, "{mode}: {row:?}");
+        assert!(row.open.is_some_and(|o| o < 0.5), "{mode}: {row:?}");
+    }
+    let h = hold_with(&raw, "close", "0.3", &path("raw-brief"));
+    assert!(
+        rows(&h.stdout).0.iter().all(|l| l.pid != h.pid),
+        "{}",
+        h.stdout
+    );
+    let h = hold_with(&raw, "failed", "1.2", &path("does-not-exist/x"));
+    assert!(
+        rows(&h.stdout).0.iter().all(|l| l.pid != h.pid),
+        "{}",
+        h.stdout
+    );
 }
 
 #[test]

@@ -213,7 +213,8 @@ fn stapr_args(report: Report) -> Vec<String> {
 /// naming each row's container costs); for nettop also `--recv-at device` (receives
 /// charged where the device delivers them instead of at the reading socket); for
 /// slowopen also `--open-min 1s` (every open timed by entry probes as well) and
-/// `--probe syscalls` (classic tracepoints per call instead of the raw one).
+/// `--probe raw-syscalls` (one BTF tracepoint on every syscall instead of one classic
+/// tracepoint per traced call).
 fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     let base = stapr_args(report);
     let mut sides = vec![("", base.clone())];
@@ -230,7 +231,7 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     }
     if let Report::Slowopen = report {
         sides.push((" --open-min 1s", with(&["--open-min", "1s"])));
-        sides.push((" --probe syscalls", with(&["--probe", "syscalls"])));
+        sides.push((" --probe raw-syscalls", with(&["--probe", "raw-syscalls"])));
     }
     sides
 }

@@ -96,8 +96,11 @@ impl Parts {
             self_tgid: std::process::id(),
             ..Default::default()
         };
-        let attach =
-            slowopen::probes::Probes::attach(config, Default::default(), slowopen::probes::Method::Auto);
+        let attach = slowopen::probes::Probes::attach(
+            config,
+            Default::default(),
+            slowopen::probes::Method::Auto,
+        );
         let (slow, ring) = match attach {
             Ok((s, ring)) => {
                 reg.sources.push(source(

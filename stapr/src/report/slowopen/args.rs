@@ -55,8 +55,9 @@ pub struct Args {
     /// Add PID, TID and OPEN(s) (the open call's own time) columns
     #[arg(short, long)]
     pub verbose: bool,
-    /// How syscalls are seen: raw-syscalls (one BTF tracepoint on every syscall's exit),
-    /// syscalls (classic tracepoints per call), or auto (the first where it works)
+    /// How syscalls are seen: syscalls (classic tracepoints on each traced call; auto
+    /// means this), or raw-syscalls (one BTF tracepoint on every syscall's exit: cheaper
+    /// per open and close, dearer for every other syscall)
     #[arg(long, value_enum, default_value = "auto")]
     pub probe: Method,
 }

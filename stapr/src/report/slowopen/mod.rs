@@ -242,10 +242,7 @@ pub fn run(opts: Options) -> Result<()> {
             if opts.timed() { "entry and exit of " } else { "" }
         ),
     };
-    eprintln!(
-        "stapr slowopen: {how}; {}. Ctrl-C to end.",
-        opts.reported()
-    );
+    eprintln!("stapr slowopen: {how}; {}. Ctrl-C to end.", opts.reported());
     let mut state = State::default();
     let mut seen = (0, 0);
     runtime::block_on(async {

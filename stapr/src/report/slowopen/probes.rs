@@ -9,16 +9,16 @@ use aya::{
 };
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NR_CLOSE,
-    NR_CLOSE_RANGE, NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT,
-    NR_OPENAT2,
+    NR_CLOSE_RANGE, NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT, NR_OPENAT2,
 };
 use probes_common::{CgroupFilter, CGROUP_FILTER};
 
 use crate::{
     report::{Facility, MethodSpec, Need},
     runtime::{
-        btf, kernel_btf_present, user_error,
+        btf, kernel_btf_present,
         object::{self, attach_tracepoint},
+        user_error,
     },
 };
 
@@ -60,9 +60,10 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
 /// How the syscalls are seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
-    /// raw-syscalls where the kernel has BTF (x86-64, arm64), else syscalls.
+    /// The classic syscall tracepoints (what every syscall not traced pays least).
     Auto,
-    /// One BTF tracepoint on every syscall's exit (raw_syscalls:sys_exit).
+    /// One BTF tracepoint on every syscall's exit (raw_syscalls:sys_exit): cheaper per
+    /// open and close, dearer for every other syscall on the machine.
     RawSyscalls,
     /// Classic tracepoints on each traced syscall.
     Syscalls,
@@ -78,23 +79,11 @@ impl Method {
     }
 }
 
-/// The ways slowopen attaches, best first: one BTF tracepoint on every syscall's exit,
-/// then the classic syscall tracepoints, reading open's arguments at its exit, or with
-/// entry probes for them.
+/// The ways slowopen's default (`--probe auto`) attaches, best first: both are the same
+/// classic syscall tracepoints; the first reads open's arguments at its exit, the second
+/// needs entry probes for them. (`--probe raw-syscalls` is asked for, never chosen.)
 pub fn methods() -> Vec<MethodSpec> {
     vec![
-        MethodSpec {
-            name: "raw syscall tracepoint",
-            needs: &[
-                Need::Btf,
-                Need::SavedRegs,
-                Need::Works(Facility::TpBtf),
-                Need::Works(Facility::Classic),
-                Need::Works(Facility::Ringbuf),
-            ],
-            note: "one BTF tracepoint on every syscall's exit",
-            partial: false,
-        },
         MethodSpec {
             name: "syscall tracepoints",
             needs: &[
@@ -184,14 +173,14 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the object with `config` (threshold, filters) and attaches every probe with
-    /// `method` (`Auto`: the raw-syscall method where it loads, else the classic one); the
-    /// exit-detection and register offsets are filled in here from the kernel's BTF.
+    /// `method` (`Auto`: the classic tracepoints); the exit-detection and register offsets
+    /// are filled in here from the kernel's BTF.
     pub fn attach(
         mut config: SlowConfig,
         cgroup: CgroupFilter,
         method: Method,
     ) -> Result<(Self, RingBuf<MapData>)> {
-        let kbtf = if kernel_btf_present() {
+        if kernel_btf_present() {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
             config.signal_live = kbtf.member_offset("signal_struct", "live")?;
@@ -204,27 +193,13 @@ impl Probes {
                 config.reg_nr = kbtf.syscall_nr_offset()?;
                 config.nr = syscall_numbers();
             }
-            Some(kbtf)
-        } else {
-            None
-        };
-        let raw_possible = config.args_from_regs == 1;
+        }
         match method {
-            Method::RawSyscalls if !raw_possible => Err(user_error(
+            Method::RawSyscalls if config.args_from_regs == 0 => Err(user_error(
                 "--probe raw-syscalls needs kernel BTF (/sys/kernel/btf/vmlinux) on x86-64 or arm64; use --probe syscalls",
             )),
             Method::RawSyscalls => Self::attach_raw(config, cgroup),
-            Method::Syscalls => Self::attach_classic(config, cgroup),
-            Method::Auto if raw_possible => Self::attach_raw(config, cgroup).or_else(|e| {
-                eprintln!(
-                    "stapr slowopen: the raw syscall tracepoint did not attach ({e:#}); using the syscall tracepoints"
-                );
-                Self::attach_classic(config, cgroup)
-            }),
-            Method::Auto => {
-                drop(kbtf);
-                Self::attach_classic(config, cgroup)
-            }
+            Method::Auto | Method::Syscalls => Self::attach_classic(config, cgroup),
         }
     }
 
