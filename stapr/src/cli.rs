@@ -29,10 +29,12 @@ pub enum Command {
     /// Packets and KB sent and received, per process and network device, every interval.
     #[command(after_help = nettop::args::HELP)]
     Nettop(nettop::args::Args),
-    /// Bytes read and written per process and block device, every interval (top 10).
+    /// Bytes read and written per process and device (block or network filesystem), every
+    /// interval (top 10).
     #[command(after_help = disktop::args::HELP)]
     Disktop(disktop::args::Args),
-    /// Files a process held open at least --min, printed as each one is closed.
+    /// Files a process held open at least --min, printed as each one is closed; with
+    /// --open-min, open calls that themselves took that long.
     #[command(after_help = slowopen::args::HELP)]
     Slowopen(slowopen::args::Args),
     /// Every entry and return of a module's (or a program's) functions, as an indented

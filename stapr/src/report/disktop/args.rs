@@ -6,10 +6,11 @@ use super::{Method, Options, SortKey};
 use crate::cli::{positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
-Counts the bytes that read and write calls return for files on a block device, page-cache
-hits included, like SystemTap's disktop. Pipes, sockets, tmpfs, /proc and other files
-without a block device are not counted. DEVICE is the kernel's name for the device under
-the file's filesystem. Where the kernel allows fexit, the probes sit on vfs_read and
+Counts the bytes that read and write calls return for files on a block device or a network
+filesystem (NFS, SMB/CIFS, Ceph, 9p, AFS), page-cache hits included, like SystemTap's
+disktop. Pipes, sockets, tmpfs, /proc, FUSE and other files without either are not
+counted. DEVICE is the kernel's name for the block device under the file's filesystem, or
+a network mount's server side from mountinfo (nfs1:/export/www); JSON adds fstype. Where the kernel allows fexit, the probes sit on vfs_read and
 vfs_write: every read(2), write(2), pread64(2) and pwrite64(2) goes through them, and so
 does the kernel's own use of those functions; readv/writev-style calls, io_uring, mmap'd
 files, sendfile, splice and copy_file_range do not. Elsewhere (this is said at start) they
@@ -18,7 +19,8 @@ preadv2 and pwritev2: io_uring, mmap'd files, sendfile, splice, copy_file_range 
 are not seen.
 
 --block counts requests issued to the devices instead (block:block_rq_issue): physical
-I/O, charged to the task running when the request was issued. Write-back of dirty pages is
+I/O on block devices (network filesystems have none), charged to the task running when the
+request was issued. Write-back of dirty pages is
 issued by the kernel's flusher threads and shows under them, not under the writer.
 
 EXAMPLES:

@@ -26,6 +26,10 @@ their error): a stalled NFS server, not a file kept open. Alone it reports only 
 opens; with --min, both. -v adds an OPEN(s) column with each file's open time. Either
 attaches entry probes to the open calls as well.
 
+--probe raw-syscalls uses one BTF tracepoint on every syscall's exit (raw_syscalls) instead
+of a classic tracepoint per traced call: cheaper per open and close, dearer for every other
+syscall on the machine.
+
 EXAMPLES:
     stapr slowopen                  # files held open 1 s or more
     stapr slowopen --min 250ms -v   # a lower threshold, with PID, TID and OPEN(s) columns
