@@ -456,6 +456,10 @@ fn json_lines_per_file() {
 #[ignore = "needs the NFS server on QEMU's user network: runs in the Debian VMs"]
 fn a_stalled_nfs_server_shows_as_a_slow_open() {
     let _k = kernel_lock();
+    // Attached before the relay carries traffic: attaching patches kernel text, which
+    // QEMU's TCG has been seen to get wrong while another vCPU runs the patched path.
+    let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
+    stapr.wait_ready(Duration::from_secs(30));
     let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-slowopen");
     let fresh = nfs.dir.join("fresh.html");
     let fast = nfs.dir.join("fast.html");
@@ -463,8 +467,6 @@ fn a_stalled_nfs_server_shows_as_a_slow_open() {
         std::fs::write(f, "<html></html>").unwrap();
     }
     let (fresh, fast) = (fresh.to_str().unwrap(), fast.to_str().unwrap());
-    let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
-    stapr.wait_ready(Duration::from_secs(30));
     let quick = run(
         example("file_holder").args(["open", "0", fast]),
         Duration::from_secs(30),

@@ -372,27 +372,11 @@ impl NfsMount {
         std::fs::create_dir_all(&dir).unwrap();
         let source = format!("{host}:{path}");
         // The kernel's own option parsing (no mount.nfs): NFSv4.1 over TCP on the
-        // server's port; hard, with a 10 s retransmit timeout (a 2 s stall is waited out).
-        let data = format!("vers=4.1,proto=tcp,port={port},addr={host},hard,timeo=100");
-        let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        let (src, target, data_c) = (c(&source), c(dir.to_str().unwrap()), c(&data));
-        // SAFETY: valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                c"nfs4".as_ptr(),
-                0,
-                data_c.as_ptr() as *const libc::c_void,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount -t nfs4 {source} {} -o {data}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
+        // server's port; hard, with a 10 s retransmit timeout (a 2 s stall is waited out);
+        // sec=sys, what the server offers (else the client asks for the Kerberos modules
+        // at every mount).
+        let data = format!("vers=4.1,proto=tcp,port={port},addr={host},sec=sys,hard,timeo=100");
+        mount(&source, &dir, "nfs4", &data);
         NfsMount { dir, source, relay }
     }
 
@@ -431,6 +415,30 @@ impl Drop for NfsMount {
             let _ = r.wait();
         }
     }
+}
+
+/// mount(2) of `source` on `target` with the kernel's own option parsing; panics with the
+/// error when it fails.
+pub fn mount(source: &str, target: &std::path::Path, fstype: &str, data: &str) {
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, dir, fs, opts) = (c(source), c(target.to_str().unwrap()), c(fstype), c(data));
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dir.as_ptr(),
+            fs.as_ptr(),
+            0,
+            opts.as_ptr() as *const libc::c_void,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount -t {fstype} {source} {} -o {data}: {}",
+        target.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// (host, port, export path) from STAPR_NFS=host:port:/path, set by the VM harness.

@@ -34,8 +34,12 @@ const MODULES: &[&str] = &[
     "mbcache",
     "jbd2",
     "ext4",
-    // The NFS client (fscache is part of netfs from 6.12 on).
+    // The NFS client (fscache is part of netfs from 6.12 on). The RPCSEC_GSS modules are
+    // loaded although the mounts use sec=sys: the client asks for them at every mount,
+    // and a modprobe starting while a test attaches fexit once hung 6.1 under TCG.
     "sunrpc",
+    "auth_rpcgss",
+    "rpcsec_gss_krb5",
     "grace",
     "lockd",
     "fscache",
@@ -43,6 +47,10 @@ const MODULES: &[&str] = &[
     "dns_resolver",
     "nfs",
     "nfsv4",
+    // 9p over virtio: QEMU's host share (qemu.rs).
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
 ];
 /// Modules some kernels do not have at all (merged into another).
 const MODULES_MAYBE_ABSENT: &[&str] = &["fscache"];
@@ -235,10 +243,14 @@ mount -t bpf bpf /sys/fs/bpf
 # The unified cgroup hierarchy where Debian 12 mounts it.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ln -sf /bin/busybox /sbin/modprobe
+# Modules the kernel asks for at run time (request_module) show on the console.
+printf '#!/bin/busybox sh\necho "<3>stapr-vm: the kernel requested module $*" > /dev/kmsg\nexec /bin/busybox modprobe "$@"\n' > /sbin/request-module
+chmod +x /sbin/request-module
 ulimit -l unlimited
 # Tests that know what each kernel allows (doctor's) tell the VMs from the host by this.
 export STAPR_VM=1
 for m in @MODULES@; do modprobe $m || echo "STAPR-VM-ERROR modprobe $m"; done
+echo /sbin/request-module > /proc/sys/kernel/modprobe
 sleep 1
 mount -t ext4 /dev/vda /stapr || echo "STAPR-VM-ERROR mount ext4"
 ip link set lo up

@@ -13,6 +13,9 @@ use anyhow::{Context as _, Result};
 
 use super::{console::Outcome, kernels::Kernel, nfs, Arch};
 
+/// The mount tag of the guest's virtio-9p share.
+pub const NINE_P_TAG: &str = "stapr9p";
+
 /// The UDP port the guest's NIC receives the forwarded datagrams on.
 pub const NIC_GUEST_PORT: u16 = 5555;
 
@@ -41,6 +44,15 @@ pub fn boot(
     // The NFS server the guest mounts at 10.0.2.2:<its port> (STAPR_NFS), for this boot.
     let work = log.parent().context("the log's directory")?;
     let server = nfs::Server::start(work)?;
+    // A host directory shared over virtio-9p (mount tag NINE_P_TAG): another network
+    // filesystem for disktop.
+    let share = work.join("9p");
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share)?;
+    let virtfs = format!(
+        "local,path={},mount_tag={NINE_P_TAG},security_model=none,id=fs0",
+        share.display()
+    );
     let mut child = Command::new(qemu)
         .args(machine)
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
@@ -57,6 +69,7 @@ pub fn boot(
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", image.display()))
         .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+        .args(["-virtfs", &virtfs])
         .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
