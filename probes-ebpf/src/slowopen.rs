@@ -150,6 +150,18 @@ enum Flags {
     Creat,
 }
 
+/// An open's flags, from the registers it entered the syscall with.
+#[inline(always)]
+fn flags_of(regs: *const u8, flags: Flags) -> u64 {
+    match flags {
+        Flags::Arg(n) => reg(regs, n),
+        Flags::OpenHow(n) => {
+            unsafe { bpf_probe_read_user(reg(regs, n) as *const u64) }.unwrap_or(0)
+        }
+        Flags::Creat => CREAT_FLAGS,
+    }
+}
+
 /// Syscall argument `n` (0..=3) from the saved user registers.
 #[inline(always)]
 fn reg(regs: *const u8, n: usize) -> u64 {
@@ -213,16 +225,9 @@ fn open_exit(ret: i64, regs: impl FnOnce() -> *const u8, name_arg: usize, flags:
         // The registers the process entered the syscall with are still saved: read
         // the arguments here instead of paying for an entry probe and a map round trip.
         let regs = regs();
-        let flags = match flags {
-            Flags::Arg(n) => reg(regs, n),
-            Flags::OpenHow(n) => {
-                unsafe { bpf_probe_read_user(reg(regs, n) as *const u64) }.unwrap_or(0)
-            }
-            Flags::Creat => CREAT_FLAGS,
-        };
         OpenArgs {
             filename: reg(regs, name_arg),
-            flags,
+            flags: flags_of(regs, flags),
             entry_ns: 0,
         }
     } else {
@@ -416,8 +421,12 @@ pub fn stapr_so_close(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn dup_onto(ctx: &TracePointContext, how: u32) {
-    let (old, new) = (arg(ctx, ARG0) as u32, arg(ctx, ARG1) as u32);
-    // dup2(fd, fd) closes nothing.
+    dup_fds(arg(ctx, ARG0) as u32, arg(ctx, ARG1) as u32, how);
+}
+
+/// dup2/dup3(old, new): the file on `new` ends; dup2(fd, fd) closes nothing.
+#[inline(always)]
+fn dup_fds(old: u32, new: u32, how: u32) {
     if old != new {
         end(current_tgid(), new, how);
     }
@@ -555,11 +564,10 @@ pub fn stapr_so_sys_exit(ctx: BtfTracePointContext) -> i32 {
     } else if n == nr(NR_CREAT) {
         open_exit(ret, || regs, 0, Flags::Creat);
     } else if n == nr(NR_DUP2) || n == nr(NR_DUP3) {
-        let (old, new) = (reg(regs, 0) as u32, reg(regs, 1) as u32);
-        // dup2(fd, fd) closes nothing; a failed dup replaced nothing.
-        if ret >= 0 && old != new {
+        // At the exit: a failed dup replaced nothing.
+        if ret >= 0 {
             let how = if n == nr(NR_DUP2) { END_DUP2 } else { END_DUP3 };
-            end(current_tgid(), new, how);
+            dup_fds(reg(regs, 0) as u32, reg(regs, 1) as u32, how);
         }
     } else if n == nr(NR_CLOSE_RANGE) {
         close_range(reg(regs, 0), reg(regs, 1), reg(regs, 2));
@@ -573,22 +581,14 @@ pub fn stapr_so_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
     let n = id as u32;
-    if n == nr(NR_OPENAT) || n == nr(NR_OPENAT2) {
-        save_args(reg(regs, 1), open_flags(regs, n == nr(NR_OPENAT2)));
+    if n == nr(NR_OPENAT) {
+        save_args(reg(regs, 1), flags_of(regs, Flags::Arg(2)));
+    } else if n == nr(NR_OPENAT2) {
+        save_args(reg(regs, 1), flags_of(regs, Flags::OpenHow(2)));
     } else if n == nr(NR_OPEN) {
-        save_args(reg(regs, 0), reg(regs, 1));
+        save_args(reg(regs, 0), flags_of(regs, Flags::Arg(1)));
     } else if n == nr(NR_CREAT) {
-        save_args(reg(regs, 0), CREAT_FLAGS);
+        save_args(reg(regs, 0), flags_of(regs, Flags::Creat));
     }
     0
-}
-
-/// openat's flags (argument 2), or openat2's from its `struct open_how`.
-#[inline(always)]
-fn open_flags(regs: *const u8, openat2: bool) -> u64 {
-    if openat2 {
-        unsafe { bpf_probe_read_user(reg(regs, 2) as *const u64) }.unwrap_or(0)
-    } else {
-        reg(regs, 2)
-    }
 }

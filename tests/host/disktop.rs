@@ -334,9 +334,7 @@ fn nine_p_reads_and_writes_are_counted_under_its_share() {
         &["file", "4", file.to_str().unwrap()],
     );
     let _ = std::fs::remove_file(&file);
-    let target = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: a valid path.
-    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    integration_tests::unmount(&dir);
     let b = json_bytes(&stdout, pid);
     for d in ["W", "R"] {
         let key = ("stapr9p".to_owned(), "9p".to_owned(), d.to_owned());

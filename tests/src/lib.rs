@@ -407,9 +407,7 @@ impl Drop for NfsMount {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(r.id() as i32, libc::SIGCONT) };
         }
-        let target = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
-        // SAFETY: a valid path. Detached: never waits on the server.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        unmount(&self.dir);
         if let Some(r) = &mut self.relay {
             let _ = r.kill();
             let _ = r.wait();
@@ -439,6 +437,13 @@ pub fn mount(source: &str, target: &std::path::Path, fstype: &str, data: &str) {
         target.display(),
         std::io::Error::last_os_error()
     );
+}
+
+/// Detaches the mount on `target` (never waits on a server).
+pub fn unmount(target: &std::path::Path) {
+    let c = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
 /// (host, port, export path) from STAPR_NFS=host:port:/path, set by the VM harness.

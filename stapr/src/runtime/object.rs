@@ -88,6 +88,34 @@ pub fn attach_tracepoint(
     Ok(true)
 }
 
+/// Loads program `prog` as a BTF tracepoint (tp_btf) on `tp` and attaches it.
+pub fn attach_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, kbtf: &aya::Btf) -> Result<()> {
+    let p: &mut aya::programs::BtfTracePoint = program(ebpf, prog)?;
+    p.load(tp, kbtf)
+        .with_context(|| format!("loading BTF tracepoint {tp}"))?;
+    p.attach()
+        .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
+    Ok(())
+}
+
+/// Attaches each (program, category, tracepoint, required) of `list`; returns how many
+/// attached and the optional ones this kernel lacks (`category:name`).
+pub fn attach_tracepoints<N: AsRef<str>>(
+    ebpf: &mut Ebpf,
+    list: &[(&str, &str, N, bool)],
+) -> Result<(usize, Vec<String>)> {
+    let (mut attached, mut skipped) = (0, Vec::new());
+    for (prog, category, name, required) in list {
+        let name = name.as_ref();
+        if attach_tracepoint(ebpf, prog, category, name, *required)? {
+            attached += 1;
+        } else {
+            skipped.push(format!("{category}:{name}"));
+        }
+    }
+    Ok((attached, skipped))
+}
+
 /// A classic tracepoint is attached through a perf event. Kernels that set
 /// `kernel.perf_event_paranoid` to 3 (Debian's default) refuse those to a user without
 /// CAP_SYS_ADMIN, whatever other capabilities it has: say so in one line.

@@ -171,6 +171,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// The seed's view of `entries`: every process, by bytes, 10 rows, a 5 s interval.
+    pub fn snap(entries: impl IntoIterator<Item = (DiskKey, DiskCounters)>) -> Option<Snapshot> {
+        snapshot(entries, names, &Filter::default(), SortKey::Bytes, 10, 5000)
+    }
+
     const DM0: u32 = 253 << 20;
     const VDA: u32 = 254 << 20;
 
@@ -185,15 +190,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rows_per_direction_sorted_by_bytes() {
-        let s = snapshot(
-            sample(),
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
-        )
-        .unwrap();
+        let s = snap(sample()).unwrap();
         let got: Vec<_> = s
             .rows
             .iter()
@@ -215,15 +212,7 @@ pub(crate) mod tests {
 
     #[test]
     fn average_and_kb_rounding() {
-        let s = snapshot(
-            sample(),
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
-        )
-        .unwrap();
+        let s = snap(sample()).unwrap();
         // (1 MiB + 4096 + 3 MiB + 420) B = 4100 KB (rounded down) over 5 s.
         assert_eq!(s.average_kb_per_sec(), 820);
         let one = snapshot(
@@ -270,14 +259,8 @@ pub(crate) mod tests {
 
     #[test]
     fn no_io_no_report() {
-        assert_eq!(
-            snapshot(vec![], names, &Filter::default(), SortKey::Bytes, 10, 5000),
-            None
-        );
+        assert_eq!(snap(vec![]), None);
         let zero = vec![(key(1, 0, 0, VDA, "x"), counts(0, 0))];
-        assert_eq!(
-            snapshot(zero, names, &Filter::default(), SortKey::Bytes, 10, 5000),
-            None
-        );
+        assert_eq!(snap(zero), None);
     }
 }

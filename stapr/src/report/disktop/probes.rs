@@ -12,7 +12,7 @@ use crate::{
     report::{first_working, last_error, Facility, MethodSpec, Need},
     runtime::{
         btf, kernel_btf_present,
-        object::{attach_tracepoint, program},
+        object::{attach_tracepoints, program},
         program_error_reason,
         slots::{self, SlotMaps},
         tracefs, user_error,
@@ -238,25 +238,19 @@ impl Probes {
                 attached: 2,
             });
         }
-        let mut skipped = Vec::new();
-        let mut attached = 0;
-        let mut attach = |prog: &str, category: &str, name: &str, required: bool| -> Result<()> {
-            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
-                attached += 1;
-            } else {
-                skipped.push(format!("{category}:{name}"));
-            }
-            Ok(())
-        };
-        if method == Method::Block {
-            attach(BLOCK_PROG, "block", "block_rq_issue", true)?;
+        let list: Vec<(&str, &str, String, bool)> = if method == Method::Block {
+            vec![(BLOCK_PROG, "block", "block_rq_issue".into(), true)]
         } else {
-            for (prog, calls) in SYSCALL_PROGS {
-                for (i, call) in calls.iter().enumerate() {
-                    attach(prog, "syscalls", &format!("sys_exit_{call}"), i == 0)?;
-                }
-            }
-        }
+            SYSCALL_PROGS
+                .iter()
+                .flat_map(|(prog, calls)| {
+                    calls.iter().enumerate().map(move |(i, call)| {
+                        (*prog, "syscalls", format!("sys_exit_{call}"), i == 0)
+                    })
+                })
+                .collect()
+        };
+        let (attached, skipped) = attach_tracepoints(&mut ebpf, &list)?;
         Ok(Self {
             ebpf,
             slot: 0,

@@ -79,7 +79,7 @@ pub fn ctime(t: &chrono::DateTime<chrono::Local>) -> String {
 mod tests {
     use super::super::aggregate::{
         snapshot,
-        tests::{counts, key, names},
+        tests::{counts, key, names, snap},
         Filter, SortKey,
     };
     use super::*;
@@ -90,14 +90,9 @@ mod tests {
     fn golden_seed_sample() {
         // The seed's sample: four httpd children each wrote 210 bytes to dm-0.
         let dm0 = 253 << 20;
-        let s = snapshot(
+        let s = snap(
             [15342, 15343, 15337, 15336]
                 .map(|pid| (key(pid, 15239, 48, dm0, "httpd"), counts(0, 210))),
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
         )
         .unwrap();
         let expected = concat!(
@@ -142,14 +137,10 @@ mod tests {
 
     /// One process's read and write in `web.slice/httpd.service`.
     fn httpd_in_a_service() -> Snapshot {
-        let mut s = snapshot(
-            vec![(key(15342, 15239, 48, 253 << 20, "httpd"), counts(4096, 210))],
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
-        )
+        let mut s = snap(vec![(
+            key(15342, 15239, 48, 253 << 20, "httpd"),
+            counts(4096, 210),
+        )])
         .unwrap();
         for r in &mut s.rows {
             r.cg = Named::of(Some("/web.slice/httpd.service".into()));
@@ -197,17 +188,10 @@ mod tests {
     /// it as printf's would; JSON says which filesystem.
     #[test]
     fn golden_network_filesystem_row() {
-        let s = snapshot(
-            vec![
-                (key(15342, 15239, 48, 53, "httpd"), counts(8192, 0)),
-                (key(15342, 15239, 48, 254 << 20, "httpd"), counts(0, 4096)),
-            ],
-            names,
-            &Filter::default(),
-            SortKey::Bytes,
-            10,
-            5000,
-        )
+        let s = snap(vec![
+            (key(15342, 15239, 48, 53, "httpd"), counts(8192, 0)),
+            (key(15342, 15239, 48, 254 << 20, "httpd"), counts(0, 4096)),
+        ])
         .unwrap();
         assert_eq!(
             text(&s, "Sat Apr 11 17:22:03 2009", false),

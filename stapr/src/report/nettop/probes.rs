@@ -3,9 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{
-        cgroup_skb::CgroupSkbAttachType, BtfTracePoint, CgroupAttachMode, CgroupSkb, TracePoint,
-    },
+    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probes_common::{
@@ -18,7 +16,7 @@ use crate::{
     report::{first_working, last_error, Facility, MethodSpec, Need},
     runtime::{
         btf, kernel_btf_present,
-        object::program,
+        object::{attach_btf, program},
         slots::{self, SlotMaps},
         tracefs, user_error,
     },
@@ -302,15 +300,6 @@ impl Probes {
     pub fn dropped(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)
     }
-}
-
-fn attach_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, kbtf: &aya::Btf) -> Result<()> {
-    let p: &mut BtfTracePoint = program(ebpf, prog)?;
-    p.load(tp, kbtf)
-        .with_context(|| format!("loading BTF tracepoint {tp}"))?;
-    p.attach()
-        .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
-    Ok(())
 }
 
 /// What charging receives to the reading socket needs from this kernel.

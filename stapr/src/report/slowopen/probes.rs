@@ -4,7 +4,6 @@
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
-    programs::BtfTracePoint,
     Ebpf, EbpfLoader,
 };
 use probes_common::slowopen::{
@@ -15,11 +14,7 @@ use probes_common::{CgroupFilter, CGROUP_FILTER};
 
 use crate::{
     report::{Facility, MethodSpec, Need},
-    runtime::{
-        btf, kernel_btf_present,
-        object::{self, attach_tracepoint},
-        user_error,
-    },
+    runtime::{btf, kernel_btf_present, object, user_error},
 };
 
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
@@ -218,24 +213,11 @@ impl Probes {
         if config.time_opens == 1 {
             raw.push(RAW_ENTER);
         }
-        let mut attached = 0;
-        let raw_count = raw.len();
-        for (prog, tp) in raw {
-            let p: &mut BtfTracePoint = object::program(&mut ebpf, prog)?;
-            p.load(tp, &btf)
-                .with_context(|| format!("loading BTF tracepoint {tp}"))?;
-            p.attach()
-                .with_context(|| format!("attaching BTF tracepoint {tp}"))?;
+        for &(prog, tp) in &raw {
+            object::attach_btf(&mut ebpf, prog, tp, &btf)?;
         }
-        let mut skipped = Vec::new();
-        for &(prog, category, name, required) in RAW_CLASSIC {
-            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
-                attached += 1;
-            } else {
-                skipped.push(format!("{category}:{name}"));
-            }
-        }
-        Self::ready(ebpf, Method::RawSyscalls, skipped, (attached, raw_count))
+        let (attached, skipped) = object::attach_tracepoints(&mut ebpf, RAW_CLASSIC)?;
+        Self::ready(ebpf, Method::RawSyscalls, skipped, (attached, raw.len()))
     }
 
     fn attach_classic(
@@ -243,20 +225,12 @@ impl Probes {
         cgroup: CgroupFilter,
     ) -> Result<(Self, RingBuf<MapData>)> {
         let mut ebpf = Self::load(&config, &cgroup)?;
-        let mut skipped = Vec::new();
-        let mut attached = 0;
-        let entry: &[_] = if config.args_from_regs == 1 && config.time_opens == 0 {
-            &[]
-        } else {
-            ENTRY
-        };
-        for &(prog, category, name, required) in entry.iter().chain(ATTACH) {
-            if attach_tracepoint(&mut ebpf, prog, category, name, required)? {
-                attached += 1;
-            } else {
-                skipped.push(format!("{category}:{name}"));
-            }
+        let mut list = Vec::new();
+        if config.args_from_regs == 0 || config.time_opens == 1 {
+            list.extend_from_slice(ENTRY);
         }
+        list.extend_from_slice(ATTACH);
+        let (attached, skipped) = object::attach_tracepoints(&mut ebpf, &list)?;
         Self::ready(ebpf, Method::Syscalls, skipped, (attached, 0))
     }
 
