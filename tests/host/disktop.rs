@@ -394,8 +394,10 @@ fn a_stalled_nfs_server_does_not_stall_disktop() {
     let _k = kernel_lock();
     // Attached first: attaching patches kernel text, which QEMU's TCG has been seen to
     // get wrong while another vCPU runs the patched syscall path (the relay's traffic).
+    // Stopped by Ctrl-C, not by --count: mounting through the relay under TCG can take
+    // longer than any count chosen here, and the write must land inside the run.
     let mut stapr = Running::spawn(&[
-        "disktop", "-i", "1", "--count", "6", "--format", "json", "--probe", "syscalls",
+        "disktop", "-i", "1", "--format", "json", "--probe", "syscalls",
     ]);
     stapr.wait_ready(Duration::from_secs(30));
     let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-stalled");
@@ -404,6 +406,9 @@ fn a_stalled_nfs_server_does_not_stall_disktop() {
     let stalled = nfs.stall();
     // Into the page cache: no request to the server until the file is flushed.
     file.write_all(&vec![7u8; MIB as usize]).unwrap();
+    // Two intervals end while the server does not answer; then Ctrl-C.
+    std::thread::sleep(Duration::from_millis(2500));
+    stapr.signal(libc::SIGINT);
     let out = stapr.finish(Duration::from_secs(15));
     drop(stalled);
     drop(file);
