@@ -6,6 +6,9 @@ use crate::COMM_LEN;
 pub const NAME_LEN: usize = 256;
 /// Capacity of the in-kernel table of open files.
 pub const OPEN_MAX_ENTRIES: u32 = 16384;
+/// Capacity of the in-kernel table of opens in progress (one per thread inside an open
+/// call), filled by the entry probes.
+pub const OPEN_ARGS_MAX_ENTRIES: u32 = 8192;
 
 /// `OpenFile::start_ns` of a slot whose fd was closed. Slots stay in the table while their
 /// process lives, so reopening the same fd number (what a server does all day) rewrites
@@ -40,6 +43,10 @@ pub const REC_NOTICE: u32 = 2;
 /// `MISSED` indices.
 pub const MISSED_TABLE_FULL: u32 = 0;
 pub const MISSED_RINGBUF_FULL: u32 = 1;
+/// An entry probe found the table of opens in progress full: that open is not timed
+/// (and, where the exit cannot read open's arguments from the registers, not tracked).
+pub const MISSED_ARGS_FULL: u32 = 2;
+pub const MISSED_COUNT: u32 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -22,9 +22,9 @@ use aya_ebpf::{
 use probes_common::slowopen::{
     Notice, OpenArgs, OpenFile, OpenKey, SlowConfig, SlowFile, CLOSED, END_CLOSE, END_CLOSE_RANGE,
     END_DUP2, END_DUP3, END_EXEC, END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC,
-    FLAG_TRUNCATED, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NAME_LEN, NR_CLOSE, NR_CLOSE_RANGE,
-    NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT, NR_OPENAT2,
-    OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
+    FLAG_TRUNCATED, MISSED_ARGS_FULL, MISSED_COUNT, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
+    NAME_LEN, NR_CLOSE, NR_CLOSE_RANGE, NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN,
+    NR_OPENAT, NR_OPENAT2, OPEN_ARGS_MAX_ENTRIES, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
 };
 use probes_common::COMM_LEN;
 use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
@@ -64,7 +64,7 @@ static OPEN_FILES: HashMap<OpenKey, OpenFile> = HashMap::with_max_entries(OPEN_M
 /// Opens in flight, by thread id: their arguments and entry time (only when entry probes
 /// run: arguments not readable from registers, or opens timed).
 #[map]
-static OPEN_ARGS: HashMap<u32, OpenArgs> = HashMap::with_max_entries(8192, 0);
+static OPEN_ARGS: HashMap<u32, OpenArgs> = HashMap::with_max_entries(OPEN_ARGS_MAX_ENTRIES, 0);
 /// Thread groups that have tracked files: only their exec, exit and close_range reach
 /// user space.
 #[map]
@@ -74,9 +74,10 @@ static TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(OPEN_MAX_ENTRIES, 0)
 static SCRATCH: PerCpuArray<OpenFile> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-/// Opens not tracked because the table was full; records lost because the ring was full.
+/// Opens not tracked because the table was full; records lost because the ring was full;
+/// opens not timed because OPEN_ARGS was full.
 #[map]
-static MISSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static MISSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MISSED_COUNT, 0);
 
 #[inline(always)]
 fn missed(i: u32) {
@@ -94,15 +95,14 @@ fn arg(ctx: &TracePointContext, off: usize) -> u64 {
 fn save_args(filename: u64, flags: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let entry_ns = unsafe { bpf_ktime_get_ns() };
-    let _ = OPEN_ARGS.insert(
-        &tid,
-        &OpenArgs {
-            filename,
-            flags,
-            entry_ns,
-        },
-        0,
-    );
+    let args = OpenArgs {
+        filename,
+        flags,
+        entry_ns,
+    };
+    if OPEN_ARGS.insert(&tid, &args, 0).is_err() {
+        missed(MISSED_ARGS_FULL);
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]

@@ -428,6 +428,54 @@ fn full_tables_show_their_losses_in_that_interval() {
     assert_nothing_attached();
 }
 
+/// slowopen's other table: the opens in progress, one per thread inside open, which timing
+/// opens needs. 9,000 threads blocked at once in open on a FIFO (8,192 slots): every open
+/// is either reported as slow or counted as lost, with both probe methods.
+#[test]
+fn opens_in_progress_beyond_the_table_are_counted_as_lost() {
+    let _k = kernel_lock();
+    let threads = 9_000u64;
+    let path = bin_dir().join("robustness-fifo");
+    for probe in ["syscalls", "raw-syscalls"] {
+        let (objs, w) = json_around(
+            &[
+                "slowopen",
+                "--open-min",
+                "100ms",
+                "--probe",
+                probe,
+                "--format",
+                "json",
+            ],
+            example("many_procs").args([
+                &threads.to_string(),
+                "fifo",
+                "300",
+                path.to_str().unwrap(),
+            ]),
+        );
+        let pid: u64 = field(&w, "pid").parse().unwrap();
+        assert_eq!(field(&w, "done"), threads.to_string(), "{w}");
+        let name = path.display().to_string();
+        let slow = objs
+            .iter()
+            .filter(|o| o["pid"] == pid && o["end"] == "slow_open" && o["file"] == name.as_str())
+            .count() as u64;
+        assert!(
+            objs.iter().any(|o| o["reason"] == "open_args_full"),
+            "--probe {probe}: no open_args_full loss among {} objects",
+            objs.len()
+        );
+        adds_up(
+            &format!("slowopen --probe {probe}"),
+            slow,
+            lost(&objs),
+            threads,
+        );
+        assert_nothing_attached();
+    }
+}
+
 #[test]
 fn kill_9_leaves_nothing_attached() {
     let _k = kernel_lock();

@@ -5,6 +5,10 @@
 //!        many_procs PROCS write PATH     each child writes one byte at its own offset of PATH
 //!        many_procs FILES hold MS PATH   one process opens PATH FILES times, holds every fd
 //!                                        MS milliseconds, then closes them all
+//!        many_procs THREADS fifo MS PATH one process makes PATH a FIFO and opens it for
+//!                                        reading in THREADS threads at once; every open
+//!                                        waits for a writer, which comes once all of them
+//!                                        have waited MS milliseconds
 //!
 //! Prints `pid=<pid> done=<n>` at the end: the actions that succeeded.
 
@@ -74,9 +78,89 @@ fn raise_nofile(want: u64) -> Result<()> {
     Ok(())
 }
 
+/// How many of `threads` (their `/proc/self/task/TID/syscall`, opened beforehand) are
+/// inside the open syscall now: the file starts with the number of the syscall a blocked
+/// thread is in. Read with pread on files already open, so polling opens nothing itself.
+fn threads_in_open(threads: &[std::fs::File]) -> usize {
+    use std::os::unix::fs::FileExt as _;
+    let open = libc::SYS_openat.to_string();
+    let mut buf = [0u8; 32];
+    threads
+        .iter()
+        .filter(|f| {
+            f.read_at(&mut buf, 0).is_ok_and(|n| {
+                let first = buf[..n].split(|b| *b == b' ').next().unwrap_or(&[]);
+                first == open.as_bytes()
+            })
+        })
+        .count()
+}
+
+/// `n` threads open the FIFO `path` for reading and block there (no writer yet); once
+/// all of them are inside open, `wait` later, one open for writing releases them all.
+/// Returns how many opens succeeded.
+fn readers_on_fifo(n: usize, wait: Duration, path: &str) -> Result<usize> {
+    let c = CString::new(path)?;
+    let _ = std::fs::remove_file(path);
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        bail!("mkfifo {path}: {}", std::io::Error::last_os_error());
+    }
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let (tids, tid) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, start, tids) = (c.clone(), start.clone(), tids.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let _ = tids.send(unsafe { libc::gettid() });
+                    start.wait();
+                    // SAFETY: a valid NUL-terminated path.
+                    unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) }
+                })
+                .context("starting a reader thread")
+        })
+        .collect::<Result<_>>()?;
+    // Each reader's syscall file, opened before any reader is inside open.
+    let watched: Vec<std::fs::File> = tid
+        .iter()
+        .take(n)
+        .map(|t| std::fs::File::open(format!("/proc/self/task/{t}/syscall")))
+        .collect::<std::io::Result<_>>()
+        .context("opening /proc/self/task/*/syscall")?;
+    start.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while threads_in_open(&watched) < n {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "only {} of {n} threads reached open",
+                threads_in_open(&watched)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(wait);
+    let writer = open(path, libc::O_WRONLY)?;
+    let mut done = 0;
+    for r in readers {
+        let fd = r.join().map_err(|_| anyhow::anyhow!("a reader panicked"))?;
+        if fd >= 0 {
+            done += 1;
+            // SAFETY: closing an fd this process opened.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::close(writer) };
+    let _ = std::fs::remove_file(path);
+    Ok(done)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: many_procs N udp | N write PATH | N hold MS PATH";
+    let usage = "usage: many_procs N udp | N write PATH | N hold MS PATH | N fifo MS PATH";
     let n: usize = args.first().context(usage)?.parse().context(usage)?;
     let done = match (args.get(1).map(String::as_str), &args[2.min(args.len())..]) {
         (Some("udp"), []) => {
@@ -107,6 +191,11 @@ fn main() -> Result<()> {
                 unsafe { libc::close(*fd) };
             }
             fds.len()
+        }
+        (Some("fifo"), [ms, path]) => {
+            let ms: u64 = ms.parse().context(usage)?;
+            raise_nofile(2 * n as u64 + 64)?;
+            readers_on_fifo(n, Duration::from_millis(ms), path)?
         }
         _ => bail!("{usage}"),
     };

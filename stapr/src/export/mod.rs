@@ -10,7 +10,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use probes_common::slowopen::SlowConfig;
+use probes_common::slowopen::{
+    SlowConfig, MISSED_ARGS_FULL, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
+};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
@@ -167,10 +169,15 @@ impl Parts {
             }
         }
         if let Some(p) = &self.slow {
-            let (table_full, ring_full) = p.missed()?;
+            let n = p.missed()?;
             if let Some(s) = reg.source(Report::Slowopen) {
-                s.lost.insert("table_full", table_full);
-                s.lost.insert("ringbuf_full", ring_full);
+                // Both of its tables as one reason: open files, and opens in progress.
+                s.lost.insert(
+                    "table_full",
+                    n[MISSED_TABLE_FULL as usize] + n[MISSED_ARGS_FULL as usize],
+                );
+                s.lost
+                    .insert("ringbuf_full", n[MISSED_RINGBUF_FULL as usize]);
             }
         }
         reg.forget(now, |pid| {

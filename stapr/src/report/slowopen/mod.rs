@@ -11,7 +11,8 @@ use std::{collections::VecDeque, time::Duration};
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use probes_common::slowopen::{
-    Notice, SlowConfig, SlowFile, OPEN_MAX_ENTRIES, REC_NOTICE, REC_SLOW_FILE,
+    Notice, SlowConfig, SlowFile, MISSED_COUNT, OPEN_ARGS_MAX_ENTRIES, OPEN_MAX_ENTRIES,
+    REC_NOTICE, REC_SLOW_FILE,
 };
 
 use crate::{
@@ -169,28 +170,37 @@ fn ended_lines(
     Ok(rows.iter().map(|r| opts.line(r)).collect())
 }
 
-/// Losses since the last call (`seen` holds the counts then), as lines of their own.
-fn losses(
-    probes: &probes::Probes,
-    seen: &mut (u64, u64),
-    format: runtime::Format,
-) -> Result<String> {
-    let now = probes.missed()?;
-    let (table, ring) = (now.0 - seen.0, now.1 - seen.1);
-    *seen = now;
-    let mut out = String::new();
-    for (n, reason, what) in [
+/// What each loss counter counts (by `MISSED_*` index): the JSON reason and the text.
+fn loss_kinds() -> [(&'static str, String); MISSED_COUNT as usize] {
+    [
         (
-            table,
             "table_full",
             format!("opens: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
         ),
         (
-            ring,
             "ringbuf_full",
             "reports: the ring buffer was full".to_owned(),
         ),
-    ] {
+        (
+            "open_args_full",
+            format!(
+                "open timings: the in-kernel table of opens in progress ({OPEN_ARGS_MAX_ENTRIES} threads) was full"
+            ),
+        ),
+    ]
+}
+
+/// Losses since the last call (`seen` holds the counts then), as lines of their own.
+fn losses(
+    probes: &probes::Probes,
+    seen: &mut [u64; MISSED_COUNT as usize],
+    format: runtime::Format,
+) -> Result<String> {
+    let now = probes.missed()?;
+    let mut out = String::new();
+    for ((now, seen), (reason, what)) in now.iter().zip(seen.iter_mut()).zip(loss_kinds()) {
+        let n = now - *seen;
+        *seen = *now;
         if n == 0 {
             continue;
         }
@@ -232,19 +242,26 @@ pub fn run(opts: Options) -> Result<()> {
             probes.skipped.join(", ")
         );
     }
+    let (sched, calls): (Vec<&str>, Vec<&str>) = probes
+        .traced
+        .iter()
+        .partition(|c| matches!(**c, "exec" | "exit"));
     let how = match probes.method {
         probes::Method::RawSyscalls => format!(
-            "raw syscall tracepoint (BTF: raw_syscalls:sys_exit{}, handling open, openat, openat2, creat, close, dup2, dup3, close_range) and tracepoints on exec, exit",
-            if opts.timed() { " and sys_enter" } else { "" }
+            "raw syscall tracepoint (BTF: raw_syscalls:sys_exit{}, handling {}) and tracepoints on {}",
+            if opts.timed() { " and sys_enter" } else { "" },
+            calls.join(", "),
+            sched.join(", "),
         ),
         _ => format!(
-            "syscall tracepoints ({}open, openat, openat2, creat, close, dup2, dup3, close_range, exec, exit)",
-            if opts.timed() { "entry and exit of " } else { "" }
+            "syscall tracepoints ({}{})",
+            if opts.timed() { "entry and exit of " } else { "" },
+            probes.traced.join(", "),
         ),
     };
     eprintln!("stapr slowopen: {how}; {}. Ctrl-C to end.", opts.reported());
     let mut state = State::default();
-    let mut seen = (0, 0);
+    let mut seen = [0; MISSED_COUNT as usize];
     runtime::block_on(async {
         let header = match opts.format {
             runtime::Format::Text => render::header(opts.columns()),
@@ -301,14 +318,10 @@ pub fn run(opts: Options) -> Result<()> {
         };
         out::write_last(&last).await
     })?;
-    let (table_full, ring_full) = probes.missed()?;
-    if table_full > 0 {
-        eprintln!(
-            "stapr slowopen: {table_full} opens not tracked in all: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"
-        );
-    }
-    if ring_full > 0 {
-        eprintln!("stapr slowopen: {ring_full} reports lost in all: the ring buffer was full");
+    for (n, (_, what)) in probes.missed()?.into_iter().zip(loss_kinds()) {
+        if n > 0 {
+            eprintln!("stapr slowopen: in all, lost {n} {what}");
+        }
     }
     let slow = probes.attached;
     runtime::detach::release(probes, slow, false);

@@ -7,8 +7,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probes_common::slowopen::{
-    OpenFile, OpenKey, SlowConfig, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL, NR_CLOSE,
-    NR_CLOSE_RANGE, NR_COUNT, NR_CREAT, NR_DUP2, NR_DUP3, NR_NONE, NR_OPEN, NR_OPENAT, NR_OPENAT2,
+    OpenFile, OpenKey, SlowConfig, MISSED_COUNT, NR_CLOSE, NR_CLOSE_RANGE, NR_COUNT, NR_DUP3,
+    NR_NONE, NR_OPENAT, NR_OPENAT2,
 };
 use probes_common::{CgroupFilter, CGROUP_FILTER};
 
@@ -131,6 +131,23 @@ const ATTACH: &[(&str, &str, &str, bool)] = &[
     ("stapr_so_exit", "sched", "sched_process_exit", true),
 ];
 
+/// Syscalls only x86-64 has (arm64 and the newer architectures have only the *at forms).
+const LEGACY: &[&str] = &["open", "creat", "dup2"];
+
+/// The call a tracepoint of the lists above traces: `sys_exit_openat` -> `openat`,
+/// `sched_process_exec` -> `exec`.
+fn call_of(tracepoint: &str) -> &str {
+    ["sys_enter_", "sys_exit_", "sched_process_"]
+        .iter()
+        .find_map(|p| tracepoint.strip_prefix(p))
+        .unwrap_or(tracepoint)
+}
+
+/// Whether this architecture has the call `tracepoint` traces.
+fn on_this_arch(tracepoint: &str) -> bool {
+    cfg!(target_arch = "x86_64") || !LEGACY.contains(&call_of(tracepoint))
+}
+
 /// The raw-syscall programs: the exit of every syscall, and with opens timed its entry.
 const RAW_EXIT: (&str, &str) = ("stapr_so_sys_exit", "sys_exit");
 const RAW_ENTER: (&str, &str) = ("stapr_so_sys_enter", "sys_enter");
@@ -147,6 +164,7 @@ fn syscall_numbers() -> [u32; NR_COUNT] {
     nr[NR_CLOSE_RANGE] = libc::SYS_close_range as u32;
     #[cfg(target_arch = "x86_64")]
     {
+        use probes_common::slowopen::{NR_CREAT, NR_DUP2, NR_OPEN};
         nr[NR_OPEN] = libc::SYS_open as u32;
         nr[NR_CREAT] = libc::SYS_creat as u32;
         nr[NR_DUP2] = libc::SYS_dup2 as u32;
@@ -160,6 +178,8 @@ pub struct Probes {
     pub method: Method,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
+    /// The calls traced, in the order of `ATTACH` (`exec` and `exit` last).
+    pub traced: Vec<&'static str>,
     /// Classic tracepoints attached (slow to detach).
     pub attached: usize,
     /// BTF tracepoints attached (bpf links: quick to detach).
@@ -230,6 +250,7 @@ impl Probes {
             list.extend_from_slice(ENTRY);
         }
         list.extend_from_slice(ATTACH);
+        list.retain(|(_, _, tp, _)| on_this_arch(tp));
         let (attached, skipped) = object::attach_tracepoints(&mut ebpf, &list)?;
         Self::ready(ebpf, Method::Syscalls, skipped, (attached, 0))
     }
@@ -241,11 +262,19 @@ impl Probes {
         (attached, raw): (usize, usize),
     ) -> Result<(Self, RingBuf<MapData>)> {
         let events = object::ring(&mut ebpf, EVENTS)?;
+        let traced = ATTACH
+            .iter()
+            .filter(|(_, category, tp, _)| {
+                on_this_arch(tp) && !skipped.contains(&format!("{category}:{tp}"))
+            })
+            .map(|(_, _, tp, _)| call_of(tp))
+            .collect();
         Ok((
             Self {
                 ebpf,
                 method,
                 skipped,
+                traced,
                 attached,
                 raw,
             },
@@ -296,11 +325,14 @@ impl Probes {
         Ok(())
     }
 
-    /// (opens not tracked because the table was full, records lost to a full ring buffer).
-    pub fn missed(&self) -> Result<(u64, u64)> {
-        Ok((
-            object::per_cpu_sum(&self.ebpf, MISSED, MISSED_TABLE_FULL)?,
-            object::per_cpu_sum(&self.ebpf, MISSED, MISSED_RINGBUF_FULL)?,
-        ))
+    /// The loss counters, by their `MISSED_*` index: opens not tracked because the table
+    /// was full, records lost to a full ring buffer, opens not timed because the table of
+    /// opens in progress was full.
+    pub fn missed(&self) -> Result<[u64; MISSED_COUNT as usize]> {
+        let mut n = [0; MISSED_COUNT as usize];
+        for (i, c) in (0..MISSED_COUNT).zip(n.iter_mut()) {
+            *c = object::per_cpu_sum(&self.ebpf, MISSED, i)?;
+        }
+        Ok(n)
     }
 }
