@@ -311,15 +311,9 @@ fn json_bytes(stdout: &str, pid: u32) -> std::collections::BTreeMap<(String, Str
     by_device
 }
 
-/// QEMU's virtio-9p share of a host directory (mount tag `stapr9p`), another network
-/// filesystem: counted under its tag, exactly.
-#[test]
-#[ignore = "needs QEMU's virtio-9p share: runs in the Debian VMs"]
-fn nine_p_reads_and_writes_are_counted_under_its_share() {
-    let _k = kernel_lock();
-    let dir = std::path::PathBuf::from("/tmp/stapr-9p");
-    std::fs::create_dir_all(&dir).unwrap();
-    integration_tests::mount("stapr9p", &dir, "9p", "trans=virtio,version=9p2000.L");
+/// Writes and reads back 4 MiB in `dir` under disktop: exactly that, each way, under
+/// `device` with `fstype`.
+fn four_mib_counted_exactly(dir: &std::path::Path, device: &str, fstype: &str) {
     let file = dir.join("4mib.dat");
     let (pid, stdout) = disktop_with(
         &[
@@ -334,12 +328,34 @@ fn nine_p_reads_and_writes_are_counted_under_its_share() {
         &["file", "4", file.to_str().unwrap()],
     );
     let _ = std::fs::remove_file(&file);
-    integration_tests::unmount(&dir);
     let b = json_bytes(&stdout, pid);
     for d in ["W", "R"] {
-        let key = ("stapr9p".to_owned(), "9p".to_owned(), d.to_owned());
+        let key = (device.to_owned(), fstype.to_owned(), d.to_owned());
         assert_eq!(b.get(&key).copied(), Some(4 * MIB), "{b:?}\n{stdout}");
     }
+}
+
+/// QEMU's virtio-9p share of a host directory (mount tag `stapr9p`), another network
+/// filesystem: counted under its tag, exactly.
+#[test]
+#[ignore = "needs QEMU's virtio-9p share: runs in the Debian VMs"]
+fn nine_p_reads_and_writes_are_counted_under_its_share() {
+    let _k = kernel_lock();
+    let dir = std::path::PathBuf::from("/tmp/stapr-9p");
+    std::fs::create_dir_all(&dir).unwrap();
+    integration_tests::mount("stapr9p", &dir, "9p", "trans=virtio,version=9p2000.L");
+    four_mib_counted_exactly(&dir, "stapr9p", "9p");
+    integration_tests::unmount(&dir);
+}
+
+/// The host's Samba share, mounted with the kernel's SMB client: counted under the
+/// server's share, exactly.
+#[test]
+#[ignore = "needs the SMB server on QEMU's user network: runs in the Debian VMs"]
+fn smb_reads_and_writes_are_counted_under_the_share() {
+    let _k = kernel_lock();
+    let smb = integration_tests::SmbMount::direct("stapr-smb");
+    four_mib_counted_exactly(&smb.dir, &smb.source, "cifs");
 }
 
 fn nfs_and_local_io(nfs: &integration_tests::NfsMount, probe: &str) {

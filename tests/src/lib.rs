@@ -346,14 +346,14 @@ pub struct NfsMount {
 impl NfsMount {
     /// Mounts the export straight from the server.
     pub fn direct(name: &str) -> NfsMount {
-        let (host, port, path) = nfs_server();
+        let (host, port, path) = server_env("STAPR_NFS");
         Self::mount(name, &host, &port, &path, None)
     }
 
     /// Mounts the export through a `tcp_relay` on the guest's loopback: stopping the
     /// relay stalls the server for this mount ([`NfsMount::relay_pid`]).
     pub fn through_relay(name: &str) -> NfsMount {
-        let (host, port, path) = nfs_server();
+        let (host, port, path) = server_env("STAPR_NFS");
         let mut relay = example("tcp_relay")
             .arg(format!("{host}:{port}"))
             .stdout(Stdio::piped())
@@ -446,12 +446,42 @@ pub fn unmount(target: &std::path::Path) {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
-/// (host, port, export path) from STAPR_NFS=host:port:/path, set by the VM harness.
-fn nfs_server() -> (String, String, String) {
-    let v = std::env::var("STAPR_NFS").expect("STAPR_NFS is set by the VM harness");
+/// (host, port, export) from `var`=host:port:export (STAPR_NFS, STAPR_SMB), set by the VM
+/// harness.
+fn server_env(var: &str) -> (String, String, String) {
+    let v = std::env::var(var).unwrap_or_else(|_| panic!("{var} is set by the VM harness"));
     let mut it = v.splitn(3, ':');
     match (it.next(), it.next(), it.next()) {
         (Some(h), Some(p), Some(path)) => (h.to_owned(), p.to_owned(), path.to_owned()),
-        _ => panic!("STAPR_NFS={v:?} is not host:port:/path"),
+        _ => panic!("{var}={v:?} is not host:port:export"),
+    }
+}
+
+/// The share of the SMB server the VM harness runs for each boot (Samba's smbd on the
+/// host), mounted with the kernel's SMB client as an anonymous user; unmounted when
+/// dropped.
+pub struct SmbMount {
+    pub dir: PathBuf,
+    /// The mount's source as mountinfo shows it (`//10.0.2.2/export`).
+    pub source: String,
+}
+
+impl SmbMount {
+    pub fn direct(name: &str) -> SmbMount {
+        let (host, port, share) = server_env("STAPR_SMB");
+        let dir = PathBuf::from("/tmp").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = format!("//{host}/{share}");
+        // The kernel's own option parsing (no mount.cifs): SMB 3.1.1 on the server's
+        // port, a null session (sec=none) that the server maps to its guest account.
+        let data = format!("ip={host},port={port},vers=3.1.1,sec=none");
+        mount(&source, &dir, "cifs", &data);
+        SmbMount { dir, source }
+    }
+}
+
+impl Drop for SmbMount {
+    fn drop(&mut self) {
+        unmount(&self.dir);
     }
 }

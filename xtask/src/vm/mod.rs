@@ -10,8 +10,8 @@
 mod console;
 mod image;
 mod kernels;
-mod nfs;
 mod qemu;
+mod servers;
 
 pub use console::Outcome;
 
@@ -33,9 +33,10 @@ pub const PACKAGES: &[&str] = &[
     "cpio",
     "e2fsprogs",
     "kmod",
-    // The NFS server the guests mount (nfs.rs).
+    // The NFS and SMB servers the guests mount (servers.rs).
     "nfs-ganesha",
     "nfs-ganesha-vfs",
+    "samba",
 ];
 
 /// The architecture a kernel line is built for: what QEMU emulates and what the test

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{console::Outcome, kernels::Kernel, nfs, Arch};
+use super::{console::Outcome, kernels::Kernel, servers, Arch};
 
 /// The mount tag of the guest's virtio-9p share.
 pub const NINE_P_TAG: &str = "stapr9p";
@@ -41,9 +41,11 @@ pub fn boot(
         .context("finding a free UDP port for the guest's NIC")?
         .port();
     let netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{NIC_GUEST_PORT}");
-    // The NFS server the guest mounts at 10.0.2.2:<its port> (STAPR_NFS), for this boot.
+    // The NFS and SMB servers the guest mounts at 10.0.2.2:<their ports> (STAPR_NFS,
+    // STAPR_SMB), for this boot.
     let work = log.parent().context("the log's directory")?;
-    let server = nfs::Server::start(work)?;
+    let nfs = servers::Server::nfs(work)?;
+    let smb = servers::Server::smb(work)?;
     // A host directory shared over virtio-9p (mount tag NINE_P_TAG): another network
     // filesystem for disktop.
     let share = work.join("9p");
@@ -62,9 +64,11 @@ pub fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port} STAPR_NFS=10.0.2.2:{}:{}",
-            server.port,
-            nfs::EXPORT
+            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port} STAPR_NFS=10.0.2.2:{}:{} STAPR_SMB=10.0.2.2:{}:{}",
+            nfs.port,
+            servers::NFS_EXPORT,
+            smb.port,
+            servers::SMB_SHARE,
         ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", image.display()))
@@ -129,7 +133,7 @@ pub fn boot(
     }
     let _ = child.kill();
     let _ = child.wait();
-    drop(server);
+    drop((nfs, smb));
     transcript.flush()?;
     Ok(o)
 }
