@@ -170,21 +170,25 @@ fn ended_lines(
     Ok(rows.iter().map(|r| opts.line(r)).collect())
 }
 
-/// What each loss counter counts (by `MISSED_*` index): the JSON reason and the text.
-fn loss_kinds() -> [(&'static str, String); MISSED_COUNT as usize] {
+/// What each loss counter counts (by `MISSED_*` index): the JSON reason, what was lost,
+/// and why.
+fn loss_kinds() -> [(&'static str, &'static str, String); MISSED_COUNT as usize] {
     [
         (
             "table_full",
-            format!("opens: the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
+            "opens",
+            format!("the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
         ),
         (
             "ringbuf_full",
-            "reports: the ring buffer was full".to_owned(),
+            "reports",
+            "the ring buffer was full".to_owned(),
         ),
         (
             "open_args_full",
+            "open timings",
             format!(
-                "open timings: the in-kernel table of opens in progress ({OPEN_ARGS_MAX_ENTRIES} threads) was full"
+                "the in-kernel table of opens in progress ({OPEN_ARGS_MAX_ENTRIES} threads) was full"
             ),
         ),
     ]
@@ -198,14 +202,14 @@ fn losses(
 ) -> Result<String> {
     let now = probes.missed()?;
     let mut out = String::new();
-    for ((now, seen), (reason, what)) in now.iter().zip(seen.iter_mut()).zip(loss_kinds()) {
+    for ((now, seen), (reason, what, why)) in now.iter().zip(seen.iter_mut()).zip(loss_kinds()) {
         let n = now - *seen;
         *seen = *now;
         if n == 0 {
             continue;
         }
         match format {
-            runtime::Format::Text => out += &format!("Lost {n} {what}\n"),
+            runtime::Format::Text => out += &format!("Lost {n} {what}: {why}\n"),
             runtime::Format::Json => {
                 out +=
                     &serde_json::json!({"time": runtime::utc_now(), "lost": n, "reason": reason})
@@ -318,9 +322,10 @@ pub fn run(opts: Options) -> Result<()> {
         };
         out::write_last(&last).await
     })?;
-    for (n, (_, what)) in probes.missed()?.into_iter().zip(loss_kinds()) {
+    // Worded as the interval reports' totals (runtime::interval).
+    for (n, (_, what, why)) in probes.missed()?.into_iter().zip(loss_kinds()) {
         if n > 0 {
-            eprintln!("stapr slowopen: in all, lost {n} {what}");
+            eprintln!("stapr slowopen: {n} {what} not counted in all: {why}");
         }
     }
     let slow = probes.attached;
