@@ -3,42 +3,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
-use aya::{
-    programs::{
-        uprobe::UProbeScope, BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, UProbe,
-    },
-    Ebpf,
-};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    report::{Facility as Fac, MethodSpec, Need, Report},
-    runtime::{self, kernel_btf_present, object::program},
-};
-
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));
-
-const PROG_TP: &str = "stapr_doc_tp";
-const PROG_TP_BTF: &str = "stapr_doc_tpbtf";
-const PROG_RAW_TP: &str = "stapr_doc_rawtp";
-const PROG_KPROBE: &str = "stapr_doc_kprobe";
-const PROG_FENTRY: &str = "stapr_doc_fentry";
-const PROG_UPROBE: &str = "stapr_doc_uprobe";
-
-#[cfg(test)]
-pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
-    object: "doctor",
-    programs: &[
-        PROG_TP,
-        PROG_TP_BTF,
-        PROG_RAW_TP,
-        PROG_KPROBE,
-        PROG_FENTRY,
-        PROG_UPROBE,
-    ],
-    maps: &[],
-    globals: &[],
+    report::{self, method::Spec},
+    runtime::{
+        self,
+        features::{self, Facility, Need},
+    },
 };
 
 /// A facility's verdict.
@@ -50,7 +23,7 @@ pub enum Verdict {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Facility {
+pub struct Tried {
     pub name: &'static str,
     pub verdict: Verdict,
     /// Why it fails, or what was tried.
@@ -76,12 +49,12 @@ pub struct Findings {
     pub btf: bool,
     pub lockdown: String,
     pub tracefs: bool,
-    pub facilities: Vec<Facility>,
+    pub facilities: Vec<Tried>,
     pub reports: Vec<Plan>,
 }
 
 impl Findings {
-    fn works(&self, facility: Fac) -> bool {
+    fn works(&self, facility: Facility) -> bool {
         self.facilities
             .iter()
             .any(|f| f.name == facility.name() && f.verdict == Verdict::Works)
@@ -94,29 +67,29 @@ impl Findings {
 }
 
 /// Pure: which method each report will use given the facilities: the first of the
-/// report's own list ([`Report::methods`], the order its attach code walks) whose needs
-/// are all met.
+/// report's own list ([`report::Report::ways`], the order its attach code walks) whose
+/// needs are all met.
 pub fn plan(f: &Findings, saved_regs: bool) -> Vec<Plan> {
     let met = |n: &Need| match *n {
         Need::Btf => f.btf,
         Need::SavedRegs => saved_regs,
         Need::Works(facility) => f.works(facility),
     };
-    Report::ALL
+    report::ALL
         .iter()
-        .map(|&r| {
-            let methods = r.methods();
-            match methods.iter().find(|m| m.needs.iter().all(met)) {
+        .map(|r| {
+            let ways: Vec<&Spec> = (r.ways)().into_iter().filter(|w| w.planned()).collect();
+            match ways.iter().find(|m| m.needs.iter().all(met)) {
                 Some(m) => Plan {
-                    report: r.name(),
+                    report: r.name,
                     method: Some(m.name.to_owned()),
                     note: m.note.to_owned(),
                     complete: !m.partial,
                 },
                 None => Plan {
-                    report: r.name(),
+                    report: r.name,
                     method: None,
-                    note: needs(&methods),
+                    note: needs(&ways),
                     complete: false,
                 },
             }
@@ -124,21 +97,21 @@ pub fn plan(f: &Findings, saved_regs: bool) -> Vec<Plan> {
         .collect()
 }
 
-/// "needs A and B, or C": what any of `methods` would need.
-fn needs(methods: &[MethodSpec]) -> String {
-    let mut ways: Vec<String> = Vec::new();
-    for m in methods {
+/// "needs A and B, or C": what any of `ways` would need.
+fn needs(ways: &[&Spec]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for m in ways {
         let w = m
             .needs
             .iter()
             .map(|n| n.name())
             .collect::<Vec<_>>()
             .join(" and ");
-        if !ways.contains(&w) {
-            ways.push(w);
+        if !out.contains(&w) {
+            out.push(w);
         }
     }
-    format!("needs {}", ways.join(", or "))
+    format!("needs {}", out.join(", or "))
 }
 
 fn kernel_release() -> String {
@@ -163,195 +136,47 @@ fn lockdown() -> String {
         .unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into())
 }
 
-fn verdict(r: std::result::Result<String, String>) -> (Verdict, String) {
-    match r {
-        Ok(d) => (Verdict::Works, d),
-        Err(d) => (Verdict::Fails, d),
-    }
-}
-
-/// A one-page BPF_MAP_TYPE_RINGBUF, closed at once.
-fn ring_buffer_works() -> std::result::Result<String, String> {
-    runtime::bpf_sys::ringbuf_create(4096)
-        .map(|_fd| "BPF_MAP_TYPE_RINGBUF created".into())
-        .map_err(|e| e.to_string())
-}
-
-/// The path of libc as mapped into this process (uprobe target).
-fn libc_path() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
-        })
-        .map(str::to_owned)
-}
-
-/// Loads and attaches one program of each type; everything is detached when it returns.
-fn probe_facilities(btf: bool) -> Result<Vec<Facility>> {
-    let mut ebpf = Ebpf::load(OBJECT).context("loading the doctor eBPF object")?;
-    let aya_btf = if btf {
-        Some(aya::Btf::from_sys_fs().context("reading kernel BTF")?)
-    } else {
-        None
+/// `stapr doctor`: exit 0 when every report can do its whole job here, 1 otherwise.
+pub fn run(format: runtime::Format) -> Result<()> {
+    let f = examine()?;
+    let text = match format {
+        runtime::Format::Text => self::text(&f),
+        runtime::Format::Json => json(&f),
     };
-    let mut out = Vec::new();
-    let mut push = |facility: Fac, r: std::result::Result<String, String>| {
-        let (verdict, detail) = verdict(r);
-        out.push(Facility {
-            name: facility.name(),
-            verdict,
-            detail,
-        });
-    };
-
-    let tp: &mut TracePoint = program(&mut ebpf, PROG_TP)?;
-    push(
-        Fac::Classic,
-        tp.load()
-            .and_then(|_| tp.attach("sched", "sched_process_exec").map(|_| ()))
-            .map(|_| "attached to sched:sched_process_exec".into())
-            .map_err(|e| runtime::program_error_reason(&e)),
-    );
-
-    match &aya_btf {
-        Some(b) => {
-            let p: &mut BtfTracePoint = program(&mut ebpf, PROG_TP_BTF)?;
-            push(
-                Fac::TpBtf,
-                p.load("sched_process_exec", b)
-                    .and_then(|_| p.attach().map(|_| ()))
-                    .map(|_| "attached to sched_process_exec".into())
-                    .map_err(|e| runtime::program_error_reason(&e)),
-            );
-        }
-        None => push(Fac::TpBtf, Err("needs kernel BTF".into())),
+    runtime::emit(&text)?;
+    if !f.all_runnable() {
+        std::process::exit(1);
     }
-
-    let p: &mut RawTracePoint = program(&mut ebpf, PROG_RAW_TP)?;
-    push(
-        Fac::RawTp,
-        p.load()
-            .and_then(|_| p.attach("sched_process_exec").map(|_| ()))
-            .map(|_| "attached to sched_process_exec".into())
-            .map_err(|e| runtime::program_error_reason(&e)),
-    );
-
-    let p: &mut KProbe = program(&mut ebpf, PROG_KPROBE)?;
-    let kprobes = p
-        .load()
-        .and_then(|_| p.attach("vfs_read", 0).map(|_| ()))
-        .map(|_| "attached to vfs_read".into())
-        .map_err(|e| {
-            if runtime::kprobe_pmu_present() {
-                runtime::program_error_reason(&e)
-            } else {
-                runtime::NO_KPROBE_PMU.into()
-            }
-        });
-    let kprobes_work = kprobes.is_ok();
-    push(Fac::Kprobes, kprobes);
-
-    match &aya_btf {
-        Some(b) => push(
-            Fac::Fentry,
-            fentry_on_vfs_read(&mut ebpf, b).map(|_| "fentry attached to vfs_read".into()),
-        ),
-        None => push(Fac::Fentry, Err("needs kernel BTF".into())),
-    }
-
-    let p: &mut UProbe = program(&mut ebpf, PROG_UPROBE)?;
-    push(
-        Fac::Uprobes,
-        // A statically linked stapr (the arm64 build) carries getpid itself.
-        match libc_path().or_else(|| {
-            std::fs::read_link("/proc/self/exe")
-                .ok()
-                .map(|p| p.display().to_string())
-        }) {
-            Some(libc) => p
-                .load()
-                .and_then(|_| {
-                    p.attach("getpid", &libc, UProbeScope::AllProcesses)
-                        .map(|_| ())
-                })
-                .map(|_| format!("attached to getpid in {libc}"))
-                .map_err(|e| runtime::program_error_reason(&e)),
-            None => Err("neither libc nor stapr's own executable found".into()),
-        },
-    );
-
-    push(Fac::Ringbuf, ring_buffer_works());
-
-    let multi = if kprobes_work {
-        kprobe_multi_works()
-    } else {
-        Err("needs kprobes".into())
-    };
-    push(Fac::KprobeMulti, multi);
-    Ok(out)
-}
-
-fn fentry_on_vfs_read(ebpf: &mut Ebpf, btf: &aya::Btf) -> std::result::Result<(), String> {
-    let p: &mut FEntry = program(ebpf, PROG_FENTRY).map_err(|e| e.to_string())?;
-    p.load("vfs_read", btf)
-        .and_then(|_| p.attach().map(|_| ()))
-        .map_err(|e| runtime::program_error_reason(&e))
-}
-
-/// Whether an fentry program loads and attaches (to vfs_read); detached on return.
-pub fn fentry_works() -> std::result::Result<(), String> {
-    if !kernel_btf_present() {
-        return Err("needs kernel BTF".into());
-    }
-    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| format!("loading the doctor object: {e}"))?;
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
-    fentry_on_vfs_read(&mut ebpf, &btf)
-}
-
-/// A two-instruction kprobe program (`r0 = 0; exit`) loaded for kprobe.multi and linked
-/// to vfs_read with BPF_LINK_CREATE; closed on return.
-fn kprobe_multi_works() -> std::result::Result<String, String> {
-    use crate::runtime::bpf_sys;
-    const MOV_R0_0: u64 = 0xb7;
-    const EXIT: u64 = 0x95;
-    let prog = bpf_sys::prog_load(
-        &bpf_sys::LoadSpec {
-            prog_type: bpf_sys::PROG_TYPE_KPROBE,
-            expected_attach_type: bpf_sys::ATTACH_TRACE_KPROBE_MULTI,
-            name: "stapr_doc_multi",
-            attach_btf_id: 0,
-            attach_btf_obj: None,
-        },
-        &[MOV_R0_0, EXIT],
-    )
-    .map_err(|e| format!("{e:#}"))?;
-    use std::os::fd::AsFd;
-    bpf_sys::kprobe_multi(prog.as_fd(), &["vfs_read".to_owned()], &[0], false)
-        .map(|_link| "kprobe.multi link on vfs_read".into())
-        .map_err(|e| format!("{e:#}"))
+    Ok(())
 }
 
 /// Everything `stapr doctor` reports; touches the kernel.
 pub fn examine() -> Result<Findings> {
     runtime::prepare()?;
-    let btf = kernel_btf_present();
+    let facilities = Facility::ALL
+        .iter()
+        .map(|&facility| {
+            let (verdict, detail) = match features::check(facility) {
+                Ok(d) => (Verdict::Works, d.clone()),
+                Err(d) => (Verdict::Fails, d.clone()),
+            };
+            Tried {
+                name: facility.name(),
+                verdict,
+                detail,
+            }
+        })
+        .collect();
     let mut f = Findings {
         kernel: kernel_release(),
         arch: std::env::consts::ARCH,
-        btf,
+        btf: features::btf(),
         lockdown: lockdown(),
         tracefs: runtime::tracefs::ensure_mounted().is_ok(),
-        facilities: probe_facilities(btf)?,
+        facilities,
         reports: Vec::new(),
     };
-    f.reports = plan(
-        &f,
-        cfg!(any(target_arch = "x86_64", target_arch = "aarch64")),
-    );
+    f.reports = plan(&f, features::saved_regs());
     Ok(f)
 }
 
@@ -424,6 +249,8 @@ pub fn json(f: &Findings) -> String {
 mod tests {
     use super::*;
 
+    use Facility as Fac;
+
     fn findings(works: &[Fac], btf: bool) -> Findings {
         Findings {
             kernel: "6.18.0".into(),
@@ -433,7 +260,7 @@ mod tests {
             tracefs: true,
             facilities: Fac::ALL
                 .iter()
-                .map(|&f| Facility {
+                .map(|&f| Tried {
                     name: f.name(),
                     verdict: if works.contains(&f) {
                         Verdict::Works

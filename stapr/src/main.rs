@@ -3,6 +3,7 @@
 mod cli;
 mod doctor;
 mod export;
+mod metrics;
 mod report;
 mod runtime;
 
@@ -10,43 +11,17 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 
-use crate::{
-    cli::{Cli, Command},
-    report::{calltree, disktop, nettop, slowopen},
-    runtime::UserError,
-};
+use crate::{cli::Cli, runtime::UserError};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_failure(err),
     };
-    let result = match cli.command {
-        Command::Doctor(a) => run_doctor(a.output.format),
-        Command::Nettop(a) => nettop::run(a.into()),
-        Command::Disktop(a) => disktop::run(a.into()),
-        Command::Slowopen(a) => slowopen::run(a.into()),
-        Command::Calltree(a) => calltree::run(a.into()),
-        Command::Export(a) => export::run(a.into()),
-    };
-    match result {
+    match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => failure(&err),
     }
-}
-
-/// Exit 0 when every report can do its whole job here, 1 otherwise.
-fn run_doctor(format: runtime::Format) -> anyhow::Result<()> {
-    let f = doctor::examine()?;
-    let text = match format {
-        runtime::Format::Text => doctor::text(&f),
-        runtime::Format::Json => doctor::json(&f),
-    };
-    runtime::emit(&text)?;
-    if !f.all_runnable() {
-        std::process::exit(1);
-    }
-    Ok(())
 }
 
 /// clap's errors span several lines (usage, tips); the user gets the first one only.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use super::{By, Options};
-use crate::{cli::min_duration, runtime::duration};
+use crate::{cli::flags::min_duration, runtime::duration};
 
 pub const HELP: &str = "\
 Runs nettop's, disktop's and slowopen's probes together (a report this kernel cannot run is

@@ -4,15 +4,14 @@
 
 pub mod args;
 pub mod http;
-pub mod metrics;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
-use probes_common::slowopen::{
-    SlowConfig, MISSED_ARGS_FULL, MISSED_RINGBUF_FULL, MISSED_TABLE_FULL,
-};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
@@ -20,14 +19,12 @@ use tokio::{
 };
 
 use crate::{
-    report::{
-        containers::{Choice, Containers},
-        disktop, nettop, slowopen, Report,
-    },
-    runtime::{self, ring, user_error},
+    metrics::{self, Declared, Probed},
+    report::{self, nettop, ExportSettings},
+    runtime::{self, source::Exported, user_error},
 };
 
-pub use metrics::By;
+pub use crate::metrics::By;
 
 pub struct Options {
     pub listen: SocketAddr,
@@ -43,142 +40,48 @@ const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
 type MetricsRequest = oneshot::Sender<String>;
 
-/// The probes that attached; a report this kernel cannot run is left out.
-struct Parts {
-    net: Option<nettop::probes::Probes>,
-    disk: Option<disktop::probes::Probes>,
-    slow: Option<slowopen::probes::Probes>,
-    slow_state: slowopen::State,
-    dev_names: disktop::devices::DevNames,
-    /// Names cgroups for `--by ...,container`.
-    containers: Containers,
-    file_min_ns: u64,
-}
+/// The reports that serve metrics, attached; one this kernel cannot run is left out.
+struct Sources(Vec<Box<dyn Exported>>);
 
-fn source(report: Report, method: &'static str, attached: usize) -> metrics::Source {
-    metrics::Source {
-        report,
-        method,
-        attached,
-        events: 0,
-        lost: BTreeMap::new(),
-    }
-}
-
-impl Parts {
-    fn attach(
-        file_min_ns: u64,
-        recv_at: nettop::RecvAt,
-        reg: &mut metrics::Registry,
-        containers: Containers,
-    ) -> Result<(Self, Option<RingBuf<MapData>>)> {
-        let unavailable = |report: Report, err: &anyhow::Error| {
-            eprintln!(
-                "stapr export: {} unavailable ({err:#}); its metrics are left out",
-                report.name()
-            );
-        };
-        let net =
-            nettop::probes::Probes::attach(nettop::ProbeKind::Auto, recv_at, Default::default())
-                .inspect_err(|e| unavailable(Report::Nettop, e))
-                .ok();
-        if let Some(n) = &net {
-            reg.sources
-                .push(source(Report::Nettop, n.kind.name(), n.attached));
-        }
-        let disk = disktop::probes::Probes::attach(disktop::Method::Auto, Default::default())
-            .inspect_err(|e| unavailable(Report::Disktop, e))
-            .ok();
-        if let Some(d) = &disk {
-            reg.sources
-                .push(source(Report::Disktop, d.method.name(), d.attached));
-        }
-        let config = SlowConfig {
-            min_ns: file_min_ns,
-            self_tgid: std::process::id(),
-            ..Default::default()
-        };
-        let attach = slowopen::probes::Probes::attach(
-            config,
-            Default::default(),
-            slowopen::probes::Method::Auto,
-        );
-        let (slow, ring) = match attach {
-            Ok((s, ring)) => {
-                reg.sources.push(source(
-                    Report::Slowopen,
-                    s.method.label(),
-                    s.attached + s.raw,
-                ));
-                (Some(s), Some(ring))
+impl Sources {
+    fn attach(with: &ExportSettings, reg: &mut metrics::Registry) -> Result<Self> {
+        let mut sources: Vec<Box<dyn Exported>> = Vec::new();
+        for r in report::ALL.iter() {
+            let Some(export) = r.export else { continue };
+            match export(with) {
+                Ok(s) => {
+                    reg.sources.push(Probed {
+                        report: s.name(),
+                        method: s.label(),
+                        attached: s.attached(),
+                        events: 0,
+                        lost: Default::default(),
+                    });
+                    sources.push(s);
+                }
+                Err(err) => eprintln!(
+                    "stapr export: {} unavailable ({err:#}); its metrics are left out",
+                    r.name
+                ),
             }
-            Err(e) => {
-                unavailable(Report::Slowopen, &e);
-                (None, None)
-            }
-        };
-        if net.is_none() && disk.is_none() && slow.is_none() {
+        }
+        if sources.is_empty() {
             return Err(user_error(
                 "no report's probes attach on this kernel: see `stapr doctor`",
             ));
         }
-        let parts = Parts {
-            net,
-            disk,
-            slow,
-            slow_state: slowopen::State::default(),
-            dev_names: disktop::devices::DevNames::default(),
-            containers,
-            file_min_ns,
-        };
-        Ok((parts, ring))
+        Ok(Sources(sources))
     }
 
-    /// Attachments that are slow to detach: every report's but nettop's BTF tracepoints.
-    fn slow_attachments(&self) -> usize {
-        let net = match &self.net {
-            Some(n) => n.slow_attachments(),
-            None => 0,
-        };
-        net + self.disk.as_ref().map_or(0, |d| d.attached)
-            + self.slow.as_ref().map_or(0, |s| s.attached)
+    fn slow_to_detach(&self) -> usize {
+        self.0.iter().map(|s| s.slow_to_detach()).sum()
     }
 
-    /// Drains nettop's and disktop's tables into the registry and forgets gone processes.
+    /// Takes every source's snapshot into the registry and forgets gone processes.
     fn collect(&mut self, reg: &mut metrics::Registry) -> Result<()> {
         let now = runtime::monotonic_ns();
-        if let Some(n) = &mut self.net {
-            let names = &mut self.containers;
-            reg.add_net(&n.drain()?, |id| names.name(id).container.clone(), now);
-            let lost = n.dropped()?;
-            if let Some(s) = reg.source(Report::Nettop) {
-                s.lost.insert("table_full", lost);
-            }
-        }
-        if let Some(d) = &mut self.disk {
-            let (devs, names) = (&mut self.dev_names, &mut self.containers);
-            reg.add_disk(
-                &d.drain()?,
-                |dev, pid| devs.name(dev, pid).name,
-                |id| names.name(id).container.clone(),
-                now,
-            );
-            let lost = d.dropped()?;
-            if let Some(s) = reg.source(Report::Disktop) {
-                s.lost.insert("table_full", lost);
-            }
-        }
-        if let Some(p) = &self.slow {
-            let n = p.missed()?;
-            if let Some(s) = reg.source(Report::Slowopen) {
-                // Both of its tables as one reason: open files, and opens in progress.
-                s.lost.insert(
-                    "table_full",
-                    n[MISSED_TABLE_FULL as usize] + n[MISSED_ARGS_FULL as usize],
-                );
-                s.lost
-                    .insert("ringbuf_full", n[MISSED_RINGBUF_FULL as usize]);
-            }
+        for s in &mut self.0 {
+            s.collect(reg, now)?;
         }
         reg.forget(now, |pid| {
             std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -186,38 +89,23 @@ impl Parts {
         Ok(())
     }
 
-    /// Files the batch ended, into the histogram.
-    fn files(&mut self, batch: slowopen::Batch, reg: &mut metrics::Registry) -> Result<()> {
-        let Some(p) = &mut self.slow else {
-            return Ok(());
-        };
-        let rows = slowopen::ended(
-            p,
-            batch,
-            &mut self.slow_state,
-            self.file_min_ns,
-            &Default::default(),
-        )?;
-        let now = runtime::monotonic_ns();
-        let names = &mut self.containers;
-        for r in rows {
-            reg.observe_file(
-                &r.comm,
-                r.cgroup,
-                |id| names.name(id).container.clone(),
-                r.held_ns,
-                now,
-            );
+    /// Ready, with its index, when a source has records waiting (slowopen's closed
+    /// files): they are taken as they come, so its ring never fills between scrapes.
+    fn poll_records(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize>> {
+        for (i, s) in self.0.iter_mut().enumerate() {
+            if let Poll::Ready(r) = s.poll_records(cx) {
+                return Poll::Ready(r.map(|()| i));
+            }
         }
-        Ok(())
+        Poll::Pending
     }
-}
 
-/// Waits for slowopen's records; never, when slowopen is not running.
-async fn readable(ring: &mut Option<ring::Watched>) -> Result<()> {
-    match ring {
-        Some(r) => r.wait(None).await,
-        None => std::future::pending().await,
+    /// Takes the snapshot of source `i` only.
+    fn collect_one(&mut self, i: usize, reg: &mut metrics::Registry) -> Result<()> {
+        match self.0.get_mut(i) {
+            Some(s) => s.collect(reg, runtime::monotonic_ns()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -226,10 +114,10 @@ async fn readable(ring: &mut Option<ring::Watched>) -> Result<()> {
 fn answer(
     first: MetricsRequest,
     waiting: &mut mpsc::Receiver<MetricsRequest>,
-    parts: &mut Parts,
+    sources: &mut Sources,
     reg: &mut metrics::Registry,
 ) -> Result<()> {
-    parts.collect(reg)?;
+    sources.collect(reg)?;
     let text = reg.render();
     for reply in std::iter::once(first).chain(std::iter::from_fn(|| waiting.try_recv().ok())) {
         let _ = reply.send(text.clone());
@@ -269,19 +157,21 @@ pub fn run(opts: Options) -> Result<()> {
         .local_addr()
         .context("reading the listening address")?;
 
-    let forget_ns = runtime::nanos(opts.forget_after);
-    let mut reg = metrics::Registry::new(opts.by, forget_ns);
-    let file_min_ns = runtime::nanos(opts.file_min);
-    let choice = Choice {
-        show: opts.by.container,
-        cgroup: None,
+    let declared: Vec<Declared> = report::ALL
+        .iter()
+        .flat_map(|r| r.families.iter().copied())
+        .collect();
+    let mut reg = metrics::Registry::new(opts.by, runtime::nanos(opts.forget_after), &declared);
+    let with = ExportSettings {
+        file_min: opts.file_min,
+        recv_at: opts.recv_at,
+        containers: opts.by.container,
     };
-    let (containers, _) = Containers::open(&choice, runtime::Format::Text)?;
-    let (mut parts, ring) = Parts::attach(file_min_ns, opts.recv_at, &mut reg, containers)?;
+    let mut sources = Sources::attach(&with, &mut reg)?;
     let methods: Vec<String> = reg
         .sources
         .iter()
-        .map(|s| format!("{} {}", s.report.name(), s.method))
+        .map(|s| format!("{} {}", s.report, s.method))
         .collect();
     eprintln!(
         "stapr export: serving http://{local}/metrics ({}; series by {}, dropped {:?} after their process ends). Ctrl-C to end.",
@@ -292,7 +182,6 @@ pub fn run(opts: Options) -> Result<()> {
 
     runtime::block_on(async move {
         let listener = TcpListener::from_std(listener).context("registering the listener")?;
-        let mut ring = ring.map(ring::Watched::new).transpose()?;
         let (ask, mut asks) = mpsc::channel::<MetricsRequest>(64);
         let mut clients = JoinSet::new();
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -307,16 +196,11 @@ pub fn run(opts: Options) -> Result<()> {
                         clients.spawn(connection(stream, ask.clone()));
                     }
                 }
-                Some(reply) = asks.recv() => answer(reply, &mut asks, &mut parts, &mut reg)?,
-                r = readable(&mut ring) => {
-                    r?;
-                    if let Some(ring) = &mut ring {
-                        let mut batch = slowopen::Batch::default();
-                        slowopen::read_records(ring.ring(), &mut batch);
-                        parts.files(batch, &mut reg)?;
-                    }
+                Some(reply) = asks.recv() => answer(reply, &mut asks, &mut sources, &mut reg)?,
+                r = std::future::poll_fn(|cx| sources.poll_records(cx)) => {
+                    sources.collect_one(r?, &mut reg)?;
                 }
-                _ = tick.tick() => parts.collect(&mut reg)?,
+                _ = tick.tick() => sources.collect(&mut reg)?,
                 r = &mut stop => { r?; break; }
             }
         }
@@ -326,17 +210,191 @@ pub fn run(opts: Options) -> Result<()> {
         let finish = async {
             loop {
                 tokio::select! {
-                    Some(reply) = asks.recv() => answer(reply, &mut asks, &mut parts, &mut reg)?,
+                    Some(reply) = asks.recv() => answer(reply, &mut asks, &mut sources, &mut reg)?,
                     next = clients.join_next() => if next.is_none() { break },
                 }
             }
             anyhow::Ok(())
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;
-        Ok(parts)
+        Ok(sources)
     })
-    .map(|parts| {
-        let slow = parts.slow_attachments();
-        runtime::detach::release(parts, slow, false);
+    .map(|sources| {
+        let slow = sources.slow_to_detach();
+        runtime::detach::release(sources, slow, false);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        metrics::{Registry, Who},
+        report::{
+            disktop::{self, aggregate::Dir},
+            nettop::aggregate::tests::{counters, key},
+            slowopen::FILE_OPEN,
+        },
+        runtime::{cgroup::Named, source::Record},
+    };
+
+    fn declared() -> Vec<Declared> {
+        report::ALL
+            .iter()
+            .flat_map(|r| r.families.iter().copied())
+            .collect()
+    }
+
+    fn named(mut snap: nettop::aggregate::Snapshot) -> nettop::aggregate::Snapshot {
+        for r in &mut snap.rows {
+            r.cg = Named::of(Some("/web".into()));
+        }
+        snap
+    }
+
+    fn disk_row(pid: u32, comm: &str, bytes: u64) -> disktop::aggregate::Row {
+        disktop::aggregate::Row {
+            uid: 0,
+            pid,
+            ppid: 1,
+            comm: comm.into(),
+            device: "sda".into(),
+            fstype: None,
+            dir: Dir::Read,
+            bytes,
+            cgroup: 1,
+            cg: Named::of(Some("/web".into())),
+        }
+    }
+
+    fn registry(by: By) -> Registry {
+        let mut r = Registry::new(by, 60_000_000_000, &declared());
+        r.sources = ["nettop", "slowopen", "disktop"]
+            .into_iter()
+            .zip(["tp_btf", "tracepoint", "syscalls"])
+            .map(|(report, method)| Probed {
+                report,
+                method,
+                attached: 2,
+                events: 0,
+                lost: [("table_full", 0)].into_iter().collect(),
+            })
+            .collect();
+        let net = named(nettop::aggregate::rows([
+            (key(10, 33, "eth0", "httpd"), counters(3, 3000, 0, 0)),
+            (key(10, 33, "eth0", "httpd"), counters(1, 500, 2, 120)), // another CPU
+            (key(11, 33, "eth0", "httpd"), counters(0, 0, 1, 60)),
+        ]));
+        let events = net.record(&mut r, 5);
+        r.source("nettop").unwrap().events += events;
+        let disk = disktop::aggregate::Counted {
+            rows: vec![disk_row(12, "postgres", 4096)],
+            calls: 1,
+        };
+        let events = disk.record(&mut r, 5);
+        r.source("disktop").unwrap().events += events;
+        let who = Who {
+            pid: 13,
+            comm: "vsftpd",
+            uid: 0,
+            container: "web",
+        };
+        for secs in [2.5, 0.02] {
+            r.observe(&FILE_OPEN, who.comm, who.container, secs, 5);
+        }
+        r.source("slowopen").unwrap().events += 2;
+        r
+    }
+
+    #[test]
+    fn exposition_golden() {
+        let text = registry(By::PID).render();
+        let golden = r#"# HELP stapr_net_packets_total Packets sent (transmit) and received (receive) per process and network device; transmits are charged to the task running when the device sent them, receives (--recv-at socket, the default) to the process that read them off its socket.
+# TYPE stapr_net_packets_total counter
+stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 2
+stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="transmit"} 4
+stapr_net_packets_total{pid="11",comm="httpd",uid="33",dev="eth0",direction="receive"} 1
+# HELP stapr_net_bytes_total Bytes (skb length) sent and received per process and network device.
+# TYPE stapr_net_bytes_total counter
+stapr_net_bytes_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 120
+stapr_net_bytes_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="transmit"} 3500
+stapr_net_bytes_total{pid="11",comm="httpd",uid="33",dev="eth0",direction="receive"} 60
+# HELP stapr_file_open_seconds How long files were held open, per command, observed when they were closed (files held at least --file-min).
+# TYPE stapr_file_open_seconds histogram
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.01"} 0
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.05"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.1"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="0.5"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="1"} 1
+stapr_file_open_seconds_bucket{comm="vsftpd",le="5"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="10"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="60"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="300"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="1800"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="3600"} 2
+stapr_file_open_seconds_bucket{comm="vsftpd",le="+Inf"} 2
+stapr_file_open_seconds_sum{comm="vsftpd"} 2.52
+stapr_file_open_seconds_count{comm="vsftpd"} 2
+# HELP stapr_disk_bytes_total Bytes read and written per process and device: read/write calls on files of a block device (page cache hits included) or of a network filesystem (NFS, SMB/CIFS, Ceph, 9p, AFS), named by its server side.
+# TYPE stapr_disk_bytes_total counter
+stapr_disk_bytes_total{pid="12",comm="postgres",uid="0",dev="sda",direction="read"} 4096
+# HELP stapr_events_total Events the probes counted: packets (nettop), reads and writes (disktop), files reported closed (slowopen).
+# TYPE stapr_events_total counter
+stapr_events_total{report="nettop"} 7
+stapr_events_total{report="slowopen"} 2
+stapr_events_total{report="disktop"} 1
+# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).
+# TYPE stapr_events_lost_total counter
+stapr_events_lost_total{report="nettop",reason="table_full"} 0
+stapr_events_lost_total{report="slowopen",reason="table_full"} 0
+stapr_events_lost_total{report="disktop",reason="table_full"} 0
+# HELP stapr_probes_attached Probes attached in the kernel, per report and method.
+# TYPE stapr_probes_attached gauge
+stapr_probes_attached{report="nettop",method="tp_btf"} 2
+stapr_probes_attached{report="slowopen",method="tracepoint"} 2
+stapr_probes_attached{report="disktop",method="syscalls"} 2
+# HELP stapr_series Labelled series this exporter holds (a histogram counts once).
+# TYPE stapr_series gauge
+stapr_series 5
+# HELP stapr_series_forgotten_total Series dropped because their process had gone (or, --by comm, they were idle) for --forget-after.
+# TYPE stapr_series_forgotten_total counter
+stapr_series_forgotten_total 0
+"#;
+        assert_eq!(text, golden);
+    }
+
+    #[test]
+    fn by_comm_drops_the_pid_label() {
+        let text = registry(By::COMM).render();
+        assert!(text.contains(
+            "stapr_net_packets_total{comm=\"httpd\",uid=\"33\",dev=\"eth0\",direction=\"receive\"} 3\n"
+        ));
+        assert!(!text.contains("pid=\""));
+        let text = registry(By::parse("comm,container").unwrap()).render();
+        assert!(
+            text.contains("stapr_disk_bytes_total{comm=\"postgres\",uid=\"0\",container=\"web\",dev=\"sda\",direction=\"read\"} 4096\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn forgets_gone_processes_after_the_delay() {
+        let mut r = registry(By::PID);
+        let minute = 60_000_000_000;
+        // Everyone is gone, but not for long enough yet.
+        r.forget(minute, |_| false);
+        assert_eq!(r.series(), 5);
+        // pid 10 lives on, quiet: kept. 11, 12 and the idle histogram go.
+        r.forget(minute + 10, |pid| pid == 10);
+        assert_eq!(r.series(), 2);
+        assert_eq!(r.forgotten, 3);
+        let text = r.render();
+        assert!(text.contains("pid=\"10\""));
+        assert!(!text.contains("pid=\"11\""));
+        assert!(!text.contains("vsftpd"));
+        // --by comm: idle series go whatever `alive` says.
+        let mut c = registry(By::COMM);
+        c.forget(minute + 10, |_| true);
+        assert_eq!(c.series(), 0);
+    }
 }

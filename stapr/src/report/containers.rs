@@ -56,6 +56,15 @@ impl Containers {
         Ok((c, filter))
     }
 
+    /// The names the exporter's rows need: containers only for `--by ...,container`.
+    pub fn for_export(containers: bool) -> Result<Containers> {
+        let choice = Choice {
+            show: containers,
+            cgroup: None,
+        };
+        Containers::open(&choice, runtime::Format::Text).map(|(c, _)| c)
+    }
+
     /// No cgroup tree: every cgroup unknown, no column.
     pub fn none() -> Containers {
         Containers {

@@ -1,159 +1,66 @@
-//! One module per report: `probes` (the only part that touches the kernel), `aggregate`
-//! (pure: kernel data to a snapshot) and `render` (pure: snapshot to text).
+//! One folder per report: `probes` (the only part that touches the kernel), `aggregate`
+//! (pure: kernel data to a snapshot) and `render` (pure: snapshot to text), with the
+//! report's [`Source`](crate::runtime::source::Source) in its `mod.rs`. Each report's `probes`
+//! lists the ways it can attach, best first ([`method::Method::WAYS`]): its attach code walks
+//! that list, and `stapr doctor` plans over it.
 //!
-//! Each report's `probes` also lists the ways it can attach, in its order of preference
-//! ([`MethodSpec`]): its attach code walks that list, and `stapr doctor` reads it to say
-//! which method the report will use on this kernel.
+//! [`ALL`] is the report list: doctor, the exporter and the object check walk it, so a
+//! new report is one folder, one line here and one in the command list (`cli`).
 
 pub mod calltree;
 pub mod containers;
 pub mod disktop;
+pub mod method;
 pub mod nettop;
 pub mod slowopen;
 
-/// The reports, as doctor and the exporter name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Report {
-    Nettop,
-    Slowopen,
-    Disktop,
-    Calltree,
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::runtime::source::Exported;
+use crate::{metrics::Declared, runtime::object::Object};
+use method::Spec;
+
+/// The reports, in the order doctor lists them.
+pub static ALL: [&Report; 4] = [
+    &nettop::NETTOP,
+    &slowopen::SLOWOPEN,
+    &disktop::DISKTOP,
+    &calltree::CALLTREE,
+];
+
+/// What the exporter asks of the reports it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportSettings {
+    /// Files held at least this long are observed.
+    pub file_min: Duration,
+    pub recv_at: nettop::RecvAt,
+    /// Rows need their container named (`--by ...,container`).
+    pub containers: bool,
 }
 
-impl Report {
-    pub const ALL: [Report; 4] = [
-        Report::Nettop,
-        Report::Slowopen,
-        Report::Disktop,
-        Report::Calltree,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Report::Nettop => "nettop",
-            Report::Slowopen => "slowopen",
-            Report::Disktop => "disktop",
-            Report::Calltree => "calltree",
-        }
-    }
-
-    /// The ways the report can attach, best first.
-    pub fn methods(self) -> Vec<MethodSpec> {
-        match self {
-            Report::Nettop => nettop::probes::methods(),
-            Report::Slowopen => slowopen::probes::methods(),
-            Report::Disktop => disktop::probes::methods(),
-            Report::Calltree => calltree::probes::methods(),
-        }
-    }
-}
-
-/// A kernel facility `stapr doctor` tries by loading and attaching a tiny program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Facility {
-    Classic,
-    TpBtf,
-    RawTp,
-    Kprobes,
-    KprobeMulti,
-    Fentry,
-    Uprobes,
-    Ringbuf,
-}
-
-impl Facility {
-    #[cfg(test)]
-    pub const ALL: [Facility; 8] = [
-        Facility::Classic,
-        Facility::TpBtf,
-        Facility::RawTp,
-        Facility::Kprobes,
-        Facility::KprobeMulti,
-        Facility::Fentry,
-        Facility::Uprobes,
-        Facility::Ringbuf,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Facility::Classic => "classic tracepoints",
-            Facility::TpBtf => "BTF tracepoints (tp_btf)",
-            Facility::RawTp => "raw tracepoints",
-            Facility::Kprobes => "kprobes",
-            Facility::KprobeMulti => "kprobe.multi",
-            Facility::Fentry => "fentry/fexit",
-            Facility::Uprobes => "uprobes",
-            Facility::Ringbuf => "ring buffer",
-        }
-    }
-}
-
-/// What a probe method needs from the kernel or the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// Kernel BTF (/sys/kernel/btf/vmlinux).
-    Btf,
-    /// An architecture whose saved syscall registers stapr knows (x86-64, arm64).
-    SavedRegs,
-    /// A facility that loads and attaches here.
-    Works(Facility),
-}
-
-impl Need {
-    pub fn name(self) -> &'static str {
-        match self {
-            Need::Btf => "kernel BTF",
-            Need::SavedRegs => "x86-64 or arm64",
-            Need::Works(f) => f.name(),
-        }
-    }
-}
-
-/// One way a report can attach its probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MethodSpec {
-    /// As `stapr doctor` names it.
+/// A report, as doctor, the exporter and the object check see it.
+pub struct Report {
+    /// `stapr NAME`.
     pub name: &'static str,
-    pub needs: &'static [Need],
-    /// What doctor prints beside it.
-    pub note: &'static str,
-    /// It does only part of the report's job (`--block` only, `--binary` only): doctor
-    /// shows it but counts the report as unable to do its main job.
-    pub partial: bool,
+    /// Every way it attaches, best first: the list its attach code walks.
+    pub ways: fn() -> Vec<&'static Spec>,
+    /// Its embedded eBPF object (what the object check reads).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub object: &'static Object,
+    /// The metric families it serves through `stapr export` (none: not exported).
+    pub families: &'static [Declared],
+    /// Its probes, attached for the exporter.
+    pub export: Option<ExportFn>,
 }
 
-/// Tries `attach` with each method of `order` until one works, saying on stderr why each
-/// one before it was passed over. When none works: every method with its error.
-pub fn first_working<M: Copy, P>(
-    report: &str,
-    order: &[M],
-    name: impl Fn(M) -> &'static str,
-    mut attach: impl FnMut(M) -> anyhow::Result<P>,
-) -> Result<P, Vec<(M, anyhow::Error)>> {
-    let mut failed = Vec::new();
-    for (i, &m) in order.iter().enumerate() {
-        match attach(m) {
-            Ok(p) => return Ok(p),
-            Err(err) => {
-                if let Some(&next) = order.get(i + 1) {
-                    eprintln!(
-                        "stapr {report}: {} unavailable ({err:#}); trying {}",
-                        name(m),
-                        name(next)
-                    );
-                }
-                failed.push((m, err));
-            }
-        }
-    }
-    Err(failed)
-}
+/// Attaches a report's probes for the exporter.
+pub type ExportFn = fn(&ExportSettings) -> Result<Box<dyn Exported>>;
 
-/// The error of the last method tried, when none worked.
-pub fn last_error<M>(mut failed: Vec<(M, anyhow::Error)>) -> anyhow::Error {
-    failed
-        .pop()
-        .map_or_else(|| anyhow::anyhow!("no method to try"), |(_, e)| e)
+/// The specs of a method's ways, for [`Report::ways`].
+pub fn specs<M: method::Method>() -> Vec<&'static Spec> {
+    M::WAYS.iter().map(|w| &w.spec).collect()
 }
 
 /// The process filters every report takes: `-p/--pid`, `-u/--uid`, `-c/--comm`.
@@ -194,34 +101,43 @@ mod tests {
     /// user space writes).
     #[test]
     fn every_name_user_space_asks_for_is_in_its_object() {
-        for (object, names) in [
-            (nettop::probes::OBJECT, &nettop::probes::NAMES),
-            (disktop::probes::OBJECT, &disktop::probes::NAMES),
-            (slowopen::probes::OBJECT, &slowopen::probes::NAMES),
-            (calltree::probes::OBJECT, &calltree::probes::NAMES),
-            (crate::doctor::OBJECT, &crate::doctor::NAMES),
-        ] {
+        let objects = ALL
+            .iter()
+            .map(|r| r.object)
+            .chain([&crate::runtime::features::OBJECT]);
+        for object in objects {
             assert_eq!(
-                missing_names(object, names),
+                missing_names(object),
                 Vec::<String>::new(),
                 "{}",
-                names.object
+                object.name
             );
         }
     }
 
     #[test]
     fn a_wrong_name_is_found() {
-        let wrong = crate::runtime::object::ObjectNames {
-            object: "nettop",
+        let right = nettop::NETTOP.object;
+        let wrong = Object {
             programs: &["stapr_net_txx"],
             maps: &["NET_COUNTS_2"],
-            globals: &[("NET_OFFSETS", 4)],
+            config: Some(("NET_OFFSETS", 4)),
+            ..*right
         };
-        let missing = missing_names(nettop::probes::OBJECT, &wrong);
+        let missing = missing_names(&wrong);
         assert_eq!(missing.len(), 3, "{missing:?}");
         assert!(missing[0].contains("stapr_net_txx"), "{missing:?}");
         assert!(missing[2].starts_with("global NET_OFFSETS"), "{missing:?}");
+    }
+
+    #[test]
+    fn every_method_has_a_way() {
+        for r in ALL {
+            let ways = (r.ways)();
+            assert!(!ways.is_empty(), "{}", r.name);
+            assert!(ways.iter().any(|w| w.auto), "{}: nothing for auto", r.name);
+            assert_eq!(r.export.is_some(), !r.families.is_empty(), "{}", r.name);
+        }
     }
 
     #[test]

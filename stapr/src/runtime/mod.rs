@@ -6,14 +6,16 @@ pub mod btf;
 pub mod cgroup;
 pub mod detach;
 pub mod duration;
+pub mod features;
 pub mod interval;
 pub mod object;
 pub mod out;
 pub mod ring;
 pub mod slots;
+pub mod source;
 pub mod tracefs;
 
-use std::{future::Future, io::Write, path::Path, time::Duration};
+use std::{future::Future, io::Write, time::Duration};
 
 use anyhow::{Context as _, Result};
 
@@ -110,11 +112,6 @@ pub fn program_error_reason(e: &aya::programs::ProgramError) -> String {
         source = s.source();
     }
     parts.join(": ")
-}
-
-/// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.
-pub fn kernel_btf_present() -> bool {
-    Path::new("/sys/kernel/btf/vmlinux").exists()
 }
 
 fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::io::Result<()> {
@@ -226,14 +223,6 @@ pub async fn stopped(duration: Option<Duration>, watch_reader: bool) -> Result<S
 /// A duration in ns as the probes take it (saturating; no duration overflows in practice).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Why kprobes cannot attach when [`kprobe_pmu_present`] is false.
-pub const NO_KPROBE_PMU: &str = "no kprobe PMU (kernel built without CONFIG_KPROBES)";
-
-/// Whether the kernel has the kprobe PMU (CONFIG_KPROBES), which kprobes attach through.
-pub fn kprobe_pmu_present() -> bool {
-    Path::new("/sys/bus/event_source/devices/kprobe").exists()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns()`.

@@ -1,25 +1,73 @@
-//! Programs and maps of a loaded eBPF object, looked up by the names each report's `probes`
-//! declares once in its [`ObjectNames`]; a unit test checks those names against the
-//! embedded objects, so a typo fails `cargo test` instead of a load as root.
+//! The embedded eBPF objects, each declared once by the report it serves ([`Object`]:
+//! its bytes and every program, map and global user space asks it for by name), loaded
+//! in one place, and looked up by those names. A unit test checks the names against the
+//! objects, so a typo fails `cargo test` instead of a load as root.
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{Program, ProgramError},
-    Ebpf,
+    Ebpf, EbpfLoader, Pod,
 };
+use probes_common::{CgroupFilter, CGROUP_FILTER};
 
 use super::tracefs;
 
-/// Every name user space asks an embedded object for.
-#[cfg(test)]
-pub struct ObjectNames {
-    /// The object (the probes-ebpf binary it was built from).
-    pub object: &'static str,
+/// One embedded eBPF object and every name user space asks it for.
+pub struct Object {
+    /// The probes-ebpf binary it was built from.
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+    /// The read-only global set before load with the report's settings (every object but
+    /// the feature probes' also takes [`CGROUP_FILTER`]), and its size in bytes.
+    pub config: Option<(&'static str, usize)>,
     pub programs: &'static [&'static str],
     pub maps: &'static [&'static str],
-    /// Read-only globals set before load, with their size in bytes.
-    pub globals: &'static [(&'static str, usize)],
+}
+
+impl Object {
+    /// Loads the object with its settings and cgroup filter set (libbpf's `const
+    /// volatile` rodata: the verifier sees them as constants).
+    pub fn load<C: Pod>(&self, config: &C, cgroup: &CgroupFilter) -> Result<Ebpf> {
+        let name = self.config.map_or("", |(n, _)| n);
+        let ebpf = EbpfLoader::new()
+            .override_global(name, config, true)
+            .override_global(CGROUP_FILTER, cgroup, true)
+            .load(self.bytes)
+            .with_context(|| format!("loading the {} eBPF object", self.name))?;
+        self.complete(ebpf)
+    }
+
+    /// Loads an object that takes no settings.
+    pub fn load_plain(&self) -> Result<Ebpf> {
+        let ebpf = Ebpf::load(self.bytes)
+            .with_context(|| format!("loading the {} eBPF object", self.name))?;
+        self.complete(ebpf)
+    }
+
+    /// The loaded object, if it has every program and map declared (a stale build
+    /// fails here, in one line, rather than at some later lookup).
+    fn complete(&self, ebpf: Ebpf) -> Result<Ebpf> {
+        let lacks = self
+            .programs
+            .iter()
+            .map(|p| (p, ebpf.program(p).is_none()))
+            .chain(self.maps.iter().map(|m| (m, ebpf.map(m).is_none())))
+            .find(|(_, missing)| *missing);
+        match lacks {
+            Some((name, _)) => Err(anyhow!("{name} missing from the {} eBPF object", self.name)),
+            None => Ok(ebpf),
+        }
+    }
+
+    /// The globals user space sets, with their sizes.
+    #[cfg(test)]
+    fn globals(&self) -> Vec<(&'static str, usize)> {
+        match self.config {
+            Some(c) => vec![c, (CGROUP_FILTER, size_of::<CgroupFilter>())],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// A program of a loaded object, as its type (`TracePoint`, `BtfTracePoint`...).
@@ -140,26 +188,26 @@ fn refused_perf_event(e: &ProgramError) -> Option<anyhow::Error> {
     )))
 }
 
-/// The names in `names` that `object` lacks (a global also when its size differs), as
-/// "kind name" strings; empty when every one is there.
+/// The names `object` declares that its bytes lack (a global also when its size
+/// differs), as "kind name" strings; empty when every one is there.
 #[cfg(test)]
-pub fn missing_names(object: &[u8], names: &ObjectNames) -> Vec<String> {
-    let mut obj = match aya_obj::Object::parse(object) {
+pub fn missing_names(object: &Object) -> Vec<String> {
+    let mut obj = match aya_obj::Object::parse(object.bytes) {
         Ok(o) => o,
-        Err(e) => return vec![format!("object {}: {e}", names.object)],
+        Err(e) => return vec![format!("object {}: {e}", object.name)],
     };
     let mut out = Vec::new();
-    for p in names.programs {
+    for p in object.programs {
         if !obj.programs.contains_key(*p) {
             out.push(format!("program {p}"));
         }
     }
-    for m in names.maps {
+    for m in object.maps {
         if !obj.maps.contains_key(*m) {
             out.push(format!("map {m}"));
         }
     }
-    for &(g, size) in names.globals {
+    for (g, size) in object.globals() {
         // Patching with a value of the expected size fails when the symbol is missing or
         // of another size: what `override_global` would do at load time.
         let zeroes = vec![0u8; size];

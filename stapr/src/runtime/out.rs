@@ -7,9 +7,11 @@
 //! waits until poll(2) says the descriptor takes data, and writes at most `PIPE_BUF` bytes,
 //! which a pipe with room accepts without blocking.
 
-use std::{io, time::Duration};
+use std::{future::Future, io, pin::Pin, time::Duration};
 
 use anyhow::Result;
+
+use super::Stop;
 
 /// Bytes written per write(2): a pipe that polls writable takes this many at once.
 const CHUNK: usize = libc::PIPE_BUF;
@@ -103,4 +105,23 @@ pub fn is_broken_pipe<T>(r: &Result<T>) -> bool {
         e.downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Writes `text` unless a stop comes first: None once it is written, else why the loop
+/// ends (the stop, or [`Stop::ReaderGone`]). A reader that stops reading holds the write,
+/// never the stop.
+pub async fn write_or_stop<F: Future<Output = Result<Stop>>>(
+    text: &str,
+    stop: &mut Pin<&mut F>,
+) -> Result<Option<Stop>> {
+    tokio::select! {
+        biased;
+        why = stop.as_mut() => why.map(Some),
+        r = write(text) => {
+            if is_broken_pipe(&r) {
+                return Ok(Some(Stop::ReaderGone));
+            }
+            r.map(|()| None)
+        }
+    }
 }

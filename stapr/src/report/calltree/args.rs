@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use super::{Attach, Options, TreeFilter};
+use super::{Method, Options, TreeFilter};
 use crate::{
-    cli::{min_duration, positive_usize, CgroupArgs, OutputArgs, ProcessArgs},
+    cli::flags::{min_duration, positive_usize, CgroupArgs, OutputArgs, ProcessArgs},
     runtime::duration,
 };
 
@@ -91,7 +91,7 @@ impl From<Args> for Options {
             module: a.module,
             funcs: a.funcs,
             binary: a.binary,
-            attach: a.attach,
+            attach: a.attach.into(),
             filter: a.who.into(),
             containers: a.cgroups.into(),
             max_depth: a.max_depth,
@@ -104,6 +104,30 @@ impl From<Args> for Options {
             format: a.output.format,
             timings: a.timings,
             detach_in_foreground: a.detach_in_foreground,
+        }
+    }
+}
+
+/// `--attach`: how kernel functions are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// The best this kernel offers: multi, then fentry, then kprobe.
+    Auto,
+    /// One kprobe.multi link for all entries and one for all returns (Linux 5.18+).
+    Multi,
+    /// One fentry and one fexit program per function (BPF trampolines).
+    Fentry,
+    /// One kprobe and one kretprobe per function.
+    Kprobe,
+}
+
+impl From<Attach> for Option<Method> {
+    fn from(a: Attach) -> Self {
+        match a {
+            Attach::Auto => None,
+            Attach::Multi => Some(Method::Multi),
+            Attach::Fentry => Some(Method::Fentry),
+            Attach::Kprobe => Some(Method::Kprobe),
         }
     }
 }

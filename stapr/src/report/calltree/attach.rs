@@ -51,7 +51,8 @@ fn map_fd(map: &Map) -> Option<RawFd> {
 
 /// The instructions of `prog`, relocated against the maps `ebpf` created.
 fn relocated(ebpf: &Ebpf, prog: &str) -> Result<Vec<u64>> {
-    let mut obj = aya_obj::Object::parse(probes::OBJECT).context("parsing the calltree object")?;
+    let mut obj =
+        aya_obj::Object::parse(probes::OBJECT.bytes).context("parsing the calltree object")?;
     let defs = obj.maps.clone();
     let fds: Vec<(String, RawFd)> = ebpf
         .maps()
@@ -254,8 +255,8 @@ pub fn fentry(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Re
 
 /// One kprobe and one kretprobe per function.
 pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Result<Probes> {
-    if !crate::runtime::kprobe_pmu_present() {
-        return Err(anyhow!(crate::runtime::NO_KPROBE_PMU));
+    if !crate::runtime::features::kprobe_pmu() {
+        return Err(anyhow!(crate::runtime::features::NO_KPROBE_PMU));
     }
     for name in probes::PROGS_KPROBE {
         let p: &mut KProbe = program(&mut ebpf, name)?;

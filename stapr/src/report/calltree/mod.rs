@@ -33,13 +33,22 @@ use crate::{
 };
 
 pub use printer::TreeFilter;
-pub use probes::Attach;
+pub use probes::Method;
+
+pub static CALLTREE: crate::report::Report = crate::report::Report {
+    name: "calltree",
+    ways: crate::report::specs::<Method>,
+    object: &probes::OBJECT,
+    families: &[],
+    export: None,
+};
 
 pub struct Options {
     pub module: Option<String>,
     pub funcs: Vec<String>,
     pub binary: Option<PathBuf>,
-    pub attach: Attach,
+    /// How kernel functions are probed (None: the first method that works).
+    pub attach: Option<Method>,
     pub filter: ProcessFilter,
     pub max_depth: Option<usize>,
     pub trees: TreeFilter,
@@ -186,7 +195,7 @@ pub fn run(opts: Options) -> Result<()> {
     };
     eprintln!(
         "stapr calltree: {} on {} {what}{}; attached in {:.2} s. Ctrl-C to end.",
-        probes.method.describe(),
+        probes.method.pair(),
         probes.attached,
         summary(&probes.skipped),
         probes.took.as_secs_f64()
@@ -198,23 +207,15 @@ pub fn run(opts: Options) -> Result<()> {
     printer.cgroups = cgroups;
     let names = &probes.names;
     runtime::block_on(async {
-        let mut ring = ring::Watched::new(ring)?;
+        let mut ring = ring::Watched::new(ring);
         let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
         loop {
-            let more = printer.drain(ring.ring(), names);
+            let more = ring.ring().is_some_and(|r| printer.drain(r, names));
             let text = printer.take();
-            // Output stops at once on a stop, whatever is still in the ring or unwritten;
-            // a reader that stops reading holds the write, never the stop.
-            tokio::select! {
-                biased;
-                r = &mut stop => { r?; break; }
-                r = out::write(&text) => {
-                    if out::is_broken_pipe(&r) {
-                        break;
-                    }
-                    r?;
-                }
+            // Output stops at once on a stop, whatever is still in the ring or unwritten.
+            if out::write_or_stop(&text, &mut stop).await?.is_some() {
+                break;
             }
             let wait = if more { Duration::ZERO } else { POLL };
             tokio::select! {
@@ -239,7 +240,7 @@ pub fn run(opts: Options) -> Result<()> {
     if opts.timings {
         eprintln!(
             "stapr calltree: timings: {} on {attached} functions: attach {:.2} s, stop to exit {:.2} s, {detached}",
-            method.describe(),
+            method.pair(),
             took.as_secs_f64(),
             stopped.elapsed().as_secs_f64()
         );

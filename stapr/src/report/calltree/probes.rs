@@ -9,12 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::{
     maps::{MapData, RingBuf},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
-use probes_common::{calltree::CallConfig, CgroupFilter, CGROUP_FILTER};
+use probes_common::{calltree::CallConfig, CgroupFilter};
 
 use super::{
     attach,
@@ -22,24 +22,19 @@ use super::{
     select::{Func, ProgramFn},
 };
 use crate::{
-    report::{first_working, Facility, MethodSpec, Need},
-    runtime::{self, btf::RetKind, object, user_error},
+    report::method::{first_working, Method as _, Spec, Way},
+    runtime::{
+        btf::RetKind,
+        features::{self, Facility, Need},
+        object::{self, Object},
+        user_error,
+    },
 };
 
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calltree"));
-
-pub const PROG_MULTI: &str = "stapr_ct_multi";
-pub const PROG_FENTRY: &str = "stapr_ct_fent";
-pub const PROG_FEXIT: &str = "stapr_ct_fexit";
-pub const PROGS_KPROBE: [&str; 2] = ["stapr_ct_kent", "stapr_ct_kret"];
-pub const PROGS_UPROBE: [&str; 2] = ["stapr_ct_uent", "stapr_ct_uret"];
-const CONFIG: &str = "CALL_CONFIG";
-const EVENTS: &str = "CALL_EVENTS";
-const LOST: &str = "CALL_LOST";
-
-#[cfg(test)]
-pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
-    object: "calltree",
+pub static OBJECT: Object = Object {
+    name: "calltree",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calltree")),
+    config: Some((CONFIG, size_of::<CallConfig>())),
     programs: &[
         PROG_MULTI,
         PROG_FENTRY,
@@ -50,81 +45,88 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         PROGS_UPROBE[1],
     ],
     maps: &[EVENTS, LOST],
-    globals: &[
-        (CONFIG, size_of::<CallConfig>()),
-        (CGROUP_FILTER, size_of::<CgroupFilter>()),
-    ],
 };
 
-/// `--attach`: how kernel functions are probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Attach {
-    /// The best this kernel offers: multi, then fentry, then kprobe.
-    Auto,
+pub const PROG_MULTI: &str = "stapr_ct_multi";
+pub const PROG_FENTRY: &str = "stapr_ct_fent";
+pub const PROG_FEXIT: &str = "stapr_ct_fexit";
+pub const PROGS_KPROBE: [&str; 2] = ["stapr_ct_kent", "stapr_ct_kret"];
+pub const PROGS_UPROBE: [&str; 2] = ["stapr_ct_uent", "stapr_ct_uret"];
+const CONFIG: &str = "CALL_CONFIG";
+const EVENTS: &str = "CALL_EVENTS";
+const LOST: &str = "CALL_LOST";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
     /// One kprobe.multi link for all entries and one for all returns (Linux 5.18+).
     Multi,
     /// One fentry and one fexit program per function (BPF trampolines).
     Fentry,
     /// One kprobe and one kretprobe per function.
     Kprobe,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Multi,
-    Fentry,
-    Kprobe,
+    /// uprobes and uretprobes on a program's functions (`--binary`).
     Uprobe,
 }
 
-/// `--attach auto` tries these in order, for kernel functions.
-const AUTO: [Method; 3] = [Method::Multi, Method::Fentry, Method::Kprobe];
+const RING: Need = Need::Works(Facility::Ringbuf);
 
-/// The ways calltree attaches, best first; uprobes trace only `--binary` programs.
-pub fn methods() -> Vec<MethodSpec> {
-    AUTO.iter()
-        .chain(&[Method::Uprobe])
-        .map(|m| m.spec())
-        .collect()
-}
-
-impl Method {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Method::Multi => "kprobe.multi",
-            Method::Fentry => "fentry/fexit",
-            Method::Kprobe => "kprobe/kretprobe",
-            Method::Uprobe => "uprobe/uretprobe",
-        }
-    }
-
-    fn spec(self) -> MethodSpec {
-        const RING: Need = Need::Works(Facility::Ringbuf);
-        match self {
-            Method::Multi => MethodSpec {
-                name: self.describe(),
+impl crate::report::method::Method for Method {
+    /// Kernel functions take the first three, best first; uprobes trace only `--binary`
+    /// programs.
+    const WAYS: &'static [Way<Self>] = &[
+        Way {
+            method: Method::Multi,
+            spec: Spec {
+                name: "kprobe.multi",
+                label: "multi",
                 needs: &[RING, Need::Works(Facility::KprobeMulti)],
                 note: "one link for all functions",
                 partial: false,
+                auto: true,
             },
-            Method::Fentry => MethodSpec {
-                name: self.describe(),
+        },
+        Way {
+            method: Method::Fentry,
+            spec: Spec {
+                name: "fentry/fexit",
+                label: "fentry",
                 needs: &[RING, Need::Btf, Need::Works(Facility::Fentry)],
                 note: "one program pair per function",
                 partial: false,
+                auto: true,
             },
-            Method::Kprobe => MethodSpec {
-                name: self.describe(),
+        },
+        Way {
+            method: Method::Kprobe,
+            spec: Spec {
+                name: "kprobe/kretprobe",
+                label: "kprobe",
                 needs: &[RING, Need::Works(Facility::Kprobes)],
                 note: "one probe pair per function",
                 partial: false,
+                auto: true,
             },
-            Method::Uprobe => MethodSpec {
+        },
+        Way {
+            method: Method::Uprobe,
+            spec: Spec {
                 name: "uprobes (--binary only)",
+                label: "uprobe",
                 needs: &[RING, Need::Works(Facility::Uprobes)],
                 note: "no kprobes or fentry: kernel functions cannot be traced",
                 partial: true,
+                auto: false,
             },
+        },
+    ];
+}
+
+impl Method {
+    /// The probe pair, as the start line says it.
+    pub fn pair(self) -> &'static str {
+        match self {
+            Method::Uprobe => "uprobe/uretprobe",
+            m => m.name(),
         }
     }
 }
@@ -152,20 +154,16 @@ pub struct Globals {
 }
 
 fn load(config: &Globals) -> Result<Ebpf> {
-    EbpfLoader::new()
-        .override_global(CONFIG, &config.call, true)
-        .override_global(CGROUP_FILTER, &config.cgroup, true)
-        .load(OBJECT)
-        .context("loading the calltree eBPF object")
+    OBJECT.load(&config.call, &config.cgroup)
 }
 
 /// Refuses early, in one sentence, on a kernel that can probe no kernel function.
 pub fn kernel_functions_possible() -> Result<()> {
-    if runtime::kprobe_pmu_present() {
+    if features::kprobe_pmu() {
         return Ok(());
     }
-    match crate::doctor::fentry_works() {
-        Ok(()) => Ok(()),
+    match features::check(Facility::Fentry) {
+        Ok(_) => Ok(()),
         Err(why) => Err(user_error(format!(
             "this kernel has neither kprobes (no kprobe PMU: built without CONFIG_KPROBES) nor fentry ({why}), so no kernel function can be traced here; `stapr doctor` shows what works, and `stapr calltree --binary PATH` traces a program's own functions with uprobes"
         ))),
@@ -186,23 +184,17 @@ impl Probes {
         }
     }
 
-    /// Attaches to kernel functions with `attach` (`Auto`: the first method of [`AUTO`]
-    /// that works).
+    /// Attaches to kernel functions with the method asked for (None: the first that
+    /// works).
     pub fn attach_kernel(
         config: &Globals,
         funcs: &[Func],
         rets: &[RetKind],
-        how: Attach,
+        choice: Option<Method>,
         addrs: &Addrs,
     ) -> Result<Self> {
-        let order: &[Method] = match how {
-            Attach::Auto => &AUTO,
-            Attach::Multi => &[Method::Multi],
-            Attach::Fentry => &[Method::Fentry],
-            Attach::Kprobe => &[Method::Kprobe],
-        };
         let t = Instant::now();
-        let mut p = first_working("calltree", order, Method::describe, |m| {
+        let mut p = first_working("calltree", choice, |m| {
             let ebpf = load(config)?;
             match m {
                 Method::Multi => attach::multi(ebpf, funcs, rets),
@@ -213,7 +205,7 @@ impl Probes {
         .map_err(|failed| {
             let why: Vec<String> = failed
                 .iter()
-                .map(|(m, e)| format!("{}: {e:#}", m.describe()))
+                .map(|(m, e)| format!("{}: {e:#}", m.name()))
                 .collect();
             user_error(format!(
                 "cannot attach to kernel functions here ({}); see `stapr doctor`",

@@ -67,35 +67,37 @@ impl Snapshot {
     }
 }
 
-/// Sums per-CPU values, splits each key into an R and a W row, filters, sorts, cuts to
-/// `limit`. None when the interval saw no I/O (the seed prints nothing then).
-pub fn snapshot(
+/// What the probes counted in one interval: a row per process, device and direction
+/// (unfiltered, unsorted), and the read/write calls behind them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Counted {
+    pub rows: Vec<Row>,
+    pub calls: u64,
+}
+
+/// Sums per-CPU values and splits each key into an R and a W row.
+pub fn rows(
     entries: impl IntoIterator<Item = (DiskKey, DiskCounters)>,
     mut device_name: impl FnMut(u32, u32) -> Device,
-    filter: &Filter,
-    sort: SortKey,
-    limit: usize,
-    interval_ms: u64,
-) -> Option<Snapshot> {
+) -> Counted {
     let mut sums: BTreeMap<DiskKey, DiskCounters> = BTreeMap::new();
     for (k, v) in entries {
         let s = sums.entry(k).or_default();
         s.read_bytes += v.read_bytes;
         s.write_bytes += v.write_bytes;
+        s.calls += v.calls;
     }
-    let mut rows = Vec::new();
-    let (mut read, mut write) = (0, 0);
+    let mut out = Counted::default();
     for (k, v) in sums {
-        let comm = String::from_utf8_lossy(c_bytes(&k.comm)).into_owned();
-        if !filter.matches(k.pid, k.uid, &comm) {
+        out.calls += v.calls;
+        if v.read_bytes + v.write_bytes == 0 {
             continue;
         }
-        read += v.read_bytes;
-        write += v.write_bytes;
+        let comm = String::from_utf8_lossy(c_bytes(&k.comm)).into_owned();
         let dev = device_name(k.dev, k.pid);
         for (dir, bytes) in [(Dir::Read, v.read_bytes), (Dir::Write, v.write_bytes)] {
             if bytes > 0 {
-                rows.push(Row {
+                out.rows.push(Row {
                     uid: k.uid,
                     pid: k.pid,
                     ppid: k.ppid,
@@ -110,8 +112,32 @@ pub fn snapshot(
             }
         }
     }
+    out
+}
+
+/// One report: the rows `filter` keeps, their totals, sorted and cut to `limit`. None
+/// when the interval saw no I/O (the seed prints nothing then).
+pub fn view(
+    all: Counted,
+    filter: &Filter,
+    sort: SortKey,
+    limit: usize,
+    interval_ms: u64,
+) -> Option<Snapshot> {
+    let mut rows: Vec<Row> = all
+        .rows
+        .into_iter()
+        .filter(|r| filter.matches(r.pid, r.uid, &r.comm))
+        .collect();
     if rows.is_empty() {
         return None;
+    }
+    let (mut read, mut write) = (0, 0);
+    for r in &rows {
+        match r.dir {
+            Dir::Read => read += r.bytes,
+            Dir::Write => write += r.bytes,
+        }
     }
     let tie = |a: &Row, b: &Row| {
         (a.pid, &a.device, a.dir, &a.comm).cmp(&(b.pid, &b.device, b.dir, &b.comm))
@@ -127,6 +153,19 @@ pub fn snapshot(
         interval_ms,
         rows,
     })
+}
+
+/// [`rows`] then [`view`]: one report from what was drained.
+#[cfg(test)]
+pub fn snapshot(
+    entries: impl IntoIterator<Item = (DiskKey, DiskCounters)>,
+    device_name: impl FnMut(u32, u32) -> Device,
+    filter: &Filter,
+    sort: SortKey,
+    limit: usize,
+    interval_ms: u64,
+) -> Option<Snapshot> {
+    view(rows(entries, device_name), filter, sort, limit, interval_ms)
 }
 
 /// The kernel's dev_t encoding: major in the high 12 bits, minor in the low 20.

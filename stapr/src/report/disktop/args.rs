@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 
 use super::{Method, Options, SortKey};
-use crate::cli::{positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
+use crate::cli::flags::{positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
 
 pub const HELP: &str = "\
 Counts the bytes that read and write calls return for files on a block device or a network
@@ -53,7 +53,7 @@ pub struct Args {
     pub block: bool,
     /// How reads and writes are seen
     #[arg(long, value_enum, default_value = "auto")]
-    pub probe: Method,
+    pub probe: Probe,
 }
 
 impl From<Args> for Options {
@@ -65,7 +65,35 @@ impl From<Args> for Options {
             format: a.output.format,
             sort: a.sort,
             rows: a.rows,
-            method: if a.block { Method::Block } else { a.probe },
+            method: if a.block {
+                Some(Method::Block)
+            } else {
+                a.probe.into()
+            },
+        }
+    }
+}
+
+/// `--probe`: how reads and writes are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// fexit on vfs_read/vfs_write where the kernel allows it, else syscall tracepoints.
+    Auto,
+    /// fexit on vfs_read and vfs_write (BPF trampolines).
+    Fexit,
+    /// Exit tracepoints of the read and write syscalls.
+    Syscalls,
+    /// Requests issued to block devices (block:block_rq_issue).
+    Block,
+}
+
+impl From<Probe> for Option<Method> {
+    fn from(p: Probe) -> Self {
+        match p {
+            Probe::Auto => None,
+            Probe::Fexit => Some(Method::Fexit),
+            Probe::Syscalls => Some(Method::Syscalls),
+            Probe::Block => Some(Method::Block),
         }
     }
 }

@@ -2,38 +2,28 @@
 //! that touches the kernel.
 
 use anyhow::{Context as _, Result};
-use aya::{programs::FExit, Ebpf, EbpfLoader};
+use aya::{programs::FExit, Ebpf};
 use probes_common::{
     disktop::{DiskCounters, DiskKey, DiskOffsets, DiskRun},
-    CgroupFilter, CGROUP_FILTER,
+    CgroupFilter,
 };
 
 use crate::{
-    report::{first_working, last_error, Facility, MethodSpec, Need},
+    report::method::{first_working, last_error, Spec, Way},
     runtime::{
-        btf, kernel_btf_present,
-        object::{attach_tracepoints, program},
+        btf,
+        features::{self, Facility, Need},
+        object::{attach_tracepoints, program, Object},
         program_error_reason,
         slots::{self, SlotMaps},
         tracefs, user_error,
     },
 };
 
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disktop"));
-
-/// fexit programs and the functions they go on.
-const FEXIT_PROGS: [(&str, &str); 2] = [
-    ("stapr_dt_vfs_rd", "vfs_read"),
-    ("stapr_dt_vfs_wr", "vfs_write"),
-];
-/// The syscall-exit programs and the calls each serves.
-const SYSCALL_PROGS: [(&str, &[&str]); 2] = [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)];
-const BLOCK_PROG: &str = "stapr_dt_rq";
-const OFFSETS: &str = "DISK_OFFSETS";
-
-#[cfg(test)]
-pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
-    object: "disktop",
+pub static OBJECT: Object = Object {
+    name: "disktop",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disktop")),
+    config: Some((OFFSETS, size_of::<DiskOffsets>())),
     programs: &[
         FEXIT_PROGS[0].0,
         FEXIT_PROGS[1].0,
@@ -48,11 +38,17 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         MAPS.runs,
         MAPS.dropped,
     ],
-    globals: &[
-        (OFFSETS, size_of::<DiskOffsets>()),
-        (CGROUP_FILTER, size_of::<CgroupFilter>()),
-    ],
 };
+
+/// fexit programs and the functions they go on.
+const FEXIT_PROGS: [(&str, &str); 2] = [
+    ("stapr_dt_vfs_rd", "vfs_read"),
+    ("stapr_dt_vfs_wr", "vfs_write"),
+];
+/// The syscall-exit programs and the calls each serves.
+const SYSCALL_PROGS: [(&str, &[&str]); 2] = [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)];
+const BLOCK_PROG: &str = "stapr_dt_rq";
+const OFFSETS: &str = "DISK_OFFSETS";
 
 const MAPS: SlotMaps = SlotMaps {
     slot: "DISK_SLOT",
@@ -66,79 +62,53 @@ pub const READS: &[&str] = &["read", "pread64", "readv", "preadv", "preadv2"];
 pub const WRITES: &[&str] = &["write", "pwrite64", "writev", "pwritev", "pwritev2"];
 
 /// How reads and writes are seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// fexit on vfs_read/vfs_write where the kernel allows it, else syscall tracepoints.
-    Auto,
     /// fexit on vfs_read and vfs_write (BPF trampolines).
     Fexit,
     /// Exit tracepoints of the read and write syscalls.
     Syscalls,
-    /// Requests issued to block devices (block:block_rq_issue).
+    /// Requests issued to block devices (block:block_rq_issue): `--block`, a different
+    /// report of the same table, never chosen for the user.
     Block,
 }
 
-/// `--probe auto` tries these in order; `--block` is a different report of the same
-/// table, never chosen for the user.
-const AUTO: [Method; 2] = [Method::Fexit, Method::Syscalls];
-
-/// The ways disktop attaches, best first.
-pub fn methods() -> Vec<MethodSpec> {
-    AUTO.iter()
-        .chain(&[Method::Block])
-        .map(|m| m.spec())
-        .collect()
-}
-
-impl Method {
-    fn spec(self) -> MethodSpec {
-        match self {
-            Method::Fexit | Method::Auto => MethodSpec {
+impl crate::report::method::Method for Method {
+    const WAYS: &'static [Way<Self>] = &[
+        Way {
+            method: Method::Fexit,
+            spec: Spec {
                 name: "fexit on vfs_read and vfs_write",
+                label: "fexit",
                 needs: &[Need::Btf, Need::Works(Facility::Fentry)],
                 note: "",
                 partial: false,
+                auto: true,
             },
-            Method::Syscalls => MethodSpec {
+        },
+        Way {
+            method: Method::Syscalls,
+            spec: Spec {
                 name: "syscall exit tracepoints",
+                label: "syscalls",
                 needs: &[Need::Btf, Need::Works(Facility::Classic), Need::SavedRegs],
                 note: "fexit unavailable",
                 partial: false,
+                auto: true,
             },
-            Method::Block => MethodSpec {
+        },
+        Way {
+            method: Method::Block,
+            spec: Spec {
                 name: "block layer requests (--block only)",
+                label: "block",
                 needs: &[Need::Works(Facility::Classic)],
                 note: "read/write calls cannot be counted here",
                 partial: true,
+                auto: false,
             },
-        }
-    }
-
-    /// A one-word name, for metrics labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Auto => "auto",
-            Method::Fexit => "fexit",
-            Method::Syscalls => "syscalls",
-            Method::Block => "block",
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Method::Fexit => {
-                "fexit on vfs_read and vfs_write, file resolved to its block device through BTF"
-                    .into()
-            }
-            Method::Syscalls => format!(
-                "syscall exit tracepoints ({}, {}), fd resolved to its block device through BTF",
-                READS.join(", "),
-                WRITES.join(", ")
-            ),
-            Method::Block => "block layer requests (block:block_rq_issue)".into(),
-            Method::Auto => "auto".into(),
-        }
-    }
+        },
+    ];
 }
 
 pub struct Probes {
@@ -146,7 +116,6 @@ pub struct Probes {
     slot: u32,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
-    /// The method in use (never `Auto`).
     pub method: Method,
     /// Probes attached.
     pub attached: usize,
@@ -176,26 +145,17 @@ fn file_offsets(kbtf: &btf::Btf) -> Result<DiskOffsets> {
 }
 
 impl Probes {
-    /// Attaches with `method`; `Auto` walks [`AUTO`] and says on stderr why a method
-    /// was passed over.
-    pub fn attach(method: Method, cgroup: CgroupFilter) -> Result<Self> {
-        if !kernel_btf_present() {
+    /// Attaches with the method asked for (None: the first that works, saying on stderr
+    /// why one was passed over).
+    pub fn attach(choice: Option<Method>, cgroup: CgroupFilter) -> Result<Self> {
+        if !features::btf() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): disktop needs it to find a file's device",
             ));
         }
         let kbtf = btf::Btf::from_sys_fs()?;
-        let order: &[Method] = match method {
-            Method::Auto => &AUTO,
-            _ => std::slice::from_ref(&method),
-        };
-        first_working(
-            "disktop",
-            order,
-            |m| m.spec().name,
-            |m| Self::attach_with(&kbtf, m, &cgroup),
-        )
-        .map_err(last_error)
+        first_working("disktop", choice, |m| Self::attach_with(&kbtf, m, &cgroup))
+            .map_err(last_error)
     }
 
     fn attach_with(kbtf: &btf::Btf, method: Method, cgroup: &CgroupFilter) -> Result<Self> {
@@ -212,11 +172,7 @@ impl Probes {
             }
             _ => offsets = file_offsets(kbtf)?,
         }
-        let mut ebpf = EbpfLoader::new()
-            .override_global(OFFSETS, &offsets, true)
-            .override_global(CGROUP_FILTER, cgroup, true)
-            .load(OBJECT)
-            .context("loading the disktop eBPF object")?;
+        let mut ebpf = OBJECT.load(&offsets, cgroup)?;
         if method == Method::Fexit {
             let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
             for (prog, func) in FEXIT_PROGS {
@@ -268,7 +224,7 @@ impl Probes {
     }
 
     /// Reads and writes not counted because a counter map was full, since start.
-    pub fn dropped(&self) -> Result<u64> {
+    pub fn lost(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)
     }
 }

@@ -59,7 +59,8 @@ impl Filter {
     }
 }
 
-/// One interval's rows, filtered, sorted and cut to `rows`.
+/// One interval's rows: every one the probes counted, or (after [`view`]) those a report
+/// shows.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     pub rows: Vec<Row>,
@@ -70,13 +71,8 @@ fn text(raw: &[u8]) -> String {
 }
 
 /// Sums per-CPU values (`entries` holds one element per key and CPU, in any order) and
-/// turns them into rows.
-pub fn snapshot(
-    entries: impl IntoIterator<Item = (NetKey, NetCounters)>,
-    filter: &Filter,
-    sort: SortKey,
-    limit: Option<usize>,
-) -> Snapshot {
+/// turns them into rows: every process and device that sent or received, unsorted.
+pub fn rows(entries: impl IntoIterator<Item = (NetKey, NetCounters)>) -> Snapshot {
     let mut sums: BTreeMap<NetKey, NetCounters> = BTreeMap::new();
     for (k, v) in entries {
         let s = sums.entry(k).or_default();
@@ -85,7 +81,7 @@ pub fn snapshot(
         s.recv_packets += v.recv_packets;
         s.recv_bytes += v.recv_bytes;
     }
-    let mut rows: Vec<Row> = sums
+    let rows = sums
         .into_iter()
         .filter(|(_, v)| v.xmit_packets + v.recv_packets > 0)
         .map(|(k, v)| Row {
@@ -100,8 +96,13 @@ pub fn snapshot(
             cgroup: k.cgroup,
             cg: Named::default(),
         })
-        .filter(|r| filter.keeps(r))
         .collect();
+    Snapshot { rows }
+}
+
+/// The rows one report shows: filtered, sorted and cut to `limit`.
+pub fn view(all: Snapshot, filter: &Filter, sort: SortKey, limit: Option<usize>) -> Snapshot {
+    let mut rows: Vec<Row> = all.rows.into_iter().filter(|r| filter.keeps(r)).collect();
     // Largest first for the counters; ties broken so the order is stable between runs.
     let tie =
         |a: &Row, b: &Row| (a.pid, &a.dev, &a.comm, a.uid).cmp(&(b.pid, &b.dev, &b.comm, b.uid));
@@ -119,6 +120,17 @@ pub fn snapshot(
         rows.truncate(n);
     }
     Snapshot { rows }
+}
+
+/// [`rows`] then [`view`]: one report from what was drained.
+#[cfg(test)]
+pub fn snapshot(
+    entries: impl IntoIterator<Item = (NetKey, NetCounters)>,
+    filter: &Filter,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Snapshot {
+    view(rows(entries), filter, sort, limit)
 }
 
 #[cfg(test)]

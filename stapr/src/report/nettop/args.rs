@@ -2,8 +2,10 @@
 
 use clap::Args as ClapArgs;
 
-use super::{Filter, Options, ProbeKind, RecvAt, SortKey};
-use crate::cli::{device, positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs};
+use super::{Filter, Method, Options, RecvAt, SortKey};
+use crate::cli::flags::{
+    device, positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs,
+};
 
 pub const HELP: &str = "\
 Transmitted packets are charged to the process that sent them, with the length the device
@@ -50,7 +52,7 @@ pub struct Args {
     pub rows: Option<usize>,
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]
-    pub probe: ProbeKind,
+    pub probe: Probe,
     /// Charge received packets to the reading process (socket) or to the task current
     /// when the device delivers them (device)
     #[arg(long, value_enum, default_value = "socket")]
@@ -68,9 +70,30 @@ impl From<Args> for Options {
             format: a.output.format,
             sort: a.sort,
             rows: a.rows,
-            probe: a.probe,
+            probe: a.probe.into(),
             recv_at: a.recv_at,
             containers: a.cgroups.into(),
+        }
+    }
+}
+
+/// `--probe`: which tracepoint flavour carries the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// BTF tracepoints when the kernel allows them, else classic tracepoints.
+    Auto,
+    /// BTF-typed tracepoints (tp_btf): the cheapest; needs kernel BTF.
+    TpBtf,
+    /// Classic tracepoints (tracefs): work on any kernel since 4.7.
+    Tracepoint,
+}
+
+impl From<Probe> for Option<Method> {
+    fn from(p: Probe) -> Self {
+        match p {
+            Probe::Auto => None,
+            Probe::TpBtf => Some(Method::TpBtf),
+            Probe::Tracepoint => Some(Method::Tracepoint),
         }
     }
 }

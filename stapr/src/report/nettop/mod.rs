@@ -9,69 +9,146 @@ pub mod render;
 use std::time::Duration;
 
 use anyhow::Result;
+use probes_common::CgroupFilter;
 
 use crate::{
-    report::containers::{self, Containers},
-    runtime::{self, interval},
+    metrics::{Counters, Declared, Family, Kind, Registry, Who},
+    report::{
+        containers::{self, Containers},
+        method::Method as _,
+        specs, Report,
+    },
+    runtime::{
+        self, interval,
+        source::{Loss, Record, Source, View},
+    },
 };
 
 pub use aggregate::{Filter, SortKey};
-pub use probes::{ProbeKind, RecvAt};
+pub use probes::{Method, RecvAt};
+
+pub static NETTOP: Report = Report {
+    name: "nettop",
+    ways: specs::<Method>,
+    object: &probes::OBJECT,
+    families: &[Declared::Counters(&TRAFFIC)],
+    export: Some(|with| {
+        let names = Containers::for_export(with.containers)?;
+        let probes = probes::Probes::attach(None, with.recv_at, CgroupFilter::default())?;
+        Ok(Box::new(Traffic { probes, names }))
+    }),
+};
 
 pub struct Options {
     pub every: interval::Every,
     pub filter: Filter,
     pub sort: SortKey,
     pub rows: Option<usize>,
-    pub probe: ProbeKind,
+    /// None: the first method that works.
+    pub probe: Option<Method>,
     pub recv_at: RecvAt,
     pub format: runtime::Format,
     pub containers: containers::Choice,
 }
 
-struct Report {
+/// nettop's probes, handing out every process's traffic since the last take.
+pub struct Traffic {
     probes: probes::Probes,
-    opts: Options,
     names: Containers,
 }
 
-impl interval::Periodic for Report {
+impl Source for Traffic {
+    type Snapshot = aggregate::Snapshot;
     const NAME: &'static str = "nettop";
-    const LOST: &'static str = "packets";
+
+    fn label(&self) -> &'static str {
+        self.probes.method.label()
+    }
 
     fn describe(&self) -> String {
         let p = &self.probes;
         format!(
             "{} on {}",
-            p.kind.describe(),
+            p.method.name(),
             p.recv_at.describe(p.udp_ledger)
         )
     }
 
-    fn report(&mut self, interval: Duration) -> Result<String> {
-        let o = &self.opts;
-        let mut snap = aggregate::snapshot(self.probes.drain()?, &o.filter, o.sort, o.rows);
+    fn attached(&self) -> usize {
+        self.probes.attached
+    }
+
+    fn slow_to_detach(&self) -> usize {
+        self.probes.slow_attachments()
+    }
+
+    fn lost(&self) -> Result<Vec<Loss>> {
+        Ok(vec![Loss::table_full("packets", self.probes.lost()?)])
+    }
+
+    fn take(&mut self) -> Result<aggregate::Snapshot> {
+        let mut snap = aggregate::rows(self.probes.drain()?);
         for r in &mut snap.rows {
             r.cg = self.names.name(r.cgroup).clone();
         }
-        Ok(match o.format {
-            runtime::Format::Text => render::text(&snap, self.names.show),
+        Ok(snap)
+    }
+}
+
+impl View<aggregate::Snapshot> for Options {
+    fn format(&self) -> runtime::Format {
+        self.format
+    }
+
+    fn render(&mut self, all: aggregate::Snapshot, interval: Duration) -> String {
+        let snap = aggregate::view(all, &self.filter, self.sort, self.rows);
+        match self.format {
+            runtime::Format::Text => render::text(&snap, self.containers.show),
             runtime::Format::Json => {
                 render::json(&snap, &runtime::utc_now(), interval.as_secs_f64())
             }
-        })
+        }
     }
+}
 
-    fn format(&self) -> runtime::Format {
-        self.opts.format
-    }
+/// The exporter's series of nettop: packets and bytes share one per process, device and
+/// direction.
+pub static TRAFFIC: Counters = Counters {
+    families: &[
+        Family {
+            name: "stapr_net_packets_total",
+            help: "Packets sent (transmit) and received (receive) per process and network device; transmits are charged to the task running when the device sent them, receives (--recv-at socket, the default) to the process that read them off its socket.",
+            kind: Kind::Counter,
+        },
+        Family {
+            name: "stapr_net_bytes_total",
+            help: "Bytes (skb length) sent and received per process and network device.",
+            kind: Kind::Counter,
+        },
+    ],
+};
 
-    fn lost(&self) -> Result<u64> {
-        self.probes.dropped()
-    }
-
-    fn slow_attachments(&self) -> usize {
-        self.probes.slow_attachments()
+impl Record for aggregate::Snapshot {
+    fn record(&self, reg: &mut Registry, now_ns: u64) -> u64 {
+        let mut events = 0;
+        for r in &self.rows {
+            let who = Who {
+                pid: r.pid,
+                comm: &r.comm,
+                uid: r.uid,
+                container: &r.cg.container,
+            };
+            for (direction, packets, bytes) in [
+                ("transmit", r.xmit_packets, r.xmit_bytes),
+                ("receive", r.recv_packets, r.recv_bytes),
+            ] {
+                if packets > 0 {
+                    events += packets;
+                    reg.count(&TRAFFIC, who, &r.dev, direction, &[packets, bytes], now_ns);
+                }
+            }
+        }
+        events
     }
 }
 
@@ -103,12 +180,5 @@ pub fn run(opts: Options) -> Result<()> {
     let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
     let probes = probes::Probes::attach(opts.probe, opts.recv_at, cgroup)?;
     let every = opts.every;
-    interval::run(
-        Report {
-            probes,
-            opts,
-            names,
-        },
-        every,
-    )
+    interval::run(Traffic { probes, names }, opts, every)
 }

@@ -4,25 +4,47 @@
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, TracePoint},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use probes_common::{
     nettop::{NetCounters, NetKey, NetOffsets, NetRun},
-    CgroupFilter, CGROUP_FILTER,
+    CgroupFilter,
 };
 
 use super::ifnames::IfNames;
 use crate::{
-    report::{first_working, last_error, Facility, MethodSpec, Need},
+    report::method::{first_working, last_error, Spec, Way},
     runtime::{
-        btf, kernel_btf_present,
-        object::{attach_btf, program},
+        btf,
+        features::{self, Facility, Need},
+        object::{attach_btf, program, Object},
         slots::{self, SlotMaps},
         tracefs, user_error,
     },
 };
 
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettop"));
+pub static OBJECT: Object = Object {
+    name: "nettop",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettop")),
+    config: Some((OFFSETS, size_of::<NetOffsets>())),
+    programs: &[
+        BTF_PROGS[0].0,
+        BTF_PROGS[1].0,
+        CLASSIC_PROGS[0].0,
+        CLASSIC_PROGS[1].0,
+        RX_TCP.0,
+        RX_UDP_FREE.0,
+        RX_UDP_READ.0,
+        RX_UDP_QUEUE,
+    ],
+    maps: &[
+        MAPS.slot,
+        MAPS.counts[0],
+        MAPS.counts[1],
+        MAPS.runs,
+        MAPS.dropped,
+    ],
+};
 
 /// (transmit, receive) programs of each flavour.
 const BTF_PROGS: [(&str, &str); 2] = [
@@ -41,41 +63,40 @@ const RX_UDP_READ: (&str, &str) = ("stapr_net_rx_read", "sock_recv_length");
 const RX_UDP_QUEUE: &str = "stapr_net_rx_queue";
 const OFFSETS: &str = "NET_OFFSETS";
 
-#[cfg(test)]
-pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
-    object: "nettop",
-    programs: &[
-        BTF_PROGS[0].0,
-        BTF_PROGS[1].0,
-        CLASSIC_PROGS[0].0,
-        CLASSIC_PROGS[1].0,
-        RX_TCP.0,
-        RX_UDP_FREE.0,
-        RX_UDP_READ.0,
-        RX_UDP_QUEUE,
-    ],
-    maps: &[
-        MAPS.slot,
-        MAPS.counts[0],
-        MAPS.counts[1],
-        MAPS.runs,
-        MAPS.dropped,
-    ],
-    globals: &[
-        (OFFSETS, size_of::<NetOffsets>()),
-        (CGROUP_FILTER, size_of::<CgroupFilter>()),
-    ],
-};
-
 /// Which tracepoint flavour carries the probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProbeKind {
-    /// BTF tracepoints when the kernel allows them, else classic tracepoints.
-    Auto,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
     /// BTF-typed tracepoints (tp_btf): the cheapest; needs kernel BTF.
     TpBtf,
     /// Classic tracepoints (tracefs): work on any kernel since 4.7.
     Tracepoint,
+}
+
+impl crate::report::method::Method for Method {
+    const WAYS: &'static [Way<Self>] = &[
+        Way {
+            method: Method::TpBtf,
+            spec: Spec {
+                name: "BTF tracepoints (tp_btf)",
+                label: "tp_btf",
+                needs: &[Need::Btf, Need::Works(Facility::TpBtf)],
+                note: "net:net_dev_xmit + socket receives",
+                partial: false,
+                auto: true,
+            },
+        },
+        Way {
+            method: Method::Tracepoint,
+            spec: Spec {
+                name: "classic tracepoints",
+                label: "tracepoint",
+                needs: &[Need::Works(Facility::Classic)],
+                note: "BTF tracepoints unavailable",
+                partial: false,
+                auto: true,
+            },
+        },
+    ];
 }
 
 /// Which task a received packet is charged to.
@@ -106,7 +127,7 @@ pub struct Probes {
     ebpf: Ebpf,
     /// The map the probes write into now (0 or 1).
     slot: u32,
-    pub kind: ProbeKind,
+    pub method: Method,
     pub recv_at: RecvAt,
     /// UDP receives go through the socket ledger (sock:sock_recv_length) rather than the
     /// reader's free.
@@ -114,50 +135,6 @@ pub struct Probes {
     /// Programs attached.
     pub attached: usize,
     names: IfNames,
-}
-
-/// `--probe auto` tries these in order.
-const AUTO: [ProbeKind; 2] = [ProbeKind::TpBtf, ProbeKind::Tracepoint];
-
-/// The ways nettop attaches, best first.
-pub fn methods() -> Vec<MethodSpec> {
-    AUTO.iter().map(|k| k.spec()).collect()
-}
-
-impl ProbeKind {
-    fn spec(self) -> MethodSpec {
-        match self {
-            ProbeKind::TpBtf | ProbeKind::Auto => MethodSpec {
-                name: ProbeKind::TpBtf.describe(),
-                needs: &[Need::Btf, Need::Works(Facility::TpBtf)],
-                note: "net:net_dev_xmit + socket receives",
-                partial: false,
-            },
-            ProbeKind::Tracepoint => MethodSpec {
-                name: ProbeKind::Tracepoint.describe(),
-                needs: &[Need::Works(Facility::Classic)],
-                note: "BTF tracepoints unavailable",
-                partial: false,
-            },
-        }
-    }
-
-    /// A one-word name, for metrics labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProbeKind::Auto => "auto",
-            ProbeKind::TpBtf => "tp_btf",
-            ProbeKind::Tracepoint => "tracepoint",
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            ProbeKind::Auto => "auto",
-            ProbeKind::TpBtf => "BTF tracepoints (tp_btf)",
-            ProbeKind::Tracepoint => "classic tracepoints",
-        }
-    }
 }
 
 const MAPS: SlotMaps = SlotMaps {
@@ -168,30 +145,26 @@ const MAPS: SlotMaps = SlotMaps {
 };
 
 impl Probes {
-    /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for;
-    /// `Auto` walks [`AUTO`] and says on stderr why a flavour was passed over.
-    pub fn attach(kind: ProbeKind, recv_at: RecvAt, cgroup: CgroupFilter) -> Result<Self> {
+    /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for
+    /// (None: the first that works, saying on stderr why one was passed over).
+    pub fn attach(choice: Option<Method>, recv_at: RecvAt, cgroup: CgroupFilter) -> Result<Self> {
         let socket = match recv_at {
             RecvAt::Socket => Some(SocketReceive::find()?),
             RecvAt::Device => None,
         };
-        let order: &[ProbeKind] = match kind {
-            ProbeKind::Auto => &AUTO,
-            _ => std::slice::from_ref(&kind),
-        };
-        first_working("nettop", order, ProbeKind::describe, |k| {
-            Self::attach_kind(k, socket.as_ref(), &cgroup)
+        first_working("nettop", choice, |m| {
+            Self::attach_with(m, socket.as_ref(), &cgroup)
         })
         .map_err(last_error)
     }
 
-    fn attach_kind(
-        kind: ProbeKind,
+    fn attach_with(
+        method: Method,
         socket: Option<&SocketReceive>,
         cgroup: &CgroupFilter,
     ) -> Result<Self> {
-        let classic = kind == ProbeKind::Tracepoint;
-        if !classic && !kernel_btf_present() {
+        let classic = method == Method::Tracepoint;
+        if !classic && !features::btf() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): BTF tracepoints need it; use --probe tracepoint",
             ));
@@ -210,7 +183,7 @@ impl Probes {
         if !classic && socket.is_none() {
             device_offsets(&btf::Btf::from_sys_fs()?, &mut offsets)?;
         }
-        let mut ebpf = load(&offsets, cgroup)?;
+        let mut ebpf = OBJECT.load(&offsets, cgroup)?;
         let progs = if classic { CLASSIC_PROGS } else { BTF_PROGS };
         let tx_rx = match socket {
             Some(_) => &progs[..1],
@@ -254,11 +227,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             slot: 0,
-            kind: if classic {
-                ProbeKind::Tracepoint
-            } else {
-                ProbeKind::TpBtf
-            },
+            method,
             recv_at: if socket.is_some() {
                 RecvAt::Socket
             } else {
@@ -289,15 +258,15 @@ impl Probes {
 
     /// Attachments slow to detach (classic tracepoints).
     pub fn slow_attachments(&self) -> usize {
-        match (self.kind, self.recv_at) {
-            (ProbeKind::Tracepoint, RecvAt::Device) => 2,
-            (ProbeKind::Tracepoint, RecvAt::Socket) => 1,
+        match (self.method, self.recv_at) {
+            (Method::Tracepoint, RecvAt::Device) => 2,
+            (Method::Tracepoint, RecvAt::Socket) => 1,
             _ => 0,
         }
     }
 
     /// Packets not counted because a counter map was full, since start.
-    pub fn dropped(&self) -> Result<u64> {
+    pub fn lost(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)
     }
 }
@@ -312,7 +281,7 @@ struct SocketReceive {
 
 impl SocketReceive {
     fn find() -> Result<Self> {
-        if !kernel_btf_present() {
+        if !features::btf() {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): charging receives to the reading socket needs it; use --recv-at device",
             ));
@@ -371,12 +340,4 @@ fn device_offsets(b: &btf::Btf, o: &mut NetOffsets) -> Result<()> {
     o.skb_dev = b.member_offset("sk_buff", "dev")?;
     o.netdev_name = b.member_offset("net_device", "name")?;
     Ok(())
-}
-
-fn load(offsets: &NetOffsets, cgroup: &CgroupFilter) -> Result<Ebpf> {
-    EbpfLoader::new()
-        .override_global(OFFSETS, offsets, true)
-        .override_global(CGROUP_FILTER, cgroup, true)
-        .load(OBJECT)
-        .context("loading the nettop eBPF object")
 }

@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 
 use super::{probes::Method, Options};
 use crate::{
-    cli::{min_duration, CgroupArgs, OutputArgs, ProcessArgs},
+    cli::flags::{min_duration, CgroupArgs, OutputArgs, ProcessArgs},
     runtime::duration,
 };
 
@@ -63,7 +63,7 @@ pub struct Args {
     /// means this), or raw-syscalls (one BTF tracepoint on every syscall's exit: cheaper
     /// per open and close, dearer for every other syscall)
     #[arg(long, value_enum, default_value = "auto")]
-    pub probe: Method,
+    pub probe: Probe,
 }
 
 impl From<Args> for Options {
@@ -81,7 +81,29 @@ impl From<Args> for Options {
             format: a.output.format,
             duration: a.duration,
             verbose: a.verbose,
-            method: a.probe,
+            method: a.probe.into(),
+        }
+    }
+}
+
+/// `--probe`: how the syscalls are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// The classic syscall tracepoints (what every syscall not traced pays least).
+    Auto,
+    /// One BTF tracepoint on every syscall's exit (raw_syscalls:sys_exit): cheaper per
+    /// open and close, dearer for every other syscall on the machine.
+    RawSyscalls,
+    /// Classic tracepoints on each traced syscall.
+    Syscalls,
+}
+
+impl From<Probe> for Option<Method> {
+    fn from(p: Probe) -> Self {
+        match p {
+            Probe::Auto => None,
+            Probe::RawSyscalls => Some(Method::RawSyscalls),
+            Probe::Syscalls => Some(Method::Syscalls),
         }
     }
 }

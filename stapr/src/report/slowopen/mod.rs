@@ -3,24 +3,59 @@
 
 pub mod aggregate;
 pub mod args;
+mod files;
 pub mod probes;
 pub mod render;
 
-use std::{collections::VecDeque, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
-use probes_common::slowopen::{
-    Notice, SlowConfig, SlowFile, MISSED_COUNT, OPEN_ARGS_MAX_ENTRIES, OPEN_MAX_ENTRIES,
-    REC_NOTICE, REC_SLOW_FILE,
-};
+use probes_common::{slowopen::SlowConfig, CgroupFilter};
 
 use crate::{
-    report::containers::{self, Containers},
-    runtime::{self, out, ring, Stop},
+    metrics::Declared,
+    report::{
+        containers::{self, Containers},
+        specs, ExportSettings, Report,
+    },
+    runtime::{
+        self, out,
+        source::{loss_totals, Exported, LossLines, Source},
+        Stop,
+    },
 };
 
 pub use aggregate::Filter;
+use files::Files;
+#[cfg(test)]
+pub use files::FILE_OPEN;
+pub use probes::Method;
+
+pub static SLOWOPEN: Report = Report {
+    name: "slowopen",
+    ways: specs::<Method>,
+    object: &probes::OBJECT,
+    families: &[Declared::Histogram(&files::FILE_OPEN)],
+    export: Some(export),
+};
+
+fn export(with: &ExportSettings) -> Result<Box<dyn Exported>> {
+    let names = Containers::for_export(with.containers)?;
+    let min_ns = runtime::nanos(with.file_min);
+    let config = SlowConfig {
+        min_ns,
+        self_tgid: std::process::id(),
+        ..Default::default()
+    };
+    let files = Files::attach(
+        config,
+        CgroupFilter::default(),
+        None,
+        Filter::default(),
+        names,
+    )?;
+    Ok(Box::new(files))
+}
 
 pub struct Options {
     /// None: held files are not reported (`--open-min` alone).
@@ -31,7 +66,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub verbose: bool,
     pub containers: containers::Choice,
-    pub method: probes::Method,
+    /// None: the classic syscall tracepoints.
+    pub method: Option<Method>,
 }
 
 impl Options {
@@ -48,28 +84,6 @@ impl Options {
             runtime::Format::Json => render::json(r, &runtime::utc_now()),
         }
     }
-}
-
-/// What one read of the ring buffer brought.
-#[derive(Default)]
-pub struct Batch {
-    slow: Vec<SlowFile>,
-    notices: Vec<Notice>,
-}
-
-/// Every record waiting in the ring, sorted into `batch` by the kind its first field
-/// names.
-pub fn read_records(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
-    ring::drain(ring, usize::MAX, |bytes| {
-        match bytes
-            .get(..4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        {
-            Some(REC_SLOW_FILE) => batch.slow.extend(ring::record::<SlowFile>(bytes)),
-            Some(REC_NOTICE) => batch.notices.extend(ring::record::<Notice>(bytes)),
-            _ => {}
-        }
-    });
 }
 
 fn min_ns(opts: &Options) -> u64 {
@@ -94,133 +108,6 @@ impl Options {
     }
 }
 
-/// What user space remembers between batches.
-#[derive(Default)]
-pub struct State {
-    /// Recent notices, to explain files whose slot was reused before they were matched.
-    recent: VecDeque<Notice>,
-    reported: aggregate::Reported,
-}
-
-/// Notices kept to explain files whose fd was reused before their end was matched.
-const RECENT_NOTICES: usize = 4096;
-
-/// The files a batch ended that pass `filter`, each once. Exec, exit and close_range are
-/// matched against the table here, then kept a while for files whose slot the kernel
-/// reuses before that match.
-pub fn ended(
-    probes: &mut probes::Probes,
-    batch: Batch,
-    state: &mut State,
-    min_ns: u64,
-    filter: &Filter,
-) -> Result<Vec<aggregate::Row>> {
-    let State { recent, reported } = state;
-    let mut out = Vec::new();
-    if !batch.notices.is_empty() {
-        let entries = probes.open_files()?;
-        let m = aggregate::match_notices(&batch.notices, &entries, min_ns);
-        probes.forget(&m.remove)?;
-        probes.rewrite(&m.update)?;
-        out.extend(
-            m.rows
-                .into_iter()
-                .filter(|r| aggregate::keeps(filter, r) && reported.first_time(r)),
-        );
-        recent.extend(batch.notices);
-        while recent.len() > RECENT_NOTICES {
-            recent.pop_front();
-        }
-    }
-    let recent = recent.make_contiguous();
-    for s in &batch.slow {
-        if let Some(row) = aggregate::slow_file_row(s, recent, min_ns) {
-            // A slow open is sent once, when it returns; its file may be reported again
-            // when it is closed.
-            if aggregate::keeps(filter, &row)
-                && (row.end == aggregate::End::SlowOpen || reported.first_time(&row))
-            {
-                out.push(row);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Names the cgroup of each row: the one the kernel sent, else the live process's.
-fn name_cgroups(rows: &mut [aggregate::Row], names: &mut Containers) {
-    for r in rows {
-        r.cg = match r.cgroup {
-            0 => names.of_process(r.pid),
-            id => names.name(id).clone(),
-        };
-    }
-}
-
-/// The lines of the files a batch ended.
-fn ended_lines(
-    probes: &mut probes::Probes,
-    batch: Batch,
-    state: &mut State,
-    opts: &Options,
-    names: &mut Containers,
-) -> Result<String> {
-    let mut rows = ended(probes, batch, state, min_ns(opts), &opts.filter)?;
-    name_cgroups(&mut rows, names);
-    Ok(rows.iter().map(|r| opts.line(r)).collect())
-}
-
-/// What each loss counter counts (by `MISSED_*` index): the JSON reason, what was lost,
-/// and why.
-fn loss_kinds() -> [(&'static str, &'static str, String); MISSED_COUNT as usize] {
-    [
-        (
-            "table_full",
-            "opens",
-            format!("the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
-        ),
-        (
-            "ringbuf_full",
-            "reports",
-            "the ring buffer was full".to_owned(),
-        ),
-        (
-            "open_args_full",
-            "open timings",
-            format!(
-                "the in-kernel table of opens in progress ({OPEN_ARGS_MAX_ENTRIES} threads) was full"
-            ),
-        ),
-    ]
-}
-
-/// Losses since the last call (`seen` holds the counts then), as lines of their own.
-fn losses(
-    probes: &probes::Probes,
-    seen: &mut [u64; MISSED_COUNT as usize],
-    format: runtime::Format,
-) -> Result<String> {
-    let now = probes.missed()?;
-    let mut out = String::new();
-    for ((now, seen), (reason, what, why)) in now.iter().zip(seen.iter_mut()).zip(loss_kinds()) {
-        let n = now - *seen;
-        *seen = *now;
-        if n == 0 {
-            continue;
-        }
-        match format {
-            runtime::Format::Text => out += &format!("Lost {n} {what}: {why}\n"),
-            runtime::Format::Json => {
-                out +=
-                    &serde_json::json!({"time": runtime::utc_now(), "lost": n, "reason": reason})
-                        .to_string();
-                out.push('\n');
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// How often the loss counters are looked at when no record arrives.
 const LOSS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -238,66 +125,44 @@ pub fn run(opts: Options) -> Result<()> {
         self_tgid: std::process::id(),
         ..Default::default()
     };
-    let (mut names, filter) = Containers::open(&opts.containers, opts.format)?;
-    let (mut probes, ring) = probes::Probes::attach(config, filter, opts.method)?;
-    if !probes.skipped.is_empty() {
+    let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
+    let mut files = Files::attach(config, cgroup, opts.method, opts.filter.clone(), names)?;
+    if !files.probes.skipped.is_empty() {
         eprintln!(
             "stapr slowopen: this kernel lacks {}; those calls are not traced",
-            probes.skipped.join(", ")
+            files.probes.skipped.join(", ")
         );
     }
-    let (sched, calls): (Vec<&str>, Vec<&str>) = probes
-        .traced
-        .iter()
-        .partition(|c| matches!(**c, "exec" | "exit"));
-    let how = match probes.method {
-        probes::Method::RawSyscalls => format!(
-            "raw syscall tracepoint (BTF: raw_syscalls:sys_exit{}, handling {}) and tracepoints on {}",
-            if opts.timed() { " and sys_enter" } else { "" },
-            calls.join(", "),
-            sched.join(", "),
-        ),
-        _ => format!(
-            "syscall tracepoints ({}{})",
-            if opts.timed() { "entry and exit of " } else { "" },
-            probes.traced.join(", "),
-        ),
-    };
-    eprintln!("stapr slowopen: {how}; {}. Ctrl-C to end.", opts.reported());
-    let mut state = State::default();
-    let mut seen = [0; MISSED_COUNT as usize];
+    eprintln!(
+        "stapr slowopen: {}; {}. Ctrl-C to end.",
+        files.describe(),
+        opts.reported()
+    );
+    let mut losses = LossLines::default();
+    let lines =
+        |rows: Vec<aggregate::Row>| -> String { rows.iter().map(|r| opts.line(r)).collect() };
+    let f = &mut files;
     runtime::block_on(async {
-        let header = match opts.format {
-            runtime::Format::Text => render::header(opts.columns()),
-            runtime::Format::Json => String::new(),
+        let mut losses = |f: &Files| -> Result<String> {
+            Ok(losses.lines(&f.lost()?, opts.format, &runtime::utc_now(), None))
         };
-        let mut ring = ring::Watched::new(ring)?;
         let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(LOSS_CHECK);
-        let mut text = header;
+        let mut text = match opts.format {
+            runtime::Format::Text => render::header(opts.columns()),
+            runtime::Format::Json => String::new(),
+        };
         let stop = loop {
-            // A reader that stops reading holds the write, never the stop.
-            if !text.is_empty() {
-                tokio::select! {
-                    r = out::write(&text) => {
-                        if out::is_broken_pipe(&r) {
-                            break Stop::ReaderGone;
-                        }
-                        r?;
-                    }
-                    s = &mut stop => break s?,
-                }
+            if let Some(why) = out::write_or_stop(&text, &mut stop).await? {
+                break why;
             }
             text = tokio::select! {
-                r = ring.wait(None) => {
+                r = std::future::poll_fn(|cx| Source::poll_records(f, cx)) => {
                     r?;
-                    let mut batch = Batch::default();
-                    read_records(ring.ring(), &mut batch);
-                    ended_lines(&mut probes, batch, &mut state, &opts, &mut names)?
-                        + &losses(&probes, &mut seen, opts.format)?
+                    lines(f.take()?) + &losses(f)?
                 }
-                _ = tick.tick() => losses(&probes, &mut seen, opts.format)?,
+                _ = tick.tick() => losses(f)?,
                 s = &mut stop => break s?,
             };
         };
@@ -305,30 +170,16 @@ pub fn run(opts: Options) -> Result<()> {
             return Ok(());
         }
         // What arrived between the last wake-up and the stop, then the files still open.
-        let mut batch = Batch::default();
-        read_records(ring.ring(), &mut batch);
-        let mut last = ended_lines(&mut probes, batch, &mut state, &opts, &mut names)?;
-        last += &losses(&probes, &mut seen, opts.format)?;
-        let entries = probes.open_files()?;
-        let mut rows: Vec<_> =
-            aggregate::still_open(&entries, runtime::monotonic_ns(), min_ns(&opts))
-                .into_iter()
-                .filter(|r| aggregate::keeps(&opts.filter, r))
-                .collect();
-        name_cgroups(&mut rows, &mut names);
+        let mut last = lines(f.take()?) + &losses(f)?;
+        let rows = f.still_open()?;
         last += &match opts.format {
             runtime::Format::Text => render::still_open(&rows, opts.columns()),
-            runtime::Format::Json => rows.iter().map(|r| opts.line(r)).collect(),
+            runtime::Format::Json => lines(rows),
         };
         out::write_last(&last).await
     })?;
-    // Worded as the interval reports' totals (runtime::interval).
-    for (n, (_, what, why)) in probes.missed()?.into_iter().zip(loss_kinds()) {
-        if n > 0 {
-            eprintln!("stapr slowopen: {n} {what} not counted in all: {why}");
-        }
-    }
-    let slow = probes.attached;
-    runtime::detach::release(probes, slow, false);
+    eprint!("{}", loss_totals("slowopen", &files.lost()?));
+    let slow = Source::slow_to_detach(&files);
+    runtime::detach::release(files, slow, false);
     Ok(())
 }

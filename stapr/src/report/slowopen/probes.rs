@@ -4,29 +4,28 @@
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use probes_common::slowopen::{
     OpenFile, OpenKey, SlowConfig, MISSED_COUNT, NR_CLOSE, NR_CLOSE_RANGE, NR_COUNT, NR_DUP3,
     NR_NONE, NR_OPENAT, NR_OPENAT2,
 };
-use probes_common::{CgroupFilter, CGROUP_FILTER};
+use probes_common::CgroupFilter;
 
 use crate::{
-    report::{Facility, MethodSpec, Need},
-    runtime::{btf, kernel_btf_present, object, user_error},
+    report::method::{first_working, last_error, Spec, Way},
+    runtime::{
+        btf,
+        features::{self, Facility, Need},
+        object::{self, Object},
+        user_error,
+    },
 };
 
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen"));
-
-const CONFIG: &str = "SLOW_CONFIG";
-const EVENTS: &str = "EVENTS";
-const OPEN_FILES: &str = "OPEN_FILES";
-const MISSED: &str = "MISSED";
-
-#[cfg(test)]
-pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::ObjectNames {
-    object: "slowopen",
+pub static OBJECT: Object = Object {
+    name: "slowopen",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slowopen")),
+    config: Some((CONFIG, size_of::<SlowConfig>())),
     programs: &[
         ENTRY[0].0,
         ENTRY[1].0,
@@ -46,60 +45,71 @@ pub const NAMES: crate::runtime::object::ObjectNames = crate::runtime::object::O
         RAW_ENTER.0,
     ],
     maps: &[EVENTS, OPEN_FILES, MISSED],
-    globals: &[
-        (CONFIG, size_of::<SlowConfig>()),
-        (CGROUP_FILTER, size_of::<CgroupFilter>()),
-    ],
 };
 
+const CONFIG: &str = "SLOW_CONFIG";
+const EVENTS: &str = "EVENTS";
+const OPEN_FILES: &str = "OPEN_FILES";
+const MISSED: &str = "MISSED";
+
 /// How the syscalls are seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// The classic syscall tracepoints (what every syscall not traced pays least).
-    Auto,
     /// One BTF tracepoint on every syscall's exit (raw_syscalls:sys_exit): cheaper per
-    /// open and close, dearer for every other syscall on the machine.
+    /// open and close, dearer for every other syscall on the machine. Only when asked.
     RawSyscalls,
-    /// Classic tracepoints on each traced syscall.
+    /// Classic tracepoints on each traced syscall (what every syscall not traced pays
+    /// least).
     Syscalls,
 }
 
-impl Method {
-    /// The `method` label of the exporter's series.
-    pub fn label(self) -> &'static str {
-        match self {
-            Method::RawSyscalls => "raw_tracepoint",
-            Method::Auto | Method::Syscalls => "tracepoint",
-        }
-    }
-}
+const RING: Need = Need::Works(Facility::Ringbuf);
+const CLASSIC: Need = Need::Works(Facility::Classic);
 
-/// The ways slowopen's default (`--probe auto`) attaches, best first: both are the same
-/// classic syscall tracepoints; the first reads open's arguments at its exit, the second
-/// needs entry probes for them. (`--probe raw-syscalls` is asked for, never chosen.)
-pub fn methods() -> Vec<MethodSpec> {
-    vec![
-        MethodSpec {
-            name: "syscall tracepoints",
-            needs: &[
-                Need::Works(Facility::Classic),
-                Need::Works(Facility::Ringbuf),
-                Need::Btf,
-                Need::SavedRegs,
-            ],
-            note: "arguments read from saved registers",
-            partial: false,
+impl crate::report::method::Method for Method {
+    /// The syscall tracepoints have two ways: open's arguments read at its exit from the
+    /// saved registers, or kept by entry probes where those cannot be read.
+    const WAYS: &'static [Way<Self>] = &[
+        Way {
+            method: Method::Syscalls,
+            spec: Spec {
+                name: "syscall tracepoints",
+                label: "tracepoint",
+                needs: &[CLASSIC, RING, Need::Btf, Need::SavedRegs],
+                note: "arguments read from saved registers",
+                partial: false,
+                auto: true,
+            },
         },
-        MethodSpec {
-            name: "syscall tracepoints",
-            needs: &[
-                Need::Works(Facility::Classic),
-                Need::Works(Facility::Ringbuf),
-            ],
-            note: "arguments saved by entry probes",
-            partial: false,
+        Way {
+            method: Method::Syscalls,
+            spec: Spec {
+                name: "syscall tracepoints",
+                label: "tracepoint",
+                needs: &[CLASSIC, RING],
+                note: "arguments saved by entry probes",
+                partial: false,
+                auto: true,
+            },
         },
-    ]
+        Way {
+            method: Method::RawSyscalls,
+            spec: Spec {
+                name: "raw syscall tracepoint",
+                label: "raw_tracepoint",
+                needs: &[
+                    CLASSIC,
+                    RING,
+                    Need::Btf,
+                    Need::SavedRegs,
+                    Need::Works(Facility::TpBtf),
+                ],
+                note: "one BTF tracepoint on every syscall's exit",
+                partial: false,
+                auto: false,
+            },
+        },
+    ];
 }
 
 /// Entry probes that save open's arguments and entry time, needed where the exit probes
@@ -174,7 +184,6 @@ fn syscall_numbers() -> [u32; NR_COUNT] {
 
 pub struct Probes {
     ebpf: Ebpf,
-    /// The method attached (never `Auto`).
     pub method: Method,
     /// Tracepoints this kernel lacks, skipped.
     pub skipped: Vec<String>,
@@ -188,14 +197,14 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the object with `config` (threshold, filters) and attaches every probe with
-    /// `method` (`Auto`: the classic tracepoints); the exit-detection and register offsets
-    /// are filled in here from the kernel's BTF.
+    /// the method asked for (None: the classic tracepoints); the exit-detection and
+    /// register offsets are filled in here from the kernel's BTF.
     pub fn attach(
         mut config: SlowConfig,
         cgroup: CgroupFilter,
-        method: Method,
+        choice: Option<Method>,
     ) -> Result<(Self, RingBuf<MapData>)> {
-        if kernel_btf_present() {
+        if features::btf() {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
             config.signal_live = kbtf.member_offset("signal_struct", "live")?;
@@ -209,25 +218,18 @@ impl Probes {
                 config.nr = syscall_numbers();
             }
         }
-        match method {
+        first_working("slowopen", choice, |m| match m {
             Method::RawSyscalls if config.args_from_regs == 0 => Err(user_error(
                 "--probe raw-syscalls needs kernel BTF (/sys/kernel/btf/vmlinux) on x86-64 or arm64; use --probe syscalls",
             )),
             Method::RawSyscalls => Self::attach_raw(config, cgroup),
-            Method::Auto | Method::Syscalls => Self::attach_classic(config, cgroup),
-        }
-    }
-
-    fn load(config: &SlowConfig, cgroup: &CgroupFilter) -> Result<Ebpf> {
-        EbpfLoader::new()
-            .override_global(CONFIG, config, true)
-            .override_global(CGROUP_FILTER, cgroup, true)
-            .load(OBJECT)
-            .context("loading the slowopen eBPF object")
+            Method::Syscalls => Self::attach_classic(config, cgroup),
+        })
+        .map_err(last_error)
     }
 
     fn attach_raw(config: SlowConfig, cgroup: CgroupFilter) -> Result<(Self, RingBuf<MapData>)> {
-        let mut ebpf = Self::load(&config, &cgroup)?;
+        let mut ebpf = OBJECT.load(&config, &cgroup)?;
         let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut raw = vec![RAW_EXIT];
         if config.time_opens == 1 {
@@ -244,7 +246,7 @@ impl Probes {
         config: SlowConfig,
         cgroup: CgroupFilter,
     ) -> Result<(Self, RingBuf<MapData>)> {
-        let mut ebpf = Self::load(&config, &cgroup)?;
+        let mut ebpf = OBJECT.load(&config, &cgroup)?;
         let mut list = Vec::new();
         if config.args_from_regs == 0 || config.time_opens == 1 {
             list.extend_from_slice(ENTRY);
@@ -328,7 +330,7 @@ impl Probes {
     /// The loss counters, by their `MISSED_*` index: opens not tracked because the table
     /// was full, records lost to a full ring buffer, opens not timed because the table of
     /// opens in progress was full.
-    pub fn missed(&self) -> Result<[u64; MISSED_COUNT as usize]> {
+    pub fn lost(&self) -> Result<[u64; MISSED_COUNT as usize]> {
         let mut n = [0; MISSED_COUNT as usize];
         for (i, c) in (0..MISSED_COUNT).zip(n.iter_mut()) {
             *c = object::per_cpu_sum(&self.ebpf, MISSED, i)?;

@@ -1,0 +1,260 @@
+//! Every kernel facility stapr relies on, each a named probe that runs at most once per
+//! process (the shape of cilium/ebpf's `FeatureTest`). The reports ask it before they
+//! choose a probe method, and `stapr doctor` shows every verdict; neither probes the
+//! kernel on its own. Program types are tried by loading and attaching the smallest
+//! program of that type (the `features` object), detached as soon as the answer is known.
+
+use std::{path::Path, sync::OnceLock};
+
+use aya::{
+    programs::{
+        uprobe::UProbeScope, BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, UProbe,
+    },
+    Ebpf,
+};
+
+use super::{bpf_sys, object, program_error_reason};
+
+pub static OBJECT: object::Object = object::Object {
+    name: "features",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/features")),
+    config: None,
+    programs: &[
+        PROG_TP,
+        PROG_TP_BTF,
+        PROG_RAW_TP,
+        PROG_KPROBE,
+        PROG_FENTRY,
+        PROG_UPROBE,
+    ],
+    maps: &[],
+};
+
+const PROG_TP: &str = "stapr_ft_tp";
+const PROG_TP_BTF: &str = "stapr_ft_tpbtf";
+const PROG_RAW_TP: &str = "stapr_ft_rawtp";
+const PROG_KPROBE: &str = "stapr_ft_kprobe";
+const PROG_FENTRY: &str = "stapr_ft_fentry";
+const PROG_UPROBE: &str = "stapr_ft_uprobe";
+
+/// A kernel facility, tried by loading and attaching a tiny program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Facility {
+    Classic,
+    TpBtf,
+    RawTp,
+    Kprobes,
+    KprobeMulti,
+    Fentry,
+    Uprobes,
+    Ringbuf,
+}
+
+impl Facility {
+    /// In the order doctor shows them.
+    pub const ALL: [Facility; 8] = [
+        Facility::Classic,
+        Facility::TpBtf,
+        Facility::RawTp,
+        Facility::Kprobes,
+        Facility::Fentry,
+        Facility::Uprobes,
+        Facility::Ringbuf,
+        Facility::KprobeMulti,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Facility::Classic => "classic tracepoints",
+            Facility::TpBtf => "BTF tracepoints (tp_btf)",
+            Facility::RawTp => "raw tracepoints",
+            Facility::Kprobes => "kprobes",
+            Facility::KprobeMulti => "kprobe.multi",
+            Facility::Fentry => "fentry/fexit",
+            Facility::Uprobes => "uprobes",
+            Facility::Ringbuf => "ring buffer",
+        }
+    }
+}
+
+/// What a probe method needs from the kernel or the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Kernel BTF (/sys/kernel/btf/vmlinux).
+    Btf,
+    /// An architecture whose saved syscall registers stapr knows (x86-64, arm64).
+    SavedRegs,
+    /// A facility that loads and attaches here.
+    Works(Facility),
+}
+
+impl Need {
+    pub fn name(self) -> &'static str {
+        match self {
+            Need::Btf => "kernel BTF",
+            Need::SavedRegs => "x86-64 or arm64",
+            Need::Works(f) => f.name(),
+        }
+    }
+}
+
+/// Whether the kernel publishes its BTF; without it stapr uses classic tracepoints.
+pub fn btf() -> bool {
+    Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+/// Whether stapr knows where this architecture saves a syscall's registers.
+pub const fn saved_regs() -> bool {
+    cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+}
+
+/// Why kprobes cannot attach when [`kprobe_pmu`] is false.
+pub const NO_KPROBE_PMU: &str = "no kprobe PMU (kernel built without CONFIG_KPROBES)";
+
+/// Whether the kernel has the kprobe PMU (CONFIG_KPROBES), which kprobes attach through.
+pub fn kprobe_pmu() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// What trying `facility` found: what attached, or why it failed. Tried on first use.
+pub fn check(facility: Facility) -> &'static Result<String, String> {
+    static TRIED: [OnceLock<Result<String, String>>; Facility::ALL.len()] =
+        [const { OnceLock::new() }; Facility::ALL.len()];
+    TRIED[facility as usize].get_or_init(|| try_facility(facility))
+}
+
+/// The kernel's BTF as aya reads it, parsed once.
+fn aya_btf() -> Result<&'static aya::Btf, String> {
+    static BTF: OnceLock<Result<aya::Btf, String>> = OnceLock::new();
+    BTF.get_or_init(|| {
+        if !btf() {
+            return Err("needs kernel BTF".into());
+        }
+        aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn try_facility(facility: Facility) -> Result<String, String> {
+    match facility {
+        Facility::Ringbuf => bpf_sys::ringbuf_create(4096)
+            .map(|_fd| "BPF_MAP_TYPE_RINGBUF created".into())
+            .map_err(|e| e.to_string()),
+        Facility::KprobeMulti => match check(Facility::Kprobes) {
+            Ok(_) => kprobe_multi(),
+            Err(_) => Err("needs kprobes".into()),
+        },
+        _ => {
+            // Everything attached here is detached when `ebpf` drops.
+            let mut ebpf = OBJECT.load_plain().map_err(|e| format!("{e:#}"))?;
+            attach_one(&mut ebpf, facility)
+        }
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, facility: Facility) -> Result<String, String> {
+    let reason = |e: aya::programs::ProgramError| program_error_reason(&e);
+    let typed = |e: aya::programs::ProgramError| e.to_string();
+    match facility {
+        Facility::Classic => {
+            let p: &mut TracePoint = prog(ebpf, PROG_TP)?.try_into().map_err(typed)?;
+            p.load()
+                .and_then(|_| p.attach("sched", "sched_process_exec"))
+                .map(|_| "attached to sched:sched_process_exec".into())
+                .map_err(reason)
+        }
+        Facility::TpBtf => {
+            let btf = aya_btf()?;
+            let p: &mut BtfTracePoint = prog(ebpf, PROG_TP_BTF)?.try_into().map_err(typed)?;
+            p.load("sched_process_exec", btf)
+                .and_then(|_| p.attach())
+                .map(|_| "attached to sched_process_exec".into())
+                .map_err(reason)
+        }
+        Facility::RawTp => {
+            let p: &mut RawTracePoint = prog(ebpf, PROG_RAW_TP)?.try_into().map_err(typed)?;
+            p.load()
+                .and_then(|_| p.attach("sched_process_exec"))
+                .map(|_| "attached to sched_process_exec".into())
+                .map_err(reason)
+        }
+        Facility::Kprobes => {
+            let p: &mut KProbe = prog(ebpf, PROG_KPROBE)?.try_into().map_err(typed)?;
+            p.load()
+                .and_then(|_| p.attach("vfs_read", 0))
+                .map(|_| "attached to vfs_read".into())
+                .map_err(|e| {
+                    if kprobe_pmu() {
+                        reason(e)
+                    } else {
+                        NO_KPROBE_PMU.into()
+                    }
+                })
+        }
+        Facility::Fentry => {
+            let btf = aya_btf()?;
+            let p: &mut FEntry = prog(ebpf, PROG_FENTRY)?.try_into().map_err(typed)?;
+            p.load("vfs_read", btf)
+                .and_then(|_| p.attach())
+                .map(|_| "fentry attached to vfs_read".into())
+                .map_err(reason)
+        }
+        Facility::Uprobes => {
+            // A statically linked stapr (the arm64 build) carries getpid itself.
+            let target = libc_path()
+                .or_else(|| {
+                    std::fs::read_link("/proc/self/exe")
+                        .ok()
+                        .map(|p| p.display().to_string())
+                })
+                .ok_or("neither libc nor stapr's own executable found")?;
+            let p: &mut UProbe = prog(ebpf, PROG_UPROBE)?.try_into().map_err(typed)?;
+            p.load()
+                .and_then(|_| p.attach("getpid", &target, UProbeScope::AllProcesses))
+                .map(|_| format!("attached to getpid in {target}"))
+                .map_err(reason)
+        }
+        Facility::Ringbuf | Facility::KprobeMulti => unreachable!("tried without a program"),
+    }
+}
+
+fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the features object"))
+}
+
+/// The path of libc as mapped into this process (the uprobe target).
+fn libc_path() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .map(str::to_owned)
+}
+
+/// A two-instruction kprobe program (`r0 = 0; exit`) loaded for kprobe.multi and linked
+/// to vfs_read with BPF_LINK_CREATE; closed on return.
+fn kprobe_multi() -> Result<String, String> {
+    use std::os::fd::AsFd;
+    const MOV_R0_0: u64 = 0xb7;
+    const EXIT: u64 = 0x95;
+    let prog = bpf_sys::prog_load(
+        &bpf_sys::LoadSpec {
+            prog_type: bpf_sys::PROG_TYPE_KPROBE,
+            expected_attach_type: bpf_sys::ATTACH_TRACE_KPROBE_MULTI,
+            name: "stapr_ft_multi",
+            attach_btf_id: 0,
+            attach_btf_obj: None,
+        },
+        &[MOV_R0_0, EXIT],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    bpf_sys::kprobe_multi(prog.as_fd(), &["vfs_read".to_owned()], &[0], false)
+        .map(|_link| "kprobe.multi link on vfs_read".into())
+        .map_err(|e| format!("{e:#}"))
+}
