@@ -45,13 +45,16 @@ pub struct CallConfig {
     /// > 0: only commands containing the first `comm_len` bytes of `comm`.
     pub comm_len: u32,
     pub comm: [u8; COMM_LEN],
+    /// 0xff for each of the first `comm_len` bytes, 0 after: the match needs no branch
+    /// per byte.
+    pub comm_mask: [u8; COMM_LEN],
     /// 1: only user id `uid`.
     pub filter_uid: u32,
     pub uid: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<CallEvent>() == 64);
-const _: () = assert!(core::mem::size_of::<CallConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<CallConfig>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

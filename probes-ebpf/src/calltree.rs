@@ -36,6 +36,7 @@ static CALL_CONFIG: CallConfig = CallConfig {
     tgid: 0,
     comm_len: 0,
     comm: [0; COMM_LEN],
+    comm_mask: [0; COMM_LEN],
     filter_uid: 0,
     uid: 0,
 };
@@ -46,16 +47,26 @@ static CALL_EVENTS: RingBuf = RingBuf::with_byte_size(CALL_RING_BYTES, 0);
 #[map]
 static CALL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether `comm` contains the first `len` bytes of `want`.
+/// Whether `comm` contains the first `len` bytes of `want` (`mask` has 0xff for each of
+/// them). Each start offset compares all bytes without a branch (xor, and, or), so the
+/// verifier walks one path per offset whatever the length: a loop that stops at the
+/// first differing byte made it explore every prefix of every offset.
 #[inline(always)]
-fn contains(comm: &[u8; COMM_LEN], want: &[u8; COMM_LEN], len: usize) -> bool {
+fn contains(
+    comm: &[u8; COMM_LEN],
+    want: &[u8; COMM_LEN],
+    mask: &[u8; COMM_LEN],
+    len: usize,
+) -> bool {
     let mut start = 0;
-    while start + len <= COMM_LEN {
+    while start < COMM_LEN {
+        let mut diff = 0u8;
         let mut i = 0;
-        while i < len && i < COMM_LEN && start + i < COMM_LEN && comm[start + i] == want[i] {
+        while start + i < COMM_LEN {
+            diff |= (comm[start + i] ^ want[i]) & mask[i];
             i += 1;
         }
-        if i == len {
+        if diff == 0 && start + len <= COMM_LEN {
             return true;
         }
         start += 1;
@@ -76,7 +87,7 @@ fn emit(id: u64, kind: u32, ret: i64) -> u32 {
     }
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     let len = cfg.comm_len as usize;
-    if len > 0 && (len > COMM_LEN || !contains(&comm, &cfg.comm, len)) {
+    if len > 0 && (len > COMM_LEN || !contains(&comm, &cfg.comm, &cfg.comm_mask, len)) {
         return 0;
     }
     if !in_cgroup() {

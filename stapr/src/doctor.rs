@@ -309,6 +309,17 @@ mod tests {
         let mut f = f;
         f.reports = p;
         assert!(!f.all_runnable());
+        let mut with_multi = f.clone();
+        with_multi
+            .facilities
+            .iter_mut()
+            .filter(|t| t.name == Fac::UprobeMulti.name())
+            .for_each(|t| t.verdict = Verdict::Works);
+        assert_eq!(
+            methods(&with_multi, true)[3].as_deref(),
+            Some("uprobe.multi (--binary only)"),
+            "one link for all of a program's functions where the kernel has it"
+        );
         assert!(text(&f)
             .contains("calltree: not fully usable here; only uprobes (--binary only) works"));
     }

@@ -68,24 +68,36 @@ fn failure(err: &anyhow::Error) -> ExitCode {
         eprintln!("stapr: {}", shorten(&user.to_string()));
         return ExitCode::from(2);
     }
-    eprintln!("stapr: error: {err:#}");
+    eprintln!("stapr: error: {}", shorten(&runtime::one_line(err)));
     ExitCode::FAILURE
 }
 
-/// The longest quoted value an error line repeats whole.
+/// The longest quoted value an error line repeats whole, and the longest other word (a
+/// path, say).
 const QUOTED_MAX: usize = 40;
+const WORD_MAX: usize = 100;
 
-/// An error line with each long quoted value ('...') cut to its start: a 100 KB argument
-/// must not come back as a 100 KB line.
+/// An error line with each long quoted value ('...') and each very long word cut to its
+/// start: a 100 KB argument must not come back as a 100 KB line.
 fn shorten(line: &str) -> String {
+    let cut = |s: &str, max: usize| -> String {
+        if s.chars().count() > max {
+            let head: String = s.chars().take(max).collect();
+            format!("{head}...")
+        } else {
+            s.to_owned()
+        }
+    };
     line.split('\'')
         .enumerate()
         .map(|(i, part)| {
-            if i % 2 == 1 && part.chars().count() > QUOTED_MAX {
-                let head: String = part.chars().take(QUOTED_MAX).collect();
-                format!("{head}...")
+            if i % 2 == 1 {
+                cut(part, QUOTED_MAX)
             } else {
-                part.to_owned()
+                part.split(' ')
+                    .map(|w| cut(w, WORD_MAX))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         })
         .collect::<Vec<_>>()
@@ -110,6 +122,12 @@ mod tests {
         assert_eq!(
             super::shorten("invalid value 'abc' for '--min'"),
             "invalid value 'abc' for '--min'"
+        );
+        let path = format!("/{}", "p".repeat(10_000));
+        let line = super::shorten(&format!("cannot read {path}: No such file"));
+        assert_eq!(
+            line,
+            format!("cannot read {}... No such file", &path[..100])
         );
     }
 }

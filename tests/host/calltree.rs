@@ -10,8 +10,8 @@ use std::{
 };
 
 use integration_tests::{
-    assert_nothing_attached, assert_nothing_attached_within, bin, bin_dir, example, field,
-    kernel_lock, run, stapr, Outcome, Running,
+    assert_nothing_attached, assert_nothing_attached_within, bin, bin_dir, example, facility_works,
+    field, kernel_lock, run, stapr, Outcome, Running,
 };
 
 /// One `thread_indent` line.
@@ -64,6 +64,12 @@ fn parse(line: &str) -> Line {
 /// Every return closes the innermost open entry of its thread (or, with nothing open,
 /// prints at depth 1); depths follow the nesting; times never go back within a tree.
 fn check_nesting(lines: &[Line]) {
+    check_nesting_with(lines, |_| false);
+}
+
+/// [`check_nesting`] where the functions `entry_only` says are traced at entry only (no
+/// return probe): their entry is a leaf.
+fn check_nesting_with(lines: &[Line], entry_only: impl Fn(&str) -> bool) {
     let mut stacks: HashMap<u32, (Vec<&str>, u64)> = HashMap::new();
     for l in lines {
         let (stack, last_us) = stacks.entry(l.tid).or_default();
@@ -72,7 +78,9 @@ fn check_nesting(lines: &[Line]) {
         }
         assert!(l.us >= *last_us, "time went back at {l:?}");
         *last_us = l.us;
-        if l.entry {
+        if l.entry && entry_only(&l.func) {
+            assert_eq!(l.depth, stack.len() + 1, "entry-only depth at {l:?}");
+        } else if l.entry {
             stack.push(&l.func);
             assert_eq!(l.depth, stack.len(), "entry depth at {l:?}");
         } else if stack.is_empty() {
@@ -298,6 +306,115 @@ fn binary_json_and_max_depth() {
     assert_nothing_attached();
 }
 
+/// What `args_echo a "b c" d` prints when nothing disturbs it.
+fn args_echo_is_intact() {
+    let out = run(
+        example("args_echo").args(["a", "b c", "d"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "argc=4\nargv=a b c d\ntwice=16\n", "{out:?}");
+}
+
+/// The selection of a test that traces a program's every function: all of them where the
+/// kernel attaches them in one link, else the entry point and a few (one probe pair each
+/// takes minutes to attach and detach under emulation).
+fn every_function() -> Vec<&'static str> {
+    if facility_works("uprobe.multi") {
+        Vec::new()
+    } else {
+        vec![
+            "-f", "_start", "-f", "main", "-f", "ct_*", "-f", "ae_*", "-f", "exit",
+        ]
+    }
+}
+
+#[test]
+fn every_function_traced_leaves_the_program_intact() {
+    let _k = kernel_lock();
+    let selection = every_function();
+    for prog in ["args_echo", "call_chain"] {
+        let path = bin(prog).to_str().unwrap().to_owned();
+        let mut args = vec!["calltree", "--binary", &path];
+        args.extend(&selection);
+        let mut tracer = Running::spawn(&args);
+        let ready = tracer.wait_ready(Duration::from_secs(300));
+        // The entry point never returns to a caller: its "return address" is argc.
+        assert!(
+            ready.contains("at entry only, no return probe: _start"),
+            "{ready}"
+        );
+        let pid = if prog == "args_echo" {
+            args_echo_is_intact();
+            None
+        } else {
+            let out = run(example("call_chain").arg("3"), Duration::from_secs(60));
+            assert!(out.status.success(), "{out:?}");
+            assert!(out.stdout.contains("ns_per_call="), "{out:?}");
+            Some(field(&out.stdout, "pid"))
+        };
+        let out = stop(tracer);
+        assert!(
+            out.stderr
+                .contains(", 0 lost (ring buffer full), 0 returns whose entry was not seen"),
+            "{}",
+            out.stderr
+        );
+        let lines: Vec<Line> = out
+            .stdout
+            .lines()
+            .filter(|l| pid.as_ref().is_none_or(|p| l.contains(&format!("({p}):"))))
+            .map(parse)
+            .collect();
+        let no_return = ["_start", "exit", "_exit", "abort"];
+        check_nesting_with(&lines, |f| {
+            no_return.contains(&f) || f.starts_with("core::panicking::")
+        });
+        let entries = |f: &str, entry: bool| {
+            lines
+                .iter()
+                .filter(|l| l.func == f && l.entry == entry)
+                .count()
+        };
+        assert!(entries("_start", true) >= 1, "{}", out.stdout);
+        assert_eq!(entries("_start", false), 0, "{}", out.stdout);
+        assert!(entries("main", true) >= 1 && entries("main", false) >= 1);
+    }
+    assert_nothing_attached();
+}
+
+#[test]
+fn kill_9_detaches_every_uprobe_at_once() {
+    let _k = kernel_lock();
+    let chain = chain_path();
+    let mut args = vec!["calltree", "--binary", &chain];
+    let multi = facility_works("uprobe.multi");
+    let selection = every_function();
+    args.extend(&selection);
+    let mut tracer = Running::spawn(&args);
+    let ready = tracer.wait_ready(Duration::from_secs(300));
+    if multi {
+        assert!(ready.contains("in two uprobe.multi links"), "{ready}");
+    }
+    let t = Instant::now();
+    tracer.signal(libc::SIGKILL);
+    let out = tracer.finish(Duration::from_secs(if multi { 2 } else { 300 }));
+    assert_eq!(out.status.code(), None, "killed: {out:?}");
+    if multi {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "reaped after {:?}",
+            t.elapsed()
+        );
+        assert_nothing_attached_within(Duration::from_secs(2));
+    } else {
+        // One probe pair per function: the kernel detaches them one grace period at a
+        // time as the killed process's descriptors close.
+        assert_nothing_attached();
+    }
+    args_echo_is_intact();
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_2() {
     let _k = kernel_lock();
@@ -308,6 +425,14 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["--module", "ext4"], "neither kprobes")
     };
     let chain = chain_path();
+    let dir = std::env::temp_dir().join(format!("stapr-ct-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo").to_str().unwrap().to_owned();
+    let text = dir.join("notes.txt").to_str().unwrap().to_owned();
+    let c_fifo = std::ffi::CString::new(fifo.as_str()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    std::fs::write(&text, "not a program\n").unwrap();
     for (args, says) in [
         (&[][..], "nothing to trace"),
         (
@@ -315,6 +440,10 @@ fn bad_input_is_one_line_and_exit_2() {
             "cannot read /nonexistent/prog",
         ),
         (&["--binary", &chain, "-f", "zz_*"], "no function of"),
+        (&["--binary", "/dev/zero"], "not a regular file"),
+        (&["--binary", "/"], "not a regular file"),
+        (&["--binary", &fifo], "not a regular file"),
+        (&["--binary", &text], "not an ELF file"),
         (&["--binary", &chain, "--module", "ext4"], "use one"),
         (
             &["--attach", "sideways", "--module", "ext4"],
@@ -326,6 +455,20 @@ fn bad_input_is_one_line_and_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
         assert!(out.stderr.contains(says), "{args:?}: {out:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // Every command name length the kernel keeps loads (the in-kernel match is one path
+    // per offset for the verifier, whatever the length).
+    for len in 1..=15 {
+        let comm = "python3-worker-".get(..len).unwrap();
+        let out = run(
+            stapr().args([
+                "calltree", "--binary", &chain, "-f", "ct_leaf", "-c", comm, "-d", "0.2",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(0), "-c {comm:?}: {out:?}");
+        assert!(out.stderr.lines().count() <= 3, "-c {comm:?}: {out:?}");
     }
     if !in_vm {
         let out = run(

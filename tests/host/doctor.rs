@@ -77,10 +77,17 @@ fn verdicts_match_this_kernel() {
         if multi { "works" } else { "fails" },
         "{doc}"
     );
+    // uprobe.multi came with 6.6: not in Debian's 6.1.
+    let uprobe_multi = !release.starts_with("6.1.");
+    assert_eq!(
+        verdict(&doc, "uprobe.multi"),
+        if uprobe_multi { "works" } else { "fails" },
+        "{doc}"
+    );
     let calltree = &doc["reports"].as_array().unwrap()[3];
     assert_eq!(calltree["report"], "calltree");
     let method = match (in_vm, multi) {
-        (false, _) => "uprobes (--binary only)",
+        (false, _) => "uprobe.multi (--binary only)",
         (true, true) => "kprobe.multi",
         (true, false) => "fentry/fexit",
     };
@@ -101,8 +108,9 @@ fn text_screen_names_every_facility_and_report() {
     );
     if !in_vm {
         assert!(
-            out.stdout
-                .contains("calltree: not fully usable here; only uprobes (--binary only) works"),
+            out.stdout.contains(
+                "calltree: not fully usable here; only uprobe.multi (--binary only) works"
+            ),
             "{}",
             out.stdout
         );
@@ -120,6 +128,7 @@ fn text_screen_names_every_facility_and_report() {
         "slowopen",
         "disktop",
         "kprobe.multi",
+        "uprobe.multi",
         "calltree",
     ] {
         assert!(out.stdout.contains(word), "{word} missing:\n{}", out.stdout);

@@ -600,6 +600,16 @@ fn bad_input_is_one_line_and_exit_2() {
             &["calltree", "--module", "ext4", "--binary", "/bin/true"],
             "use one",
         ),
+        // Paths and the parent directory are not interface names.
+        (&["nettop", "-d", "lo/"], "no network device 'lo/'"),
+        (&["nettop", "-d", ".."], "no network device '..'"),
+        (&["nettop", "-d", "./lo"], "no network device './lo'"),
+        // Long values come back cut, wherever the line names them.
+        (&["nettop", "--cgroup", &long[..10_000]], "cgroup"),
+        (
+            &["calltree", "--binary", &format!("/{}", &long[..10_000])],
+            "cannot read",
+        ),
     ];
     for (args, mentions) in cases {
         let out = run(stapr().args(*args), Duration::from_secs(20));

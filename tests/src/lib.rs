@@ -208,6 +208,20 @@ impl Drop for Running {
     }
 }
 
+/// Whether `stapr doctor` finds the kernel facility `name` ("uprobe.multi", "kprobes")
+/// working here.
+pub fn facility_works(name: &str) -> bool {
+    let out = run(
+        stapr().args(["doctor", "--format", "json"]),
+        Duration::from_secs(60),
+    );
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("doctor's JSON");
+    doc["facilities"].as_array().is_some_and(|f| {
+        f.iter()
+            .any(|f| f["name"] == name && f["verdict"] == "works")
+    })
+}
+
 /// Runs a command to completion with a time limit.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Outcome {
     let child = cmd

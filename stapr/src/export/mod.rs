@@ -60,8 +60,9 @@ impl Sources {
                     sources.push(s);
                 }
                 Err(err) => eprintln!(
-                    "stapr export: {} unavailable ({err:#}); its metrics are left out",
-                    r.name
+                    "stapr export: {} unavailable ({}); its metrics are left out",
+                    r.name,
+                    runtime::one_line(&err)
                 ),
             }
         }

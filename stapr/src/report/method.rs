@@ -80,9 +80,17 @@ pub fn order<M: Method>(choice: Option<M>) -> Vec<M> {
 pub fn first_working<M: Method, P>(
     report: &str,
     choice: Option<M>,
+    attach: impl FnMut(M) -> anyhow::Result<P>,
+) -> Result<P, Vec<(M, anyhow::Error)>> {
+    first_working_of(report, &order(choice), attach)
+}
+
+/// [`first_working`] over the methods `order` names, in that order.
+pub fn first_working_of<M: Method, P>(
+    report: &str,
+    order: &[M],
     mut attach: impl FnMut(M) -> anyhow::Result<P>,
 ) -> Result<P, Vec<(M, anyhow::Error)>> {
-    let order = order(choice);
     let mut failed = Vec::new();
     for (i, &m) in order.iter().enumerate() {
         match attach(m) {
@@ -90,8 +98,9 @@ pub fn first_working<M: Method, P>(
             Err(err) => {
                 if let Some(&next) = order.get(i + 1) {
                     eprintln!(
-                        "stapr {report}: {} unavailable ({err:#}); trying {}",
+                        "stapr {report}: {} unavailable ({}); trying {}",
                         m.name(),
+                        crate::runtime::one_line(&err),
                         next.name()
                     );
                 }

@@ -1,7 +1,8 @@
 //! The few bpf(2) commands aya does not offer: a bare map create (doctor's ring buffer
 //! check, without an object file), loading a program with an expected attach
 //! type and attach BTF id of our choosing (kprobe.multi, one fentry/fexit copy per
-//! function), `BPF_LINK_CREATE` for kprobe.multi, `BPF_RAW_TRACEPOINT_OPEN` for fentry, and
+//! function), `BPF_LINK_CREATE` for kprobe.multi and uprobe.multi, `BPF_RAW_TRACEPOINT_OPEN`
+//! for fentry, and
 //! finding a module's BTF object. `union bpf_attr` and its members come from aya-obj's
 //! bindings of include/uapi/linux/bpf.h.
 
@@ -15,7 +16,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya_obj::generated::{
     bpf_attach_type, bpf_attr, bpf_btf_info, bpf_cmd, bpf_map_type, bpf_prog_type,
-    BPF_F_KPROBE_MULTI_RETURN,
+    BPF_F_KPROBE_MULTI_RETURN, BPF_F_UPROBE_MULTI_RETURN,
 };
 
 pub const PROG_TYPE_KPROBE: u32 = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
@@ -23,6 +24,7 @@ pub const PROG_TYPE_TRACING: u32 = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
 pub const ATTACH_TRACE_FENTRY: u32 = bpf_attach_type::BPF_TRACE_FENTRY as u32;
 pub const ATTACH_TRACE_FEXIT: u32 = bpf_attach_type::BPF_TRACE_FEXIT as u32;
 pub const ATTACH_TRACE_KPROBE_MULTI: u32 = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+pub const ATTACH_TRACE_UPROBE_MULTI: u32 = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
 
 /// A zeroed `union bpf_attr`: the kernel wants the bytes a command does not use to be zero.
 fn attr() -> bpf_attr {
@@ -142,6 +144,37 @@ pub fn kprobe_multi(
     };
     m.cnt = ptrs.len() as u32;
     m.syms = ptrs.as_ptr() as u64;
+    m.cookies = cookies.as_ptr() as u64;
+    fd_result(bpf_cmd::BPF_LINK_CREATE, &mut a).map_err(anyhow::Error::from)
+}
+
+/// One uprobe.multi link of `prog` on the file offsets `offsets` of the ELF file `path`,
+/// in every process, with one cookie per offset; `retprobe` makes it fire on return. One
+/// link: closing it detaches every probe in one step.
+pub fn uprobe_multi(
+    prog: BorrowedFd,
+    path: &std::path::Path,
+    offsets: &[u64],
+    cookies: &[u64],
+    retprobe: bool,
+) -> Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = CString::new(path.as_os_str().as_bytes()).context("a path holds a NUL byte")?;
+    let mut a = attr();
+    // SAFETY: writing the BPF_LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut a.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = ATTACH_TRACE_UPROBE_MULTI;
+    // SAFETY: as above, its uprobe_multi member.
+    let m = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
+    m.flags = if retprobe {
+        BPF_F_UPROBE_MULTI_RETURN
+    } else {
+        0
+    };
+    m.path = path.as_ptr() as u64;
+    m.cnt = offsets.len() as u32;
+    m.offsets = offsets.as_ptr() as u64;
     m.cookies = cookies.as_ptr() as u64;
     fd_result(bpf_cmd::BPF_LINK_CREATE, &mut a).map_err(anyhow::Error::from)
 }

@@ -47,12 +47,13 @@ pub enum Facility {
     KprobeMulti,
     Fentry,
     Uprobes,
+    UprobeMulti,
     Ringbuf,
 }
 
 impl Facility {
     /// In the order doctor shows them.
-    pub const ALL: [Facility; 8] = [
+    pub const ALL: [Facility; 9] = [
         Facility::Classic,
         Facility::TpBtf,
         Facility::RawTp,
@@ -61,6 +62,7 @@ impl Facility {
         Facility::Uprobes,
         Facility::Ringbuf,
         Facility::KprobeMulti,
+        Facility::UprobeMulti,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Facility {
             Facility::KprobeMulti => "kprobe.multi",
             Facility::Fentry => "fentry/fexit",
             Facility::Uprobes => "uprobes",
+            Facility::UprobeMulti => "uprobe.multi",
             Facility::Ringbuf => "ring buffer",
         }
     }
@@ -145,6 +148,10 @@ fn try_facility(facility: Facility) -> Result<String, String> {
             Ok(_) => kprobe_multi(),
             Err(_) => Err("needs kprobes".into()),
         },
+        Facility::UprobeMulti => match check(Facility::Uprobes) {
+            Ok(_) => uprobe_multi(),
+            Err(_) => Err("needs uprobes".into()),
+        },
         _ => {
             // Everything attached here is detached when `ebpf` drops.
             let mut ebpf = OBJECT.load_plain().map_err(|e| format!("{e:#}"))?;
@@ -201,21 +208,16 @@ fn attach_one(ebpf: &mut Ebpf, facility: Facility) -> Result<String, String> {
                 .map_err(reason)
         }
         Facility::Uprobes => {
-            // A statically linked stapr (the arm64 build) carries getpid itself.
-            let target = libc_path()
-                .or_else(|| {
-                    std::fs::read_link("/proc/self/exe")
-                        .ok()
-                        .map(|p| p.display().to_string())
-                })
-                .ok_or("neither libc nor stapr's own executable found")?;
+            let target = getpid_file()?;
             let p: &mut UProbe = prog(ebpf, PROG_UPROBE)?.try_into().map_err(typed)?;
             p.load()
                 .and_then(|_| p.attach("getpid", &target, UProbeScope::AllProcesses))
                 .map(|_| format!("attached to getpid in {target}"))
                 .map_err(reason)
         }
-        Facility::Ringbuf | Facility::KprobeMulti => unreachable!("tried without a program"),
+        Facility::Ringbuf | Facility::KprobeMulti | Facility::UprobeMulti => {
+            Err("tried without the features object".into())
+        }
     }
 }
 
@@ -224,7 +226,19 @@ fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Pro
         .ok_or_else(|| format!("program {name} missing from the features object"))
 }
 
-/// The path of libc as mapped into this process (the uprobe target).
+/// The file holding getpid (the uprobe target): libc, or, for a statically linked stapr
+/// (the arm64 build), stapr's own executable.
+fn getpid_file() -> Result<String, String> {
+    libc_path()
+        .or_else(|| {
+            std::fs::read_link("/proc/self/exe")
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .ok_or_else(|| "neither libc nor stapr's own executable found".into())
+}
+
+/// The path of libc as mapped into this process.
 fn libc_path() -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
@@ -237,24 +251,40 @@ fn libc_path() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A two-instruction kprobe program (`r0 = 0; exit`) loaded for kprobe.multi and linked
-/// to vfs_read with BPF_LINK_CREATE; closed on return.
-fn kprobe_multi() -> Result<String, String> {
-    use std::os::fd::AsFd;
+/// A two-instruction kprobe program (`r0 = 0; exit`) loaded for `attach_type`.
+fn nop_kprobe(attach_type: u32) -> Result<std::os::fd::OwnedFd, String> {
     const MOV_R0_0: u64 = 0xb7;
     const EXIT: u64 = 0x95;
-    let prog = bpf_sys::prog_load(
+    bpf_sys::prog_load(
         &bpf_sys::LoadSpec {
             prog_type: bpf_sys::PROG_TYPE_KPROBE,
-            expected_attach_type: bpf_sys::ATTACH_TRACE_KPROBE_MULTI,
+            expected_attach_type: attach_type,
             name: "stapr_ft_multi",
             attach_btf_id: 0,
             attach_btf_obj: None,
         },
         &[MOV_R0_0, EXIT],
     )
-    .map_err(|e| format!("{e:#}"))?;
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// A kprobe.multi link on vfs_read (BPF_LINK_CREATE); closed on return.
+fn kprobe_multi() -> Result<String, String> {
+    use std::os::fd::AsFd;
+    let prog = nop_kprobe(bpf_sys::ATTACH_TRACE_KPROBE_MULTI)?;
     bpf_sys::kprobe_multi(prog.as_fd(), &["vfs_read".to_owned()], &[0], false)
         .map(|_link| "kprobe.multi link on vfs_read".into())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// An uprobe.multi link on getpid; closed on return.
+fn uprobe_multi() -> Result<String, String> {
+    use std::os::fd::AsFd;
+    let target = getpid_file()?;
+    let path = Path::new(&target);
+    let offset = super::elf::symbol_offset(path, "getpid").map_err(|e| format!("{e:#}"))?;
+    let prog = nop_kprobe(bpf_sys::ATTACH_TRACE_UPROBE_MULTI)?;
+    bpf_sys::uprobe_multi(prog.as_fd(), path, &[offset], &[0], false)
+        .map(|_link| format!("uprobe.multi link on getpid in {target}"))
         .map_err(|e| format!("{e:#}"))
 }

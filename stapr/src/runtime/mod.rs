@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod detach;
 pub mod duration;
+pub mod elf;
 pub mod features;
 pub mod interval;
 pub mod object;
@@ -96,6 +97,32 @@ pub fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An error as one line: its chain of contexts, where a verifier refused a program one
+/// sentence instead of the log (hundreds of lines), which goes to a file the line names.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        if let Some(aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) = cause.downcast_ref::<aya::programs::ProgramError>()
+        {
+            let path =
+                std::env::temp_dir().join(format!("stapr-verifier-{}.log", std::process::id()));
+            let saved = std::fs::write(&path, verifier_log.to_string())
+                .map(|()| format!("its log is in {}", path.display()))
+                .unwrap_or_else(|e| format!("its log could not be saved: {e}"));
+            parts.push(format!(
+                "the kernel's verifier refused the program ({io_error}; {saved})"
+            ));
+            break;
+        }
+        let text = cause.to_string();
+        parts.push(text.lines().next().unwrap_or_default().to_owned());
+    }
+    parts.join(": ")
 }
 
 /// Why loading or attaching a program failed, in one line: the io error of a load without

@@ -289,8 +289,63 @@ pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -
     Ok(p)
 }
 
-/// One uprobe and one uretprobe per function of the ELF file `path`, in every process
-/// that runs it; the cookie is the function's index.
+/// Every function of the ELF file `path` in two uprobe.multi links, one for entries and
+/// one for returns (functions that must not get a return probe are left out of that one),
+/// in every process that runs it; the cookie is the function's index. Closing a link
+/// detaches all its probes at once.
+pub fn uprobe_multi(ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes> {
+    let offsets: Vec<u64> = funcs
+        .iter()
+        .map(|f| f.offset)
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("a function lies outside the file's loadable segments"))?;
+    let mut raw = Vec::new();
+    for (name, ret) in probes::PROGS_UPROBE.iter().zip([false, true]) {
+        let prog = bpf_sys::prog_load(
+            &LoadSpec {
+                prog_type: bpf_sys::PROG_TYPE_KPROBE,
+                expected_attach_type: bpf_sys::ATTACH_TRACE_UPROBE_MULTI,
+                name,
+                attach_btf_id: 0,
+                attach_btf_obj: None,
+            },
+            &relocated(&ebpf, name)?,
+        )?;
+        let (at, cookies): (Vec<u64>, Vec<u64>) = offsets
+            .iter()
+            .zip(funcs)
+            .enumerate()
+            .filter(|(_, (_, f))| !ret || f.entry_only.is_none())
+            .map(|(i, (o, _))| (*o, i as u64))
+            .unzip();
+        if !at.is_empty() {
+            let what = if ret { "returns" } else { "entries" };
+            let link = bpf_sys::uprobe_multi(prog.as_fd(), path, &at, &cookies, ret)
+                .with_context(|| format!("uprobe.multi link on {what}"))?;
+            raw.push(link);
+        }
+        raw.push(prog);
+    }
+    let rets = vec![RetKind::Int32; funcs.len()];
+    let shown: Vec<Func> = funcs
+        .iter()
+        .map(|f| Func {
+            name: f.shown.clone(),
+            module: None,
+        })
+        .collect();
+    let mut names = Names::by_index(&shown, &rets);
+    names.entry_only(funcs.iter().map(|f| f.entry_only.is_some()));
+    let mut p = Probes::new(ebpf, Method::UprobeMulti, names);
+    p.raw = raw;
+    p.attached = funcs.len();
+    p.links = 2;
+    Ok(p)
+}
+
+/// One uprobe and one uretprobe per function of the ELF file `path` (the uprobe alone for
+/// one that must not get a return probe), in every process that runs it; the cookie is
+/// the function's index.
 pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes> {
     for name in probes::PROGS_UPROBE {
         let p: &mut UProbe = program(&mut ebpf, name)?;
@@ -301,8 +356,13 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
         module: None,
     };
     let as_funcs: Vec<Func> = funcs.iter().map(|f| func(&f.symbol)).collect();
+    let mut links = 0;
     let (ok, skipped) = each(&as_funcs, |i, f| {
-        for name in probes::PROGS_UPROBE {
+        let progs = match funcs[i].entry_only {
+            Some(_) => &probes::PROGS_UPROBE[..1],
+            None => &probes::PROGS_UPROBE[..],
+        };
+        for name in progs {
             let p: &mut UProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::Symbol(&f.name),
@@ -310,6 +370,7 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
             };
             p.attach(point, path, UProbeScope::AllProcesses)
                 .map_err(|e| reason("uprobe refused", &program_error_reason(&e)))?;
+            links += 1;
         }
         Ok(())
     })
@@ -317,9 +378,11 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
     // No BTF for a program's functions: an int-sized error code is what C returns.
     let rets = vec![RetKind::Int32; as_funcs.len()];
     let shown: Vec<Func> = funcs.iter().map(|f| func(&f.shown)).collect();
-    let mut p = Probes::new(ebpf, Method::Uprobe, Names::by_index(&shown, &rets));
+    let mut names = Names::by_index(&shown, &rets);
+    names.entry_only(funcs.iter().map(|f| f.entry_only.is_some()));
+    let mut p = Probes::new(ebpf, Method::Uprobe, names);
     p.attached = ok;
-    p.links = ok * 2;
+    p.links = links;
     p.skipped = skipped;
     Ok(p)
 }

@@ -75,6 +75,7 @@ fn config(filter: &ProcessFilter) -> CallConfig {
     // The command line allows 1 to COMM_LEN - 1 bytes.
     if let Some(comm) = filter.comm.as_deref().filter(|c| c.len() < COMM_LEN) {
         c.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        c.comm_mask[..comm.len()].fill(0xff);
         c.comm_len = comm.len() as u32;
     }
     c
@@ -142,8 +143,39 @@ fn attach_binary(opts: &Options, config: &probes::Globals) -> Result<(probes::Pr
     for (k, v) in skipped {
         *p.skipped.entry(k).or_default() += v;
     }
-    let what = format!("{} of {}", functions(p.attached), bin.display());
+    let links = match p.method {
+        probes::Method::UprobeMulti => " in two uprobe.multi links",
+        _ => "",
+    };
+    let what = format!(
+        "{} of {}{links}{}",
+        functions(p.attached),
+        bin.display(),
+        entry_only(&names)
+    );
     Ok((p, what))
+}
+
+/// How many named in a list on the start line before "and N more".
+const NAMED_MAX: usize = 6;
+
+/// " (at entry only, no return probe: _start, exit, _setjmp)", or nothing.
+fn entry_only(funcs: &[select::ProgramFn]) -> String {
+    // The entry point first: the one every program has.
+    let mut only: Vec<(bool, &str)> = funcs
+        .iter()
+        .filter_map(|f| Some((f.entry_only? != select::ENTRY_POINT, f.shown.as_str())))
+        .collect();
+    only.sort_by_key(|(later, _)| *later);
+    let only: Vec<&str> = only.into_iter().map(|(_, name)| name).collect();
+    if only.is_empty() {
+        return String::new();
+    }
+    let mut named = only[..only.len().min(NAMED_MAX)].join(", ");
+    if only.len() > NAMED_MAX {
+        named += &format!(" and {} more", only.len() - NAMED_MAX);
+    }
+    format!(" ({} at entry only, no return probe: {named})", only.len())
 }
 
 /// The kernel functions of `--module`/`--func`, attached; and what the start line calls

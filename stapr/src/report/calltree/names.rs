@@ -10,6 +10,8 @@ use crate::runtime::btf::RetKind;
 pub struct Known {
     pub name: String,
     pub ret: RetKind,
+    /// Traced at entry only (no return probe): its entry opens no call.
+    pub entry_only: bool,
 }
 
 /// The id → function table of the functions attached.
@@ -53,6 +55,15 @@ impl Names {
         Names::Index(funcs.iter().zip(rets).map(|(f, r)| known(f, *r)).collect())
     }
 
+    /// Marks the functions traced at entry only, in index order.
+    pub fn entry_only(&mut self, flags: impl IntoIterator<Item = bool>) {
+        if let Names::Index(v) = self {
+            for (k, flag) in v.iter_mut().zip(flags) {
+                k.entry_only = flag;
+            }
+        }
+    }
+
     /// The same by address; functions without one are left out.
     pub fn by_address(funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Self {
         let mut v: Vec<(u64, Known)> = funcs
@@ -72,6 +83,7 @@ fn known(f: &Func, ret: RetKind) -> Known {
     Known {
         name: f.name.clone(),
         ret,
+        entry_only: false,
     }
 }
 

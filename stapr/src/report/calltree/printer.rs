@@ -128,6 +128,7 @@ impl Printer {
             func: known.map_or("?", |k| k.name.as_str()),
             ret: ev.ret,
             ret_kind: known.map_or(RetKind::Other, |k| k.ret),
+            entry_only: known.is_some_and(|k| k.entry_only),
             cg: cg.as_ref(),
         };
         let p = self.indenter.place(&e);

@@ -22,7 +22,7 @@ use super::{
     select::{Func, ProgramFn},
 };
 use crate::{
-    report::method::{first_working, Method as _, Spec, Way},
+    report::method::{first_working, first_working_of, last_error, Method as _, Spec, Way},
     runtime::{
         btf::RetKind,
         features::{self, Facility, Need},
@@ -64,7 +64,9 @@ pub enum Method {
     Fentry,
     /// One kprobe and one kretprobe per function.
     Kprobe,
-    /// uprobes and uretprobes on a program's functions (`--binary`).
+    /// uprobes and uretprobes on a program's functions (`--binary`), one link for all.
+    UprobeMulti,
+    /// The same, one probe pair per function.
     Uprobe,
 }
 
@@ -72,7 +74,8 @@ const RING: Need = Need::Works(Facility::Ringbuf);
 
 impl crate::report::method::Method for Method {
     /// Kernel functions take the first three, best first; uprobes trace only `--binary`
-    /// programs.
+    /// programs, in one link for every entry and one for every return where the kernel
+    /// has uprobe.multi (6.6+), else one probe pair per function.
     const WAYS: &'static [Way<Self>] = &[
         Way {
             method: Method::Multi,
@@ -108,6 +111,17 @@ impl crate::report::method::Method for Method {
             },
         },
         Way {
+            method: Method::UprobeMulti,
+            spec: Spec {
+                name: "uprobe.multi (--binary only)",
+                label: "uprobe_multi",
+                needs: &[RING, Need::Works(Facility::UprobeMulti)],
+                note: "no kprobes or fentry: kernel functions cannot be traced",
+                partial: true,
+                auto: false,
+            },
+        },
+        Way {
             method: Method::Uprobe,
             spec: Spec {
                 name: "uprobes (--binary only)",
@@ -125,7 +139,7 @@ impl Method {
     /// The probe pair, as the start line says it.
     pub fn pair(self) -> &'static str {
         match self {
-            Method::Uprobe => "uprobe/uretprobe",
+            Method::Uprobe | Method::UprobeMulti => "uprobe/uretprobe",
             m => m.name(),
         }
     }
@@ -205,7 +219,7 @@ impl Probes {
         .map_err(|failed| {
             let why: Vec<String> = failed
                 .iter()
-                .map(|(m, e)| format!("{}: {e:#}", m.name()))
+                .map(|(m, e)| format!("{}: {}", m.name(), crate::runtime::one_line(e)))
                 .collect();
             user_error(format!(
                 "cannot attach to kernel functions here ({}); see `stapr doctor`",
@@ -216,10 +230,23 @@ impl Probes {
         Ok(p)
     }
 
-    /// Attaches uprobes and uretprobes to `funcs` of the ELF file `path`.
+    /// Attaches uprobes and uretprobes to `funcs` of the ELF file `path`: in two
+    /// uprobe.multi links where the kernel has them, else one pair per function.
     pub fn attach_binary(config: &Globals, path: &Path, funcs: &[ProgramFn]) -> Result<Self> {
         let t = Instant::now();
-        let mut p = attach::uprobe(load(config)?, path, funcs)?;
+        let order: &[Method] = if features::check(Facility::UprobeMulti).is_ok() {
+            &[Method::UprobeMulti, Method::Uprobe]
+        } else {
+            &[Method::Uprobe]
+        };
+        let mut p = first_working_of("calltree", order, |m| {
+            let ebpf = load(config)?;
+            match m {
+                Method::UprobeMulti => attach::uprobe_multi(ebpf, path, funcs),
+                _ => attach::uprobe(ebpf, path, funcs),
+            }
+        })
+        .map_err(last_error)?;
         p.took = t.elapsed();
         Ok(p)
     }

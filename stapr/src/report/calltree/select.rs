@@ -24,6 +24,7 @@ pub struct Selection {
 
 pub const NOT_TRACEABLE: &str = "not traceable (notrace, inlined or __init)";
 pub const AMBIGUOUS: &str = "ambiguous (several functions share the name)";
+pub const ALIAS: &str = "aliases (another name of a function traced)";
 
 /// `name` or `name [module]` lines of available_filter_functions.
 pub fn parse_traceable(text: &str) -> Vec<Func> {
@@ -254,6 +255,97 @@ pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec
 pub struct ProgramFn {
     pub symbol: String,
     pub shown: String,
+    /// Where it starts in the file (what uprobe.multi attaches at); None when no loadable
+    /// segment maps it.
+    pub offset: Option<u64>,
+    /// Why it gets no return probe (traced at entry only), if it must not have one.
+    pub entry_only: Option<&'static str>,
+}
+
+/// Why a function is traced at entry only.
+pub const ENTRY_POINT: &str = "the ELF entry point";
+pub const NO_RETURN: &str = "does not return";
+pub const RETURNS_TWICE: &str = "returns twice or switches stacks";
+
+/// Functions that never return to their caller. A return probe replaces the return
+/// address on the stack; where nothing returns through it the probe only leaks, or (a
+/// panic or exception unwinding through it) breaks the unwinder.
+const NORETURN: &[&str] = &[
+    "exit",
+    "_exit",
+    "_Exit",
+    "quick_exit",
+    "abort",
+    "__stack_chk_fail",
+    "__stack_chk_fail_local",
+    "__chk_fail",
+    "__fortify_fail",
+    "__assert_fail",
+    "__assert_perror_fail",
+    "__libc_fatal",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "pthread_exit",
+    "__pthread_exit",
+    "err",
+    "errx",
+    "verr",
+    "verrx",
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "_Unwind_Resume",
+    "__rust_start_panic",
+    "rust_panic",
+    "__rust_abort",
+    "std::process::exit",
+    "std::process::abort",
+];
+/// Demangled prefixes of Rust's functions that never return.
+const NORETURN_PREFIXES: &[&str] = &[
+    "core::panicking::",
+    "std::panicking::begin_panic",
+    "std::panicking::rust_panic",
+];
+/// The setjmp/longjmp and context-switch family: setjmp returns a second time through the
+/// return address it saved (a replaced one, under a return probe), the others leave on
+/// another stack.
+const TWICE: &[&str] = &[
+    "setjmp",
+    "_setjmp",
+    "__setjmp",
+    "sigsetjmp",
+    "__sigsetjmp",
+    "longjmp",
+    "_longjmp",
+    "__longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "____longjmp_chk",
+    "getcontext",
+    "setcontext",
+    "swapcontext",
+    "makecontext",
+    "__start_context",
+];
+
+/// Whether the function at `addr`, named `symbol` (shown as `shown`), must be traced at
+/// entry only, and why. `entry` is the ELF entry point, when the file has one.
+pub fn entry_only(
+    symbol: &str,
+    shown: &str,
+    addr: u64,
+    entry: Option<u64>,
+) -> Option<&'static str> {
+    if entry == Some(addr) || symbol == "_start" {
+        return Some(ENTRY_POINT);
+    }
+    if NORETURN.contains(&symbol)
+        || NORETURN.contains(&shown)
+        || NORETURN_PREFIXES.iter().any(|p| shown.starts_with(p))
+    {
+        return Some(NO_RETURN);
+    }
+    TWICE.contains(&symbol).then_some(RETURNS_TWICE)
 }
 
 /// The symbol demangled, if it is a Rust or C++ one.
@@ -268,28 +360,44 @@ pub fn demangle(symbol: &str) -> Option<String> {
 
 /// The functions of a program whose names (mangled or demangled) match `globs` (all when
 /// empty), from its defined, sized text symbols (name, address). A name defined at
-/// several addresses is skipped: uprobes attach by name.
+/// several addresses is skipped: uprobes attach by name. `entry` is the ELF entry point.
 pub fn binary(
-    symbols: impl IntoIterator<Item = (String, u64)>,
+    symbols: impl IntoIterator<Item = (String, u64, Option<u64>)>,
     globs: &[String],
+    entry: Option<u64>,
 ) -> (Vec<ProgramFn>, BTreeMap<String, usize>) {
-    let mut by_name: BTreeMap<ProgramFn, BTreeSet<u64>> = BTreeMap::new();
-    for (symbol, addr) in symbols {
+    // (symbol, shown) -> every (address, file offset) it is defined at.
+    type Places = BTreeSet<(u64, Option<u64>)>;
+    let mut by_name: BTreeMap<(String, String), Places> = BTreeMap::new();
+    for (symbol, addr, offset) in symbols {
         let shown = demangle(&symbol).unwrap_or_else(|| symbol.clone());
         if globs.is_empty() || globs.iter().any(|g| glob(g, &symbol) || glob(g, &shown)) {
             by_name
-                .entry(ProgramFn { symbol, shown })
+                .entry((symbol, shown))
                 .or_default()
-                .insert(addr);
+                .insert((addr, offset));
         }
     }
     let mut skipped = BTreeMap::new();
     let mut funcs = Vec::new();
-    for (f, addrs) in by_name {
-        if addrs.len() > 1 {
-            *skipped.entry(AMBIGUOUS.to_owned()).or_default() += 1;
-        } else {
-            funcs.push(f);
+    // Names of one address (aliases): one pair of probes, or each event would come twice
+    // and the second return would find its entry closed.
+    let mut taken = BTreeSet::new();
+    for ((symbol, shown), addrs) in by_name {
+        match addrs.first() {
+            Some(&(addr, offset)) if addrs.len() == 1 => {
+                if !taken.insert(addr) {
+                    *skipped.entry(ALIAS.to_owned()).or_default() += 1;
+                    continue;
+                }
+                funcs.push(ProgramFn {
+                    entry_only: entry_only(&symbol, &shown, addr, entry),
+                    offset,
+                    symbol,
+                    shown,
+                })
+            }
+            _ => *skipped.entry(AMBIGUOUS.to_owned()).or_default() += 1,
         }
     }
     (funcs, skipped)
@@ -424,20 +532,51 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
             ("dup", 4),
             ("dup", 5),
         ]
-        .map(|(n, a)| (n.to_owned(), a));
+        .map(|(n, a)| (n.to_owned(), a, None));
         let symbols = |funcs: Vec<ProgramFn>| -> Vec<String> {
             funcs.into_iter().map(|f| f.symbol).collect()
         };
-        let (funcs, skipped) = binary(syms.clone(), &[]);
+        let (funcs, skipped) = binary(syms.clone(), &[], None);
         assert_eq!(
             symbols(funcs),
             ["ct_leaf", "ct_mid", "main"],
             "one per function, sorted"
         );
         assert_eq!(skipped.get(AMBIGUOUS), Some(&1));
-        let (funcs, skipped) = binary(syms, &["ct_*".to_owned()]);
+        let (funcs, skipped) = binary(syms, &["ct_*".to_owned()], None);
         assert_eq!(symbols(funcs), ["ct_leaf", "ct_mid"]);
         assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn functions_that_do_not_return_through_their_caller_get_no_return_probe() {
+        let syms = [
+            ("_start", 0x1040),
+            ("entry_here", 0x1000),
+            ("main", 0x1100),
+            ("exit", 0x1200),
+            ("_setjmp", 0x1300),
+            ("_ZN4core9panicking9panic_fmt17h0123456789abcdefE", 0x1400),
+            ("_ZN3std7process4exit17h0123456789abcdefE", 0x1500),
+        ]
+        .map(|(n, a)| (n.to_owned(), a, None));
+        let (funcs, _) = binary(syms, &[], Some(0x1000));
+        let why: Vec<(&str, Option<&str>)> = funcs
+            .iter()
+            .map(|f| (f.shown.as_str(), f.entry_only))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                ("std::process::exit", Some(NO_RETURN)),
+                ("core::panicking::panic_fmt", Some(NO_RETURN)),
+                ("_setjmp", Some(RETURNS_TWICE)),
+                ("_start", Some(ENTRY_POINT)),
+                ("entry_here", Some(ENTRY_POINT)),
+                ("exit", Some(NO_RETURN)),
+                ("main", None),
+            ]
+        );
     }
 
     #[test]
@@ -448,14 +587,14 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
         assert_eq!(demangle(cpp).as_deref(), Some("server::handler(int)"));
         assert_eq!(demangle("ct_leaf"), None);
         let syms = [
-            (rust.to_owned(), 1),
-            (cpp.to_owned(), 2),
-            ("plain".to_owned(), 3),
+            (rust.to_owned(), 1, None),
+            (cpp.to_owned(), 2, None),
+            ("plain".to_owned(), 3, None),
         ];
-        let (funcs, _) = binary(syms.clone(), &["server::*".to_owned()]);
+        let (funcs, _) = binary(syms.clone(), &["server::*".to_owned()], None);
         assert_eq!(funcs[0].shown, "server::handler(int)");
         assert_eq!(funcs[0].symbol, cpp);
-        let (funcs, _) = binary(syms, &["_ZN10call_trees*".to_owned()]);
+        let (funcs, _) = binary(syms, &["_ZN10call_trees*".to_owned()], None);
         assert_eq!(funcs[0].shown, "call_trees::handler");
     }
 }

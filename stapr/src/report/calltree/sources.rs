@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use super::{names::Addrs, select};
 use crate::runtime::{
     btf::{Btf, RetKind},
-    tracefs, user_error,
+    elf, tracefs, user_error,
 };
 
 fn read(path: &str) -> Result<String> {
@@ -93,7 +93,7 @@ pub fn ret_kinds(funcs: &[select::Func]) -> Vec<RetKind> {
 }
 
 /// The functions of the ELF file `path` whose names match `globs` (all when empty), from
-/// its .symtab and .dynsym; and those skipped, by reason.
+/// its .symtab and .dynsym; and those skipped, by reason. Only a regular file is read.
 pub fn binary(
     path: &Path,
     globs: &[String],
@@ -102,8 +102,7 @@ pub fn binary(
     std::collections::BTreeMap<String, usize>,
 )> {
     use object::{Object as _, ObjectSymbol as _};
-    let data = std::fs::read(path)
-        .map_err(|e| user_error(format!("cannot read {}: {e}", path.display())))?;
+    let data = elf::read(path)?;
     let file = object::File::parse(&*data).map_err(|e| {
         user_error(format!(
             "{} is not an ELF file stapr can read: {e}",
@@ -114,6 +113,14 @@ pub fn binary(
         .symbols()
         .chain(file.dynamic_symbols())
         .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition() && s.size() > 0)
-        .filter_map(|s| Some((s.name().ok()?.to_owned(), s.address())));
-    Ok(select::binary(symbols, globs))
+        .filter_map(|s| {
+            let addr = s.address();
+            Some((
+                s.name().ok()?.to_owned(),
+                addr,
+                elf::file_offset(&file, addr),
+            ))
+        });
+    let entry = Some(file.entry()).filter(|&e| e != 0);
+    Ok(select::binary(symbols, globs, entry))
 }

@@ -26,6 +26,8 @@ pub struct Event<'a> {
     /// A return's value, and what the function returns (which says whether it failed).
     pub ret: i64,
     pub ret_kind: RetKind,
+    /// The function is traced at entry only: its entry is a leaf, no return follows.
+    pub entry_only: bool,
     /// The task's cgroup, when the output shows it (`--containers`, JSON).
     pub cg: Option<&'a Named>,
 }
@@ -80,7 +82,10 @@ impl Indenter {
             errno: None,
             ends_tree: false,
         };
-        if e.entry {
+        if e.entry && e.entry_only {
+            placed.depth = t.stack.len() + 1;
+            placed.ends_tree = t.stack.is_empty();
+        } else if e.entry {
             t.stack.push((e.id, e.ts_ns));
             placed.depth = t.stack.len();
         } else {
@@ -187,6 +192,7 @@ mod tests {
             entry,
             id: func.len() as u64 * 1000 + func.bytes().map(u64::from).sum::<u64>(),
             func,
+            entry_only: false,
             ret: 0,
             ret_kind: RetKind::Other,
             cg: None,

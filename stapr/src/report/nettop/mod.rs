@@ -152,19 +152,19 @@ impl Record for aggregate::Snapshot {
     }
 }
 
-/// Refuses a `-d` device this network namespace does not have, naming those it has.
+/// Refuses a `-d` device this network namespace does not have, naming those it has: the
+/// name must be one of its interfaces' (`lo/` or `..` are paths, not names).
 fn check_device(dev: &str) -> Result<()> {
-    let net = std::path::Path::new("/sys/class/net");
-    if net.join(dev).exists() {
-        return Ok(());
-    }
-    let mut have: Vec<String> = std::fs::read_dir(net)
+    let mut have: Vec<String> = std::fs::read_dir("/sys/class/net")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
         .unwrap_or_default();
+    if have.iter().any(|h| h == dev) {
+        return Ok(());
+    }
     have.sort();
     Err(runtime::user_error(format!(
         "no network device '{dev}' here (this network namespace has: {})",
