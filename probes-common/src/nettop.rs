@@ -127,6 +127,12 @@ const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
 const _: () = assert!(core::mem::size_of::<NetOffsets>() == 104);
 const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
 
+/// Indexes of nettop's loss counters: packets of runs the hash map had no room for, and
+/// datagrams whose socket could not be given a ledger (its storage could not be made).
+pub const NET_LOST_TABLE: u32 = 0;
+pub const NET_LOST_LEDGER: u32 = 1;
+pub const NET_LOST_COUNT: u32 = 2;
+
 /// Bits of [`RecvLedger::pending`] that hold bytes.
 pub const LEDGER_BYTE_BITS: u32 = 40;
 

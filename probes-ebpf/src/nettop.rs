@@ -32,8 +32,8 @@ use aya_ebpf::{
 };
 use probes_common::{
     nettop::{
-        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, LEDGER_BYTE_BITS, NET_MAX_ENTRIES,
-        NET_SLOTS,
+        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, LEDGER_BYTE_BITS, NET_LOST_COUNT,
+        NET_LOST_LEDGER, NET_LOST_TABLE, NET_MAX_ENTRIES, NET_SLOTS,
     },
     IFNAME_LEN,
 };
@@ -83,17 +83,17 @@ static NET_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 /// The current run on each CPU, one entry per slot.
 #[map]
 static NET_RUN: PerCpuArray<NetRun> = PerCpuArray::with_max_entries(NET_SLOTS, 0);
-/// Runs that could not be counted because the hash map was full, and datagrams whose
-/// socket could not be given a ledger (packets, summed).
+/// Packets not counted, by reason (`NET_LOST_*`): runs the hash map had no room for, and
+/// datagrams whose socket could not be given a ledger.
 #[map]
-static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_LOST_COUNT, 0);
 /// UDP datagrams queued on a socket and not yet read (see [`RecvLedger`]).
 #[btf_map]
 static NET_RX_LEDGER: SkStorage<RecvLedger> = SkStorage::new();
 
 #[inline(always)]
-fn lost(packets: u64) {
-    if let Some(d) = NET_DROPPED.get_ptr_mut(0) {
+fn lost(why: u32, packets: u64) {
+    if let Some(d) = NET_DROPPED.get_ptr_mut(why) {
         unsafe { *d += packets };
     }
 }
@@ -109,7 +109,10 @@ fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
         c.recv_packets += run.counts.recv_packets;
         c.recv_bytes += run.counts.recv_bytes;
     } else if map.insert(&run.key, &run.counts, 0).is_err() {
-        lost(run.counts.xmit_packets + run.counts.recv_packets);
+        lost(
+            NET_LOST_TABLE,
+            run.counts.xmit_packets + run.counts.recv_packets,
+        );
     }
 }
 
@@ -349,16 +352,21 @@ pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
         return 1;
     }
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
-    let ledger = unsafe {
+    let get = |flags: u32| unsafe {
         bpf_sk_storage_get(
             &NET_RX_LEDGER as *const _ as *mut _,
             sk as *mut _,
             core::ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
+            flags as u64,
         )
     } as *mut RecvLedger;
+    let mut ledger = get(BPF_SK_STORAGE_GET_F_CREATE);
     if ledger.is_null() {
-        lost(segs);
+        // Two datagrams racing to create a socket's ledger: one of them made it.
+        ledger = get(0);
+    }
+    if ledger.is_null() {
+        lost(NET_LOST_LEDGER, segs);
         return 1;
     }
     let l = unsafe { &mut *ledger };

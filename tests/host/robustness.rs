@@ -629,3 +629,128 @@ fn bad_input_is_one_line_and_exit_2() {
         );
     }
 }
+
+/// The output of a report whose stdout nobody read for `pause` while `workload` ran (a
+/// pipe full from the start), read to the end once the pause is over; and the workload's
+/// stdout.
+fn after_a_stalled_stdout(
+    report: &[&str],
+    workload: &mut Command,
+    pause: Duration,
+) -> (String, String) {
+    let (read_end, write_end) = full_pipe();
+    let mut r = Running::spawn_with_stdout(report, Stdio::from(write_end));
+    r.wait_ready(Duration::from_secs(60));
+    let t = Instant::now();
+    let w = run(workload, Duration::from_secs(600));
+    assert!(w.status.success(), "{w:?}");
+    std::thread::sleep(pause.saturating_sub(t.elapsed()));
+    // Only now does anyone read: everything the report made meanwhile waited in it.
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut s);
+        s
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    r.signal(libc::SIGINT);
+    let out = r.finish(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The bytes that filled the pipe before the report wrote.
+    let text = reader.join().unwrap();
+    (text.trim_start_matches('x').to_owned(), w.stdout)
+}
+
+/// Transmits of the workload's children (the parent, which only forks, sends nothing).
+fn sent_by(objects: &[Value], comm: &str) -> u64 {
+    objects
+        .iter()
+        .filter(|o| o["comm"] == comm)
+        .filter_map(|o| o["xmit_packets"].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_stalled_stdout_loses_no_counts() {
+    let _k = kernel_lock();
+    // A new process every few milliseconds, one datagram each: as many keys as processes.
+    // With stdout unread, intervals wait in stapr while its tables are still taken every
+    // second, so none of them fills.
+    let (pause, rate, procs) = if std::env::var_os("STAPR_VM").is_some() {
+        (Duration::from_secs(15), 100, 1500)
+    } else {
+        (Duration::from_secs(40), 300, 12_000)
+    };
+    let (text, w) = after_a_stalled_stdout(
+        &[
+            "nettop",
+            "-i",
+            "1",
+            "--format",
+            "json",
+            "--recv-at",
+            "device",
+        ],
+        example("many_procs").args([&procs.to_string(), "udp", &rate.to_string()]),
+        pause,
+    );
+    let objs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let done: u64 = field(&w, "done").parse().unwrap();
+    assert_eq!(done, procs);
+    assert_eq!(sent_by(&objs, "many_procs"), done, "every datagram counted");
+    assert!(
+        objs.iter().all(|o| o.get("lost").is_none()),
+        "{:?}",
+        objs.iter()
+            .filter(|o| o.get("lost").is_some())
+            .collect::<Vec<_>>()
+    );
+    assert_nothing_attached();
+
+    // Past 64 waiting intervals the oldest are dropped, and said so (the text format prints
+    // a header every interval, traffic or not).
+    let (text, _) = after_a_stalled_stdout(
+        &["nettop", "-i", "100ms"],
+        example("many_procs").args(["10", "udp"]),
+        Duration::from_secs(9),
+    );
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("Lost ") && l.contains(" intervals: stdout did not take them in time")
+        })
+        .collect();
+    assert!(!said.is_empty(), "no dropped intervals said:\n{text}");
+    assert!(text.lines().filter(|l| l.starts_with("  PID")).count() <= 64 + 40);
+    assert_nothing_attached();
+}
+
+#[test]
+fn unread_datagrams_of_short_lived_senders_are_no_loss() {
+    let _k = kernel_lock();
+    // Socket mode charges receives to readers; nobody reads these, so nothing is charged
+    // to a receiver and nothing is lost, however fast the senders come and go.
+    let (rate, procs) = if std::env::var_os("STAPR_VM").is_some() {
+        (100, 1500)
+    } else {
+        (300, 6000)
+    };
+    let (objs, w) = json_around(
+        &["nettop", "-i", "1", "--format", "json"],
+        example("many_procs").args([&procs.to_string(), "udp", &rate.to_string()]),
+    );
+    let done: u64 = field(&w, "done").parse().unwrap();
+    assert_eq!(sent_by(&objs, "many_procs"), done);
+    let parent: u32 = field(&w, "pid").parse().unwrap();
+    let received: u64 = objs
+        .iter()
+        .filter(|o| o["pid"] == parent)
+        .filter_map(|o| o["recv_packets"].as_u64())
+        .sum();
+    assert_eq!(received, 0, "the receiving socket never read");
+    let losses: Vec<&Value> = objs.iter().filter(|o| o.get("lost").is_some()).collect();
+    assert!(losses.is_empty(), "{losses:?}");
+    assert_nothing_attached();
+}

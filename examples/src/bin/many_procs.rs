@@ -1,7 +1,9 @@
 //! Many processes, one small action each: what fills a report's in-kernel table (one row
 //! per process) in a single interval, like a pre-forking server under a burst of clients.
 //!
-//! usage: many_procs PROCS udp            each child sends one 100-byte datagram to loopback
+//! usage: many_procs PROCS udp [RATE]     each child sends one 100-byte datagram to a
+//!                                        loopback socket nobody reads; RATE: children
+//!                                        started per second (default: as fast as it can)
 //!        many_procs PROCS write PATH     each child writes one byte at its own offset of PATH
 //!        many_procs FILES hold MS PATH   one process opens PATH FILES times, holds every fd
 //!                                        MS milliseconds, then closes them all
@@ -59,6 +61,22 @@ fn in_children(n: usize, action: impl Fn(usize) -> bool) -> Result<usize> {
             }
         }
         started += batch;
+    }
+    Ok(done)
+}
+
+/// [`in_children`] at `rate` children a second: one batch every 100 ms.
+fn paced(n: usize, rate: usize, action: impl Fn(usize) -> bool) -> Result<usize> {
+    let per_tick = (rate / 10).max(1);
+    let start = std::time::Instant::now();
+    let mut done = 0;
+    let mut started = 0;
+    while started < n {
+        let batch = per_tick.min(n - started);
+        done += in_children(batch, &action)?;
+        started += batch;
+        let due = start + Duration::from_millis(100 * (started / per_tick) as u64);
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
     }
     Ok(done)
 }
@@ -163,14 +181,28 @@ fn main() -> Result<()> {
     let usage = "usage: many_procs N udp | N write PATH | N hold MS PATH | N fifo MS PATH";
     let n: usize = args.first().context(usage)?.parse().context(usage)?;
     let done = match (args.get(1).map(String::as_str), &args[2.min(args.len())..]) {
-        (Some("udp"), []) => {
+        (Some("udp"), rest @ ([] | [_])) => {
             let receiver = UdpSocket::bind("127.0.0.1:0")?;
             let dest = receiver.local_addr()?;
-            in_children(n, |_| {
+            let send = |_| {
                 UdpSocket::bind("127.0.0.1:0")
                     .and_then(|s| s.send_to(&[0x5a; 100], dest))
                     .is_ok()
-            })?
+            };
+            match rest.first() {
+                None => in_children(n, send)?,
+                Some(rate) => paced(n, rate.parse().context(usage)?, send)?,
+            }
+        }
+        (Some("udp-self"), [rate]) => {
+            // Each child sends to its own socket and exits unread: the datagram meets a
+            // socket being closed.
+            let send = |_| {
+                UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|s| s.local_addr().and_then(|a| s.send_to(&[0x5a; 100], a)))
+                    .is_ok()
+            };
+            paced(n, rate.parse().context(usage)?, send)?
         }
         (Some("write"), [path]) => {
             let fd = open(path, libc::O_WRONLY)?;

@@ -344,7 +344,7 @@ stapr_disk_bytes_total{pid="12",comm="postgres",uid="0",dev="sda",direction="rea
 stapr_events_total{report="nettop"} 7
 stapr_events_total{report="slowopen"} 2
 stapr_events_total{report="disktop"} 1
-# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was).
+# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was; open_args_full: slowopen's table of opens in progress was; ledger_failed: a socket's ledger could not be made).
 # TYPE stapr_events_lost_total counter
 stapr_events_lost_total{report="nettop",reason="table_full"} 0
 stapr_events_lost_total{report="slowopen",reason="table_full"} 0

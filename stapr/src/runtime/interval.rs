@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::source::{loss_totals, LossLines, Source, View};
+use super::source::{loss_totals, Loss, LossLines, Source, View};
 use super::{block_on, out, stopped, utc_now, Stop};
 
 /// `-i/--interval` and `--count`.
@@ -18,7 +18,8 @@ pub struct Every {
 
 /// Runs a periodic report: says what `source` attached, then every interval renders its
 /// snapshot with `view` (and any losses), once more on a stop signal; at the end what
-/// the kernel could not count, and the probes are let go.
+/// the kernel could not count, and the probes are let go. Snapshots are taken on time
+/// whatever stdout does: outputs wait in a bounded queue.
 pub fn run<S: Source, V: View<S::Snapshot>>(
     mut source: S,
     mut view: V,
@@ -31,40 +32,61 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
         humanize(every.interval)
     );
     let mut losses = LossLines::default();
-    let mut next = |source: &mut S, view: &mut V| -> Result<String> {
-        let lost = source.lost()?;
+    let mut queue = out::Queue::new(INTERVALS_WAITING);
+    let mut next = |source: &mut S, view: &mut V, queue: &out::Queue| -> Result<String> {
+        let mut lost = source.lost()?;
+        lost.push(Loss::output_full(DROPPED, queue));
         let mut text = view.render(source.take()?, every.interval);
         text += &losses.lines(&lost, view.format(), &utc_now(), Some(every.interval));
         Ok(text)
     };
-    let (s, v) = (&mut source, &mut view);
+    let (s, v, q) = (&mut source, &mut view, &mut queue);
     block_on(async {
         let stop = stopped(None, true);
         tokio::pin!(stop);
         let start = tokio::time::Instant::now();
         let mut made = 0u64;
         loop {
-            if every.count.is_some_and(|c| made >= c) {
+            let done = every.count.is_some_and(|c| made >= c);
+            if done && q.is_empty() {
                 return Ok(());
             }
             let at = start + every.interval * (made as u32 + 1);
             tokio::select! {
-                _ = tokio::time::sleep_until(at) => {
-                    let text = next(s, v)?;
-                    made += 1;
-                    if let Some(why) = out::write_or_stop(&text, &mut stop).await? {
-                        return finish(why, || next(s, v)).await;
-                    }
+                biased;
+                why = &mut stop => {
+                    let why = why?;
+                    return finish(why, || {
+                        let last = if done { String::new() } else { next(s, v, q)? };
+                        Ok(q.take_all() + &last)
+                    }).await;
                 }
-                why = &mut stop => return finish(why?, || next(s, v)).await,
+                _ = tokio::time::sleep_until(at), if !done => {
+                    let text = next(s, v, q)?;
+                    q.push(text);
+                    made += 1;
+                }
+                r = q.write_some(), if !q.is_empty() => {
+                    if out::is_broken_pipe(&r) {
+                        return Ok(());
+                    }
+                    r?;
+                }
             }
         }
     })?;
-    eprint!("{}", loss_totals(S::NAME, &source.lost()?));
+    let mut lost = source.lost()?;
+    lost.push(Loss::output_full(DROPPED, &queue));
+    eprint!("{}", loss_totals(S::NAME, &lost));
     let slow = source.slow_to_detach();
     super::detach::release(source, slow, false);
     Ok(())
 }
+
+/// What the interval reports' output queue loses, and how many wait at most (a minute of
+/// 1-second intervals).
+const DROPPED: &str = "intervals";
+const INTERVALS_WAITING: usize = 64;
 
 /// On a signal, the interval in progress is reported once more, as SystemTap's `probe end`
 /// does; after `--duration` too. A reader that went away gets nothing.

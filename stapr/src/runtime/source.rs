@@ -10,30 +10,10 @@ use anyhow::Result;
 use super::Format;
 use crate::metrics::Registry;
 
-/// Why events went uncounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossKind {
-    /// An in-kernel table was full.
-    TableFull,
-    /// The ring buffer was full.
-    RingFull,
-}
-
-impl LossKind {
-    /// As the exporter's `reason` label says it.
-    pub fn label(self) -> &'static str {
-        match self {
-            LossKind::TableFull => "table_full",
-            LossKind::RingFull => "ringbuf_full",
-        }
-    }
-}
-
 /// One loss counter of a source, since start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loss {
-    pub kind: LossKind,
-    /// JSON's `reason`.
+    /// Why, in one word: JSON's and the exporter's `reason` (`table_full`...).
     pub reason: &'static str,
     /// What was lost ("packets", "open timings").
     pub what: &'static str,
@@ -43,10 +23,22 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// Outputs (`what`) dropped because stdout did not take them in time.
+    pub fn output_full(what: &'static str, queue: &super::out::Queue) -> Loss {
+        Loss {
+            reason: "output_full",
+            what,
+            why: format!(
+                "stdout did not take them in time ({} were waiting)",
+                queue.max
+            ),
+            count: queue.dropped,
+        }
+    }
+
     /// The most common loss: an in-kernel table was full.
     pub fn table_full(what: &'static str, count: u64) -> Loss {
         Loss {
-            kind: LossKind::TableFull,
             reason: "table_full",
             what,
             why: "the in-kernel table was full".into(),
@@ -132,7 +124,7 @@ where
             s.events += events;
             s.lost.clear();
             for l in lost {
-                *s.lost.entry(l.kind.label()).or_default() += l.count;
+                *s.lost.entry(l.reason).or_default() += l.count;
             }
         }
         Ok(())

@@ -83,7 +83,16 @@ impl Source for Traffic {
     }
 
     fn lost(&self) -> Result<Vec<Loss>> {
-        Ok(vec![Loss::table_full("packets", self.probes.lost()?)])
+        let (table, ledger) = self.probes.lost()?;
+        Ok(vec![
+            Loss::table_full("packets", table),
+            Loss {
+                reason: "ledger_failed",
+                what: "packets",
+                why: "their socket's ledger could not be made (out of memory)".into(),
+                count: ledger,
+            },
+        ])
     }
 
     fn take(&mut self) -> Result<aggregate::Snapshot> {

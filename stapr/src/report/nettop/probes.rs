@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NetRun},
+    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_LOST_LEDGER},
     CgroupFilter,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     runtime::{
         btf,
         features::{self, Facility, Need},
-        object::{attach_btf, program, Object},
+        object::{self, attach_btf, program, Object},
         slots::{self, SlotMaps},
         tracefs, user_error,
     },
@@ -265,9 +265,13 @@ impl Probes {
         }
     }
 
-    /// Packets not counted because a counter map was full, since start.
-    pub fn lost(&self) -> Result<u64> {
-        slots::dropped(&self.ebpf, &MAPS)
+    /// Packets not counted, since start: because a counter map was full, and because a
+    /// socket's ledger could not be made.
+    pub fn lost(&self) -> Result<(u64, u64)> {
+        Ok((
+            slots::dropped(&self.ebpf, &MAPS)?,
+            object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_LEDGER)?,
+        ))
     }
 }
 

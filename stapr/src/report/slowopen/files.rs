@@ -22,7 +22,7 @@ use crate::{
     report::{containers::Containers, method::Method as _},
     runtime::{
         self, ring,
-        source::{Loss, LossKind, Record, Source},
+        source::{Loss, Record, Source},
     },
 };
 
@@ -111,24 +111,21 @@ fn name_cgroups(rows: &mut [aggregate::Row], names: &mut Containers) {
     }
 }
 
-/// What each loss counter counts (by `MISSED_*` index): its kind, the JSON reason, what
+/// What each loss counter counts (by `MISSED_*` index): the JSON reason, what
 /// was lost, and why.
-fn loss_kinds() -> [(LossKind, &'static str, &'static str, String); MISSED_COUNT as usize] {
+fn loss_kinds() -> [(&'static str, &'static str, String); MISSED_COUNT as usize] {
     [
         (
-            LossKind::TableFull,
             "table_full",
             "opens",
             format!("the in-kernel table ({OPEN_MAX_ENTRIES} files) was full"),
         ),
         (
-            LossKind::RingFull,
             "ringbuf_full",
             "reports",
             "the ring buffer was full".to_owned(),
         ),
         (
-            LossKind::TableFull,
             "open_args_full",
             "open timings",
             format!(
@@ -227,8 +224,7 @@ impl Source for Files {
             .lost()?
             .into_iter()
             .zip(loss_kinds())
-            .map(|(count, (kind, reason, what, why))| Loss {
-                kind,
+            .map(|(count, (reason, what, why))| Loss {
                 reason,
                 what,
                 why,

@@ -20,7 +20,7 @@ use crate::{
     },
     runtime::{
         self, out,
-        source::{loss_totals, Exported, LossLines, Source},
+        source::{loss_totals, Exported, Loss, LossLines, Source},
         Stop,
     },
 };
@@ -108,6 +108,10 @@ impl Options {
     }
 }
 
+/// What slowopen's output queue loses, and how many wait at most.
+const DROPPED: &str = "batches of lines";
+const BATCHES_WAITING: usize = 4096;
+
 /// How often the loss counters are looked at when no record arrives.
 const LOSS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -139,38 +143,50 @@ pub fn run(opts: Options) -> Result<()> {
         opts.reported()
     );
     let mut losses = LossLines::default();
+    let mut queue = out::Queue::new(BATCHES_WAITING);
     let lines =
         |rows: Vec<aggregate::Row>| -> String { rows.iter().map(|r| opts.line(r)).collect() };
-    let f = &mut files;
+    let (f, q) = (&mut files, &mut queue);
     runtime::block_on(async {
-        let mut losses = |f: &Files| -> Result<String> {
-            Ok(losses.lines(&f.lost()?, opts.format, &runtime::utc_now(), None))
+        let mut losses = |f: &Files, queue: &out::Queue| -> Result<String> {
+            let mut lost = f.lost()?;
+            lost.push(Loss::output_full(DROPPED, queue));
+            Ok(losses.lines(&lost, opts.format, &runtime::utc_now(), None))
         };
         let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(LOSS_CHECK);
-        let mut text = match opts.format {
-            runtime::Format::Text => render::header(opts.columns()),
-            runtime::Format::Json => String::new(),
-        };
+        if opts.format == runtime::Format::Text {
+            q.push(render::header(opts.columns()));
+        }
+        // The ring is read as records come, whatever stdout does: lines wait in the queue.
         let stop = loop {
-            if let Some(why) = out::write_or_stop(&text, &mut stop).await? {
-                break why;
-            }
-            text = tokio::select! {
+            tokio::select! {
+                biased;
+                s = &mut stop => break s?,
                 r = std::future::poll_fn(|cx| Source::poll_records(f, cx)) => {
                     r?;
-                    lines(f.take()?) + &losses(f)?
+                    let text = lines(f.take()?) + &losses(f, q)?;
+                    q.push(text);
                 }
-                _ = tick.tick() => losses(f)?,
-                s = &mut stop => break s?,
-            };
+                _ = tick.tick() => {
+                    let text = losses(f, q)?;
+                    q.push(text);
+                }
+                r = q.write_some(), if !q.is_empty() => {
+                    if out::is_broken_pipe(&r) {
+                        break Stop::ReaderGone;
+                    }
+                    r?;
+                }
+            }
         };
         if stop == Stop::ReaderGone {
             return Ok(());
         }
-        // What arrived between the last wake-up and the stop, then the files still open.
-        let mut last = lines(f.take()?) + &losses(f)?;
+        // What waits, what arrived between the last wake-up and the stop, then the files
+        // still open.
+        let mut last = q.take_all() + &lines(f.take()?) + &losses(f, q)?;
         let rows = f.still_open()?;
         last += &match opts.format {
             runtime::Format::Text => render::still_open(&rows, opts.columns()),
@@ -178,7 +194,9 @@ pub fn run(opts: Options) -> Result<()> {
         };
         out::write_last(&last).await
     })?;
-    eprint!("{}", loss_totals("slowopen", &files.lost()?));
+    let mut lost = files.lost()?;
+    lost.push(Loss::output_full(DROPPED, &queue));
+    eprint!("{}", loss_totals("slowopen", &lost));
     let slow = Source::slow_to_detach(&files);
     runtime::detach::release(files, slow, false);
     Ok(())
