@@ -754,3 +754,215 @@ fn unread_datagrams_of_short_lived_senders_are_no_loss() {
     assert!(losses.is_empty(), "{losses:?}");
     assert_nothing_attached();
 }
+
+/// A small deterministic generator (xorshift64*): the same argument sets on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[self.below(of.len())]
+    }
+}
+
+/// Values a flag may get: good ones, and every kind of bad one.
+fn fuzz_value(rng: &mut Rng, good: &[&str]) -> String {
+    const BAD: &[&str] = &[
+        "",
+        "-1",
+        "0",
+        "+1",
+        "abc",
+        "1x",
+        "99999999999999999999",
+        "0.0000001",
+        "nan",
+        "-",
+        "--",
+        "é",
+        "1e9",
+        "18446744073709551616",
+        "/",
+        "..",
+        "lo/",
+        "1s1",
+        " 1",
+        "0x10",
+    ];
+    match rng.below(10) {
+        0..=3 => rng.pick(good).to_owned(),
+        4..=8 => rng.pick(BAD).to_owned(),
+        _ => "z".repeat(1 + rng.below(12_000)),
+    }
+}
+
+#[test]
+fn a_thousand_fuzzed_command_lines_keep_the_rules() {
+    let _k = kernel_lock();
+    let chain = bin("call_chain").to_str().unwrap().to_owned();
+    // Each subcommand's flags with good values; the run-bounding ones (-i, --count,
+    // --duration) are added last, always good, so a valid line ends within a second.
+    // A flag and the good values it takes (none: a switch).
+    type Flag<'a> = (&'a str, &'a [&'a str]);
+    let common: &[Flag] = &[
+        ("-p", &["1", "0", "4294967295", "123456"]),
+        ("-u", &["0", "1000", "65534"]),
+        ("-c", &["x", "python", "nginx-worker-12", "stapr"]),
+        ("--cgroup", &["system.slice", "/", "3f4c2a", "nosuch.slice"]),
+        ("--containers", &[]),
+        ("--format", &["text", "json", "xml"]),
+    ];
+    let commands: &[(&str, &[Flag], &[&str])] = &[
+        (
+            "nettop",
+            &[
+                ("-d", &["lo", "eth0", "nosuchdev"]),
+                ("-s", &["recv_pk", "xmit_kb", "pid", "bogus"]),
+                ("-r", &["1", "10", "1000"]),
+                ("--probe", &["auto", "tp-btf", "tracepoint", "kprobe"]),
+                ("--recv-at", &["socket", "device", "nic"]),
+            ],
+            &["-i", "100ms", "--count", "1"],
+        ),
+        (
+            "disktop",
+            &[
+                ("-s", &["bytes", "pid"]),
+                ("-r", &["1", "10"]),
+                ("--block", &[]),
+                ("--probe", &["auto", "fexit", "syscalls", "block"]),
+            ],
+            &["-i", "100ms", "--count", "1"],
+        ),
+        (
+            "slowopen",
+            &[
+                ("--min", &["1s", "250us", "1ms", "2m"]),
+                ("--open-min", &["1s", "10ms"]),
+                ("-v", &[]),
+                ("--probe", &["auto", "syscalls", "raw-syscalls"]),
+            ],
+            &["-d", "100ms"],
+        ),
+        (
+            "calltree",
+            &[
+                ("--binary", &[&chain, "/dev/zero", "/", "/nonexistent"]),
+                ("-f", &["ct_*", "ct_leaf", "zz_*", "*"]),
+                ("--attach", &["auto", "multi", "fentry", "kprobe"]),
+                ("--max-depth", &["1", "3"]),
+                ("--min", &["1ms", "1s"]),
+                ("--errors", &[]),
+                ("-D", &[]),
+            ],
+            &["-d", "100ms"],
+        ),
+        (
+            "export",
+            &[
+                (
+                    "--listen",
+                    &["127.0.0.1:0", "[::1]:0", "localhost", "127.0.0.1:1"],
+                ),
+                ("--by", &["pid", "comm", "comm,container", "host"]),
+                ("--forget-after", &["1m", "5s"]),
+                ("--file-min", &["10ms", "1s"]),
+                ("--recv-at", &["socket", "device"]),
+            ],
+            &["-d", "100ms"],
+        ),
+        ("doctor", &[], &[]),
+    ];
+    let in_vm = std::env::var_os("STAPR_VM").is_some();
+    let sets = if in_vm { 100 } else { 1000 };
+    let mut rng = Rng(0x5eed_57a9_0000_0001);
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    for _ in 0..sets {
+        let (name, own, bound) = commands[rng.below(commands.len())];
+        let mut args = vec![name.to_owned()];
+        for _ in 0..1 + rng.below(3) {
+            let flags: Vec<&Flag> = own.iter().chain(common).collect();
+            let (flag, good) = flags[rng.below(flags.len())];
+            args.push((*flag).to_owned());
+            if !good.is_empty() {
+                args.push(fuzz_value(&mut rng, good));
+            }
+        }
+        if rng.below(20) == 0 {
+            args.push(rng.pick(&["--bogus", "extra", "-Z", "--help"]).to_owned());
+        }
+        if name == "calltree" && !args.iter().any(|a| a == "--binary") {
+            args.extend([
+                "--binary".to_owned(),
+                chain.clone(),
+                "-f".to_owned(),
+                "ct_leaf".to_owned(),
+            ]);
+        }
+        args.extend(bound.iter().map(|s| (*s).to_owned()));
+        lines.push(args);
+    }
+    // Eight at a time: most lines end in milliseconds, the valid ones within a second,
+    // most of it waiting on the kernel.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(lines));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                let mut broken = Vec::new();
+                loop {
+                    let Some(args) = lines.lock().unwrap().pop() else {
+                        return broken;
+                    };
+                    let t = Instant::now();
+                    let out = run(stapr().args(&args), Duration::from_secs(30));
+                    let took = t.elapsed();
+                    let code = out.status.code();
+                    let shown: Vec<String> = args
+                        .iter()
+                        .map(|a| {
+                            if a.len() > 40 {
+                                format!("{}...", &a[..40])
+                            } else {
+                                a.clone()
+                            }
+                        })
+                        .collect();
+                    let stderr_lines = out.stderr.lines().count();
+                    if !matches!(code, Some(0..=2))
+                        || out.stderr.contains("panicked")
+                        || (code == Some(2) && stderr_lines > 3)
+                        || took > Duration::from_secs(10)
+                        || out.stderr.lines().any(|l| l.len() > 1000)
+                    {
+                        broken.push(format!(
+                            "{shown:?}: exit {code:?} after {took:?}, stderr {:?}",
+                            out.stderr.chars().take(500).collect::<String>()
+                        ));
+                    }
+                }
+            })
+        })
+        .collect();
+    let broken: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "{} of {sets} broke a rule:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+    assert_nothing_attached();
+}
