@@ -396,17 +396,23 @@ fn kill_9_detaches_every_uprobe_at_once() {
     if multi {
         assert!(ready.contains("in two uprobe.multi links"), "{ready}");
     }
+    // 2 s on hardware; emulation (the VMs) makes everything several times slower.
+    let bound = Duration::from_secs(if std::env::var_os("STAPR_VM").is_some() {
+        10
+    } else {
+        2
+    });
     let t = Instant::now();
     tracer.signal(libc::SIGKILL);
-    let out = tracer.finish(Duration::from_secs(if multi { 2 } else { 300 }));
+    let out = tracer.finish(if multi {
+        bound
+    } else {
+        Duration::from_secs(300)
+    });
     assert_eq!(out.status.code(), None, "killed: {out:?}");
     if multi {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "reaped after {:?}",
-            t.elapsed()
-        );
-        assert_nothing_attached_within(Duration::from_secs(2));
+        assert!(t.elapsed() < bound, "reaped after {:?}", t.elapsed());
+        assert_nothing_attached_within(bound);
     } else {
         // One probe pair per function: the kernel detaches them one grace period at a
         // time as the killed process's descriptors close.
