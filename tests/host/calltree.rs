@@ -329,13 +329,37 @@ fn every_function() -> Vec<&'static str> {
     }
 }
 
+/// The JSON events' nesting: every return closes the innermost open entry of its thread,
+/// an entry marked `entry_only` opens nothing, depths follow; no return is unmatched.
+fn check_json_nesting(events: &[serde_json::Value]) {
+    let mut stacks: HashMap<u64, Vec<&str>> = HashMap::new();
+    for e in events {
+        let stack = stacks.entry(e["tid"].as_u64().unwrap()).or_default();
+        let func = e["func"].as_str().unwrap();
+        let depth = e["depth"].as_u64().unwrap() as usize;
+        assert_eq!(e["unmatched"], false, "{e}");
+        if e["event"] == "entry" {
+            if e["entry_only"] == true {
+                assert_eq!(depth, stack.len() + 1, "{e}");
+            } else {
+                stack.push(func);
+                assert_eq!(depth, stack.len(), "{e}");
+            }
+        } else {
+            assert_eq!(stack.last().copied(), Some(func), "{e}");
+            assert_eq!(depth, stack.len(), "{e}");
+            stack.pop();
+        }
+    }
+}
+
 #[test]
 fn every_function_traced_leaves_the_program_intact() {
     let _k = kernel_lock();
     let selection = every_function();
     for prog in ["args_echo", "call_chain"] {
         let path = bin(prog).to_str().unwrap().to_owned();
-        let mut args = vec!["calltree", "--binary", &path];
+        let mut args = vec!["calltree", "--binary", &path, "--format", "json"];
         args.extend(&selection);
         let mut tracer = Running::spawn(&args);
         let ready = tracer.wait_ready(Duration::from_secs(300));
@@ -344,14 +368,14 @@ fn every_function_traced_leaves_the_program_intact() {
             ready.contains("at entry only, no return probe: _start"),
             "{ready}"
         );
-        let pid = if prog == "args_echo" {
+        let pid: u64 = if prog == "args_echo" {
             args_echo_is_intact();
-            None
+            0
         } else {
             let out = run(example("call_chain").arg("3"), Duration::from_secs(60));
             assert!(out.status.success(), "{out:?}");
             assert!(out.stdout.contains("ns_per_call="), "{out:?}");
-            Some(field(&out.stdout, "pid"))
+            field(&out.stdout, "pid").parse().unwrap()
         };
         let out = stop(tracer);
         assert!(
@@ -360,26 +384,58 @@ fn every_function_traced_leaves_the_program_intact() {
             "{}",
             out.stderr
         );
-        let lines: Vec<Line> = out
+        let events: Vec<serde_json::Value> = out
             .stdout
             .lines()
-            .filter(|l| pid.as_ref().is_none_or(|p| l.contains(&format!("({p}):"))))
-            .map(parse)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| pid == 0 || e["pid"] == pid)
             .collect();
-        let no_return = ["_start", "exit", "_exit", "abort"];
-        check_nesting_with(&lines, |f| {
-            no_return.contains(&f) || f.starts_with("core::panicking::")
-        });
-        let entries = |f: &str, entry: bool| {
-            lines
+        check_json_nesting(&events);
+        let seen = |f: &str, event: &str| {
+            events
                 .iter()
-                .filter(|l| l.func == f && l.entry == entry)
+                .filter(|e| e["func"] == f && e["event"] == event)
                 .count()
         };
-        assert!(entries("_start", true) >= 1, "{}", out.stdout);
-        assert_eq!(entries("_start", false), 0, "{}", out.stdout);
-        assert!(entries("main", true) >= 1 && entries("main", false) >= 1);
+        assert!(seen("_start", "entry") >= 1, "{}", out.stdout);
+        assert_eq!(seen("_start", "return"), 0, "{}", out.stdout);
+        assert!(seen("main", "entry") >= 1, "{}", out.stdout);
     }
+    assert_nothing_attached();
+}
+
+#[test]
+fn a_function_dwarf_marks_noreturn_gets_no_return_probe() {
+    let _k = kernel_lock();
+    let path = bin("args_echo").to_str().unwrap().to_owned();
+    let mut tracer = Running::spawn(&["calltree", "--binary", &path, "-f", "ae_*", "-f", "_start"]);
+    let ready = tracer.wait_ready(Duration::from_secs(60));
+    // ae_exit is named in no list: only its debug information says it never returns.
+    assert!(
+        ready.contains("2 at entry only, no return probe: _start, ae_exit"),
+        "{ready}"
+    );
+    args_echo_is_intact();
+    let out = stop(tracer);
+    let lines: Vec<Line> = out.stdout.lines().map(parse).collect();
+    check_nesting_with(&lines, |f| f == "_start" || f == "ae_exit");
+    let shape: Vec<(usize, bool, &str)> = lines
+        .iter()
+        .map(|l| (l.depth, l.entry, l.func.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, true, "_start"),
+            (1, true, "ae_twice"),
+            (1, false, "ae_twice"),
+            (1, true, "ae_twice"),
+            (1, false, "ae_twice"),
+            (1, true, "ae_exit"),
+        ],
+        "{}",
+        out.stdout
+    );
     assert_nothing_attached();
 }
 

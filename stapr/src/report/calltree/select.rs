@@ -328,18 +328,30 @@ const TWICE: &[&str] = &[
     "__start_context",
 ];
 
+/// What the file's debug information says does not return: addresses of functions it
+/// defines, names of those it only declares.
+#[derive(Debug, Default)]
+pub struct Noreturn {
+    pub addrs: BTreeSet<u64>,
+    pub names: BTreeSet<String>,
+}
+
 /// Whether the function at `addr`, named `symbol` (shown as `shown`), must be traced at
-/// entry only, and why. `entry` is the ELF entry point, when the file has one.
+/// entry only, and why. `entry` is the ELF entry point, when the file has one; `never`
+/// what its DWARF marks noreturn.
 pub fn entry_only(
     symbol: &str,
     shown: &str,
     addr: u64,
     entry: Option<u64>,
+    never: &Noreturn,
 ) -> Option<&'static str> {
     if entry == Some(addr) || symbol == "_start" {
         return Some(ENTRY_POINT);
     }
-    if NORETURN.contains(&symbol)
+    if never.addrs.contains(&addr)
+        || never.names.contains(symbol)
+        || NORETURN.contains(&symbol)
         || NORETURN.contains(&shown)
         || NORETURN_PREFIXES.iter().any(|p| shown.starts_with(p))
     {
@@ -365,6 +377,7 @@ pub fn binary(
     symbols: impl IntoIterator<Item = (String, u64, Option<u64>)>,
     globs: &[String],
     entry: Option<u64>,
+    never: &Noreturn,
 ) -> (Vec<ProgramFn>, BTreeMap<String, usize>) {
     // (symbol, shown) -> every (address, file offset) it is defined at.
     type Places = BTreeSet<(u64, Option<u64>)>;
@@ -391,7 +404,7 @@ pub fn binary(
                     continue;
                 }
                 funcs.push(ProgramFn {
-                    entry_only: entry_only(&symbol, &shown, addr, entry),
+                    entry_only: entry_only(&symbol, &shown, addr, entry, never),
                     offset,
                     symbol,
                     shown,
@@ -536,14 +549,14 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
         let symbols = |funcs: Vec<ProgramFn>| -> Vec<String> {
             funcs.into_iter().map(|f| f.symbol).collect()
         };
-        let (funcs, skipped) = binary(syms.clone(), &[], None);
+        let (funcs, skipped) = binary(syms.clone(), &[], None, &Noreturn::default());
         assert_eq!(
             symbols(funcs),
             ["ct_leaf", "ct_mid", "main"],
             "one per function, sorted"
         );
         assert_eq!(skipped.get(AMBIGUOUS), Some(&1));
-        let (funcs, skipped) = binary(syms, &["ct_*".to_owned()], None);
+        let (funcs, skipped) = binary(syms, &["ct_*".to_owned()], None, &Noreturn::default());
         assert_eq!(symbols(funcs), ["ct_leaf", "ct_mid"]);
         assert!(skipped.is_empty());
     }
@@ -558,9 +571,15 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
             ("_setjmp", 0x1300),
             ("_ZN4core9panicking9panic_fmt17h0123456789abcdefE", 0x1400),
             ("_ZN3std7process4exit17h0123456789abcdefE", 0x1500),
+            ("my_fatal", 0x1700),
+            ("declared_elsewhere", 0x1800),
         ]
         .map(|(n, a)| (n.to_owned(), a, None));
-        let (funcs, _) = binary(syms, &[], Some(0x1000));
+        let never = Noreturn {
+            addrs: [0x1700].into(),
+            names: ["declared_elsewhere".to_owned()].into(),
+        };
+        let (funcs, _) = binary(syms, &[], Some(0x1000), &never);
         let why: Vec<(&str, Option<&str>)> = funcs
             .iter()
             .map(|f| (f.shown.as_str(), f.entry_only))
@@ -572,9 +591,11 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
                 ("core::panicking::panic_fmt", Some(NO_RETURN)),
                 ("_setjmp", Some(RETURNS_TWICE)),
                 ("_start", Some(ENTRY_POINT)),
+                ("declared_elsewhere", Some(NO_RETURN)),
                 ("entry_here", Some(ENTRY_POINT)),
                 ("exit", Some(NO_RETURN)),
                 ("main", None),
+                ("my_fatal", Some(NO_RETURN)),
             ]
         );
     }
@@ -591,10 +612,20 @@ ffffffffc0200000 T jbd2_journal_start\t[jbd2]
             (cpp.to_owned(), 2, None),
             ("plain".to_owned(), 3, None),
         ];
-        let (funcs, _) = binary(syms.clone(), &["server::*".to_owned()], None);
+        let (funcs, _) = binary(
+            syms.clone(),
+            &["server::*".to_owned()],
+            None,
+            &Noreturn::default(),
+        );
         assert_eq!(funcs[0].shown, "server::handler(int)");
         assert_eq!(funcs[0].symbol, cpp);
-        let (funcs, _) = binary(syms, &["_ZN10call_trees*".to_owned()], None);
+        let (funcs, _) = binary(
+            syms,
+            &["_ZN10call_trees*".to_owned()],
+            None,
+            &Noreturn::default(),
+        );
         assert_eq!(funcs[0].shown, "call_trees::handler");
     }
 }

@@ -122,5 +122,7 @@ pub fn binary(
             ))
         });
     let entry = Some(file.entry()).filter(|&e| e != 0);
-    Ok(select::binary(symbols, globs, entry))
+    let (addrs, names) = elf::dwarf_noreturn(&file);
+    let never = select::Noreturn { addrs, names };
+    Ok(select::binary(symbols, globs, entry, &never))
 }

@@ -168,6 +168,10 @@ pub fn json_line(out: &mut String, e: &Event, p: &Placed) {
     if let (Some(cg), Some(obj)) = (e.cg, v.as_object_mut()) {
         cg.json_fields(obj);
     }
+    if e.entry && e.entry_only {
+        // No return follows: the function is traced at entry only.
+        v["entry_only"] = true.into();
+    }
     if !e.entry {
         v["duration_ns"] = p.duration_ns.into();
         v["ret"] = errno::value(e.ret, e.ret_kind).into();
