@@ -222,6 +222,7 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)], arch: Arch) -> Resu
         "disk_writer",
         "call_chain",
         "call_trees",
+        "args_echo",
         "many_procs",
         "tcp_relay",
     ] {
