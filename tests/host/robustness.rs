@@ -858,7 +858,9 @@ fn a_thousand_fuzzed_command_lines_keep_the_rules() {
             "calltree",
             &[
                 ("--binary", &[&chain, "/dev/zero", "/", "/nonexistent"]),
-                ("-f", &["ct_*", "ct_leaf", "zz_*", "*"]),
+                // Not "*": on kernels without uprobe.multi every function takes a probe
+                // pair to attach and to detach (the every-function test has that).
+                ("-f", &["ct_*", "ct_leaf", "zz_*", "ct_?eaf"]),
                 ("--attach", &["auto", "multi", "fentry", "kprobe"]),
                 ("--max-depth", &["1", "3"]),
                 ("--min", &["1ms", "1s"]),
