@@ -18,7 +18,8 @@ pub struct Outcome {
     pub stall: Option<String>,
     pub timed_out: bool,
     /// (test binary, exit code)
-    pub results: Vec<(String, i32)>,
+    /// (test binary, exit code, seconds it ran: 0 when the init did not say)
+    pub results: Vec<(String, i32, u64)>,
     pub methods: Vec<String>,
     pub failures: Vec<String>,
     pub passed: u64,
@@ -44,7 +45,9 @@ impl Outcome {
         if let Some(r) = line.strip_prefix(RESULT) {
             let mut it = r.split_whitespace();
             if let (Some(t), Some(rc)) = (it.next(), it.next()) {
-                self.results.push((t.to_owned(), rc.parse().unwrap_or(-1)));
+                let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                self.results
+                    .push((t.to_owned(), rc.parse().unwrap_or(-1), secs));
             }
         }
         // libtest: "test name ... FAILED" and the per-binary summary.
@@ -86,7 +89,7 @@ impl Outcome {
         } else if !self.done {
             Some("stopped before the tests finished".to_owned())
         } else if self.results.len() != expected_results
-            || self.results.iter().any(|(_, rc)| *rc != 0)
+            || self.results.iter().any(|(_, rc, _)| *rc != 0)
             || self.failed > 0
         {
             Some(format!("tests failed: {}", self.failures.join(", ")))
@@ -122,14 +125,17 @@ STAPR-VM-METHOD nettop: stapr nettop: BTF tracepoints (tp_btf) on net:net_dev_xm
 running 3 tests
 test a ... ok
 test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.00s
-STAPR-VM-RESULT nettop 0
+STAPR-VM-RESULT nettop 0 12
 running 2 tests
 test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s
 STAPR-VM-RESULT cli 0
 STAPR-VM-DONE");
         assert!(o.booted && o.done);
         assert_eq!((o.passed, o.failed), (5, 0));
-        assert_eq!(o.results, [("nettop".to_owned(), 0), ("cli".to_owned(), 0)]);
+        assert_eq!(
+            o.results,
+            [("nettop".to_owned(), 0, 12), ("cli".to_owned(), 0, 0)]
+        );
         assert_eq!(o.methods.len(), 1);
         assert!(o.methods[0].starts_with("nettop: stapr nettop: BTF"));
         assert_eq!(o.verdict(2, MINUTE), None);

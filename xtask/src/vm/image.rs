@@ -67,8 +67,6 @@ const MODULES: &[&str] = &[
     "nls_ucs2_utils",
     "cifs",
 ];
-/// Modules some kernels do not have at all (merged into another, or newer).
-const MODULES_MAYBE_ABSENT: &[&str] = &["fscache", "nls_ucs2_utils"];
 
 /// Integration test binaries run inside, and the tests the VM cannot run.
 const TEST_BINARIES: &[&str] = &[
@@ -278,6 +276,8 @@ cd /stapr/target/debug
 method() {
   ./stapr "$@" >/dev/null 2>/tmp/method
   echo "@METHOD@ $1: $(grep -v '^$' /tmp/method | tail -n 1)"
+  # A refused program's verifier log, for the console log.
+  for f in /tmp/stapr-verifier-*.log; do [ -f "$f" ] && tail -n 40 "$f" && rm -f "$f"; done
 }
 @METHODS@
 # A report with many classic tracepoints detaches them in a background process after it
@@ -286,6 +286,8 @@ method() {
 # before the tests start.
 while pidof stapr >/dev/null; do sleep 0.2; done
 @RUN_TESTS@
+# Programs the verifier refused during the tests, for the console log.
+for f in /tmp/stapr-verifier-*.log; do [ -f "$f" ] && echo "== $f" && tail -n 60 "$f"; done
 sync
 echo "@DONE@"
 poweroff -f
@@ -294,6 +296,7 @@ poweroff -f
 pub fn build_initramfs(
     work: &Path,
     kernel: &Kernel,
+    absent: &[&str],
     tests: &[(String, PathBuf)],
     filter: &[String],
     inject: Inject,
@@ -348,21 +351,47 @@ pub fn build_initramfs(
                 m,
             ],
         );
-        let path = match found {
-            None if MODULES_MAYBE_ABSENT.contains(m) => continue,
-            other => other.with_context(|| format!("module {m} not in {}", kernel.package))?,
+        // A kernel line lists the modules it lacks; the list is kept exact both ways.
+        let path = match (found, absent.contains(m)) {
+            (None, true) => continue,
+            (Some(_), true) => bail!(
+                "module {m} is in {} although its kernel line lists it as absent",
+                kernel.package
+            ),
+            (other, false) => {
+                other.with_context(|| format!("module {m} not in {}", kernel.package))?
+            }
         };
         if path.trim() == "(builtin)" {
             continue;
         }
         load.push(*m);
-        let path = PathBuf::from(path.trim());
-        let rel = path
-            .strip_prefix(&kernel.root)
-            .context("module outside the tree")?;
-        let target = root.join(rel);
-        std::fs::create_dir_all(target.parent().context("parent")?)?;
-        std::fs::copy(&path, &target)?;
+        // The module and whatever it depends on in this kernel (modprobe loads those
+        // first): dependencies change between kernels (cifs needs libdes on 5.10).
+        let deps = output(
+            "modprobe",
+            &[
+                "-d",
+                kernel.root.to_str().context("path")?,
+                "-S",
+                &kernel.release,
+                "--show-depends",
+                m,
+            ],
+        )
+        .with_context(|| format!("modprobe --show-depends {m} in {}", kernel.package))?;
+        for file in deps
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("insmod "))
+        {
+            let path = PathBuf::from(file.trim());
+            let rel = path
+                .strip_prefix(&kernel.root)
+                .context("module outside the tree")?;
+            let target = root.join(rel);
+            std::fs::create_dir_all(target.parent().context("parent")?)?;
+            std::fs::copy(&path, &target)?;
+        }
     }
     let mut run_tests = String::new();
     // The method lines need only a moment; skip them when only the harness is tested.
@@ -373,7 +402,8 @@ pub fn build_initramfs(
             .map(|(_, test, _)| format!("--skip {test}"))
             .collect();
         run_tests.push_str(&format!(
-            "./deps/{t} --test-threads=1 --include-ignored {} {} 2>&1\necho \"{RESULT} {t} $?\"\n",
+            "t0=$(date +%s)\n./deps/{t} --test-threads=1 --include-ignored {} {} 2>&1\n\
+             echo \"{RESULT} {t} $? $(( $(date +%s) - t0 ))\"\n",
             skips.join(" "),
             filter.join(" ")
         ));

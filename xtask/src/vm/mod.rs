@@ -77,34 +77,152 @@ impl Arch {
 /// A line of Debian kernels: the newest package whose name matches is used.
 pub struct Line {
     pub name: &'static str,
-    /// `linux-image-<prefix><abi>-<arch>-unsigned`
-    prefix: &'static str,
+    /// The image package's name, a regular expression for `apt-cache search` (`@ARCH@`:
+    /// Debian's architecture name).
+    pattern: &'static str,
+    /// The Debian suite it comes from, when not one of the machine's own.
+    suite: Option<&'static str>,
+    /// Modules of the harness's list (image.rs) this line does not have: merged into
+    /// another, renamed, or newer than it.
+    absent: &'static [&'static str],
     pub arch: Arch,
-    /// Tests `cargo xtask test` runs on this line (a name filter); empty: all of them.
-    /// `cargo xtask vm-test --kernel NAME` always runs all.
-    ci_subset: &'static [&'static str],
+    /// What `cargo xtask test` runs on this line. `cargo xtask vm-test` runs every test
+    /// unless told otherwise.
+    ci: Ci,
 }
 
 const LINES: &[Line] = &[
     Line {
-        name: "debian-6.1",
-        prefix: "6.1.0-",
+        name: "debian-5.10",
+        pattern: r"^linux-image-5\.10\.0-.*-@ARCH@-unsigned$",
+        suite: Some("bullseye"),
+        absent: &[
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "netfs",
+            "cifs_arc4",
+            "cifs_md4",
+            "nls_ucs2_utils",
+        ],
         arch: Arch::X86_64,
-        ci_subset: &[],
+        ci: Ci::Matrix,
+    },
+    Line {
+        name: "debian-6.1",
+        pattern: r"^linux-image-6\.1\.0-.*-@ARCH@-unsigned$",
+        suite: None,
+        absent: &["nls_ucs2_utils"],
+        arch: Arch::X86_64,
+        // The one kernel whose uprobes attach one pair per function (no uprobe.multi).
+        ci: Ci::MatrixAndUprobes,
     },
     Line {
         name: "debian-6.12",
-        prefix: "6.12.",
+        pattern: r"^linux-image-6\.12\..*-@ARCH@-unsigned$",
+        suite: None,
+        absent: &["fscache"],
         arch: Arch::X86_64,
-        ci_subset: &[],
+        ci: Ci::All,
+    },
+    // Debian's newest (trixie-backports): split packages, everything under usr/, no
+    // -unsigned image.
+    Line {
+        name: "debian-7",
+        pattern: r"^linux-image-7\.[0-9.]+\+deb[0-9]+-@ARCH@$",
+        suite: Some("trixie-backports"),
+        absent: &[
+            "fscache",
+            "crc32c_generic",
+            "ghash_generic",
+            "sha512_generic",
+            "cifs_arc4",
+        ],
+        arch: Arch::X86_64,
+        ci: Ci::Matrix,
     },
     Line {
         name: "debian-6.12-arm64",
-        prefix: "6.12.",
+        pattern: r"^linux-image-6\.12\..*-@ARCH@-unsigned$",
+        suite: None,
+        absent: &["fscache"],
         arch: Arch::Aarch64,
-        ci_subset: ARM64_CI,
+        ci: Ci::Subset(ARM64_CI),
     },
 ];
+
+/// What a kernel line runs in `cargo xtask test`.
+#[derive(Clone, Copy)]
+enum Ci {
+    /// Every test.
+    All,
+    /// Every test but [`MATRIX_SKIPS`]: what depends on the kernel, on every kernel.
+    Matrix,
+    /// [`Ci::Matrix`] and the uprobe tests of calltree's `--binary`.
+    MatrixAndUprobes,
+    /// These tests only.
+    Subset(&'static [&'static str]),
+}
+
+/// Tests that the host and one full kernel line (debian-6.12) run, and the other lines
+/// leave out: they check stapr's own user space (the command line, output that cannot
+/// be written, a fuzzer) or user-space probes, which do not change from one kernel to
+/// the next; each takes minutes under emulation. (libtest's `--skip`: substrings of
+/// test names.)
+const MATRIX_SKIPS: &[&str] = &[
+    // cli: argument parsing only.
+    "help_and_version_exit_zero",
+    "negative_pid",
+    "non_numeric_interval",
+    "not_root",
+    "slowopen_bad_min",
+    "unknown_receive_charging_names_the_two",
+    "unknown_report",
+    "unknown_sort_key",
+    "zero_interval",
+    // robustness: stdout and readers, the fuzzer, exporter load.
+    "a_stalled_stdout_loses_no_counts",
+    "a_stop_is_honoured_while_stdout_is_blocked",
+    "a_thousand_fuzzed_command_lines_keep_the_rules",
+    "duration_is_honoured_while_stdout_is_blocked",
+    "the_exporter_keeps_answering_under_load",
+    "unread_datagrams_of_short_lived_senders_are_no_loss",
+    "a_reader_that_goes_away_ends_each_report",
+];
+
+/// calltree's uprobe tests beyond its main one (`binary_tree_has_the_programs_call_structure`,
+/// which every line runs).
+const UPROBE_TESTS: &[&str] = &[
+    "binary_durations_json_and_demangled_names",
+    "binary_errors_prints_only_the_failing_tree",
+    "binary_filters_by_pid_and_comm_in_the_kernel",
+    "binary_json_and_max_depth",
+    "binary_min_prints_only_the_slow_tree",
+    "every_function_traced_leaves_the_program_intact",
+    "a_function_dwarf_marks_noreturn_gets_no_return_probe",
+    "kill_9_detaches_every_uprobe_at_once",
+];
+
+impl Line {
+    /// The test filter this line runs with: the user's when given, else (in `cargo
+    /// xtask test`) its CI share.
+    fn filter(&self, args: &VmArgs) -> Vec<String> {
+        if !args.ci || !args.filter.is_empty() {
+            return args.filter.clone();
+        }
+        let skip = |names: &[&str]| -> Vec<String> {
+            names
+                .iter()
+                .flat_map(|n| ["--skip".to_owned(), n.to_string()])
+                .collect()
+        };
+        match self.ci {
+            Ci::All => Vec::new(),
+            Ci::Matrix => [skip(MATRIX_SKIPS), skip(UPROBE_TESTS)].concat(),
+            Ci::MatrixAndUprobes => skip(MATRIX_SKIPS),
+            Ci::Subset(names) => names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
 
 /// What `cargo xtask test` runs on arm64, where the whole suite under emulation would
 /// not fit the CI budget: each report's main test. calltree traces a few ext4 functions
@@ -126,7 +244,8 @@ const ARM64_CI: &[&str] = &[
 
 #[derive(Args)]
 pub struct VmArgs {
-    /// Kernel lines to boot (debian-6.1, debian-6.12); default: all
+    /// Kernel lines to boot (debian-5.10, debian-6.1, debian-6.12, debian-7,
+    /// debian-6.12-arm64); default: all
     #[arg(long = "kernel")]
     kernels: Vec<String>,
     /// Seconds one kernel may take, boot to power-off
@@ -139,8 +258,11 @@ pub struct VmArgs {
     /// Passed to every test binary (a test name filter)
     #[arg(trailing_var_arg = true)]
     filter: Vec<String>,
-    /// Run each line's CI subset (what `cargo xtask test` does), not every test.
-    #[arg(skip)]
+    /// Kernel lines booted at once (each guest has two vCPUs)
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Run each line's share of `cargo xtask test` (docs/testing.md), not every test
+    #[arg(long)]
     ci: bool,
 }
 
@@ -171,11 +293,11 @@ pub fn boot_line(
     timeout: Duration,
 ) -> Result<(String, PathBuf, Outcome)> {
     let package = kernels::resolve(line)?;
-    let kernel = kernels::fetch(&package, line.arch)?;
+    let kernel = kernels::fetch(&package, line)?;
     let work = workspace_root().join("target/vm").join(line.name);
     std::fs::create_dir_all(&work)?;
     let image = image::build_image(&work, tests, line.arch)?;
-    let initrd = image::build_initramfs(&work, &kernel, tests, filter, inject)?;
+    let initrd = image::build_initramfs(&work, &kernel, line.absent, tests, filter, inject)?;
     let log = work.join("console.log");
     eprintln!(
         "xtask vm: booting {package} under TCG (console: {})",
@@ -186,7 +308,8 @@ pub fn boot_line(
 }
 
 /// Boots one kernel line and returns the verdict (None: every test passed) with the
-/// numbers of tests passed and failed.
+/// numbers of tests passed and failed. Its report is printed in one piece at the end
+/// (lines boot side by side).
 fn run_kernel(
     line: &Line,
     tests: &[(String, PathBuf)],
@@ -194,28 +317,32 @@ fn run_kernel(
     timeout: Duration,
     inject: Inject,
 ) -> Result<(Option<String>, u64, u64)> {
+    use std::fmt::Write as _;
     let t = Instant::now();
     let (package, log, o) = boot_line(line, tests, filter, inject, timeout)?;
-    println!(
+    let mut out = String::new();
+    writeln!(
+        out,
         "== {} ({package}, {:.0} s)",
         line.name,
         t.elapsed().as_secs_f64()
-    );
+    )?;
     for m in &o.methods {
-        println!("   method  {m}");
+        writeln!(out, "   method  {m}")?;
     }
-    for (bin, rc) in &o.results {
-        println!("   {:<8} {}", bin, if *rc == 0 { "ok" } else { "FAILED" });
+    for (bin, rc, secs) in &o.results {
+        let verdict = if *rc == 0 { "ok" } else { "FAILED" };
+        writeln!(out, "   {bin:<10} {verdict:<6} {secs:>5} s")?;
     }
     for f in &o.failures {
-        println!("   {f}");
+        writeln!(out, "   {f}")?;
     }
     if inject == Inject::Nothing {
         for (bin, test, why) in image::skipped(line.arch) {
-            println!("   not run here: {bin}::{test} ({why} inside the VM)");
+            writeln!(out, "   not run here: {bin}::{test} ({why} inside the VM)")?;
         }
     }
-    println!("   {} passed, {} failed", o.passed, o.failed);
+    writeln!(out, "   {} passed, {} failed", o.passed, o.failed)?;
     let expected_results = if inject == Inject::Nothing {
         tests.len()
     } else {
@@ -223,9 +350,10 @@ fn run_kernel(
     };
     let verdict = o.verdict(expected_results, timeout);
     if let Some(v) = &verdict {
-        println!("   {}: {v}; console log: {}", line.name, log.display());
-        print_failures(&log)?;
+        writeln!(out, "   {}: {v}; console log: {}", line.name, log.display())?;
+        failures(&log, &mut out)?;
     }
+    print!("{out}");
     Ok((verdict, o.passed, o.failed))
 }
 
@@ -273,19 +401,36 @@ pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
         }
         return Ok((0, 0));
     }
+    // Build for each architecture first (cargo runs one build at a time), then boot
+    // `jobs` lines side by side: a guest spends much of a test in sleeps and waits.
+    let mut built: Vec<(Arch, Vec<(String, PathBuf)>)> = Vec::new();
+    for line in &lines {
+        if !built.iter().any(|(a, _)| *a == line.arch) {
+            built.push((line.arch, prepare(line.arch)?));
+        }
+    }
+    let queue = std::sync::Mutex::new(lines.iter().copied());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.max(1) {
+            s.spawn(|| loop {
+                let Some(line) = queue.lock().unwrap().next() else {
+                    break;
+                };
+                let tests = &built.iter().find(|(a, _)| *a == line.arch).unwrap().1;
+                let filter = line.filter(args);
+                let r = run_kernel(line, tests, &filter, timeout, Inject::Nothing);
+                results.lock().unwrap().push((line.name, r));
+            });
+        }
+    });
     let (mut passed, mut failed_tests, mut failed) = (0, 0, Vec::new());
-    for line in lines {
-        let tests = prepare(line.arch)?;
-        let filter: Vec<String> = if args.ci && args.filter.is_empty() {
-            line.ci_subset.iter().map(|s| s.to_string()).collect()
-        } else {
-            args.filter.clone()
-        };
-        let (v, p, f) = run_kernel(line, &tests, &filter, timeout, Inject::Nothing)?;
+    for (name, r) in results.into_inner().unwrap() {
+        let (v, p, f) = r?;
         passed += p;
         failed_tests += f;
         if let Some(v) = v {
-            failed.push(format!("{}: {v}", line.name));
+            failed.push(format!("{name}: {v}"));
         }
     }
     if !failed.is_empty() {
@@ -305,6 +450,7 @@ impl VmArgs {
             timeout: 1800,
             self_test: false,
             filter: Vec::new(),
+            jobs: 2,
             ci: true,
         }
     }
@@ -335,8 +481,9 @@ fn self_test(line: &Line, tests: &[(String, PathBuf)], timeout: Duration) -> Res
     Ok(())
 }
 
-/// Prints the libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
-fn print_failures(log: &Path) -> Result<()> {
+/// The libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
+fn failures(log: &Path, out: &mut String) -> Result<()> {
+    use std::fmt::Write as _;
     let text = std::fs::read_to_string(log)?;
     let mut printing = false;
     for l in text.lines() {
@@ -346,7 +493,7 @@ fn print_failures(log: &Path) -> Result<()> {
             printing = false;
         }
         if printing {
-            println!("   | {l}");
+            writeln!(out, "   | {l}")?;
         }
     }
     Ok(())
