@@ -278,17 +278,33 @@ mod tests {
         plan(f, x86).into_iter().map(|p| p.method).collect()
     }
 
+    /// The helpers a 5.17 or later kernel offers every program type stapr uses.
+    const HELPERS: [Fac; 7] = [
+        Fac::TaskBtf,
+        Fac::TaskPtRegs,
+        Fac::AncestorCgroup,
+        Fac::KprobeFuncIp,
+        Fac::AttachCookie,
+        Fac::FentryFuncIp,
+        Fac::FuncRet,
+    ];
+
     #[test]
     fn this_host() {
-        // Tracepoints of every kind, uprobes, ring buffer; no kprobes, fentry refused.
+        // Tracepoints of every kind, uprobes, ring buffer; no kprobes, fentry refused
+        // (with it the helpers of fentry programs).
         let f = findings(
             &[
-                Fac::Classic,
-                Fac::TpBtf,
-                Fac::RawTp,
-                Fac::Uprobes,
-                Fac::Ringbuf,
-            ],
+                &[
+                    Fac::Classic,
+                    Fac::TpBtf,
+                    Fac::RawTp,
+                    Fac::Uprobes,
+                    Fac::Ringbuf,
+                ],
+                &HELPERS[..5],
+            ]
+            .concat(),
             true,
         );
         assert_eq!(
@@ -335,14 +351,17 @@ mod tests {
             Fac::Uprobes,
             Fac::Ringbuf,
         ];
-        let f = findings(&all, true);
+        let f = findings(&[all.as_slice(), &HELPERS].concat(), true);
         assert_eq!(
             methods(&f, true)[2].as_deref(),
             Some("fexit on vfs_read and vfs_write")
         );
         assert_eq!(methods(&f, true)[3].as_deref(), Some("fentry/fexit"));
         assert!(plan(&f, true).iter().all(|p| p.complete));
-        let f = findings(&[all.as_slice(), &[Fac::KprobeMulti]].concat(), true);
+        let f = findings(
+            &[all.as_slice(), &HELPERS, &[Fac::KprobeMulti]].concat(),
+            true,
+        );
         assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobe.multi"));
         let f = findings(&[Fac::Classic, Fac::Kprobes, Fac::Ringbuf], false);
         assert_eq!(methods(&f, true)[3].as_deref(), Some("kprobe/kretprobe"));
@@ -351,6 +370,40 @@ mod tests {
             "arguments saved by entry probes",
             "no BTF: slowopen's entry probes save open's arguments"
         );
+    }
+
+    /// Debian 11's 5.10: every program type, none of the helpers.
+    #[test]
+    fn a_kernel_without_the_newer_helpers() {
+        let f = findings(
+            &[
+                Fac::Classic,
+                Fac::TpBtf,
+                Fac::RawTp,
+                Fac::Kprobes,
+                Fac::Fentry,
+                Fac::Uprobes,
+                Fac::Ringbuf,
+            ],
+            true,
+        );
+        let p = plan(&f, true);
+        assert_eq!(
+            p.iter().map(|p| p.method.as_deref()).collect::<Vec<_>>(),
+            [
+                Some("BTF tracepoints (tp_btf)"),
+                Some("syscall tracepoints"),
+                Some("fexit on vfs_read and vfs_write"),
+                Some("kprobe/kretprobe"),
+            ]
+        );
+        assert_eq!(p[1].note, "arguments saved by entry probes");
+        assert!(
+            p[3].note.contains("the thread's last entry"),
+            "{}",
+            p[3].note
+        );
+        assert!(p.iter().all(|p| p.complete));
     }
 
     #[test]

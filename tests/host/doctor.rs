@@ -68,27 +68,53 @@ fn verdicts_match_this_kernel() {
     };
     assert_eq!(disktop["method"], method, "{doc}");
 
-    // kprobe.multi: none here; Debian's 6.1 builds lack it (no fprobe), 6.12 has it on
-    // amd64 (its arm64 build has no CONFIG_FPROBE).
+    // kprobe.multi: none here; Debian's 5.10 and 6.1 builds lack it (no fprobe), 6.12
+    // and 7.x have it on amd64 (6.12's arm64 build has no CONFIG_FPROBE).
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let multi = in_vm && !release.starts_with("6.1.") && !cfg!(target_arch = "aarch64");
+    let old = release.starts_with("5.10.");
+    let multi = in_vm && !old && !release.starts_with("6.1.") && !cfg!(target_arch = "aarch64");
     assert_eq!(
         verdict(&doc, "kprobe.multi"),
         if multi { "works" } else { "fails" },
         "{doc}"
     );
-    // uprobe.multi came with 6.6: not in Debian's 6.1.
-    let uprobe_multi = !release.starts_with("6.1.");
+    // uprobe.multi came with 6.6: not in Debian's 5.10 or 6.1.
+    let uprobe_multi = !old && !release.starts_with("6.1.");
     assert_eq!(
         verdict(&doc, "uprobe.multi"),
         if uprobe_multi { "works" } else { "fails" },
         "{doc}"
     );
+    // Every helper the reports call came between 5.11 and 5.17: Debian's 5.10 has none,
+    // every later kernel all (those of fentry/fexit programs only where fentry loads).
+    for helper in [
+        "bpf_get_current_task_btf",
+        "bpf_task_pt_regs",
+        "bpf_get_current_ancestor_cgroup_id",
+        "bpf_get_func_ip in kprobes",
+        "bpf_get_attach_cookie",
+    ] {
+        let v = if old { "fails" } else { "works" };
+        assert_eq!(verdict(&doc, helper), v, "{helper}: {doc}");
+    }
+    for helper in ["bpf_get_func_ip in fentry", "bpf_get_func_ret"] {
+        let v = if in_vm && !old { "works" } else { "fails" };
+        assert_eq!(verdict(&doc, helper), v, "{helper}: {doc}");
+    }
+    let slowopen = &doc["reports"].as_array().unwrap()[1];
+    let note = if old {
+        "arguments saved by entry probes"
+    } else {
+        "arguments read from saved registers"
+    };
+    assert_eq!(slowopen["note"], note, "{doc}");
     let calltree = &doc["reports"].as_array().unwrap()[3];
     assert_eq!(calltree["report"], "calltree");
     let method = match (in_vm, multi) {
         (false, _) => "uprobe.multi (--binary only)",
         (true, true) => "kprobe.multi",
+        // 5.10: fentry/fexit programs cannot name their function (no bpf_get_func_ip).
+        (true, false) if old => "kprobe/kretprobe",
         (true, false) => "fentry/fexit",
     };
     assert_eq!(calltree["method"], method, "{doc}");
@@ -137,6 +163,40 @@ fn text_screen_names_every_facility_and_report() {
         assert!(
             line.chars().count() <= 80 && !line.ends_with(' '),
             "{line:?}"
+        );
+    }
+    assert_nothing_attached();
+}
+
+/// For each report, the method doctor plans is the one the report then attaches: both
+/// walk the same list, and the start line names the method.
+#[test]
+fn planned_methods_are_the_ones_the_reports_attach() {
+    let _k = kernel_lock();
+    let out = run(
+        stapr().args(["doctor", "--format", "json"]),
+        Duration::from_secs(60),
+    );
+    let doc: Value = serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    let in_vm = std::env::var_os("STAPR_VM").is_some();
+    for plan in doc["reports"].as_array().unwrap() {
+        let report = plan["report"].as_str().unwrap();
+        let Some(method) = plan["method"].as_str() else {
+            continue;
+        };
+        let args: Vec<&str> = match report {
+            "nettop" | "disktop" => vec![report, "-i", "1", "--count", "1"],
+            "slowopen" => vec![report, "-d", "1"],
+            // On the host only --binary is planned; its own tests cover it.
+            "calltree" if !in_vm => continue,
+            _ => vec![report, "-f", "vfs_fsync", "-d", "1"],
+        };
+        let out = run(stapr().args(&args), Duration::from_secs(300));
+        let start = format!("stapr {report}: {method}");
+        assert!(
+            out.stderr.lines().any(|l| l.starts_with(&start)),
+            "doctor plans {method} for {report}; the report said:\n{}",
+            out.stderr
         );
     }
     assert_nothing_attached();

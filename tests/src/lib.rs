@@ -211,11 +211,15 @@ impl Drop for Running {
 /// Whether `stapr doctor` finds the kernel facility `name` ("uprobe.multi", "kprobes")
 /// working here.
 pub fn facility_works(name: &str) -> bool {
-    let out = run(
-        stapr().args(["doctor", "--format", "json"]),
-        Duration::from_secs(60),
-    );
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("doctor's JSON");
+    // Asked once per test binary: the kernel does not change under it.
+    static DOCTOR: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let doc = DOCTOR.get_or_init(|| {
+        let out = run(
+            stapr().args(["doctor", "--format", "json"]),
+            Duration::from_secs(60),
+        );
+        serde_json::from_str(out.stdout.trim()).expect("doctor's JSON")
+    });
     doc["facilities"].as_array().is_some_and(|f| {
         f.iter()
             .any(|f| f["name"] == name && f["verdict"] == "works")

@@ -82,18 +82,35 @@ pub fn first_working<M: Method, P>(
     choice: Option<M>,
     attach: impl FnMut(M) -> anyhow::Result<P>,
 ) -> Result<P, Vec<(M, anyhow::Error)>> {
-    first_working_of(report, &order(choice), attach)
+    try_in_order(report, &order(choice), choice.is_some(), attach)
 }
 
 /// [`first_working`] over the methods `order` names, in that order.
 pub fn first_working_of<M: Method, P>(
     report: &str,
     order: &[M],
+    attach: impl FnMut(M) -> anyhow::Result<P>,
+) -> Result<P, Vec<(M, anyhow::Error)>> {
+    try_in_order(report, order, false, attach)
+}
+
+/// `named`: the user asked for the one method in `order`.
+fn try_in_order<M: Method, P>(
+    report: &str,
+    order: &[M],
+    named: bool,
     mut attach: impl FnMut(M) -> anyhow::Result<P>,
 ) -> Result<P, Vec<(M, anyhow::Error)>> {
     let mut failed = Vec::new();
     for (i, &m) in order.iter().enumerate() {
-        match attach(m) {
+        let lacks = lacks_helper(m).map(|why| match instead(m) {
+            // A method asked for by name: say what the report uses here without it.
+            Some(other) if named => crate::runtime::user_error(format!(
+                "{why}; without --probe/--attach, {report} uses {other} here"
+            )),
+            _ => crate::runtime::user_error(why),
+        });
+        match lacks.map_or_else(|| attach(m), Err) {
             Ok(p) => return Ok(p),
             Err(err) => {
                 if let Some(&next) = order.get(i + 1) {
@@ -109,6 +126,43 @@ pub fn first_working_of<M: Method, P>(
         }
     }
     Err(failed)
+}
+
+/// Why `m` cannot load here without trying it: every way of it calls a helper this
+/// kernel lacks (the verifier would refuse its programs). Names the first way's.
+fn lacks_helper<M: Method>(m: M) -> Option<String> {
+    let mut missing = None;
+    for w in M::WAYS.iter().filter(|w| w.method == m) {
+        match w.spec.needs.iter().find(|n| n.is_helper() && !n.met()) {
+            None => return None,
+            Some(n) => {
+                missing.get_or_insert(*n);
+            }
+        }
+    }
+    missing.map(|n| {
+        let why = match n {
+            crate::runtime::features::Need::Works(f) => {
+                crate::runtime::features::check(f).clone().err()
+            }
+            _ => None,
+        };
+        format!(
+            "{} needs the helper {}, which this kernel lacks{}",
+            m.name(),
+            n.name(),
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        )
+    })
+}
+
+/// The method the report picks by itself where `m` cannot load: the first `auto` way,
+/// another method, whose needs are all met here.
+fn instead<M: Method>(m: M) -> Option<&'static str> {
+    M::WAYS
+        .iter()
+        .find(|w| w.spec.auto && w.method != m && w.spec.needs.iter().all(|n| n.met()))
+        .map(|w| w.spec.name)
 }
 
 /// The error of the last method tried, when none worked.

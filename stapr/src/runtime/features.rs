@@ -8,7 +8,8 @@ use std::{path::Path, sync::OnceLock};
 
 use aya::{
     programs::{
-        uprobe::UProbeScope, BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, UProbe,
+        uprobe::UProbeScope, BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint,
+        UProbe,
     },
     Ebpf,
 };
@@ -26,6 +27,13 @@ pub static OBJECT: object::Object = object::Object {
         PROG_KPROBE,
         PROG_FENTRY,
         PROG_UPROBE,
+        PROG_TASK_BTF,
+        PROG_PT_REGS,
+        PROG_ANCESTOR,
+        PROG_KFUNC_IP,
+        PROG_COOKIE,
+        PROG_FFUNC_IP,
+        PROG_FUNC_RET,
     ],
     maps: &[],
 };
@@ -36,8 +44,17 @@ const PROG_RAW_TP: &str = "stapr_ft_rawtp";
 const PROG_KPROBE: &str = "stapr_ft_kprobe";
 const PROG_FENTRY: &str = "stapr_ft_fentry";
 const PROG_UPROBE: &str = "stapr_ft_uprobe";
+const PROG_TASK_BTF: &str = "stapr_ft_task_btf";
+const PROG_PT_REGS: &str = "stapr_ft_pt_regs";
+const PROG_ANCESTOR: &str = "stapr_ft_ancestor";
+const PROG_KFUNC_IP: &str = "stapr_ft_kfunc_ip";
+const PROG_COOKIE: &str = "stapr_ft_cookie";
+const PROG_FFUNC_IP: &str = "stapr_ft_ffunc_ip";
+const PROG_FUNC_RET: &str = "stapr_ft_func_ret";
 
-/// A kernel facility, tried by loading and attaching a tiny program.
+/// A kernel facility: a program type or attach kind, tried by loading and attaching a
+/// tiny program, or a helper a report calls, tried by loading a tiny program that calls
+/// it from the program type the report calls it from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Facility {
     Classic,
@@ -49,11 +66,25 @@ pub enum Facility {
     Uprobes,
     UprobeMulti,
     Ringbuf,
+    /// `bpf_get_current_task_btf` (5.11)
+    TaskBtf,
+    /// `bpf_task_pt_regs` (5.15)
+    TaskPtRegs,
+    /// `bpf_get_current_ancestor_cgroup_id` from tracing programs (5.14)
+    AncestorCgroup,
+    /// `bpf_get_func_ip` from kprobes (5.15)
+    KprobeFuncIp,
+    /// `bpf_get_attach_cookie` from kprobes and uprobes (5.15)
+    AttachCookie,
+    /// `bpf_get_func_ip` from fentry/fexit (5.15)
+    FentryFuncIp,
+    /// `bpf_get_func_ret` from fexit (5.17)
+    FuncRet,
 }
 
 impl Facility {
-    /// In the order doctor shows them.
-    pub const ALL: [Facility; 9] = [
+    /// In the order doctor shows them: program types, then helpers.
+    pub const ALL: [Facility; 16] = [
         Facility::Classic,
         Facility::TpBtf,
         Facility::RawTp,
@@ -63,6 +94,13 @@ impl Facility {
         Facility::Ringbuf,
         Facility::KprobeMulti,
         Facility::UprobeMulti,
+        Facility::TaskBtf,
+        Facility::TaskPtRegs,
+        Facility::AncestorCgroup,
+        Facility::KprobeFuncIp,
+        Facility::AttachCookie,
+        Facility::FentryFuncIp,
+        Facility::FuncRet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +114,13 @@ impl Facility {
             Facility::Uprobes => "uprobes",
             Facility::UprobeMulti => "uprobe.multi",
             Facility::Ringbuf => "ring buffer",
+            Facility::TaskBtf => "bpf_get_current_task_btf",
+            Facility::TaskPtRegs => "bpf_task_pt_regs",
+            Facility::AncestorCgroup => "bpf_get_current_ancestor_cgroup_id",
+            Facility::KprobeFuncIp => "bpf_get_func_ip in kprobes",
+            Facility::AttachCookie => "bpf_get_attach_cookie",
+            Facility::FentryFuncIp => "bpf_get_func_ip in fentry",
+            Facility::FuncRet => "bpf_get_func_ret",
         }
     }
 }
@@ -92,6 +137,21 @@ pub enum Need {
 }
 
 impl Need {
+    /// A helper a program calls: where the kernel lacks it the verifier refuses the
+    /// program, so a method needing it is passed over before any load.
+    pub fn is_helper(self) -> bool {
+        matches!(self, Need::Works(f) if f >= Facility::TaskBtf)
+    }
+
+    /// Whether this machine meets it (probing the facility on first use).
+    pub fn met(self) -> bool {
+        match self {
+            Need::Btf => btf(),
+            Need::SavedRegs => saved_regs(),
+            Need::Works(f) => check(f).is_ok(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Need::Btf => "kernel BTF",
@@ -152,6 +212,10 @@ fn try_facility(facility: Facility) -> Result<String, String> {
             Ok(_) => uprobe_multi(),
             Err(_) => Err("needs uprobes".into()),
         },
+        // Helpers of fentry/fexit programs: only where those load.
+        Facility::FentryFuncIp | Facility::FuncRet if check(Facility::Fentry).is_err() => {
+            Err("needs fentry/fexit".into())
+        }
         _ => {
             // Everything attached here is detached when `ebpf` drops.
             let mut ebpf = OBJECT.load_plain().map_err(|e| format!("{e:#}"))?;
@@ -215,10 +279,51 @@ fn attach_one(ebpf: &mut Ebpf, facility: Facility) -> Result<String, String> {
                 .map(|_| format!("attached to getpid in {target}"))
                 .map_err(reason)
         }
+        Facility::TaskBtf => load_only::<TracePoint>(ebpf, PROG_TASK_BTF, |p| p.load()),
+        Facility::TaskPtRegs => load_only::<TracePoint>(ebpf, PROG_PT_REGS, |p| p.load()),
+        Facility::AncestorCgroup => load_only::<TracePoint>(ebpf, PROG_ANCESTOR, |p| p.load()),
+        Facility::KprobeFuncIp => load_only::<KProbe>(ebpf, PROG_KFUNC_IP, |p| p.load()),
+        Facility::AttachCookie => load_only::<KProbe>(ebpf, PROG_COOKIE, |p| p.load()),
+        Facility::FentryFuncIp => {
+            let btf = aya_btf()?;
+            load_only::<FEntry>(ebpf, PROG_FFUNC_IP, |p| p.load("vfs_read", btf))
+        }
+        Facility::FuncRet => {
+            let btf = aya_btf()?;
+            load_only::<FExit>(ebpf, PROG_FUNC_RET, |p| p.load("vfs_read", btf))
+        }
         Facility::Ringbuf | Facility::KprobeMulti | Facility::UprobeMulti => {
             Err("tried without the features object".into())
         }
     }
+}
+
+/// Loads the helper's program: the verifier accepts it only where the kernel offers the
+/// helper to that program type.
+fn load_only<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<String, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: 'a,
+{
+    let p: &mut P = prog(ebpf, name)?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    load(p)
+        .map(|_| "accepted by the verifier".into())
+        .map_err(|e| helper_refusal(&e))
+}
+
+/// Why a helper's program was refused: the kernel's own words for an unknown helper.
+fn helper_refusal(e: &aya::programs::ProgramError) -> String {
+    let full = format!("{e:#}");
+    if full.contains("unknown func") || full.contains("invalid func") {
+        return "not offered by this kernel (the verifier: unknown function)".into();
+    }
+    program_error_reason(e)
 }
 
 fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, String> {
