@@ -4,6 +4,25 @@ use crate::COMM_LEN;
 
 /// Bytes of the ring buffer the events go through.
 pub const CALL_RING_BYTES: u32 = 4 << 20;
+
+/// Threads whose open kernel calls the context-IP kprobe method remembers at once, and
+/// how deep per thread (kernels without `bpf_get_func_ip`: a return is matched to the
+/// last entry of its thread).
+pub const CALL_STACK_THREADS: u32 = 8192;
+pub const CALL_STACK_DEPTH: usize = 32;
+const _: () = assert!(
+    CALL_STACK_DEPTH.is_power_of_two(),
+    "the probes mask with it"
+);
+
+/// One thread's open calls, innermost last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CallStack {
+    pub depth: u32,
+    pub _pad: u32,
+    pub ids: [u64; CALL_STACK_DEPTH],
+}
 /// The probes wake user space only once this much is waiting; user space also polls, so
 /// a quiet trace still shows within a fraction of a second.
 pub const CALL_WAKEUP_BYTES: u32 = 256 << 10;

@@ -15,13 +15,14 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_get_func_ip, bpf_get_func_ret},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use probes_common::{
     calltree::{
-        CallConfig, CallEvent, CALL_ENTRY, CALL_RETURN, CALL_RING_BYTES, CALL_WAKEUP_BYTES,
+        CallConfig, CallEvent, CallStack, CALL_ENTRY, CALL_RETURN, CALL_RING_BYTES,
+        CALL_STACK_DEPTH, CALL_STACK_THREADS, CALL_WAKEUP_BYTES,
     },
     COMM_LEN,
 };
@@ -43,9 +44,23 @@ static CALL_CONFIG: CallConfig = CallConfig {
 
 #[map]
 static CALL_EVENTS: RingBuf = RingBuf::with_byte_size(CALL_RING_BYTES, 0);
-/// Events lost because the ring buffer was full.
+/// Events lost: [0] the ring buffer was full, [1] a return whose entry was not kept
+/// (the context-IP method's table or depth full).
 #[map]
-static CALL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static CALL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+/// The context-IP method's open calls per thread.
+#[map]
+static CALL_STACKS: HashMap<u32, CallStack> = HashMap::with_max_entries(CALL_STACK_THREADS, 0);
+/// An empty stack to insert from (too large for the BPF stack); never written.
+#[map]
+static CALL_STACK_EMPTY: Array<CallStack> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn lost(why: u32) {
+    if let Some(c) = CALL_LOST.get_ptr_mut(why) {
+        unsafe { *c += 1 };
+    }
+}
 
 /// Whether `comm` contains the first `len` bytes of `want` (`mask` has 0xff for each of
 /// them). Each start offset compares all bytes without a branch (xor, and, or), so the
@@ -115,11 +130,7 @@ fn emit(id: u64, kind: u32, ret: i64) -> u32 {
             };
             slot.submit(flags as u64);
         }
-        None => {
-            if let Some(c) = CALL_LOST.get_ptr_mut(0) {
-                unsafe { *c += 1 };
-            }
-        }
+        None => lost(0),
     }
     0
 }
@@ -184,4 +195,84 @@ pub fn stapr_ct_uret(ctx: RetProbeContext) -> u32 {
         CALL_RETURN,
         ret,
     )
+}
+
+/// The probed function's address from a kprobe's registers: the saved instruction
+/// pointer, which x86-64 leaves one byte past it (after the breakpoint, or as the ftrace
+/// handler sets it), arm64 on it.
+#[inline(always)]
+fn entry_ip(ctx: &ProbeContext) -> u64 {
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        // user_pt_regs { regs[31], sp, pc, pstate }
+        unsafe { *(ctx.as_ptr() as *const u64).add(32) }
+    }
+    #[cfg(not(bpf_target_arch = "aarch64"))]
+    {
+        let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+        unsafe { (*regs).rip }.wrapping_sub(1)
+    }
+}
+
+/// Entry of the context-IP method (kernels without `bpf_get_func_ip`, before 5.15): the
+/// function comes from the registers, and is kept for its return.
+#[kprobe]
+pub fn stapr_ct_kent_ip(ctx: ProbeContext) -> u32 {
+    let ip = entry_ip(&ctx);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let stack = match CALL_STACKS.get_ptr_mut(tid) {
+        Some(s) => s,
+        None => {
+            let Some(empty) = CALL_STACK_EMPTY.get(0) else {
+                return emit(ip, CALL_ENTRY, 0);
+            };
+            if CALL_STACKS.insert(tid, empty, 0).is_err() {
+                return emit(ip, CALL_ENTRY, 0);
+            }
+            match CALL_STACKS.get_ptr_mut(tid) {
+                Some(s) => s,
+                None => return emit(ip, CALL_ENTRY, 0),
+            }
+        }
+    };
+    // Raw accesses, the index masked: bounds the verifier can follow.
+    let depth = unsafe { (*stack).depth };
+    if depth < CALL_STACK_DEPTH as u32 {
+        let d = (depth & (CALL_STACK_DEPTH as u32 - 1)) as usize;
+        unsafe { (*stack).ids[d] = ip };
+    }
+    unsafe { (*stack).depth = depth.wrapping_add(1) };
+    emit(ip, CALL_ENTRY, 0)
+}
+
+/// Return of the context-IP method: a kretprobe's registers name no function, but a
+/// thread's returns come in the reverse order of its entries.
+#[kretprobe]
+pub fn stapr_ct_kret_ip(ctx: RetProbeContext) -> u32 {
+    let ret = ctx.ret::<i64>();
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(stack) = CALL_STACKS.get_ptr_mut(tid) else {
+        lost(1);
+        return 0;
+    };
+    let depth = unsafe { (*stack).depth };
+    if depth == 0 {
+        lost(1);
+        return 0;
+    }
+    let depth = depth - 1;
+    let mut ip = 0;
+    if depth < CALL_STACK_DEPTH as u32 {
+        let d = (depth & (CALL_STACK_DEPTH as u32 - 1)) as usize;
+        ip = unsafe { (*stack).ids[d] };
+    }
+    unsafe { (*stack).depth = depth };
+    if depth == 0 {
+        let _ = CALL_STACKS.remove(tid);
+    }
+    if ip == 0 {
+        lost(1);
+        return 0;
+    }
+    emit(ip, CALL_RETURN, ret)
 }

@@ -14,8 +14,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{fexit, map, tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap},
@@ -24,7 +24,7 @@ use aya_ebpf::{
 use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS, NETWORK_FS_MAGICS,
 };
-use probes_ebpf::{btf_load, btf_load_str16, cgroup_id, global, tp_field};
+use probes_ebpf::{btf_load, cgroup_id, global, tp_field, Kptr};
 
 probes_ebpf::cgroup_filter!();
 
@@ -178,13 +178,13 @@ fn file_bdev(file: u64) -> u32 {
 
 /// The thread group id of the task's parent (`real_parent->tgid`), 0 if it has none.
 #[inline(always)]
-fn ppid(task: *const u8) -> u32 {
+fn ppid(task: Kptr) -> u32 {
     let o = &DISK_OFFSETS;
-    let parent: *const u8 = unsafe { btf_load(task, off(&o.task_real_parent)) };
+    let parent = unsafe { task.member(off(&o.task_real_parent)) };
     if parent.is_null() {
         0
     } else {
-        unsafe { btf_load(parent, off(&o.task_tgid)) }
+        unsafe { parent.load(off(&o.task_tgid)) }
     }
 }
 
@@ -192,7 +192,7 @@ fn ppid(task: *const u8) -> u32 {
 /// starting a new run when the thread or file changed. `dev_of` finds the file's block
 /// device (0: none) and runs only when a run starts.
 #[inline(always)]
-fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnce() -> u32) {
+fn count(task: Kptr, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnce() -> u32) {
     let slot = slot();
     let Some(run) = DISK_RUN.get_ptr_mut(slot) else {
         return;
@@ -226,7 +226,7 @@ fn count(task: *const u8, file: u64, fd: u32, n: u64, write: bool, dev_of: impl 
         ppid: ppid(task),
         uid: bpf_get_current_uid_gid() as u32,
         dev,
-        comm: unsafe { btf_load_str16(task, off(&DISK_OFFSETS.task_comm)) },
+        comm: unsafe { task.str16(off(&DISK_OFFSETS.task_comm)) },
         cgroup: cgroup_id(),
     };
     bytes(&mut run.counts, n, write);
@@ -238,11 +238,12 @@ fn syscall_exit(ctx: &TracePointContext, write: bool) {
     if ret <= 0 {
         return;
     }
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    // This method needs bpf_get_current_task_btf and bpf_task_pt_regs: the task is typed.
+    let task = current_task();
+    let regs = unsafe { bpf_task_pt_regs(task.raw() as *mut _) } as *const u8;
     let fd: u64 = unsafe { btf_load(regs, off(&DISK_OFFSETS.reg_arg0)) };
     let fd = fd as u32;
-    let file = fd_file(task, fd);
+    let file = fd_file(task.raw(), fd);
     if file == 0 {
         return;
     }
@@ -261,8 +262,7 @@ fn vfs_exit(ctx: &FExitContext, write: bool) {
     if file.is_null() {
         return;
     }
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    count(task, file as u64, 0, ret as u64, write, || {
+    count(current_task(), file as u64, 0, ret as u64, write, || {
         let o = &DISK_OFFSETS;
         let inode: *const u8 = unsafe { btf_load(file, off(&o.file_inode)) };
         if inode.is_null() {
@@ -330,10 +330,9 @@ pub fn stapr_dt_rq(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let key = DiskKey {
         pid: (pid_tgid >> 32) as u32,
-        ppid: ppid(task),
+        ppid: ppid(current_task()),
         uid: bpf_get_current_uid_gid() as u32,
         dev,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

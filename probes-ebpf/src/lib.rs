@@ -76,8 +76,25 @@ pub fn tp_field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, off: usize
 #[inline(always)]
 pub fn cgroup_allowed(filter: &probes_common::CgroupFilter) -> bool {
     let f = global(filter);
-    f.on == 0
-        || unsafe { aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id(f.level as i32) } == f.id
+    if f.on == 0 {
+        return true;
+    }
+    if f.walk == 0 {
+        return unsafe { aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id(f.level as i32) }
+            == f.id;
+    }
+    // Kernels before 5.14: the same id, read from the task's default-hierarchy cgroup.
+    let task = Kptr::current_task(false);
+    let cgroup = unsafe { task.member(f.task_cgroups).member(f.cset_dfl_cgrp) };
+    if cgroup.is_null() {
+        return false;
+    }
+    let level: i32 = unsafe { cgroup.load(f.cgrp_level) };
+    if level < f.level as i32 || f.level > 4096 {
+        return false;
+    }
+    let id: u64 = unsafe { cgroup.load(f.cgrp_ancestor_ids + f.level * 8) };
+    id == f.id
 }
 
 /// The current task's cgroup v2 id.
@@ -86,17 +103,114 @@ pub fn cgroup_id() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }
 
+/// A kernel pointer and how its members are read: direct loads where the verifier knows
+/// its type (`bpf_get_current_task_btf`, 5.11, and the pointers loaded from it), the
+/// probe-read helper where it does not (`bpf_get_current_task` on older kernels).
+#[derive(Clone, Copy)]
+pub struct Kptr {
+    ptr: *const u8,
+    typed: bool,
+}
+
+impl Kptr {
+    /// The current task, typed when `typed` (a frozen global: the verifier drops the
+    /// other branch, and with it the helper this kernel may not have).
+    #[inline(always)]
+    pub fn current_task(typed: bool) -> Self {
+        let ptr = if typed {
+            unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() as *const u8 }
+        } else {
+            unsafe { aya_ebpf::helpers::bpf_get_current_task() as *const u8 }
+        };
+        Kptr { ptr, typed }
+    }
+
+    /// The raw pointer (for [`btf_load`] callers that know it is typed).
+    #[inline(always)]
+    pub fn raw(self) -> *const u8 {
+        self.ptr
+    }
+
+    #[inline(always)]
+    pub fn is_null(self) -> bool {
+        self.ptr.is_null()
+    }
+
+    /// The member at `off`.
+    ///
+    /// # Safety
+    /// `off` must be a member offset of the pointee's type.
+    #[inline(always)]
+    pub unsafe fn load<T: Copy + Default>(self, off: u32) -> T {
+        if self.typed {
+            unsafe { btf_load(self.ptr, off) }
+        } else {
+            unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel(
+                    self.ptr.wrapping_add(off as usize) as *const T
+                )
+            }
+            .unwrap_or_default()
+        }
+    }
+
+    /// The pointer member at `off`, read the same way.
+    ///
+    /// # Safety
+    /// As for [`Kptr::load`].
+    #[inline(always)]
+    pub unsafe fn member(self, off: u32) -> Kptr {
+        let ptr: *const u8 = if self.typed {
+            unsafe { btf_load(self.ptr, off) }
+        } else {
+            let v: u64 = unsafe { self.load(off) };
+            v as *const u8
+        };
+        Kptr {
+            ptr,
+            typed: self.typed,
+        }
+    }
+
+    /// A 16-byte string member, as [`btf_load_str16`].
+    ///
+    /// # Safety
+    /// As for [`Kptr::load`].
+    #[inline(always)]
+    pub unsafe fn str16(self, off: u32) -> [u8; 16] {
+        if self.typed {
+            unsafe { btf_load_str16(self.ptr, off) }
+        } else {
+            let (lo, hi): (u64, u64) = unsafe { (self.load(off), self.load(off + 8)) };
+            let mut s = [0u8; 16];
+            s[..8].copy_from_slice(&lo.to_ne_bytes());
+            s[8..].copy_from_slice(&hi.to_ne_bytes());
+            s
+        }
+    }
+}
+
 /// Declares the object's `CGROUP_FILTER` global (see [`probes_common::CgroupFilter`])
-/// and `in_cgroup()`, which checks the current task against it.
+/// and `in_cgroup()`, which checks the current task against it; and its `HELPERS`
+/// global (see [`probes_common::Helpers`]) with `current_task()`, typed where the
+/// kernel allows.
 #[macro_export]
 macro_rules! cgroup_filter {
     () => {
         #[unsafe(no_mangle)]
-        static CGROUP_FILTER: probes_common::CgroupFilter = probes_common::CgroupFilter {
-            on: 0,
-            level: 0,
-            id: 0,
+        static HELPERS: probes_common::Helpers = probes_common::Helpers {
+            task_btf: 0,
+            _pad: 0,
         };
+
+        #[inline(always)]
+        #[allow(dead_code)]
+        fn current_task() -> $crate::Kptr {
+            $crate::Kptr::current_task($crate::global(&HELPERS).task_btf == 1)
+        }
+
+        #[unsafe(no_mangle)]
+        static CGROUP_FILTER: probes_common::CgroupFilter = probes_common::CgroupFilter::OFF;
 
         #[inline(always)]
         fn in_cgroup() -> bool {

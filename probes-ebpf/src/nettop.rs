@@ -21,8 +21,8 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{bpf_sk_fullsock, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, map, tracepoint},
@@ -207,12 +207,15 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
 /// Inode number of the current task's network namespace (0 while it exits).
 #[inline(always)]
 fn current_netns() -> u32 {
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let nsproxy: *const u8 = unsafe { btf_load(task, global(&NET_OFFSETS.task_nsproxy)) };
+    let nsproxy = unsafe { current_task().member(global(&NET_OFFSETS.task_nsproxy)) };
     if nsproxy.is_null() {
         return 0;
     }
-    net_inum(unsafe { btf_load(nsproxy, global(&NET_OFFSETS.nsproxy_net)) })
+    let net = unsafe { nsproxy.member(global(&NET_OFFSETS.nsproxy_net)) };
+    if net.is_null() {
+        return 0;
+    }
+    unsafe { net.load(global(&NET_OFFSETS.net_inum)) }
 }
 
 /// Inode number of a `struct net *` (0 for NULL).

@@ -178,9 +178,11 @@ fn open_exit(ret: i64, regs: impl FnOnce() -> *const u8, name_arg: usize, flags:
     if !wanted(tgid, uid) {
         return;
     }
-    let task = unsafe { bpf_get_current_task_btf() };
     let comm = if from_regs {
-        // Direct loads instead of bpf_get_current_comm()'s string copy.
+        // Direct loads instead of bpf_get_current_comm()'s string copy. Only the methods
+        // that read saved registers take this path (and need the helper, 5.11); the
+        // verifier drops it for the others, where `from_regs` is a frozen 0.
+        let task = unsafe { bpf_get_current_task_btf() };
         unsafe { btf_load_str16(task as *const u8, global(&SLOW_CONFIG.task_comm)) }
     } else {
         bpf_get_current_comm().unwrap_or([0; 16])

@@ -160,6 +160,23 @@ fn stop(tracer: Running) -> Outcome {
 fn binary_tree_has_the_programs_call_structure() {
     let _k = kernel_lock();
     let path = chain_path();
+    // Uprobes name their function by the attach cookie: a kernel without it (5.10) is
+    // refused in one line that names the helper.
+    if !facility_works("bpf_get_attach_cookie") {
+        let out = run(
+            stapr().args(["calltree", "--binary", &path, "--func", "ct_*"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains("bpf_get_attach_cookie"),
+            "{}",
+            out.stderr
+        );
+        assert_nothing_attached();
+        return;
+    }
     let mut tracer = Running::spawn(&["calltree", "--binary", &path, "--func", "ct_*"]);
     let ready = tracer.wait_ready(Duration::from_secs(30));
     assert!(ready.contains("uprobe/uretprobe on 4 functions"), "{ready}");
@@ -567,15 +584,27 @@ fn ext4_workload() -> Vec<&'static str> {
     vec!["ls", "sh", "sync"]
 }
 
-/// The method the kernel should get by default: kprobe.multi from 6.12 on in these
-/// tests' kernels; Debian's 6.1 builds lack it (fentry, else kprobes, there).
+/// Whether fentry/fexit programs can name their function and its return value here
+/// (Debian's 5.10 has fentry but neither helper).
+fn fentry_usable() -> bool {
+    [
+        "fentry/fexit",
+        "bpf_get_func_ip in fentry",
+        "bpf_get_func_ret",
+    ]
+    .iter()
+    .all(|f| facility_works(f))
+}
+
+/// The method the kernel should get by default: kprobe.multi where it exists (from 6.12
+/// on in these tests' amd64 kernels), else fentry/fexit, else kprobes (5.10).
 fn default_methods() -> &'static [&'static str] {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    // Debian's 6.1 builds, and its arm64 builds, have no fprobe (kprobe.multi).
-    if release.starts_with("6.1.") || cfg!(target_arch = "aarch64") {
+    if facility_works("kprobe.multi") {
+        &["kprobe.multi"]
+    } else if fentry_usable() {
         &["fentry/fexit", "kprobe/kretprobe"]
     } else {
-        &["kprobe.multi"]
+        &["kprobe/kretprobe"]
     }
 }
 
@@ -640,11 +669,28 @@ fn module_ext4_while_ls_write_and_sync_run() {
 #[ignore = "needs kprobes or fentry: runs in the Debian VMs"]
 fn every_attach_method_traces_ext4() {
     let _k = kernel_lock();
-    let mut methods = vec![("fentry", "fentry/fexit"), ("kprobe", "kprobe/kretprobe")];
-    if default_methods().contains(&"kprobe.multi") {
-        methods.push(("multi", "kprobe.multi"));
+    let all = [
+        ("fentry", "fentry/fexit"),
+        ("kprobe", "kprobe/kretprobe"),
+        ("multi", "kprobe.multi"),
+    ];
+    let offered = ext4_methods();
+    // A method this kernel cannot run is refused in one line that names what it lacks.
+    for (flag, name) in all.iter().filter(|(f, _)| !offered.contains(f)) {
+        let out = run(
+            stapr().args(["calltree", "--func", "ext4_sync_file", "--attach", flag]),
+            Duration::from_secs(120),
+        );
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(name),
+            "{flag}: {}",
+            out.stderr
+        );
+        assert_nothing_attached();
     }
-    for (flag, name) in methods {
+    for (flag, name) in all.into_iter().filter(|(f, _)| offered.contains(f)) {
         // A few functions every file access goes through: attaching all of them per
         // function takes a minute under emulation, and the module test does that already.
         let (ready, _out, _) = trace_ext4(
@@ -895,8 +941,11 @@ fn a_runaway_tree_is_cut_and_memory_stays_bounded() {
 
 /// The ext4 methods this kernel offers, as `--attach` flags.
 fn ext4_methods() -> Vec<&'static str> {
-    let mut m = vec!["fentry", "kprobe"];
-    if default_methods().contains(&"kprobe.multi") {
+    let mut m = vec!["kprobe"];
+    if fentry_usable() {
+        m.push("fentry");
+    }
+    if facility_works("kprobe.multi") {
         m.push("multi");
     }
     m

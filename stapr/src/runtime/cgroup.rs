@@ -122,6 +122,7 @@ impl Cgroups {
     /// `--cgroup ARG`: a path below the cgroup2 root (or under its mount point), or a
     /// container id prefix of at least 6 hex digits.
     pub fn filter(&mut self, arg: &str) -> Result<CgroupFilter> {
+        let walk = walk_offsets()?;
         self.walk();
         let path = match self.by_container(arg)? {
             Some(p) => p,
@@ -149,6 +150,7 @@ impl Cgroups {
             on: 1,
             level: path.split('/').filter(|c| !c.is_empty()).count() as u32,
             id,
+            ..walk
         })
     }
 
@@ -272,6 +274,39 @@ pub fn container_name(path: &str) -> String {
         return id[..12].to_owned();
     }
     parts.last().map_or("-".into(), |c| (*c).to_owned())
+}
+
+/// How the probes find a task's ancestor cgroup: through
+/// `bpf_get_current_ancestor_cgroup_id` where tracing programs have it (5.14), else by
+/// reading the ids the kernel keeps in each cgroup (`ancestor_ids`, which 5.19 replaced,
+/// long after the helper came), at offsets from its BTF.
+fn walk_offsets() -> Result<CgroupFilter> {
+    use super::features::{btf, check, Facility};
+    if check(Facility::AncestorCgroup).is_ok() {
+        return Ok(CgroupFilter::default());
+    }
+    let lacks = |why: String| {
+        user_error(format!(
+            "--cgroup: this kernel lacks {} in tracing programs (Linux 5.14) and {why}; use -c/-p, or --containers without --cgroup",
+            Facility::AncestorCgroup.name()
+        ))
+    };
+    if !btf() {
+        return Err(lacks("has no BTF to find a cgroup's ancestors with".into()));
+    }
+    let kbtf = super::btf::Btf::from_sys_fs()?;
+    let off = |s: &str, m: &str| {
+        kbtf.member_offset(s, m)
+            .map_err(|_| lacks(format!("its BTF has no {s}.{m}")))
+    };
+    Ok(CgroupFilter {
+        walk: 1,
+        task_cgroups: off("task_struct", "cgroups")?,
+        cset_dfl_cgrp: off("css_set", "dfl_cgrp")?,
+        cgrp_level: off("cgroup", "level")?,
+        cgrp_ancestor_ids: off("cgroup", "ancestor_ids")?,
+        ..CgroupFilter::default()
+    })
 }
 
 #[cfg(test)]

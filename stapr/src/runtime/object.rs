@@ -9,7 +9,7 @@ use aya::{
     programs::{Program, ProgramError},
     Ebpf, EbpfLoader, Pod,
 };
-use probes_common::{CgroupFilter, CGROUP_FILTER};
+use probes_common::{CgroupFilter, Helpers, CGROUP_FILTER, HELPERS};
 
 use super::tracefs;
 
@@ -30,9 +30,14 @@ impl Object {
     /// volatile` rodata: the verifier sees them as constants).
     pub fn load<C: Pod>(&self, config: &C, cgroup: &CgroupFilter) -> Result<Ebpf> {
         let name = self.config.map_or("", |(n, _)| n);
+        let helpers = Helpers {
+            task_btf: super::features::check(super::features::Facility::TaskBtf).is_ok() as u32,
+            _pad: 0,
+        };
         let ebpf = EbpfLoader::new()
             .override_global(name, config, true)
             .override_global(CGROUP_FILTER, cgroup, true)
+            .override_global(HELPERS, &helpers, true)
             .load(self.bytes)
             .with_context(|| format!("loading the {} eBPF object", self.name))?;
         self.complete(ebpf)
@@ -64,7 +69,11 @@ impl Object {
     #[cfg(test)]
     fn globals(&self) -> Vec<(&'static str, usize)> {
         match self.config {
-            Some(c) => vec![c, (CGROUP_FILTER, size_of::<CgroupFilter>())],
+            Some(c) => vec![
+                c,
+                (CGROUP_FILTER, size_of::<CgroupFilter>()),
+                (HELPERS, size_of::<Helpers>()),
+            ],
             None => Vec::new(),
         }
     }

@@ -258,13 +258,19 @@ pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -
     if !crate::runtime::features::kprobe_pmu() {
         return Err(anyhow!(crate::runtime::features::NO_KPROBE_PMU));
     }
-    for name in probes::PROGS_KPROBE {
+    use crate::runtime::features::{check, Facility};
+    let progs = if check(Facility::KprobeFuncIp).is_ok() {
+        probes::PROGS_KPROBE
+    } else {
+        probes::PROGS_KPROBE_IP
+    };
+    for name in progs {
         let p: &mut KProbe = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
     let (ok, skipped) = each(funcs, |_, f| {
         let mut done = Vec::new();
-        for name in probes::PROGS_KPROBE {
+        for name in progs {
             let p: &mut KProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
             match p.attach(&f.name, 0) {
                 Ok(id) => done.push((name, id)),

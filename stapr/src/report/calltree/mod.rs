@@ -260,10 +260,11 @@ pub fn run(opts: Options) -> Result<()> {
     })?;
     let stopped = Instant::now();
     let lost = probes.lost()?;
+    let unkept = probes.returns_unkept()?;
     eprintln!(
         "stapr calltree: {} events, {lost} lost (ring buffer full), {} returns whose entry was not seen{}",
         printer.events,
-        printer.indenter.unmatched,
+        printer.indenter.unmatched + unkept,
         trees(&printer, &opts.trees)
     );
     let (method, attached, took) = (probes.method, probes.attached, probes.took);

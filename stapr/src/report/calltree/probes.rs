@@ -41,20 +41,26 @@ pub static OBJECT: Object = Object {
         PROG_FEXIT,
         PROGS_KPROBE[0],
         PROGS_KPROBE[1],
+        PROGS_KPROBE_IP[0],
+        PROGS_KPROBE_IP[1],
         PROGS_UPROBE[0],
         PROGS_UPROBE[1],
     ],
-    maps: &[EVENTS, LOST],
+    maps: &[EVENTS, LOST, STACKS],
 };
 
 pub const PROG_MULTI: &str = "stapr_ct_multi";
 pub const PROG_FENTRY: &str = "stapr_ct_fent";
 pub const PROG_FEXIT: &str = "stapr_ct_fexit";
 pub const PROGS_KPROBE: [&str; 2] = ["stapr_ct_kent", "stapr_ct_kret"];
+/// Kernels without `bpf_get_func_ip` (before 5.15): the entry's function from its
+/// registers, a return matched to its thread's last open entry.
+pub const PROGS_KPROBE_IP: [&str; 2] = ["stapr_ct_kent_ip", "stapr_ct_kret_ip"];
 pub const PROGS_UPROBE: [&str; 2] = ["stapr_ct_uent", "stapr_ct_uret"];
 const CONFIG: &str = "CALL_CONFIG";
 const EVENTS: &str = "CALL_EVENTS";
 const LOST: &str = "CALL_LOST";
+const STACKS: &str = "CALL_STACKS";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -82,7 +88,11 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "kprobe.multi",
                 label: "multi",
-                needs: &[RING, Need::Works(Facility::KprobeMulti)],
+                needs: &[
+                    RING,
+                    Need::Works(Facility::KprobeMulti),
+                    Need::Works(Facility::AttachCookie),
+                ],
                 note: "one link for all functions",
                 partial: false,
                 auto: true,
@@ -93,7 +103,13 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "fentry/fexit",
                 label: "fentry",
-                needs: &[RING, Need::Btf, Need::Works(Facility::Fentry)],
+                needs: &[
+                    RING,
+                    Need::Btf,
+                    Need::Works(Facility::Fentry),
+                    Need::Works(Facility::FentryFuncIp),
+                    Need::Works(Facility::FuncRet),
+                ],
                 note: "one program pair per function",
                 partial: false,
                 auto: true,
@@ -104,8 +120,25 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "kprobe/kretprobe",
                 label: "kprobe",
-                needs: &[RING, Need::Works(Facility::Kprobes)],
+                needs: &[
+                    RING,
+                    Need::Works(Facility::Kprobes),
+                    Need::Works(Facility::KprobeFuncIp),
+                ],
                 note: "one probe pair per function",
+                partial: false,
+                auto: true,
+            },
+        },
+        // Kernels before bpf_get_func_ip (5.15): the same probes, the function read from
+        // the entry's registers and each return matched to its thread's last entry.
+        Way {
+            method: Method::Kprobe,
+            spec: Spec {
+                name: "kprobe/kretprobe",
+                label: "kprobe",
+                needs: &[RING, Need::Works(Facility::Kprobes)],
+                note: "one probe pair per function; returns matched to the thread's last entry",
                 partial: false,
                 auto: true,
             },
@@ -115,7 +148,11 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "uprobe.multi (--binary only)",
                 label: "uprobe_multi",
-                needs: &[RING, Need::Works(Facility::UprobeMulti)],
+                needs: &[
+                    RING,
+                    Need::Works(Facility::UprobeMulti),
+                    Need::Works(Facility::AttachCookie),
+                ],
                 note: "no kprobes or fentry: kernel functions cannot be traced",
                 partial: true,
                 auto: false,
@@ -126,7 +163,11 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "uprobes (--binary only)",
                 label: "uprobe",
-                needs: &[RING, Need::Works(Facility::Uprobes)],
+                needs: &[
+                    RING,
+                    Need::Works(Facility::Uprobes),
+                    Need::Works(Facility::AttachCookie),
+                ],
                 note: "no kprobes or fentry: kernel functions cannot be traced",
                 partial: true,
                 auto: false,
@@ -259,5 +300,11 @@ impl Probes {
     /// Events lost because the ring buffer was full, since start.
     pub fn lost(&self) -> Result<u64> {
         object::per_cpu_sum(&self.ebpf, LOST, 0)
+    }
+
+    /// Returns not shown because their entry was not kept (the per-thread table of the
+    /// kprobe method without `bpf_get_func_ip` was full or too deep), since start.
+    pub fn returns_unkept(&self) -> Result<u64> {
+        object::per_cpu_sum(&self.ebpf, LOST, 1)
     }
 }

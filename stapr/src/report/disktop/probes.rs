@@ -91,7 +91,13 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "syscall exit tracepoints",
                 label: "syscalls",
-                needs: &[Need::Btf, Need::Works(Facility::Classic), Need::SavedRegs],
+                needs: &[
+                    Need::Btf,
+                    Need::Works(Facility::Classic),
+                    Need::SavedRegs,
+                    Need::Works(Facility::TaskBtf),
+                    Need::Works(Facility::TaskPtRegs),
+                ],
                 note: "fexit unavailable",
                 partial: false,
                 auto: true,

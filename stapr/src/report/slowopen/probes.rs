@@ -75,7 +75,14 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "syscall tracepoints",
                 label: "tracepoint",
-                needs: &[CLASSIC, RING, Need::Btf, Need::SavedRegs],
+                needs: &[
+                    CLASSIC,
+                    RING,
+                    Need::Btf,
+                    Need::SavedRegs,
+                    Need::Works(Facility::TaskBtf),
+                    Need::Works(Facility::TaskPtRegs),
+                ],
                 note: "arguments read from saved registers",
                 partial: false,
                 auto: true,
@@ -103,6 +110,7 @@ impl crate::report::method::Method for Method {
                     Need::Btf,
                     Need::SavedRegs,
                     Need::Works(Facility::TpBtf),
+                    Need::Works(Facility::TaskBtf),
                 ],
                 note: "one BTF tracepoint on every syscall's exit",
                 partial: false,
@@ -208,9 +216,12 @@ impl Probes {
             let kbtf = btf::Btf::from_sys_fs()?;
             config.task_signal = kbtf.member_offset("task_struct", "signal")?;
             config.signal_live = kbtf.member_offset("signal_struct", "live")?;
-            // Where the architecture's saved registers are known, open's arguments are
-            // read there at its exit; otherwise entry probes save them.
-            if let Ok(regs) = kbtf.syscall_arg_offsets() {
+            // Where the saved-registers way has what it needs (the architecture's
+            // registers known, the helpers that reach them), open's arguments are read
+            // there at its exit; otherwise entry probes save them.
+            let ways = <Method as crate::report::method::Method>::WAYS;
+            let regs_way = ways[0].spec.needs.iter().all(|n| n.met());
+            if let Some(regs) = kbtf.syscall_arg_offsets().ok().filter(|_| regs_way) {
                 config.args_from_regs = 1;
                 config.reg_arg = regs;
                 config.task_comm = kbtf.member_offset("task_struct", "comm")?;
