@@ -296,7 +296,7 @@ poweroff -f
 pub fn build_initramfs(
     work: &Path,
     kernel: &Kernel,
-    absent: &[&str],
+    line: &super::Line,
     tests: &[(String, PathBuf)],
     filter: &[String],
     inject: Inject,
@@ -338,7 +338,8 @@ pub fn build_initramfs(
         }
     }
     let mut load = Vec::new();
-    for m in MODULES {
+    let absent = line.absent;
+    for m in MODULES.iter().chain(line.extra) {
         let found = output(
             "modinfo",
             &[
