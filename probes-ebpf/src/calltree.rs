@@ -260,13 +260,16 @@ pub fn stapr_ct_kret_ip(ctx: RetProbeContext) -> u32 {
         lost(1);
         return 0;
     }
-    let depth = depth - 1;
+    unsafe { (*stack).depth = depth - 1 };
+    // Read back as it is stored: the bound checked below is then the index's own (the
+    // compiler otherwise checks `depth` and indexes with `depth - 1`, which the verifier
+    // cannot follow).
+    let depth = unsafe { core::ptr::read_volatile(&(*stack).depth) };
     let mut ip = 0;
     if depth < CALL_STACK_DEPTH as u32 {
         let d = (depth & (CALL_STACK_DEPTH as u32 - 1)) as usize;
         ip = unsafe { (*stack).ids[d] };
     }
-    unsafe { (*stack).depth = depth };
     if depth == 0 {
         let _ = CALL_STACKS.remove(tid);
     }

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya_obj::generated::{
-    bpf_attach_type, bpf_attr, bpf_btf_info, bpf_cmd, bpf_map_type, bpf_prog_type,
+    bpf_attach_type, bpf_attr, bpf_btf_info, bpf_cmd, bpf_map_type, bpf_prog_info, bpf_prog_type,
     BPF_F_KPROBE_MULTI_RETURN, BPF_F_UPROBE_MULTI_RETURN,
 };
 
@@ -187,6 +187,21 @@ pub fn ringbuf_create(bytes: u32) -> io::Result<OwnedFd> {
     m.map_type = bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
     m.max_entries = bytes;
     fd_result(bpf_cmd::BPF_MAP_CREATE, &mut a)
+}
+
+/// How many times the kernel skipped `prog` because a program was already running on
+/// its CPU (`recursion_misses`, 5.12; 0 where the kernel does not count them). Probes
+/// that may be preempted mid-run (kernels with full or lazy preemption) meet it whenever
+/// another task hits the same probe on that CPU meanwhile.
+pub fn prog_recursion_misses(prog: BorrowedFd) -> io::Result<u64> {
+    // SAFETY: bpf_prog_info is plain old data; zeroes are its empty value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut a = attr();
+    a.info.bpf_fd = prog.as_raw_fd() as u32;
+    a.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    a.info.info = (&raw mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info.recursion_misses)
 }
 
 /// Attaches a loaded fentry/fexit program to the function it was loaded for.

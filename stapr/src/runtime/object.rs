@@ -108,6 +108,16 @@ pub fn ring(ebpf: &mut Ebpf, name: &str) -> Result<RingBuf<MapData>> {
     RingBuf::try_from(map).with_context(|| format!("opening the ring buffer {name}"))
 }
 
+/// Runs of the object's loaded programs that the kernel skipped, since load (see
+/// [`super::bpf_sys::prog_recursion_misses`]).
+pub fn skipped_runs(ebpf: &Ebpf) -> u64 {
+    use std::os::fd::AsFd as _;
+    ebpf.programs()
+        .filter_map(|(_, p)| p.fd().ok())
+        .filter_map(|fd| super::bpf_sys::prog_recursion_misses(fd.as_fd()).ok())
+        .sum()
+}
+
 /// The sum over CPUs of element `index` of a per-CPU `u64` array (the probes' loss
 /// counters).
 pub fn per_cpu_sum(ebpf: &Ebpf, name: &str, index: u32) -> Result<u64> {

@@ -36,6 +36,18 @@ impl Loss {
         }
     }
 
+    /// Events whose probe the kernel skipped: it fired while a probe program was running
+    /// on its CPU (one that was preempted, on kernels with full or lazy preemption), and
+    /// the kernel runs none nested.
+    pub fn skipped(what: &'static str, count: u64) -> Loss {
+        Loss {
+            reason: "probe_skipped",
+            what,
+            why: "the kernel skipped their probe while another run of it held the CPU".into(),
+            count,
+        }
+    }
+
     /// The most common loss: an in-kernel table was full.
     pub fn table_full(what: &'static str, count: u64) -> Loss {
         Loss {

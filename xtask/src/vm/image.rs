@@ -261,6 +261,10 @@ ln -sf /bin/busybox /sbin/modprobe
 printf '#!/bin/busybox sh\necho "<3>stapr-vm: the kernel requested module $*" > /dev/kmsg\nexec /bin/busybox modprobe "$@"\n' > /sbin/request-module
 chmod +x /sbin/request-module
 ulimit -l unlimited
+# As systemd sets it on Debian: with the kernel's default of 32768 the robustness tests'
+# 10,000 processes each reuse the PIDs of earlier ones, and two processes of one PID in
+# an interval are one row.
+echo 4194304 > /proc/sys/kernel/pid_max
 # Tests that know what each kernel allows (doctor's) tell the VMs from the host by this.
 export STAPR_VM=1
 for m in @MODULES@; do modprobe $m || echo "STAPR-VM-ERROR modprobe $m"; done

@@ -100,7 +100,10 @@ impl Source for Io {
     }
 
     fn lost(&self) -> Result<Vec<Loss>> {
-        Ok(vec![Loss::table_full("reads/writes", self.probes.lost()?)])
+        Ok(vec![
+            Loss::table_full("reads/writes", self.probes.lost()?),
+            Loss::skipped("reads/writes", self.probes.skipped()),
+        ])
     }
 
     fn take(&mut self) -> Result<aggregate::Counted> {

@@ -229,6 +229,11 @@ impl Probes {
         })
     }
 
+    /// Probe runs the kernel skipped, since start.
+    pub fn skipped(&self) -> u64 {
+        crate::runtime::object::skipped_runs(&self.ebpf)
+    }
+
     /// Reads and writes not counted because a counter map was full, since start.
     pub fn lost(&self) -> Result<u64> {
         slots::dropped(&self.ebpf, &MAPS)

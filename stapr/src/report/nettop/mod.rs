@@ -92,6 +92,7 @@ impl Source for Traffic {
                 why: "their socket's ledger could not be made (out of memory)".into(),
                 count: ledger,
             },
+            Loss::skipped("packets", self.probes.skipped()),
         ])
     }
 

@@ -265,6 +265,11 @@ impl Probes {
         }
     }
 
+    /// Probe runs the kernel skipped, since start.
+    pub fn skipped(&self) -> u64 {
+        crate::runtime::object::skipped_runs(&self.ebpf)
+    }
+
     /// Packets not counted, since start: because a counter map was full, and because a
     /// socket's ledger could not be made.
     pub fn lost(&self) -> Result<(u64, u64)> {

@@ -219,7 +219,7 @@ impl Source for Files {
     }
 
     fn lost(&self) -> Result<Vec<Loss>> {
-        Ok(self
+        let mut lost: Vec<Loss> = self
             .probes
             .lost()?
             .into_iter()
@@ -230,7 +230,12 @@ impl Source for Files {
                 why,
                 count,
             })
-            .collect())
+            .collect();
+        lost.push(Loss::skipped(
+            "open and close events",
+            self.probes.skipped(),
+        ));
+        Ok(lost)
     }
 
     fn take(&mut self) -> Result<Vec<aggregate::Row>> {

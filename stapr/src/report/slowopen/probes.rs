@@ -338,6 +338,11 @@ impl Probes {
         Ok(())
     }
 
+    /// Probe runs the kernel skipped, since start.
+    pub fn skipped(&self) -> u64 {
+        crate::runtime::object::skipped_runs(&self.ebpf)
+    }
+
     /// The loss counters, by their `MISSED_*` index: opens not tracked because the table
     /// was full, records lost to a full ring buffer, opens not timed because the table of
     /// opens in progress was full.
