@@ -564,7 +564,13 @@ fn bad_input_is_one_line_and_exit_2() {
             Duration::from_secs(60),
         );
         assert_eq!(out.status.code(), Some(0), "-c {comm:?}: {out:?}");
-        assert!(out.stderr.lines().count() <= 3, "-c {comm:?}: {out:?}");
+        // (Besides the lines naming a method passed over for a helper this kernel lacks.)
+        let said = out
+            .stderr
+            .lines()
+            .filter(|l| !l.contains(" unavailable ("))
+            .count();
+        assert!(said <= 3, "-c {comm:?}: {out:?}");
     }
     if !in_vm {
         let out = run(

@@ -67,7 +67,9 @@ pub fn kernel(module: Option<&str>, funcs: &[String]) -> Result<(select::Selecti
 }
 
 /// What each of `funcs` returns, from the kernel's BTF (a module's function from the
-/// module's); `Other` (never failing) where the kernel has no BTF for it.
+/// module's); `Other` (never failing) where the kernel has no BTF for it. A module
+/// function of a kernel without module BTF (before 5.11: Debian 11's ext4) is read as
+/// an int, the kernel's convention of 0 or -errno, so `--errors` still finds its failures.
 pub fn ret_kinds(funcs: &[select::Func]) -> Vec<RetKind> {
     let Ok(vmlinux) = Btf::from_sys_fs() else {
         return vec![RetKind::Other; funcs.len()];
@@ -78,14 +80,13 @@ pub fn ret_kinds(funcs: &[select::Func]) -> Vec<RetKind> {
         .map(|f| {
             let found = match &f.module {
                 None => vmlinux.func_ret(&f.name, None),
-                Some(m) => modules
-                    .entry(m.clone())
-                    .or_insert_with(|| {
-                        let data = std::fs::read(format!("/sys/kernel/btf/{m}")).ok()?;
-                        Btf::parse_split(&data, &vmlinux).ok()
-                    })
-                    .as_ref()
-                    .and_then(|b| b.func_ret(&f.name, Some(&vmlinux))),
+                Some(m) => match modules.entry(m.clone()).or_insert_with(|| {
+                    let data = std::fs::read(format!("/sys/kernel/btf/{m}")).ok()?;
+                    Btf::parse_split(&data, &vmlinux).ok()
+                }) {
+                    Some(b) => b.func_ret(&f.name, Some(&vmlinux)),
+                    None => Some(RetKind::Int32),
+                },
             };
             found.unwrap_or(RetKind::Other)
         })
