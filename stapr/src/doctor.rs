@@ -278,6 +278,18 @@ mod tests {
         plan(f, x86).into_iter().map(|p| p.method).collect()
     }
 
+    /// Every program type and attach kind a Debian kernel has (5.10 on; kprobe.multi and
+    /// uprobe.multi aside).
+    const PROGRAM_TYPES: [Fac; 7] = [
+        Fac::Classic,
+        Fac::TpBtf,
+        Fac::RawTp,
+        Fac::Kprobes,
+        Fac::Fentry,
+        Fac::Uprobes,
+        Fac::Ringbuf,
+    ];
+
     /// The helpers a 5.17 or later kernel offers every program type stapr uses.
     const HELPERS: [Fac; 7] = [
         Fac::TaskBtf,
@@ -342,15 +354,7 @@ mod tests {
 
     #[test]
     fn a_debian_kernel() {
-        let all = [
-            Fac::Classic,
-            Fac::TpBtf,
-            Fac::RawTp,
-            Fac::Kprobes,
-            Fac::Fentry,
-            Fac::Uprobes,
-            Fac::Ringbuf,
-        ];
+        let all = PROGRAM_TYPES;
         let f = findings(&[all.as_slice(), &HELPERS].concat(), true);
         assert_eq!(
             methods(&f, true)[2].as_deref(),
@@ -375,18 +379,7 @@ mod tests {
     /// Debian 11's 5.10: every program type, none of the helpers.
     #[test]
     fn a_kernel_without_the_newer_helpers() {
-        let f = findings(
-            &[
-                Fac::Classic,
-                Fac::TpBtf,
-                Fac::RawTp,
-                Fac::Kprobes,
-                Fac::Fentry,
-                Fac::Uprobes,
-                Fac::Ringbuf,
-            ],
-            true,
-        );
+        let f = findings(&PROGRAM_TYPES, true);
         let p = plan(&f, true);
         assert_eq!(
             p.iter().map(|p| p.method.as_deref()).collect::<Vec<_>>(),

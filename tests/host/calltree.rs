@@ -163,16 +163,10 @@ fn binary_refused(path: &str) -> bool {
     if facility_works("bpf_get_attach_cookie") {
         return false;
     }
-    let out = run(
-        stapr().args(["calltree", "--binary", path, "--func", "ct_*"]),
+    integration_tests::assert_refused(
+        &["calltree", "--binary", path, "--func", "ct_*"],
+        &["needs the helper bpf_get_attach_cookie"],
         Duration::from_secs(60),
-    );
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert!(
-        lines.len() == 1 && lines[0].contains("needs the helper bpf_get_attach_cookie"),
-        "{}",
-        out.stderr
     );
     assert_nothing_attached();
     eprintln!("--binary refused here (no bpf_get_attach_cookie), as it must be");
@@ -699,16 +693,10 @@ fn every_attach_method_traces_ext4() {
     let offered = ext4_methods();
     // A method this kernel cannot run is refused in one line that names what it lacks.
     for (flag, name) in all.iter().filter(|(f, _)| !offered.contains(f)) {
-        let out = run(
-            stapr().args(["calltree", "--func", "ext4_sync_file", "--attach", flag]),
+        integration_tests::assert_refused(
+            &["calltree", "--func", "ext4_sync_file", "--attach", flag],
+            &[name],
             Duration::from_secs(120),
-        );
-        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert!(
-            lines.len() == 1 && lines[0].contains(name),
-            "{flag}: {}",
-            out.stderr
         );
         assert_nothing_attached();
     }

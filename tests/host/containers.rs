@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use integration_tests::{
     assert_nothing_attached, bin, bin_dir, exporter_address, field, http_get, kernel_lock, run,
-    stapr, Outcome, Running,
+    Outcome, Running,
 };
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
@@ -311,11 +311,11 @@ fn calltree_names_containers_and_filters() {
     // Uprobes need bpf_get_attach_cookie (5.15): without it --binary is refused (the
     // calltree tests assert the line); the filter itself is the other reports' too.
     if !integration_tests::facility_works("bpf_get_attach_cookie") {
-        let out = run(
-            stapr().args(["calltree", "--binary", chain, "--cgroup", &id[..6]]),
+        integration_tests::assert_refused(
+            &["calltree", "--binary", chain, "--cgroup", &id[..6]],
+            &[],
             Duration::from_secs(60),
         );
-        assert_eq!(out.status.code(), Some(2), "{out:?}");
         eprintln!("--binary refused here (no bpf_get_attach_cookie), as it must be");
         return;
     }
@@ -410,12 +410,7 @@ fn a_removed_cgroup_keeps_its_last_name() {
 
 /// One line on stderr, exit code 2, nothing on stdout.
 fn refused(args: &[&str], says: &str) {
-    let out = run(stapr().args(args), Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-    assert!(out.stdout.is_empty(), "{out:?}");
-    let lines: Vec<_> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: {out:?}");
-    assert!(lines[0].contains(says), "{args:?}: {out:?}");
+    integration_tests::assert_refused(args, &[says], Duration::from_secs(30));
 }
 
 #[test]

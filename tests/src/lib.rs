@@ -226,6 +226,19 @@ pub fn facility_works(name: &str) -> bool {
     })
 }
 
+/// Runs stapr with `args` and asserts its refusal: exit 2, nothing on stdout, one line on
+/// stderr that holds each of `says`.
+pub fn assert_refused(args: &[&str], says: &[&str], timeout: Duration) {
+    let out = run(stapr().args(args), timeout);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let lines: Vec<_> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {out:?}");
+    for s in says {
+        assert!(lines[0].contains(s), "{s:?} missing; {args:?}: {out:?}");
+    }
+}
+
 /// Runs a command to completion with a time limit.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Outcome {
     let child = cmd

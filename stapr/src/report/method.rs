@@ -35,6 +35,11 @@ impl Spec {
     pub fn planned(&self) -> bool {
         self.auto || self.partial
     }
+
+    /// Whether this machine meets all its needs (probing them on first use).
+    pub fn met(&self) -> bool {
+        self.needs.iter().all(|n| n.met())
+    }
 }
 
 /// A report's probe methods (an enum of its own, without `auto`).
@@ -161,7 +166,7 @@ fn lacks_helper<M: Method>(m: M) -> Option<String> {
 fn instead<M: Method>(m: M) -> Option<&'static str> {
     M::WAYS
         .iter()
-        .find(|w| w.spec.auto && w.method != m && w.spec.needs.iter().all(|n| n.met()))
+        .find(|w| w.spec.auto && w.method != m && w.spec.met())
         .map(|w| w.spec.name)
 }
 

@@ -220,7 +220,7 @@ impl Probes {
             // registers known, the helpers that reach them), open's arguments are read
             // there at its exit; otherwise entry probes save them.
             let ways = <Method as crate::report::method::Method>::WAYS;
-            let regs_way = ways[0].spec.needs.iter().all(|n| n.met());
+            let regs_way = ways[0].spec.met();
             if let Some(regs) = kbtf.syscall_arg_offsets().ok().filter(|_| regs_way) {
                 config.args_from_regs = 1;
                 config.reg_arg = regs;
