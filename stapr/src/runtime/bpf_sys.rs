@@ -2,9 +2,9 @@
 //! check, without an object file), loading a program with an expected attach
 //! type and attach BTF id of our choosing (kprobe.multi, one fentry/fexit copy per
 //! function), `BPF_LINK_CREATE` for kprobe.multi and uprobe.multi, `BPF_RAW_TRACEPOINT_OPEN`
-//! for fentry, and
-//! finding a module's BTF object. `union bpf_attr` and its members come from aya-obj's
-//! bindings of include/uapi/linux/bpf.h.
+//! for fentry, finding a module's BTF object, and the map-in-map update that waits for
+//! running programs. `union bpf_attr` and its members come from aya-obj's bindings of
+//! include/uapi/linux/bpf.h.
 
 use std::{
     collections::HashMap,
@@ -187,6 +187,47 @@ pub fn ringbuf_create(bytes: u32) -> io::Result<OwnedFd> {
     m.map_type = bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
     m.max_entries = bytes;
     fd_result(bpf_cmd::BPF_MAP_CREATE, &mut a)
+}
+
+/// Returns once every BPF program already running on any CPU has finished: the kernel
+/// waits for an RCU grace period after a map-in-map update (`maybe_wait_bpf_programs`,
+/// 4.20), and tracing programs other than sleepable ones run inside an RCU read-side
+/// section. A probe preempted between reading a switch and writing what it counted is
+/// then done before its old slot is read. `false` when the maps cannot be made (the
+/// caller waits a moment instead).
+pub fn wait_for_running_programs() -> bool {
+    static MAPS: std::sync::OnceLock<Option<(OwnedFd, OwnedFd)>> = std::sync::OnceLock::new();
+    let Some((outer, inner)) = MAPS.get_or_init(|| map_in_map().ok()) else {
+        return false;
+    };
+    let key = 0u32;
+    let value = inner.as_raw_fd() as u32;
+    let mut a = attr();
+    // SAFETY: writing the BPF_MAP_*_ELEM member of a zeroed union; key and value outlive
+    // the call.
+    let e = unsafe { &mut a.__bindgen_anon_2 };
+    e.map_fd = outer.as_raw_fd() as u32;
+    e.key = &key as *const u32 as u64;
+    e.__bindgen_anon_1.value = &value as *const u32 as u64;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut a).is_ok()
+}
+
+/// A one-slot array of arrays and the array it holds.
+fn map_in_map() -> io::Result<(OwnedFd, OwnedFd)> {
+    let create = |map_type: bpf_map_type, inner: Option<&OwnedFd>| {
+        let mut a = attr();
+        // SAFETY: writing the BPF_MAP_CREATE member of a zeroed union.
+        let m = unsafe { &mut a.__bindgen_anon_1 };
+        m.map_type = map_type as u32;
+        m.key_size = 4;
+        m.value_size = 4;
+        m.max_entries = 1;
+        m.inner_map_fd = inner.map_or(0, |f| f.as_raw_fd() as u32);
+        fd_result(bpf_cmd::BPF_MAP_CREATE, &mut a)
+    };
+    let inner = create(bpf_map_type::BPF_MAP_TYPE_ARRAY, None)?;
+    let outer = create(bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(&inner))?;
+    Ok((outer, inner))
 }
 
 /// How many times the kernel skipped `prog` because a program was already running on

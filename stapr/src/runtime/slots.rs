@@ -40,8 +40,11 @@ where
     let mut slot: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps.slot)?)?;
     slot.set(0, *current, 0)
         .with_context(|| format!("switching {}", maps.slot))?;
-    // Let a probe that read the old slot just before the switch finish its update.
-    std::thread::sleep(Duration::from_millis(1));
+    // A probe that read the old slot just before the switch finishes its update first,
+    // even when it was preempted in between (a busy or emulated machine).
+    if !super::bpf_sys::wait_for_running_programs() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 
     let name = maps.counts[drained as usize];
     let mut counts: PerCpuHashMap<&mut MapData, K, V> =
