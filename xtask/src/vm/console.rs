@@ -22,6 +22,9 @@ pub struct Outcome {
     pub results: Vec<(String, i32, u64)>,
     pub methods: Vec<String>,
     pub failures: Vec<String>,
+    /// (test, seconds) of every test that said how long it took (libtest's
+    /// `--report-time`).
+    pub times: Vec<(String, f64)>,
     pub passed: u64,
     pub failed: u64,
 }
@@ -50,9 +53,19 @@ impl Outcome {
                     .push((t.to_owned(), rc.parse().unwrap_or(-1), secs));
             }
         }
-        // libtest: "test name ... FAILED" and the per-binary summary.
-        if line.starts_with("test ") && line.ends_with(" ... FAILED") {
-            self.failures.push(line.to_owned());
+        // libtest: "test name ... FAILED" (with `--report-time`, "... ok <1.234s>") and
+        // the per-binary summary.
+        if let Some(rest) = line.strip_prefix("test ") {
+            let (verdict, secs) = match rest.rsplit_once(" <") {
+                Some((v, t)) => (v, t.strip_suffix("s>").and_then(|t| t.parse::<f64>().ok())),
+                None => (rest, None),
+            };
+            if let (Some((name, _)), Some(secs)) = (verdict.split_once(" ... "), secs) {
+                self.times.push((name.to_owned(), secs));
+            }
+            if verdict.ends_with(" ... FAILED") {
+                self.failures.push(format!("test {verdict}"));
+            }
         }
         if line.starts_with("test result: ") {
             for part in line.split(';') {
@@ -158,6 +171,21 @@ STAPR-VM-DONE");
             o.verdict(1, MINUTE).as_deref(),
             Some("tests failed: test nettop::counts ... FAILED")
         );
+    }
+
+    #[test]
+    fn report_times_name_each_test() {
+        let o = fed("test disktop::a ... ok <12.500s>
+test disktop::b ... FAILED <3.000s>
+test disktop::c ... ignored, needs a VM");
+        assert_eq!(
+            o.times,
+            [
+                ("disktop::a".to_owned(), 12.5),
+                ("disktop::b".to_owned(), 3.0)
+            ]
+        );
+        assert_eq!(o.failures, ["test disktop::b ... FAILED"]);
     }
 
     #[test]
