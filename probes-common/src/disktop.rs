@@ -49,6 +49,18 @@ pub struct DiskRun {
     pub counts: DiskCounters,
 }
 
+/// Threads at once inside sendfile, splice or copy_file_range that disktop follows.
+pub const DISK_XFER_ENTRIES: u32 = 10240;
+
+/// A sendfile, splice or copy_file_range in progress on a thread: the descriptor read from
+/// and the one written to, noted at syscall entry for its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskXfer {
+    pub fd_in: u32,
+    pub fd_out: u32,
+}
+
 /// The `s_magic` of the network filesystems disktop counts: NFS (v2-v4), SMB2/3 and
 /// CIFS, Ceph, 9p, AFS (kAFS's two). FUSE is left out: most FUSE mounts are local.
 pub const NETWORK_FS_MAGICS: [u64; 7] = [

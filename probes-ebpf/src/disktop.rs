@@ -18,11 +18,12 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{fexit, map, tracepoint},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{FExitContext, TracePointContext},
 };
 use probes_common::disktop::{
-    DiskCounters, DiskKey, DiskOffsets, DiskRun, DISK_MAX_ENTRIES, DISK_SLOTS, NETWORK_FS_MAGICS,
+    DiskCounters, DiskKey, DiskOffsets, DiskRun, DiskXfer, DISK_MAX_ENTRIES, DISK_SLOTS,
+    DISK_XFER_ENTRIES, NETWORK_FS_MAGICS,
 };
 use probes_ebpf::{btf_load, cgroup_id, global, tp_field, Kptr};
 
@@ -59,9 +60,14 @@ static DISK_COUNTS_1: PerCpuHashMap<DiskKey, DiskCounters> =
 static DISK_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static DISK_RUN: PerCpuArray<DiskRun> = PerCpuArray::with_max_entries(DISK_SLOTS, 0);
-/// Reads and writes (calls) not counted because the hash map was full.
+/// Reads and writes (calls) not counted because the hash map was full (or, for sendfile,
+/// splice and copy_file_range, [`DISK_XFER`] was).
 #[map]
 static DISK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Per thread (pid_tgid): the descriptors of the sendfile, splice or copy_file_range it
+/// is in, from entry to exit.
+#[map]
+static DISK_XFER: HashMap<u64, DiskXfer> = HashMap::with_max_entries(DISK_XFER_ENTRIES, 0);
 
 const RET: usize = 16;
 
@@ -116,23 +122,23 @@ fn read_ptr(base: u64, off: u32) -> u64 {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.unwrap_or(0)
 }
 
-/// The file behind `fd` in the current task's table, or 0.
+/// The file behind `fd` in the task's table, or 0.
 #[inline(always)]
-fn fd_file(task: *const u8, fd: u32) -> u64 {
+fn fd_file(task: Kptr, fd: u32) -> u64 {
     let o = &DISK_OFFSETS;
-    let files: *const u8 = unsafe { btf_load(task, off(&o.task_files)) };
+    let files = unsafe { task.member(off(&o.task_files)) };
     if files.is_null() {
         return 0;
     }
-    let fdt: *const u8 = unsafe { btf_load(files, off(&o.files_fdt)) };
+    let fdt = unsafe { files.member(off(&o.files_fdt)) };
     if fdt.is_null() {
         return 0;
     }
-    let max: u32 = unsafe { btf_load(fdt, off(&o.fdt_max_fds)) };
+    let max: u32 = unsafe { fdt.load(off(&o.fdt_max_fds)) };
     if fd >= max {
         return 0;
     }
-    let array: u64 = unsafe { btf_load(fdt, off(&o.fdt_fd)) };
+    let array: u64 = unsafe { fdt.load(off(&o.fdt_fd)) };
     if array == 0 {
         return 0;
     }
@@ -243,11 +249,38 @@ fn syscall_exit(ctx: &TracePointContext, write: bool) {
     let regs = unsafe { bpf_task_pt_regs(task.raw() as *mut _) } as *const u8;
     let fd: u64 = unsafe { btf_load(regs, off(&DISK_OFFSETS.reg_arg0)) };
     let fd = fd as u32;
-    let file = fd_file(task.raw(), fd);
-    if file == 0 {
-        return;
+    count_fd(task, fd, ret as u64, write);
+}
+
+/// Counts `n` bytes moved through `fd` of the current task, if it is a file.
+#[inline(always)]
+fn count_fd(task: Kptr, fd: u32, n: u64, write: bool) {
+    let file = fd_file(task, fd);
+    if file != 0 {
+        count(task, file, fd, n, write, || file_bdev(file));
     }
-    count(task, file, fd, ret as u64, write, || file_bdev(file));
+}
+
+/// Offset of syscall argument `i` in a classic `sys_enter_*` tracepoint's record.
+const fn arg(i: usize) -> usize {
+    16 + 8 * i
+}
+
+/// Notes a sendfile, splice or copy_file_range's descriptors for its exit.
+#[inline(always)]
+fn xfer_enter(ctx: &TracePointContext, fd_in: usize, fd_out: usize) {
+    let x = DiskXfer {
+        fd_in: tp_field::<u64>(ctx, arg(fd_in)) as u32,
+        fd_out: tp_field::<u64>(ctx, arg(fd_out)) as u32,
+    };
+    if DISK_XFER
+        .insert(&bpf_get_current_pid_tgid(), &x, 0)
+        .is_err()
+    {
+        if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
+            unsafe { *d += 1 };
+        }
+    }
 }
 
 /// fexit path: the file is a typed argument, so the whole walk to the device is direct
@@ -304,6 +337,38 @@ pub fn stapr_dt_read(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
 pub fn stapr_dt_write(ctx: TracePointContext) -> u32 {
     syscall_exit(&ctx, true);
+    0
+}
+
+/// sendfile(out_fd, in_fd, ...) entry.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendfile64")]
+pub fn stapr_dt_sendfile(ctx: TracePointContext) -> u32 {
+    xfer_enter(&ctx, 1, 0);
+    0
+}
+
+/// splice(fd_in, off_in, fd_out, ...) and copy_file_range(fd_in, off_in, fd_out, ...) entry.
+#[tracepoint(category = "syscalls", name = "sys_enter_splice")]
+pub fn stapr_dt_splice(ctx: TracePointContext) -> u32 {
+    xfer_enter(&ctx, 0, 2);
+    0
+}
+
+/// The exit of those three: the bytes moved are a read on the source and a write on the
+/// destination, each counted where it is a file (a pipe's or socket's side is not).
+#[tracepoint(category = "syscalls", name = "sys_exit_sendfile64")]
+pub fn stapr_dt_xfer(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(x) = (unsafe { DISK_XFER.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = DISK_XFER.remove(&id);
+    let ret: i64 = tp_field(&ctx, RET);
+    if ret > 0 {
+        let task = current_task();
+        count_fd(task, x.fd_in, ret as u64, false);
+        count_fd(task, x.fd_out, ret as u64, true);
+    }
     0
 }
 

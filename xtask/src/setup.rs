@@ -14,8 +14,8 @@ use crate::util::{is_root, output, status};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the host tests use (the workloads call these programs; the exporter is
-/// scraped by a real Prometheus).
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "prometheus"];
+/// scraped by a real Prometheus; disktop watches a real nginx send pages).
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "prometheus", "nginx"];
 
 /// Everything building and testing need.
 pub fn all() -> Result<()> {

@@ -6,6 +6,10 @@
 //!            more PATHs: the same on each, in turn
 //!   pipe     write MIB MiB into a pipe a thread drains
 //!   direct   write MIB MiB to PATH with O_DIRECT (bypassing the page cache)
+//!   transfers write MIB MiB to PATH and fsync it, then move the file without read(2) or
+//!            write(2): sendfile to a TCP socket (as a web server sends a page), copy_file_range
+//!            to PATH2, splice into a pipe; each MIB MiB, drained by threads. Prints
+//!            `wrote=` (2 × MIB MiB to files) and `read=` (3 × MIB MiB from the file)
 //!   readloop (benchmark) pread 4 KiB at offset 0 of PATH, MIB times (the count);
 //!            prints ns_per_read
 
@@ -92,6 +96,18 @@ fn main() -> Result<()> {
             result?;
             println!("wrote={}", n * MIB as u64);
         }
+        "transfers" => {
+            let (src, dst) = (need_path()?, args.get(4).context("this mode needs PATH2")?);
+            let mut f = File::create(src).with_context(|| format!("creating {src}"))?;
+            for _ in 0..n {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()?;
+            let f = File::open(src)?;
+            let len = n * MIB as u64;
+            transfers(&f, File::create(dst)?, len)?;
+            println!("wrote={} read={}", 2 * len, 3 * len);
+        }
         "readloop" => {
             let p = need_path()?;
             let f = File::open(p)?;
@@ -104,6 +120,62 @@ fn main() -> Result<()> {
             println!("reads={n} ns_per_read={ns:.1}");
         }
         _ => bail!("unknown mode {mode}"),
+    }
+    Ok(())
+}
+
+/// sendfile, copy_file_range and splice of `len` bytes of `src` each: to a TCP peer, to
+/// `dst`, to a pipe.
+fn transfers(src: &File, dst: File, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; MIB];
+            while matches!(r.read(&mut buf), Ok(got) if got > 0) {}
+        })
+    };
+    // Calls `step(offset, left)` until `len` bytes moved; each returns how many it moved.
+    let all = |what: &str, step: &mut dyn FnMut(&mut i64, usize) -> isize| -> Result<()> {
+        let mut off = 0i64;
+        while (off as u64) < len {
+            let left = (len - off as u64) as usize;
+            if step(&mut off, left) <= 0 {
+                bail!("{what}: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let sock = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let peer = drain(Box::new(listener.accept()?.0));
+    all("sendfile", &mut |off, left| {
+        // SAFETY: valid descriptors; `off` is the kernel's to advance.
+        unsafe { libc::sendfile(sock.as_raw_fd(), src.as_raw_fd(), off, left) }
+    })?;
+    drop(sock);
+    all("copy_file_range", &mut |off, left| {
+        // SAFETY: valid descriptors; the offsets are the kernel's to advance.
+        let mut out = *off;
+        unsafe { libc::copy_file_range(src.as_raw_fd(), off, dst.as_raw_fd(), &mut out, left, 0) }
+    })?;
+    let (r, w) = std::io::pipe()?;
+    let reader = drain(Box::new(r));
+    all("splice", &mut |off, left| {
+        // SAFETY: valid descriptors; `off` is the kernel's to advance.
+        unsafe {
+            libc::splice(
+                src.as_raw_fd(),
+                off,
+                w.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        }
+    })?;
+    drop(w);
+    for t in [peer, reader] {
+        t.join().map_err(|_| anyhow::anyhow!("drain panicked"))?;
     }
     Ok(())
 }

@@ -162,6 +162,9 @@ const LINES: &[Line] = &[
     },
 ];
 
+/// How many of a line's slowest tests its summary names.
+const SLOWEST_SHOWN: usize = 6;
+
 /// What a kernel line runs in `cargo xtask test`.
 #[derive(Clone, Copy)]
 enum Ci {
@@ -217,6 +220,7 @@ const KERNEL_CI: &[&str] = &[
     "file_writes_and_reads_on_the_right_device",
     "file_writes_and_reads_on_the_syscall_path",
     "nfs_reads_and_writes_are_counted_under_the_server",
+    "sendfile_copy_file_range_and_splice_are_counted",
     "held_long_enough_is_reported_with_its_time",
     "process_exit_closes_its_files",
     "a_stalled_nfs_server_shows_as_a_slow_open",
@@ -281,6 +285,7 @@ const ARM64_CI: &[&str] = &[
     "verdicts_match_this_kernel",
     "nettop_names_containers_and_filters_by_container_id",
     "nfs_reads_and_writes_are_counted_under_the_server",
+    "sendfile_copy_file_range_and_splice_are_counted",
     "a_stalled_nfs_server_shows_as_a_slow_open",
 ];
 
@@ -394,6 +399,16 @@ fn run_kernel(
     }
     for f in &o.failures {
         writeln!(out, "   {f}")?;
+    }
+    let mut slow = o.times.clone();
+    slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if !slow.is_empty() {
+        let top: Vec<String> = slow
+            .iter()
+            .take(SLOWEST_SHOWN)
+            .map(|(t, s)| format!("{t} {s:.0} s"))
+            .collect();
+        writeln!(out, "   slowest: {}", top.join(", "))?;
     }
     if inject == Inject::Nothing {
         for (bin, test, why) in image::skipped(line.arch) {

@@ -12,11 +12,12 @@ disktop. Pipes, sockets, tmpfs, /proc, FUSE and other files without either are n
 counted. DEVICE is the kernel's name for the block device under the file's filesystem, or
 a network mount's server side from mountinfo (nfs1:/export/www); JSON adds fstype. Where the kernel allows fexit, the probes sit on vfs_read and
 vfs_write: every read(2), write(2), pread64(2) and pwrite64(2) goes through them, and so
-does the kernel's own use of those functions; readv/writev-style calls, io_uring, mmap'd
-files, sendfile, splice and copy_file_range do not. Elsewhere (this is said at start) they
-are the exit tracepoints of read, write, pread64, pwrite64, readv, writev, preadv, pwritev,
-preadv2 and pwritev2: io_uring, mmap'd files, sendfile, splice, copy_file_range and aio
-are not seen.
+does the kernel's own use of those functions; readv/writev-style calls do not. Elsewhere
+(this is said at start) they are the exit tracepoints of read, write, pread64, pwrite64,
+readv, writev, preadv, pwritev, preadv2 and pwritev2. On both, sendfile (a read of the
+file), splice (its file side) and copy_file_range (a read and a write) are counted at
+their syscall tracepoints. Not seen: io_uring, aio, and reads through mmap (page faults,
+not bytes moved).
 
 --block counts requests issued to the devices instead (block:block_rq_issue): physical
 I/O on block devices (network filesystems have none), charged to the task running when the

@@ -77,13 +77,13 @@ impl Source for Io {
     }
 
     fn describe(&self) -> String {
+        const XFERS: &str = "sendfile, splice, copy_file_range";
         match self.probes.method {
-            Method::Fexit => {
-                "fexit on vfs_read and vfs_write, file resolved to its block device through BTF"
-                    .into()
-            }
+            Method::Fexit => format!(
+                "fexit on vfs_read and vfs_write, syscall tracepoints for {XFERS}, file resolved to its block device through BTF"
+            ),
             Method::Syscalls => format!(
-                "syscall exit tracepoints ({}, {}), fd resolved to its block device through BTF",
+                "syscall exit tracepoints ({}, {}, {XFERS}), fd resolved to its block device through BTF",
                 probes::READS.join(", "),
                 probes::WRITES.join(", ")
             ),

@@ -29,6 +29,9 @@ pub static OBJECT: Object = Object {
         FEXIT_PROGS[1].0,
         SYSCALL_PROGS[0].0,
         SYSCALL_PROGS[1].0,
+        XFER_PROGS[0].0,
+        XFER_PROGS[3].0,
+        XFER_PROGS[4].0,
         BLOCK_PROG,
     ],
     maps: &[
@@ -47,6 +50,18 @@ const FEXIT_PROGS: [(&str, &str); 2] = [
 ];
 /// The syscall-exit programs and the calls each serves.
 const SYSCALL_PROGS: [(&str, &[&str]); 2] = [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)];
+/// sendfile, splice and copy_file_range, on either method: their file descriptors noted
+/// at entry, the bytes counted at exit (a read on the source, a write on the
+/// destination). Exits first, so no entry is noted that no exit takes back.
+const XFER_PROGS: [(&str, &str); 5] = [
+    ("stapr_dt_xfer", "sys_exit_sendfile64"),
+    ("stapr_dt_xfer", "sys_exit_splice"),
+    ("stapr_dt_xfer", "sys_exit_copy_file_range"),
+    ("stapr_dt_sendfile", "sys_enter_sendfile64"),
+    ("stapr_dt_splice", "sys_enter_splice"),
+];
+/// copy_file_range's entry, argument for argument splice's.
+const COPY_ENTER: (&str, &str) = ("stapr_dt_splice", "sys_enter_copy_file_range");
 const BLOCK_PROG: &str = "stapr_dt_rq";
 const OFFSETS: &str = "DISK_OFFSETS";
 
@@ -80,7 +95,11 @@ impl crate::report::method::Method for Method {
             spec: Spec {
                 name: "fexit on vfs_read and vfs_write",
                 label: "fexit",
-                needs: &[Need::Btf, Need::Works(Facility::Fentry)],
+                needs: &[
+                    Need::Btf,
+                    Need::Works(Facility::Fentry),
+                    Need::Works(Facility::Classic),
+                ],
                 note: "",
                 partial: false,
                 auto: true,
@@ -179,6 +198,16 @@ impl Probes {
             _ => offsets = file_offsets(kbtf)?,
         }
         let mut ebpf = OBJECT.load(&offsets, cgroup)?;
+        let xfers = if method == Method::Block {
+            (0, Vec::new())
+        } else {
+            let mut list: Vec<(&str, &str, &str, bool)> = XFER_PROGS
+                .iter()
+                .map(|(prog, tp)| (*prog, "syscalls", *tp, false))
+                .collect();
+            list.push((COPY_ENTER.0, "syscalls", COPY_ENTER.1, false));
+            attach_tracepoints(&mut ebpf, &list)?
+        };
         if method == Method::Fexit {
             let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
             for (prog, func) in FEXIT_PROGS {
@@ -195,9 +224,9 @@ impl Probes {
             return Ok(Self {
                 ebpf,
                 slot: 0,
-                skipped: Vec::new(),
+                skipped: xfers.1,
                 method,
-                attached: 2,
+                attached: 2 + xfers.0,
             });
         }
         let list: Vec<(&str, &str, String, bool)> = if method == Method::Block {
@@ -216,9 +245,9 @@ impl Probes {
         Ok(Self {
             ebpf,
             slot: 0,
-            skipped,
+            skipped: [xfers.1, skipped].concat(),
             method,
-            attached,
+            attached: attached + xfers.0,
         })
     }
 
