@@ -296,7 +296,7 @@ pub struct VmArgs {
     #[arg(long = "kernel")]
     kernels: Vec<String>,
     /// Seconds one kernel may take, boot to power-off
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 2400)]
     timeout: u64,
     /// Check the harness itself: an injected test failure and an injected kernel panic
     /// must each be caught (boots the first kernel of each architecture twice, runs no tests)
@@ -520,7 +520,7 @@ impl VmArgs {
     pub fn ci() -> Self {
         VmArgs {
             kernels: Vec::new(),
-            timeout: 1800,
+            timeout: 2400,
             self_test: false,
             filter: Vec::new(),
             jobs: 2,
