@@ -91,9 +91,15 @@ fn add(map: &PerCpuHashMap<DiskKey, DiskCounters>, key: &DiskKey, c: &DiskCounte
         v.write_bytes += c.write_bytes;
         v.calls += c.calls;
     } else if map.insert(key, c, 0).is_err() {
-        if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
-            unsafe { *d += c.calls };
-        }
+        dropped(c.calls);
+    }
+}
+
+/// `n` calls not counted: a map was full.
+#[inline(always)]
+fn dropped(n: u64) {
+    if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
+        unsafe { *d += n };
     }
 }
 
@@ -277,9 +283,7 @@ fn xfer_enter(ctx: &TracePointContext, fd_in: usize, fd_out: usize) {
         .insert(&bpf_get_current_pid_tgid(), &x, 0)
         .is_err()
     {
-        if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
-            unsafe { *d += 1 };
-        }
+        dropped(1);
     }
 }
 

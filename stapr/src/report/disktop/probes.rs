@@ -29,9 +29,9 @@ pub static OBJECT: Object = Object {
         FEXIT_PROGS[1].0,
         SYSCALL_PROGS[0].0,
         SYSCALL_PROGS[1].0,
-        XFER_PROGS[0].0,
-        XFER_PROGS[3].0,
-        XFER_PROGS[4].0,
+        XFER_EXIT,
+        SENDFILE_ENTER,
+        SPLICE_ENTER,
         BLOCK_PROG,
     ],
     maps: &[
@@ -52,16 +52,19 @@ const FEXIT_PROGS: [(&str, &str); 2] = [
 const SYSCALL_PROGS: [(&str, &[&str]); 2] = [("stapr_dt_read", READS), ("stapr_dt_write", WRITES)];
 /// sendfile, splice and copy_file_range, on either method: their file descriptors noted
 /// at entry, the bytes counted at exit (a read on the source, a write on the
-/// destination). Exits first, so no entry is noted that no exit takes back.
-const XFER_PROGS: [(&str, &str); 5] = [
-    ("stapr_dt_xfer", "sys_exit_sendfile64"),
-    ("stapr_dt_xfer", "sys_exit_splice"),
-    ("stapr_dt_xfer", "sys_exit_copy_file_range"),
-    ("stapr_dt_sendfile", "sys_enter_sendfile64"),
-    ("stapr_dt_splice", "sys_enter_splice"),
+/// destination). copy_file_range's arguments are splice's. Exits first, so no entry is
+/// noted that no exit takes back.
+const XFER_EXIT: &str = "stapr_dt_xfer";
+const SENDFILE_ENTER: &str = "stapr_dt_sendfile";
+const SPLICE_ENTER: &str = "stapr_dt_splice";
+const XFER_TRACEPOINTS: [(&str, &str); 6] = [
+    (XFER_EXIT, "sys_exit_sendfile64"),
+    (XFER_EXIT, "sys_exit_splice"),
+    (XFER_EXIT, "sys_exit_copy_file_range"),
+    (SENDFILE_ENTER, "sys_enter_sendfile64"),
+    (SPLICE_ENTER, "sys_enter_splice"),
+    (SPLICE_ENTER, "sys_enter_copy_file_range"),
 ];
-/// copy_file_range's entry, argument for argument splice's.
-const COPY_ENTER: (&str, &str) = ("stapr_dt_splice", "sys_enter_copy_file_range");
 const BLOCK_PROG: &str = "stapr_dt_rq";
 const OFFSETS: &str = "DISK_OFFSETS";
 
@@ -201,11 +204,10 @@ impl Probes {
         let xfers = if method == Method::Block {
             (0, Vec::new())
         } else {
-            let mut list: Vec<(&str, &str, &str, bool)> = XFER_PROGS
+            let list: Vec<(&str, &str, &str, bool)> = XFER_TRACEPOINTS
                 .iter()
                 .map(|(prog, tp)| (*prog, "syscalls", *tp, false))
                 .collect();
-            list.push((COPY_ENTER.0, "syscalls", COPY_ENTER.1, false));
             attach_tracepoints(&mut ebpf, &list)?
         };
         if method == Method::Fexit {
