@@ -40,6 +40,33 @@ use crate::runtime::{
 /// A method is given up when this many first attaches all fail.
 const GIVE_UP_AFTER: usize = 16;
 
+/// How long attaching one function at a time may take before `auto` takes the next
+/// method instead: an operator waits a minute or two, not ten. Measured under emulation:
+/// fentry/fexit on ext4's ~800 functions took about 45 s on x86-64 but over 10 minutes on
+/// arm64, where kprobe/kretprobe took 60 s.
+pub const ATTACH_BUDGET: Duration = Duration::from_secs(120);
+
+/// The projection is made after this many functions, and only for selections at least
+/// this large twice over (a few functions attach within the budget on any machine).
+const BUDGET_SAMPLE: usize = 32;
+
+/// Why attaching `total` functions at this pace is over `budget`, once `done` of them
+/// took `took`; None while it fits (or too few are done to tell).
+fn over_budget(done: usize, total: usize, took: Duration, budget: Duration) -> Option<String> {
+    if done < BUDGET_SAMPLE || total < 2 * BUDGET_SAMPLE {
+        return None;
+    }
+    let projected = took.mul_f64(total as f64 / done as f64);
+    (projected > budget).then(|| {
+        format!(
+            "attaching {total} functions one at a time would take about {} s here (the first {done} took {:.1} s), over {} s",
+            projected.as_secs(),
+            took.as_secs_f64(),
+            budget.as_secs()
+        )
+    })
+}
+
 fn map_fd(map: &Map) -> Option<RawFd> {
     match map {
         Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::HashMap(d) => {
@@ -134,12 +161,15 @@ fn reason(what: &str, err: &str) -> String {
 }
 
 /// Tries `attach_one` on every function; gives up early when the first ones all fail
-/// (the method does not work here) and returns that error. Otherwise: the functions
+/// (the method does not work here) and returns that error, or with `budget`, when the
+/// pace of the first ones would take longer than that for all. Otherwise: the functions
 /// attached and those skipped, by reason.
 fn each(
     funcs: &[Func],
+    budget: Option<Duration>,
     mut attach_one: impl FnMut(usize, &Func) -> std::result::Result<(), String>,
 ) -> Result<(usize, BTreeMap<String, usize>)> {
+    let start = Instant::now();
     let mut progress = Progress::new(funcs.len());
     let mut ok = 0;
     let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
@@ -155,6 +185,11 @@ fn each(
         if ok == 0 && i + 1 >= GIVE_UP_AFTER.min(funcs.len()) {
             progress.done();
             return Err(anyhow!(first_err.unwrap_or_default()));
+        }
+        if let Some(why) = budget.and_then(|b| over_budget(i + 1, funcs.len(), start.elapsed(), b))
+        {
+            progress.done();
+            return Err(anyhow!(why));
         }
         progress.show(i + 1);
     }
@@ -191,8 +226,15 @@ pub fn multi(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind]) -> Result<Probes> {
 }
 
 /// One fentry and one fexit program per function, each loaded for its BTF id (in the
-/// module's BTF for a module's function).
-pub fn fentry(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Result<Probes> {
+/// module's BTF for a module's function). With `budget`, given up when the first
+/// functions' pace would take longer than that for all.
+pub fn fentry(
+    ebpf: Ebpf,
+    funcs: &[Func],
+    rets: &[RetKind],
+    addrs: &Addrs,
+    budget: Option<Duration>,
+) -> Result<Probes> {
     let code = [
         (
             relocated(&ebpf, probes::PROG_FENTRY)?,
@@ -209,7 +251,7 @@ pub fn fentry(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Re
     let module_fds = bpf_sys::module_btf_fds()?;
     let mut module_btf: HashMap<String, Option<btf::Btf>> = HashMap::new();
     let mut raw: Vec<OwnedFd> = Vec::new();
-    let (ok, skipped) = each(funcs, |_, f| {
+    let (ok, skipped) = each(funcs, budget, |_, f| {
         let (id, obj) = match &f.module {
             None => (vmlinux.func_id(&f.name), None),
             Some(m) => {
@@ -253,6 +295,12 @@ pub fn fentry(ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Re
     Ok(p)
 }
 
+/// kprobe/kretprobe can attach here (the PMU and a program that loads).
+pub fn kprobes_work() -> bool {
+    use crate::runtime::features::{check, Facility};
+    crate::runtime::features::kprobe_pmu() && check(Facility::Kprobes).is_ok()
+}
+
 /// One kprobe and one kretprobe per function.
 pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -> Result<Probes> {
     if !crate::runtime::features::kprobe_pmu() {
@@ -268,7 +316,7 @@ pub fn kprobe(mut ebpf: Ebpf, funcs: &[Func], rets: &[RetKind], addrs: &Addrs) -
         let p: &mut KProbe = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
-    let (ok, skipped) = each(funcs, |_, f| {
+    let (ok, skipped) = each(funcs, None, |_, f| {
         let mut done = Vec::new();
         for name in progs {
             let p: &mut KProbe = program(&mut ebpf, name).map_err(|e| e.to_string())?;
@@ -363,7 +411,7 @@ pub fn uprobe(mut ebpf: Ebpf, path: &Path, funcs: &[ProgramFn]) -> Result<Probes
     };
     let as_funcs: Vec<Func> = funcs.iter().map(|f| func(&f.symbol)).collect();
     let mut links = 0;
-    let (ok, skipped) = each(&as_funcs, |i, f| {
+    let (ok, skipped) = each(&as_funcs, None, |i, f| {
         let progs = match funcs[i].entry_only {
             Some(_) => &probes::PROGS_UPROBE[..1],
             None => &probes::PROGS_UPROBE[..],
@@ -424,7 +472,7 @@ mod tests {
     #[test]
     fn gives_up_when_the_first_attaches_all_fail() {
         let mut tried = 0;
-        let err = each(&funcs(100), |_, _| {
+        let err = each(&funcs(100), None, |_, _| {
             tried += 1;
             Err("kprobe refused: Operation not supported".into())
         })
@@ -433,7 +481,7 @@ mod tests {
         assert_eq!(err.to_string(), "kprobe refused: Operation not supported");
         // Fewer functions than that: all are tried first.
         let mut tried = 0;
-        assert!(each(&funcs(3), |_, _| {
+        assert!(each(&funcs(3), None, |_, _| {
             tried += 1;
             Err("no".into())
         })
@@ -443,7 +491,7 @@ mod tests {
 
     #[test]
     fn counts_skipped_functions_once_one_works() {
-        let (ok, skipped) = each(&funcs(40), |i, _| {
+        let (ok, skipped) = each(&funcs(40), None, |i, _| {
             if i % 4 == 0 {
                 Ok(())
             } else {
@@ -457,5 +505,29 @@ mod tests {
         assert_eq!(ok, 10);
         assert_eq!(skipped.get("refused: no BTF"), Some(&20));
         assert_eq!(skipped.get("refused: busy"), Some(&10));
+    }
+
+    #[test]
+    fn a_slow_pace_gives_the_method_up_after_the_sample() {
+        let budget = Duration::from_secs(120);
+        let mut tried = 0;
+        let err = each(&funcs(800), Some(budget), |_, _| {
+            tried += 1;
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        });
+        // 5 ms each is 4 s for all: within the budget, every function attached.
+        assert_eq!(err.unwrap().0, 800);
+        assert_eq!(tried, 800);
+        // Seen from a pace of 0.75 s per function (arm64 under emulation).
+        let slow = over_budget(32, 800, Duration::from_secs(24), budget).unwrap();
+        assert_eq!(
+            slow,
+            "attaching 800 functions one at a time would take about 600 s here (the first 32 took 24.0 s), over 120 s"
+        );
+        assert!(over_budget(31, 800, Duration::from_secs(24), budget).is_none());
+        // Small selections are never given up for their pace.
+        assert!(over_budget(32, 63, Duration::from_secs(600), budget).is_none());
+        assert!(over_budget(32, 800, Duration::from_secs(4), budget).is_none());
     }
 }

@@ -110,7 +110,7 @@ impl crate::report::method::Method for Method {
                     Need::Works(Facility::FentryFuncIp),
                     Need::Works(Facility::FuncRet),
                 ],
-                note: "one program pair per function",
+                note: "one program pair per function; kprobes when that would take over 2 min",
                 partial: false,
                 auto: true,
             },
@@ -249,11 +249,14 @@ impl Probes {
         addrs: &Addrs,
     ) -> Result<Self> {
         let t = Instant::now();
+        // Left to choose, fentry/fexit gives way to kprobes where attaching it one
+        // function at a time would take too long; asked for by name, it takes its time.
+        let budget = (choice.is_none() && attach::kprobes_work()).then_some(attach::ATTACH_BUDGET);
         let mut p = first_working("calltree", choice, |m| {
             let ebpf = load(config)?;
             match m {
                 Method::Multi => attach::multi(ebpf, funcs, rets),
-                Method::Fentry => attach::fentry(ebpf, funcs, rets, addrs),
+                Method::Fentry => attach::fentry(ebpf, funcs, rets, addrs, budget),
                 _ => attach::kprobe(ebpf, funcs, rets, addrs),
             }
         })
