@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 
 mod calltree;
 
-use calltree::{calltree_in_vms, formatter};
+use calltree::{calltree_in_vms, formatter, per_call_in_vms};
 
 use crate::util::{cargo, is_root, workspace_root};
 
@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// calltree: leave out the part that boots the Debian kernels (about 25 minutes).
     #[arg(long)]
     host_only: bool,
+    /// calltree: only the per-call cost of fentry/fexit and kprobe/kretprobe in the
+    /// x86-64 and arm64 6.12 VMs (about 15 minutes).
+    #[arg(long, conflicts_with = "host_only")]
+    per_call: bool,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -303,6 +307,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     cargo(&["build", "--release", "-p", "stapr", "-p", "stapr-examples"])?;
     let report = args.report;
     if let Report::Calltree = report {
+        if args.per_call {
+            return per_call_in_vms();
+        }
         formatter(args.verbose)?;
     }
     let event = event_name(report);
@@ -364,6 +371,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Report::Calltree = report {
         if !args.host_only {
             calltree_in_vms()?;
+            per_call_in_vms()?;
         }
     }
     Ok(())

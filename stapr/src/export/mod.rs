@@ -7,6 +7,7 @@ pub mod http;
 
 use std::{
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     task::{Context, Poll},
     time::Duration,
 };
@@ -34,6 +35,9 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub recv_at: nettop::RecvAt,
 }
+
+/// Connections the kernel queues before the exporter accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Between scrapes the tables are drained this often, so they never fill.
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
@@ -151,6 +155,13 @@ pub fn run(opts: Options) -> Result<()> {
     // Bind first: a taken port should fail before any probe is loaded.
     let listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| user_error(format!("cannot listen on {}: {e}", opts.listen)))?;
+    // std listens with a backlog of 128: a storm of scrapes while a drain runs filled it,
+    // and a client whose SYN was dropped waits a second to send it again. Linux takes a
+    // second listen(2) as a new backlog (capped by net.core.somaxconn).
+    // SAFETY: listen(2) on the socket this function owns, no pointers.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting the listen backlog");
+    }
     listener
         .set_nonblocking(true)
         .context("making the listening socket non-blocking")?;

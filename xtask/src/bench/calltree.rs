@@ -151,3 +151,117 @@ pub fn calltree_in_vms() -> Result<()> {
     }
     Ok(())
 }
+
+/// Rounds of [`PER_CALL_BENCH`]: each runs the reads bare, under fentry/fexit and under
+/// kprobe/kretprobe, in turn.
+const PER_CALL_ROUNDS: usize = 5;
+
+/// Reads per round: 20 `dd` runs of 4,096 one-byte reads of a cached ext4 file, each a
+/// call of `ext4_file_read_iter`.
+const PER_CALL_CALLS: f64 = 20.0 * 4096.0;
+
+/// For each round and method (none, fentry, kprobe): the same reads, timed from
+/// /proc/uptime, with `calltree -f ext4_file_read_iter` printing every call to /dev/null.
+const PER_CALL_BENCH: &str = r#"
+dd if=/dev/zero of=percall.dat bs=4096 count=1 2>/dev/null
+reads() {
+  i=0
+  while [ $i -lt 20 ]; do dd if=percall.dat of=/dev/null bs=1 count=4096 2>/dev/null; i=$((i+1)); done
+}
+round=1
+while [ $round -le @ROUNDS@ ]; do
+  for m in none fentry kprobe; do
+    if [ $m != none ]; then
+      ./stapr calltree -f ext4_file_read_iter --attach $m >/dev/null 2>/tmp/ct &
+      pid=$!
+      n=0
+      while ! grep -q "Ctrl-C" /tmp/ct && [ $n -lt 1500 ]; do sleep 0.2; n=$((n+1)); done
+    fi
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    reads
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    if [ $m != none ]; then kill -INT $pid; wait $pid; fi
+    echo "@METHOD@ calltree-percall $m $round $t0 $t1"
+  done
+  round=$((round+1))
+done
+"#;
+
+/// The per-call cost of fentry/fexit and of kprobe/kretprobe on one ext4 function, in
+/// the same VM, on x86-64 and arm64 6.12: what `auto` weighs against attach time for a
+/// large selection. Under TCG, so slower than hardware; the ratio is the point.
+pub fn per_call_in_vms() -> Result<()> {
+    println!(
+        "calltree per call in the Debian VMs (TCG): ext4_file_read_iter, {} reads a round, {PER_CALL_ROUNDS} rounds, medians of paired differences:",
+        PER_CALL_CALLS as u64
+    );
+    let script: &'static str = Box::leak(
+        PER_CALL_BENCH
+            .replace("@ROUNDS@", &PER_CALL_ROUNDS.to_string())
+            .into_boxed_str(),
+    );
+    let names = ["debian-6.12".to_owned(), "debian-6.12-arm64".to_owned()];
+    for line in vm::kernel_lines(&names)? {
+        let tests = vm::prepare(line.arch)?;
+        let (_, log, o) = vm::boot_line(
+            line,
+            &tests,
+            &[],
+            vm::Inject::Script(script),
+            Duration::from_secs(2400),
+        )?;
+        if !o.done {
+            bail!(
+                "{}: the benchmark did not finish; console log: {}",
+                line.name,
+                log.display()
+            );
+        }
+        // (method, round) -> seconds
+        let mut secs: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for m in &o.methods {
+            let Some(rest) = m.strip_prefix("calltree-percall ") else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let [method, round, t0, t1] = f[..] else {
+                continue;
+            };
+            let (Ok(t0), Ok(t1)) = (t0.parse::<f64>(), t1.parse::<f64>()) else {
+                continue;
+            };
+            secs.insert((method.to_owned(), round.to_owned()), t1 - t0);
+        }
+        let added = |method: &str| -> Vec<f64> {
+            secs.iter()
+                .filter(|((m, _), _)| m == method)
+                .filter_map(|((_, r), t)| {
+                    let bare = secs.get(&("none".to_owned(), r.clone()))?;
+                    Some((t - bare) / PER_CALL_CALLS * 1e9)
+                })
+                .collect()
+        };
+        let bare: Vec<f64> = secs
+            .iter()
+            .filter(|((m, _), _)| m == "none")
+            .map(|(_, t)| t / PER_CALL_CALLS * 1e9)
+            .collect();
+        let (fentry, kprobe) = (added("fentry"), added("kprobe"));
+        if bare.is_empty() || fentry.is_empty() || kprobe.is_empty() {
+            bail!(
+                "{}: the benchmark printed no complete round; console log: {}",
+                line.name,
+                log.display()
+            );
+        }
+        println!(
+            "  {:<18} bare {:>8.0} ns/read, fentry/fexit {:>+8.0} ns/call, kprobe/kretprobe {:>+8.0} ns/call, kprobe/fentry {:.2}",
+            line.name,
+            median(&bare),
+            median(&fentry),
+            median(&kprobe),
+            median(&kprobe) / median(&fentry)
+        );
+    }
+    Ok(())
+}
