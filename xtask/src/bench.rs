@@ -27,6 +27,9 @@ pub enum Report {
     Slowopen,
     /// 4 KiB reads (pread) of a cached file: ns per read.
     Disktop,
+    /// disktop on 4 KiB sendfiles of a cached file to /dev/null, as a web server sends a
+    /// page: ns per sendfile (an entry and an exit event).
+    DisktopSendfile,
     /// The formatter alone (events/s), calls of a traced program (ns per call, uprobes,
     /// two probe events per call), and in the Debian VMs attach and detach times for every
     /// ext4 function with each method.
@@ -184,6 +187,16 @@ fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
             let file = file.to_string_lossy();
             example("disk_writer", &["readloop", &n, &file], cpu, "ns_per_read")
         }
+        Report::DisktopSendfile => {
+            let file = cached_file()?;
+            let file = file.to_string_lossy();
+            example(
+                "disk_writer",
+                &["sendloop", &n, &file],
+                cpu,
+                "ns_per_sendfile",
+            )
+        }
         // Each round makes 9 calls.
         Report::Calltree => example(
             "call_chain",
@@ -204,7 +217,7 @@ fn stapr_args(report: Report) -> Vec<String> {
     let args: &[&str] = match report {
         Report::Nettop => &["nettop", "-i", "5"],
         Report::Slowopen => &["slowopen", "--min", "1s"],
-        Report::Disktop => &["disktop", "-i", "5"],
+        Report::Disktop | Report::DisktopSendfile => &["disktop", "-i", "5"],
         Report::Calltree => {
             chain = call_chain_path();
             &["calltree", "--binary", &chain, "-f", "ct_*"]
@@ -228,7 +241,10 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
         c.extend(extra.iter().map(|s| s.to_string()));
         c
     };
-    if matches!(report, Report::Nettop | Report::Disktop) {
+    if matches!(
+        report,
+        Report::Nettop | Report::Disktop | Report::DisktopSendfile
+    ) {
         sides.push((" --containers", with(&["--containers"])));
     }
     if let Report::Nettop = report {
@@ -246,6 +262,7 @@ fn event_name(report: Report) -> &'static str {
         Report::Nettop => "packet",
         Report::Slowopen => "iteration",
         Report::Disktop => "read",
+        Report::DisktopSendfile => "sendfile",
         Report::Calltree => "call",
     }
 }

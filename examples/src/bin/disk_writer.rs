@@ -12,6 +12,8 @@
 //!            `wrote=` (2 × MIB MiB to files) and `read=` (3 × MIB MiB from the file)
 //!   readloop (benchmark) pread 4 KiB at offset 0 of PATH, MIB times (the count);
 //!            prints ns_per_read
+//!   sendloop (benchmark) sendfile 4 KiB at offset 0 of PATH to /dev/null, MIB times (the
+//!            count); prints ns_per_sendfile
 
 use std::{
     fs::{File, OpenOptions},
@@ -28,7 +30,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (mode, n) = match args.as_slice() {
         [_, mode, n, ..] => (mode.as_str(), n.parse::<u64>().context("MIB")?),
-        _ => bail!("usage: disk_writer file|pipe|direct|readloop MIB [PATH]"),
+        _ => bail!("usage: disk_writer file|pipe|direct|transfers|readloop|sendloop MIB [PATH]"),
     };
     let path = args.get(3);
     let need_path = || path.context("this mode needs a PATH");
@@ -118,6 +120,23 @@ fn main() -> Result<()> {
             }
             let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
             println!("reads={n} ns_per_read={ns:.1}");
+        }
+        "sendloop" => {
+            use std::os::fd::AsRawFd;
+            let f = File::open(need_path()?)?;
+            let null = OpenOptions::new().write(true).open("/dev/null")?;
+            let start = Instant::now();
+            for _ in 0..n {
+                let mut off: libc::off_t = 0;
+                // SAFETY: two open fds and a valid offset; no buffers.
+                let sent =
+                    unsafe { libc::sendfile(null.as_raw_fd(), f.as_raw_fd(), &mut off, 4096) };
+                if sent != 4096 {
+                    bail!("sendfile sent {sent}: {}", std::io::Error::last_os_error());
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+            println!("sendfiles={n} ns_per_sendfile={ns:.1}");
         }
         _ => bail!("unknown mode {mode}"),
     }
