@@ -75,6 +75,23 @@ for m in multi fentry kprobe; do
 done
 "#;
 
+/// Boots `line` to run a benchmark's shell `script` instead of the tests; the console
+/// log's path and the outcome (the script's `@METHOD@` lines in `methods`) once the
+/// script has finished.
+fn boot_script(line: &vm::Line, script: &'static str) -> Result<(PathBuf, vm::Outcome)> {
+    let tests = vm::prepare(line.arch)?;
+    let script = vm::Inject::Script(script);
+    let (_, log, o) = vm::boot_line(line, &tests, &[], script, Duration::from_secs(2400))?;
+    if !o.done {
+        bail!(
+            "{}: the benchmark did not finish; console log: {}",
+            line.name,
+            log.display()
+        );
+    }
+    Ok((log, o))
+}
+
 /// calltree's VM part: attach and detach times of every ext4 function with each method,
 /// on each kernel, side by side.
 pub fn calltree_in_vms() -> Result<()> {
@@ -89,16 +106,7 @@ pub fn calltree_in_vms() -> Result<()> {
         .into_iter()
         .filter(|l| l.arch == vm::Arch::X86_64)
     {
-        let tests = vm::prepare(line.arch)?;
-        let script = vm::Inject::Script(CALLTREE_BENCH);
-        let (_, log, o) = vm::boot_line(line, &tests, &[], script, Duration::from_secs(2400))?;
-        if !o.done {
-            bail!(
-                "{}: the benchmark did not finish; console log: {}",
-                line.name,
-                log.display()
-            );
-        }
+        let (_, o) = boot_script(line, CALLTREE_BENCH)?;
         let mut rows: BTreeMap<String, [String; 5]> = BTreeMap::new();
         for m in &o.methods {
             let Some(rest) = m.strip_prefix("calltree-bench ") else {
@@ -152,16 +160,13 @@ pub fn calltree_in_vms() -> Result<()> {
     Ok(())
 }
 
-/// Rounds of [`PER_CALL_BENCH`]: each runs the reads bare, under fentry/fexit and under
-/// kprobe/kretprobe, in turn.
-const PER_CALL_ROUNDS: usize = 5;
-
 /// Reads per round: 20 `dd` runs of 4,096 one-byte reads of a cached ext4 file, each a
 /// call of `ext4_file_read_iter`.
 const PER_CALL_CALLS: f64 = 20.0 * 4096.0;
 
-/// For each round and method (none, fentry, kprobe): the same reads, timed from
-/// /proc/uptime, with `calltree -f ext4_file_read_iter` printing every call to /dev/null.
+/// For each of 5 rounds and each method in turn (none, fentry, kprobe): the same reads,
+/// timed from /proc/uptime, with `calltree -f ext4_file_read_iter` printing every call to
+/// /dev/null.
 const PER_CALL_BENCH: &str = r#"
 dd if=/dev/zero of=percall.dat bs=4096 count=1 2>/dev/null
 reads() {
@@ -169,7 +174,7 @@ reads() {
   while [ $i -lt 20 ]; do dd if=percall.dat of=/dev/null bs=1 count=4096 2>/dev/null; i=$((i+1)); done
 }
 round=1
-while [ $round -le @ROUNDS@ ]; do
+while [ $round -le 5 ]; do
   for m in none fentry kprobe; do
     if [ $m != none ]; then
       ./stapr calltree -f ext4_file_read_iter --attach $m >/dev/null 2>/tmp/ct &
@@ -192,31 +197,12 @@ done
 /// large selection. Under TCG, so slower than hardware; the ratio is the point.
 pub fn per_call_in_vms() -> Result<()> {
     println!(
-        "calltree per call in the Debian VMs (TCG): ext4_file_read_iter, {} reads a round, {PER_CALL_ROUNDS} rounds, medians of paired differences:",
+        "calltree per call in the Debian VMs (TCG): ext4_file_read_iter, {} reads a round, medians of paired differences:",
         PER_CALL_CALLS as u64
-    );
-    let script: &'static str = Box::leak(
-        PER_CALL_BENCH
-            .replace("@ROUNDS@", &PER_CALL_ROUNDS.to_string())
-            .into_boxed_str(),
     );
     let names = ["debian-6.12".to_owned(), "debian-6.12-arm64".to_owned()];
     for line in vm::kernel_lines(&names)? {
-        let tests = vm::prepare(line.arch)?;
-        let (_, log, o) = vm::boot_line(
-            line,
-            &tests,
-            &[],
-            vm::Inject::Script(script),
-            Duration::from_secs(2400),
-        )?;
-        if !o.done {
-            bail!(
-                "{}: the benchmark did not finish; console log: {}",
-                line.name,
-                log.display()
-            );
-        }
+        let (log, o) = boot_script(line, PER_CALL_BENCH)?;
         // (method, round) -> seconds
         let mut secs: BTreeMap<(String, String), f64> = BTreeMap::new();
         for m in &o.methods {
@@ -255,8 +241,9 @@ pub fn per_call_in_vms() -> Result<()> {
             );
         }
         println!(
-            "  {:<18} bare {:>8.0} ns/read, fentry/fexit {:>+8.0} ns/call, kprobe/kretprobe {:>+8.0} ns/call, kprobe/fentry {:.2}",
+            "  {:<18} {} rounds: bare {:>8.0} ns/read, fentry/fexit {:>+8.0} ns/call, kprobe/kretprobe {:>+8.0} ns/call, kprobe/fentry {:.2}",
             line.name,
+            bare.len(),
             median(&bare),
             median(&fentry),
             median(&kprobe),
