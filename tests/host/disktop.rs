@@ -564,21 +564,28 @@ fn a_stalled_nfs_server_does_not_stall_disktop() {
     let stalled = nfs.stall();
     // Into the page cache: no request to the server until the file is flushed.
     file.write_all(&vec![7u8; MIB as usize]).unwrap();
-    // Two intervals end while the server does not answer; then Ctrl-C.
-    std::thread::sleep(Duration::from_millis(2500));
+    let me = std::process::id();
+    let source = nfs.source.clone();
+    let written = move |stdout: &str| -> u64 {
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["pid"] == me && v["device"] == source.as_str() && v["direction"] == "W")
+            .map(|v| v["bytes"].as_u64().unwrap())
+            .sum()
+    };
+    // An interval ends while the server does not answer, and names the mount.
+    stapr.wait_stdout(
+        "an interval naming the stalled mount with the 1 MiB written to it",
+        Duration::from_secs(120),
+        |out| written(out) >= MIB,
+    );
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(15));
+    let out = stapr.finish(Duration::from_secs(60));
     drop(stalled);
     drop(file);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let me = std::process::id();
-    let written: u64 = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["pid"] == me && v["device"] == nfs.source.as_str() && v["direction"] == "W")
-        .map(|v| v["bytes"].as_u64().unwrap())
-        .sum();
+    let written = written(&out.stdout);
     assert_eq!(
         written, MIB,
         "stdout:\n{}\nstderr:\n{}",

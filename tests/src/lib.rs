@@ -8,7 +8,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc, Mutex, MutexGuard},
+    sync::{mpsc, Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -62,6 +62,8 @@ pub struct Running {
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
     stdout: Option<std::thread::JoinHandle<String>>,
+    /// What stdout has given so far, as the reader thread receives it.
+    stdout_so_far: Arc<Mutex<String>>,
 }
 
 const READY: &str = "Ctrl-C to end";
@@ -85,10 +87,25 @@ impl Running {
     pub fn spawn(args: &[&str]) -> Running {
         let mut r = Self::spawn_with_stdout(args, Stdio::piped());
         let mut out = r.child.stdout.take().expect("stdout");
+        let so_far = r.stdout_so_far.clone();
         r.stdout = Some(std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
+            let mut buf = [0u8; 64 << 10];
+            let mut raw = Vec::new();
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                raw.extend_from_slice(&buf[..n]);
+                // Whole lines only, so a reader never sees half a row.
+                let end = raw.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if end > 0 {
+                    let lines: Vec<u8> = raw.drain(..end).collect();
+                    so_far
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&String::from_utf8_lossy(&lines));
+                }
+            }
+            let mut all = so_far.lock().unwrap_or_else(|e| e.into_inner());
+            all.push_str(&String::from_utf8_lossy(&raw));
+            all.clone()
         }));
         r
     }
@@ -109,7 +126,35 @@ impl Running {
             stderr_lines: lines_of(err),
             stderr_seen: Vec::new(),
             stdout: None,
+            stdout_so_far: Arc::default(),
         }
+    }
+
+    /// Waits until the whole lines stdout has given so far satisfy `done` (a `spawn`ed
+    /// stapr's); panics after `timeout`, saying it waited for `what`, with the output.
+    pub fn wait_stdout(&mut self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
+        let so_far = self.stdout_so_far.clone();
+        let seen = wait_for(timeout, || {
+            let s = so_far.lock().unwrap_or_else(|e| e.into_inner());
+            done(&s).then_some(())
+        });
+        if seen.is_none() {
+            self.stderr_seen.extend(self.stderr_lines.try_iter());
+            let out = so_far.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; stdout (last 2000 bytes):\n{}\nstderr:\n{}",
+                tail(&out, 2000),
+                self.stderr_seen.join("\n")
+            );
+        }
+    }
+
+    /// The whole lines stdout has given so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout_so_far
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The read end of stdout, for a `spawn_with_stdout(.., Stdio::piped())`.
@@ -195,6 +240,39 @@ impl Running {
             stderr: self.stderr_seen.join("\n"),
         }
     }
+}
+
+/// Polls `ready` (every 20 to 200 ms) until it gives a value, for at most `timeout`.
+/// None at the deadline: the caller fails, naming what it waited for. A test waits for
+/// the thing it needs this way, never for a fixed time.
+pub fn wait_for<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = ready() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// As [`wait_for`], panicking at the deadline with what it waited for.
+pub fn wait_until<T>(what: &str, timeout: Duration, ready: impl FnMut() -> Option<T>) -> T {
+    wait_for(timeout, ready)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// The last `n` bytes of `s` (on a character boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
 }
 
 /// A test that panics with stapr still running must not leave it attached for the tests

@@ -7,7 +7,9 @@
 //!   a failed request:  ct_failing -> ct_open_missing (returns -2, as C's -ENOENT)
 //!
 //! With `flood N`, instead: one request, ct_flood, that makes N calls of ct_tick (a tree
-//! that outgrows any buffer).
+//! that outgrows any buffer); then `flooded` on standard output, and for each further
+//! line on standard input one ct_tick on a new thread (a tree of its own, after the
+//! flood's: once a tracer shows it, it has read everything before it).
 //!
 //! usage: call_trees [ROUNDS] [flood N]
 
@@ -81,6 +83,16 @@ fn main() {
     let _ = std::io::stdin().lock().read_line(&mut line);
     if let Some(n) = flood {
         black_box(ct_flood(n));
+        println!("flooded");
+        let mut more = String::new();
+        while std::io::stdin()
+            .lock()
+            .read_line(&mut more)
+            .is_ok_and(|n| n > 0)
+        {
+            let _ = std::thread::spawn(|| black_box(ct_tick(0))).join();
+            more.clear();
+        }
         return;
     }
     for i in 0..rounds {

@@ -27,9 +27,13 @@ pub fn boot(
     log: &Path,
 ) -> Result<Outcome> {
     // arm64: QEMU's generic "virt" board; its first serial port is a PL011.
-    let (qemu, machine, console): (&str, &[&str], &str) = match kernel.arch {
-        Arch::X86_64 => ("qemu-system-x86_64", &[], "ttyS0"),
-        Arch::Aarch64 => ("qemu-system-aarch64", &["-M", "virt"], "ttyAMA0"),
+    // x86-64 guests get one TCG thread for both vCPUs: with a thread per vCPU, QEMU let
+    // one vCPU run a stale copy of kernel text another was patching (text_poke_bp's
+    // int3, already replaced), which the guest took as an oops and panicked (6.12,
+    // twice: syscall exit while stapr attached). Two guests still keep both cores busy.
+    let (qemu, machine, accel, console): (&str, &[&str], &str, &str) = match kernel.arch {
+        Arch::X86_64 => ("qemu-system-x86_64", &[], "tcg,thread=single", "ttyS0"),
+        Arch::Aarch64 => ("qemu-system-aarch64", &["-M", "virt"], "tcg", "ttyAMA0"),
     };
     // A virtio-net NIC on QEMU's user network. A datagram the guest sends to
     // 10.0.2.2:<port> reaches this host's loopback, where the forward of that port sends
@@ -57,7 +61,7 @@ pub fn boot(
     );
     let mut child = Command::new(qemu)
         .args(machine)
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-accel", accel, "-cpu", "max", "-m", "2048", "-smp", "2"])
         .arg("-kernel")
         .arg(kernel.vmlinuz())
         .arg("-initrd")

@@ -242,19 +242,24 @@ pub fn run(opts: Options) -> Result<()> {
         let mut ring = ring::Watched::new(ring);
         let stop = runtime::stopped(opts.duration, true);
         tokio::pin!(stop);
-        loop {
+        let why = loop {
             let more = ring.ring().is_some_and(|r| printer.drain(r, names));
             let text = printer.take();
             // Output stops at once on a stop, whatever is still in the ring or unwritten.
-            if out::write_or_stop(&text, &mut stop).await?.is_some() {
-                break;
+            if let Some(why) = out::write_or_stop(&text, &mut stop).await? {
+                break why;
             }
             let wait = if more { Duration::ZERO } else { POLL };
             tokio::select! {
                 biased;
-                r = &mut stop => { r?; break; }
+                r = &mut stop => break r?,
                 r = ring.wait(Some(wait)) => r?,
             }
+        };
+        // The trees still open, as far as they got (held back by --min/--errors only).
+        let open = printer.close_open(runtime::monotonic_ns());
+        if why != runtime::Stop::ReaderGone && !open.is_empty() {
+            out::write_last(&open).await?;
         }
         Ok(())
     })?;

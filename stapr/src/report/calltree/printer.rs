@@ -53,6 +53,7 @@ struct Held {
     text: String,
     failed: bool,
     cut_lines: u64,
+    comm: String,
 }
 
 pub struct Printer {
@@ -140,6 +141,9 @@ impl Printer {
             return;
         }
         let held = self.held.entry(e.tid).or_default();
+        if held.comm.is_empty() {
+            held.comm = e.comm.to_owned();
+        }
         held.failed |= p.errno.is_some();
         if shown {
             let before = held.text.len();
@@ -176,18 +180,60 @@ impl Printer {
             self.trees.dropped += 1;
             return;
         }
+        self.print(held, e.tid, None);
+    }
+
+    /// At a stop: the trees whose outermost call has not returned (still running, or its
+    /// return was among the events lost) are printed as far as they got, each with a
+    /// line that says so, if they are already slow (open at least `--min` by `now_ns`)
+    /// or something in them failed. Lines still in the ring are not waited for.
+    pub fn close_open(&mut self, now_ns: u64) -> String {
+        let mut tids: Vec<u32> = self.held.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let Some(since) = self.indenter.open_since(tid) else {
+                continue;
+            };
+            let Some(held) = self.held.remove(&tid) else {
+                continue;
+            };
+            self.held_bytes -= held.text.len();
+            let open_ns = now_ns.saturating_sub(since);
+            let slow = self.filter.min_ns.is_some_and(|min| open_ns >= min);
+            if slow || (self.filter.errors && held.failed) {
+                self.print(held, tid, Some(open_ns));
+            }
+        }
+        self.take()
+    }
+
+    /// A held tree goes out, with a line for the lines it lost to the memory bound and,
+    /// when `open_ns` is given, one saying it was still open at the stop.
+    fn print(&mut self, held: Held, tid: u32, open_ns: Option<u64>) {
         self.trees.printed += 1;
         self.out.push_str(&held.text);
+        let comm = &held.comm;
         if held.cut_lines > 0 {
             self.trees.cut += 1;
             let n = held.cut_lines;
             match self.format {
                 Format::Text => self.out.push_str(&format!(
-                    "... {n} lines of {}({})'s tree cut: it outgrew stapr's buffer\n",
-                    e.comm, e.tid
+                    "... {n} lines of {comm}({tid})'s tree cut: it outgrew stapr's buffer\n"
                 )),
                 Format::Json => {
-                    let v = serde_json::json!({"tid": e.tid, "comm": e.comm, "cut_lines": n});
+                    let v = serde_json::json!({"tid": tid, "comm": comm, "cut_lines": n});
+                    self.out.push_str(&(v.to_string() + "\n"));
+                }
+            }
+        }
+        if let Some(open) = open_ns {
+            match self.format {
+                Format::Text => self.out.push_str(&format!(
+                    "... {comm}({tid})'s tree still open at stop, after {}\n",
+                    tree::duration(open)
+                )),
+                Format::Json => {
+                    let v = serde_json::json!({"tid": tid, "comm": comm, "open_at_stop_ns": open});
                     self.out.push_str(&(v.to_string() + "\n"));
                 }
             }
@@ -351,6 +397,38 @@ mod tests {
         );
         assert_eq!((p.trees.printed, p.trees.cut), (1, 1));
         assert_eq!(p.held_bytes, 0);
+    }
+
+    #[test]
+    fn trees_open_at_stop_are_printed_with_a_marker_when_slow_or_failed() {
+        let f = TreeFilter {
+            min_ns: Some(100_000_000),
+            errors: true,
+        };
+        let mut p = Printer::new(Format::Text, None, false, f);
+        // tid 7: open 300 ms by the stop; tid 8: open 1 ms, nothing failed; tid 9: a
+        // failure inside, open 1 ms; tid 10: closed, fast.
+        p.add(&call(0, 7, 1, true, 0), &names());
+        p.add(&call(299_000, 8, 1, true, 0), &names());
+        p.add(&call(299_000, 9, 1, true, 0), &names());
+        p.add(&call(299_001, 9, 3, true, 0), &names());
+        p.add(&call(299_002, 9, 3, false, -2), &names());
+        p.add(&call(299_000, 10, 1, true, 0), &names());
+        p.add(&call(299_001, 10, 1, false, 0), &names());
+        assert!(p.take().is_empty(), "nothing printed before the stop");
+        let text = p.close_open(300_000_000);
+        assert_eq!(
+            text,
+            "     0 srv(7): -> ext4_function_1\n\
+             ... srv(7)'s tree still open at stop, after 300.000 ms\n\
+             \x20    0 srv(9): -> ext4_function_1\n\
+             \x20    1 srv(9):  -> ext4_function_3\n\
+             \x20    2 srv(9):  <- ext4_function_3\n\
+             ... srv(9)'s tree still open at stop, after 1.000 ms\n"
+        );
+        assert_eq!((p.trees.printed, p.trees.dropped), (2, 1));
+        assert_eq!(p.held_bytes, 0);
+        assert!(p.close_open(400_000_000).is_empty(), "printed once");
     }
 
     /// The formatter's rate, for `cargo xtask bench calltree`: STAPR_FORMAT_EVENTS

@@ -112,6 +112,14 @@ impl Indenter {
     pub fn open_trees(&self) -> usize {
         self.threads.len()
     }
+
+    /// When `tid`'s outermost open call began, if it has one.
+    pub fn open_since(&self, tid: u32) -> Option<u64> {
+        self.threads
+            .get(&tid)
+            .filter(|t| !t.stack.is_empty())
+            .map(|t| t.base_ns)
+    }
 }
 
 /// The `thread_indent` line of an event: `"%6d %s:%-*s"` then `-> func` or `<- func`.
