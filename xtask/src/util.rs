@@ -79,12 +79,25 @@ pub fn cargo_test(args: &[&str]) -> Result<TestTotals> {
         .context("starting cargo test")?;
     let mut totals = TestTotals::default();
     let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut all = String::new();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         add_result(&line, &mut totals);
+        all.push_str(&line);
+        all.push('\n');
     }
     let st = child.wait().context("waiting for cargo test")?;
+    let log = crate::runs::keep("host-tests.log", &all);
+    for f in crate::runs::libtest_failures(&all) {
+        let own = crate::runs::keep(&format!("host-{}.log", f.name), &f.section);
+        crate::runs::record(&crate::runs::Failure {
+            place: "host".into(),
+            test: f.name,
+            message: f.message,
+            log: own.or_else(|| log.clone()).unwrap_or_default(),
+        });
+    }
     if !st.success() && totals.failed == 0 {
         bail!("cargo test failed ({st})");
     }

@@ -473,9 +473,17 @@ fn run_kernel(
         1
     };
     let verdict = o.verdict(expected_results, timeout);
+    // The run's own copy of the console (`cargo xtask test`), which outlives the clone.
+    let log = match inject {
+        Inject::Nothing => crate::runs::keep_file(&format!("{}-console.log", line.name), &log),
+        _ => log,
+    };
     if let Some(v) = &verdict {
         writeln!(out, "   {}: {v}; console log: {}", line.name, log.display())?;
         failures(&log, &mut out)?;
+        if inject == Inject::Nothing {
+            record_failures(line.name, v, &log);
+        }
     }
     print!("{out}");
     Ok((verdict, o.passed, o.failed))
@@ -579,6 +587,16 @@ impl VmArgs {
         }
     }
 
+    /// What `cargo xtask test --quick` runs: the 6.12 line's share of [`KERNEL_CI`].
+    pub fn quick() -> Self {
+        VmArgs {
+            kernels: vec!["debian-6.12".into()],
+            filter: KERNEL_CI.iter().map(|s| s.to_string()).collect(),
+            ci: false,
+            ..Self::ci()
+        }
+    }
+
     /// The harness's self-test on the first kernel of each architecture.
     pub fn self_check() -> Self {
         VmArgs {
@@ -603,6 +621,32 @@ fn self_test(line: &Line, tests: &[(String, PathBuf)], timeout: Duration) -> Res
     }
     println!("xtask vm: self-test passed (a failing test and a kernel panic were both caught)");
     Ok(())
+}
+
+/// Notes each failed test of a line's console for the test command's closing list, or
+/// the line's verdict when no test failed (a panic, a time-out, no boot).
+fn record_failures(line: &str, verdict: &str, console: &Path) {
+    let text = std::fs::read(console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let failed = crate::runs::libtest_failures(&text);
+    if failed.is_empty() {
+        crate::runs::record(&crate::runs::Failure {
+            place: line.into(),
+            test: "-".into(),
+            message: verdict.into(),
+            log: console.into(),
+        });
+    }
+    for f in failed {
+        let own = crate::runs::keep(&format!("{line}-{}.log", f.name), &f.section);
+        crate::runs::record(&crate::runs::Failure {
+            place: line.into(),
+            test: f.name,
+            message: f.message,
+            log: own.unwrap_or_else(|| console.into()),
+        });
+    }
 }
 
 /// The libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
