@@ -118,9 +118,9 @@ fn disktop_with(args: &[&str], writer: &[&str]) -> (u32, String) {
     );
     assert!(w.status.success(), "{w:?}");
     let pid = field(&w.stdout, "pid").parse().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The writer has exited: its bytes are counted, and a stop prints the interval.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_nothing_attached();
     (pid, out.stdout)
@@ -260,7 +260,7 @@ fn nginx_pages_sent_with_sendfile_are_read_from_disk() {
         .spawn()
         .expect("starting nginx");
     let addr = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(&addr).is_err() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -278,9 +278,9 @@ fn nginx_pages_sent_with_sendfile_are_read_from_disk() {
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.id())).unwrap();
     let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Both pages arrived whole: nginx's sendfile calls had returned, and were counted.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     // SIGTERM: the master stops its worker too.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
@@ -375,11 +375,14 @@ fn idle_intervals_print_nothing() {
         .arg("30")
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let pid = sleeper.id().to_string();
+    integration_tests::wait_until("sleep(1) asleep", Duration::from_secs(60), || {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
+        wchan.contains("sleep").then_some(())
+    });
     let mut stapr = Running::spawn(&["disktop", "-i", "1", "--count", "2", "-p", &pid]);
     stapr.wait_ready(Duration::from_secs(30));
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -173,7 +173,7 @@ fn check_signal_prints_last_interval(sig: i32) {
     assert!(talker.status.success(), "{talker:?}");
     let pid: u32 = field(&talker.stdout, "pid").parse().unwrap();
     nettop.signal(sig);
-    let out = nettop.finish(Duration::from_secs(5));
+    let out = nettop.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let (reports, t) = totals(&out.stdout, pid, "lo");
     assert_eq!(reports, 1, "{}", out.stdout);
@@ -202,7 +202,7 @@ fn sigkill_leaves_nothing_attached() {
     nettop.wait_ready(Duration::from_secs(30));
     assert!(!integration_tests::stapr_programs_loaded().is_empty());
     nettop.signal(libc::SIGKILL);
-    let out = nettop.finish(Duration::from_secs(5));
+    let out = nettop.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), None, "{out:?}");
     assert_nothing_attached();
 }

@@ -18,10 +18,12 @@ use serde_json::Value;
 /// How soon a stop (signal, --duration, a reader gone) must end a report. Emulated VMs
 /// get more: everything there runs several times slower.
 fn within() -> Duration {
+    // A stop that is not honoured is never honoured: the bound only has to be far above
+    // a slow machine's exit (tens of ms here, about a second under emulation).
     if std::env::var_os("STAPR_VM").is_some() {
-        Duration::from_secs(3)
+        Duration::from_secs(45)
     } else {
-        Duration::from_secs(1)
+        Duration::from_secs(15)
     }
 }
 
@@ -109,6 +111,7 @@ impl DiskActivity {
         let h = std::thread::spawn(move || {
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = std::fs::write(&path, [b'd'; 4096]);
+                // Paces the workload only.
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = std::fs::remove_file(&path);
@@ -145,12 +148,13 @@ fn a_stop_is_honoured_while_stdout_is_blocked() {
         let mut r = Running::spawn_with_stdout(&args, Stdio::from(write_end));
         r.wait_ready(Duration::from_secs(60));
         calls.iter_mut().for_each(Calls::go);
-        // Long enough for the report to have tried to write (and blocked, before).
+        // Long enough for the report to have tried to write (and blocked, before). On a
+        // slower machine it may not have tried yet: the test is weaker then, never wrong.
         std::thread::sleep(Duration::from_millis(800));
         assert!(!r.exited(), "{what} ended by itself");
         r.signal(sig);
         let took = exits_within(&mut r, within(), what);
-        let out = r.finish(Duration::from_secs(5));
+        let out = r.finish(Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
         eprintln!("{what}: stopped {took:?} after the signal");
         assert_nothing_attached();
@@ -170,7 +174,7 @@ fn duration_is_honoured_while_stdout_is_blocked() {
         r.wait_ready(Duration::from_secs(60));
         calls.iter_mut().for_each(Calls::go);
         exits_within(&mut r, Duration::from_secs(1) + within(), what);
-        let out = r.finish(Duration::from_secs(5));
+        let out = r.finish(Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
         assert_nothing_attached();
     }
@@ -200,7 +204,7 @@ fn a_reader_that_goes_away_ends_each_report() {
         // `| head -1`: the reader takes one line and leaves.
         drop(reader);
         exits_within(&mut r, within(), what);
-        let out = r.finish(Duration::from_secs(5));
+        let out = r.finish(Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
         assert_nothing_attached_within(Duration::from_secs(30));
     }
@@ -288,7 +292,8 @@ fn json_around(report: &[&str], workload: &mut Command) -> (Vec<Value>, String) 
     r.wait_ready(Duration::from_secs(60));
     let w = run(workload, Duration::from_secs(600));
     assert!(w.status.success(), "{w:?}");
-    std::thread::sleep(Duration::from_millis(500));
+    // The workload has exited: what it did is counted, or waits in the ring, which a stop
+    // reads to the end.
     r.signal(libc::SIGINT);
     let out = r.finish(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -397,7 +402,7 @@ fn full_tables_show_their_losses_in_that_interval() {
         Duration::from_secs(600),
     );
     assert!(w.status.success(), "{w:?}");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every file is closed: their records wait in the ring, which a stop reads to the end.
     r.signal(libc::SIGINT);
     let out = r.finish(Duration::from_secs(30));
     let name = path.display().to_string();
@@ -501,7 +506,7 @@ fn kill_9_leaves_nothing_attached() {
         let mut r = Running::spawn(&args);
         r.wait_ready(Duration::from_secs(60));
         r.signal(libc::SIGKILL);
-        let _ = r.finish(Duration::from_secs(10));
+        let _ = r.finish(Duration::from_secs(60));
         assert_nothing_attached_within(Duration::from_secs(2));
     }
 }
@@ -561,7 +566,7 @@ fn the_exporter_keeps_answering_under_load() {
     assert!(rss < 100 * 1024, "exporter RSS {rss} KiB under load");
     drop(idle);
     exporter.signal(libc::SIGTERM);
-    let out = exporter.finish(Duration::from_secs(10));
+    let out = exporter.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_nothing_attached();
 }
@@ -654,6 +659,7 @@ fn after_a_stalled_stdout(
     let t = Instant::now();
     let w = run(workload, Duration::from_secs(600));
     assert!(w.status.success(), "{w:?}");
+    // The scene: stdout stays unread this long (a pause, not a wait for a result).
     std::thread::sleep(pause.saturating_sub(t.elapsed()));
     // Only now does anyone read: everything the report made meanwhile waited in it.
     let reader = std::thread::spawn(move || {
@@ -661,7 +667,7 @@ fn after_a_stalled_stdout(
         let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut s);
         s
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // What still waits in the report is written at the stop, as long as stdout takes it.
     r.signal(libc::SIGINT);
     let out = r.finish(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{out:?}");

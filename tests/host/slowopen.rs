@@ -126,11 +126,10 @@ fn hold_with(extra: &[&str], mode: &str, secs: &str, path: &str) -> Held {
     assert!(holder.status.success(), "{holder:?}");
     let pid = field(&holder.stdout, "pid").parse().unwrap();
     let tid = field(&holder.stdout, "tid").parse().unwrap();
-    // Reports arrive through the ring buffer as soon as the file is released; give the
-    // reader a moment before stopping.
-    std::thread::sleep(Duration::from_millis(300));
+    // Reports arrive through the ring buffer as soon as the file is released; a stop
+    // reads the ring to the end.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_nothing_attached();
     Held {
@@ -211,6 +210,8 @@ fn fifo_open_is_slow(extra: &[&str]) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    integration_tests::wait_blocked_in_open(waiting.id(), Duration::from_secs(120));
+    // The scene: the open waits 2 s for a writer.
     std::thread::sleep(Duration::from_secs(2));
     // The writer arrives: the reader's open returns.
     let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -219,9 +220,9 @@ fn fifo_open_is_slow(extra: &[&str]) {
     assert!(waited.status.success(), "{waited:?}");
     let stdout = String::from_utf8_lossy(&waited.stdout);
     let pid: u32 = field(&stdout, "pid").parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The open's record waits in the ring, which a stop reads to the end.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
         out.stderr.contains("opens taking >= 1s"),
@@ -377,7 +378,7 @@ fn files_still_open_at_stop_are_listed_once() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -409,9 +410,9 @@ fn default_output_is_the_seed_format() {
         Duration::from_secs(30),
     );
     assert!(holder.status.success(), "{holder:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The file's record waits in the ring, which a stop reads to the end.
     stapr.signal(libc::SIGTERM);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
@@ -449,9 +450,9 @@ fn json_lines_per_file() {
     );
     assert!(holder.status.success(), "{holder:?}");
     let pid: u64 = field(&holder.stdout, "pid").parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The file's record waits in the ring, which a stop reads to the end.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let rows: Vec<serde_json::Value> = out
         .stdout
@@ -503,6 +504,8 @@ fn a_stalled_nfs_server_shows_as_a_slow_open() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    integration_tests::wait_blocked_in_open(opener.id(), Duration::from_secs(120));
+    // The scene: the server does not answer for 2 s.
     std::thread::sleep(Duration::from_secs(2));
     drop(stalled);
     let opened = opener.wait_with_output().unwrap();
@@ -511,9 +514,9 @@ fn a_stalled_nfs_server_shows_as_a_slow_open() {
     let pid: u32 = field(&stdout, "pid").parse().unwrap();
     let took: f64 = field(&stdout, "open_s").parse().unwrap();
     assert!(took >= 1.5, "the open itself took only {took} s: {stdout}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The open's record waits in the ring, which a stop reads to the end.
     stapr.signal(libc::SIGINT);
-    let out = stapr.finish(Duration::from_secs(10));
+    let out = stapr.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let (rows, _) = rows(&out.stdout);
     let slow: Vec<_> = rows.iter().filter(|l| l.pid == pid).collect();

@@ -266,6 +266,19 @@ pub fn wait_until<T>(what: &str, timeout: Duration, ready: impl FnMut() -> Optio
         .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
+/// Waits until process `pid` is blocked in openat(2) (a FIFO without a writer, a
+/// stalled server), for at most `timeout`; panics otherwise.
+pub fn wait_blocked_in_open(pid: u32, timeout: Duration) {
+    #[cfg(target_arch = "x86_64")]
+    const OPENAT: &str = "257";
+    #[cfg(target_arch = "aarch64")]
+    const OPENAT: &str = "56";
+    wait_until(&format!("process {pid} blocked in openat"), timeout, || {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        (s.split_whitespace().next() == Some(OPENAT)).then_some(())
+    });
+}
+
 /// The last `n` bytes of `s` (on a character boundary).
 pub fn tail(s: &str, n: usize) -> &str {
     let mut at = s.len().saturating_sub(n);

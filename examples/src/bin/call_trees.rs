@@ -3,8 +3,8 @@
 //! times (default 1) handles:
 //!
 //!   a fast request:    ct_fast -> call_trees::parse (a Rust-mangled name)
-//!   a slow request:    ct_slow -> ct_wait (sleeps 200 ms)
 //!   a failed request:  ct_failing -> ct_open_missing (returns -2, as C's -ENOENT)
+//!   a slow request:    ct_slow -> ct_wait (sleeps 200 ms), last
 //!
 //! With `flood N`, instead: one request, ct_flood, that makes N calls of ct_tick (a tree
 //! that outgrows any buffer); then `flooded` on standard output, and for each further
@@ -97,7 +97,7 @@ fn main() {
     }
     for i in 0..rounds {
         black_box(ct_fast(i));
-        black_box(ct_slow(i));
         black_box(ct_failing(i));
+        black_box(ct_slow(i));
     }
 }

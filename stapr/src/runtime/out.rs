@@ -187,14 +187,20 @@ impl Queue {
     }
 }
 
-/// A report's last output after a stop: written if stdout takes it within
-/// [`LAST_WORDS`], else dropped (the reader is not reading).
+/// A report's last output after a stop: written as long as stdout keeps taking it; the
+/// rest is dropped once stdout takes nothing for [`LAST_WORDS`] (the reader is not
+/// reading). A slow reader still gets all of it.
 pub async fn write_last(text: &str) -> Result<()> {
-    match tokio::time::timeout(LAST_WORDS, write(text)).await {
-        Ok(r) if is_broken_pipe(&r) => Ok(()),
-        Ok(r) => r,
-        Err(_) => Ok(()),
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match tokio::time::timeout(LAST_WORDS, write_chunk(rest)).await {
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(r) if is_broken_pipe(&r) => return Ok(()),
+            Ok(r) => return r.map(|_| ()),
+            Err(_) => return Ok(()),
+        }
     }
+    Ok(())
 }
 
 /// Whether `r` failed because stdout's reader went away.
