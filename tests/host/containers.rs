@@ -333,6 +333,29 @@ fn calltree_names_containers_and_filters() {
     let inside = docker.run("call_chain", &[]);
     let outside = web.run("call_chain", &[]);
     let (inside, outside) = (id_of(&inside, "tid"), id_of(&outside, "tid"));
+    // calltree's output stops at once on a stop: wait for the last lines asserted.
+    let returned = |tid: u64| format!(" call_chain({tid}) ");
+    text.wait_stdout(
+        "both chains' ct_outer returns",
+        Duration::from_secs(600),
+        |o| {
+            [inside, outside].iter().all(|&t| {
+                o.lines()
+                    .any(|l| l.contains(&returned(t)) && l.ends_with(": <- ct_outer"))
+            })
+        },
+    );
+    json.wait_stdout(
+        "the container's ct_outer return",
+        Duration::from_secs(600),
+        |o| {
+            o.lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v["func"] == "ct_outer" && v["event"] == "return" && v["tid"] == inside
+                })
+            })
+        },
+    );
     let text = interrupt(text).stdout;
     let json = interrupt(json).stdout;
 

@@ -394,6 +394,38 @@ fn idle_intervals_print_nothing() {
     assert_nothing_attached();
 }
 
+/// Ctrl-C in the middle of an interval prints that interval, as SystemTap's `probe end`
+/// does: with `-i 600` it is the only output, and it holds every byte.
+#[test]
+fn the_interval_in_progress_is_printed_at_ctrl_c() {
+    let _k = kernel_lock();
+    let file = work_dir().join("last-interval.dat");
+    let (pid, stdout) = disktop_with(
+        &[
+            "disktop",
+            "-i",
+            "600",
+            "-c",
+            "disk_writer",
+            "--format",
+            "json",
+        ],
+        &["file", "2", file.to_str().unwrap()],
+    );
+    let device = device_of(&work_dir());
+    let by_device = json_bytes(&stdout, pid);
+    let bytes = |dir: &str| {
+        by_device
+            .iter()
+            .filter(|((dev, _, d), _)| *dev == device && d == dir)
+            .map(|(_, b)| *b)
+            .sum::<u64>()
+    };
+    assert!(bytes("W") >= 2 * MIB, "{by_device:?}\n{stdout}");
+    assert!(bytes("R") >= 2 * MIB, "{by_device:?}\n{stdout}");
+    let _ = std::fs::remove_file(file);
+}
+
 #[test]
 fn json_lines_carry_raw_bytes() {
     let _k = kernel_lock();
