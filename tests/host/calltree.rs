@@ -210,7 +210,7 @@ fn binary_tree_has_the_programs_call_structure() {
         return;
     }
     let mut tracer = Running::spawn(&["calltree", "--binary", &path, "--func", "ct_*"]);
-    let ready = tracer.wait_ready(Duration::from_secs(30));
+    let ready = tracer.wait_ready(Duration::from_secs(300));
     assert!(ready.contains("uprobe/uretprobe on 4 functions"), "{ready}");
     let tid: u32 = call_chain(&[]).parse().unwrap();
     let out = stop_when(tracer, "ct_outer's return", |o| {
@@ -270,7 +270,7 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
     let (a, pid_a) = start(std::path::Path::new(&path));
     let (b, pid_b) = start(std::path::Path::new(&path));
     let mut tracer = Running::spawn(&["calltree", "--binary", &path, "-f", "ct_*", "-p", &pid_a]);
-    tracer.wait_ready(Duration::from_secs(30));
+    tracer.wait_ready(Duration::from_secs(300));
     go(a);
     go(b);
     let a_tid: u32 = pid_a.parse().unwrap();
@@ -290,7 +290,7 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
     let mut tracer = Running::spawn(&[
         "calltree", "--binary", &path, "-f", "ct_*", "-c", "chain_ot",
     ]);
-    tracer.wait_ready(Duration::from_secs(30));
+    tracer.wait_ready(Duration::from_secs(300));
     let (c, _) = start(std::path::Path::new(&path));
     go(c);
     let out = stop_quiet(tracer);
@@ -308,7 +308,7 @@ fn binary_filters_by_pid_and_comm_in_the_kernel() {
         "-c",
         "n_oth",
     ]);
-    tracer.wait_ready(Duration::from_secs(30));
+    tracer.wait_ready(Duration::from_secs(300));
     let (d, pid_d) = start(&other);
     go(d);
     let d_tid: u32 = pid_d.parse().unwrap();
@@ -337,7 +337,7 @@ fn binary_json_and_max_depth() {
         "--format",
         "json",
     ]);
-    tracer.wait_ready(Duration::from_secs(30));
+    tracer.wait_ready(Duration::from_secs(300));
     let tid: u64 = call_chain(&[]).parse().unwrap();
     let out = stop_when(tracer, "ct_outer's return", |o| {
         returned(o, "ct_outer", Some(tid as u32))
@@ -475,7 +475,7 @@ fn a_function_dwarf_marks_noreturn_gets_no_return_probe() {
     let _k = kernel_lock();
     let path = bin("args_echo").to_str().unwrap().to_owned();
     let mut tracer = Running::spawn(&["calltree", "--binary", &path, "-f", "ae_*", "-f", "_start"]);
-    let ready = tracer.wait_ready(Duration::from_secs(60));
+    let ready = tracer.wait_ready(Duration::from_secs(300));
     // ae_exit is named in no list: only its debug information says it never returns.
     assert!(
         ready.contains("2 at entry only, no return probe: _start, ae_exit"),
@@ -856,7 +856,7 @@ fn trees_of_call_trees(args: &[&str], last: &str) -> Outcome {
     ];
     all.extend_from_slice(args);
     let mut tracer = Running::spawn(&all);
-    tracer.wait_ready(Duration::from_secs(60));
+    tracer.wait_ready(Duration::from_secs(300));
     let mut prog = example("call_trees")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -978,7 +978,7 @@ fn a_runaway_tree_is_cut_and_memory_stays_bounded() {
     let mut tracer = Running::spawn(&[
         "calltree", "--binary", &path, "-f", "ct_flood", "-f", "ct_tick", "--min", "1ns",
     ]);
-    tracer.wait_ready(Duration::from_secs(60));
+    tracer.wait_ready(Duration::from_secs(300));
     let mut prog = example("call_trees")
         .args(["1", "flood", "300000"])
         .stdin(Stdio::piped())

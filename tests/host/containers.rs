@@ -150,7 +150,7 @@ fn nettop_names_containers_and_filters_by_container_id() {
     let (docker, id) = TestCgroup::docker("5ca1ab1e");
     let web = TestCgroup::new("web.slice/httpd.service");
     let mut text = Running::spawn(&["nettop", "-i", "1", "--containers"]);
-    text.wait_ready(Duration::from_secs(30));
+    text.wait_ready(Duration::from_secs(300));
     let mut json = Running::spawn(&[
         "nettop",
         "-i",
@@ -160,7 +160,7 @@ fn nettop_names_containers_and_filters_by_container_id() {
         "--cgroup",
         &id[..8],
     ]);
-    json.wait_ready(Duration::from_secs(30));
+    json.wait_ready(Duration::from_secs(300));
     let talk = ["--count", "300", "--size", "400"];
     let inside = pid_of(&docker.run("udp_talker", &talk));
     let twin = pid_of(&web.run("udp_talker", &talk));
@@ -205,7 +205,7 @@ fn disktop_names_containers_and_filters_by_path() {
     std::fs::create_dir_all(&dir).unwrap();
     let (a, b) = (dir.join("a.dat"), dir.join("b.dat"));
     let mut text = Running::spawn(&["disktop", "-i", "1", "-r", "50", "--containers"]);
-    text.wait_ready(Duration::from_secs(30));
+    text.wait_ready(Duration::from_secs(300));
     // A parent cgroup: everything below web.slice is kept.
     let mut json = Running::spawn(&[
         "disktop",
@@ -218,7 +218,7 @@ fn disktop_names_containers_and_filters_by_path() {
         "--cgroup",
         "web.slice",
     ]);
-    json.wait_ready(Duration::from_secs(30));
+    json.wait_ready(Duration::from_secs(300));
     let outside = pid_of(&docker.run("disk_writer", &["file", "2", a.to_str().unwrap()]));
     let inside = pid_of(&web.run("disk_writer", &["file", "2", b.to_str().unwrap()]));
     let text = interrupt(text).stdout;
@@ -266,11 +266,11 @@ fn slowopen_names_containers_and_filters() {
     std::fs::write(&path, b"x").unwrap();
     let p = path.to_str().unwrap();
     let mut text = Running::spawn(&["slowopen", "--min", "500ms", "--containers"]);
-    text.wait_ready(Duration::from_secs(30));
+    text.wait_ready(Duration::from_secs(300));
     let mut json = Running::spawn(&[
         "slowopen", "--min", "500ms", "--format", "json", "--cgroup", &web.rel,
     ]);
-    json.wait_ready(Duration::from_secs(30));
+    json.wait_ready(Duration::from_secs(300));
     let outside = pid_of(&docker.run("file_holder", &["close", "0.7", p]));
     let inside = pid_of(&web.run("file_holder", &["close", "0.7", p]));
     let text = interrupt(text).stdout;
@@ -317,7 +317,7 @@ fn calltree_names_containers_and_filters() {
         return;
     }
     let mut text = Running::spawn(&["calltree", "--binary", chain, "-f", "ct_*", "--containers"]);
-    text.wait_ready(Duration::from_secs(30));
+    text.wait_ready(Duration::from_secs(300));
     let mut json = Running::spawn(&[
         "calltree",
         "--binary",
@@ -329,7 +329,7 @@ fn calltree_names_containers_and_filters() {
         "--cgroup",
         &id[..6],
     ]);
-    json.wait_ready(Duration::from_secs(30));
+    json.wait_ready(Duration::from_secs(300));
     let inside = docker.run("call_chain", &[]);
     let outside = web.run("call_chain", &[]);
     let (inside, outside) = (id_of(&inside, "tid"), id_of(&outside, "tid"));
@@ -386,7 +386,7 @@ fn export_labels_series_by_container() {
         "--by",
         "comm,container",
     ]);
-    let ready = exporter.wait_ready(Duration::from_secs(60));
+    let ready = exporter.wait_ready(Duration::from_secs(300));
     assert!(ready.contains("series by comm,container"), "{ready}");
     let addr = exporter_address(&ready);
     pid_of(&docker.run("udp_talker", &["--count", "100", "--size", "200"]));
@@ -414,7 +414,7 @@ fn a_removed_cgroup_keeps_its_last_name() {
     let _k = kernel_lock();
     let (mut docker, id) = TestCgroup::docker("dead");
     let mut json = Running::spawn(&["nettop", "-i", "1", "--format", "json"]);
-    json.wait_ready(Duration::from_secs(30));
+    json.wait_ready(Duration::from_secs(300));
     let pid = pid_of(&docker.run("udp_talker", &["--count", "50", "--size", "100"]));
     docker.remove();
     assert!(!docker.dir().exists(), "the test cgroup is still there");

@@ -111,7 +111,7 @@ fn device_of(path: &Path) -> String {
 /// Runs disktop with `args` until `disk_writer <writer>` is done, then stops it.
 fn disktop_with(args: &[&str], writer: &[&str]) -> (u32, String) {
     let mut stapr = Running::spawn(args);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let w = run(
         example("disk_writer").args(writer),
         Duration::from_secs(120),
@@ -250,7 +250,7 @@ fn nginx_pages_sent_with_sendfile_are_read_from_disk() {
     )
     .unwrap();
     let mut stapr = Running::spawn(&["disktop", "-i", "1", "--format", "json", "-c", "nginx"]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let mut server = std::process::Command::new(bin)
         .args(["-e", &format!("{d}/error.log"), "-p"])
         .arg(&dir)
@@ -381,7 +381,7 @@ fn idle_intervals_print_nothing() {
         wchan.contains("sleep").then_some(())
     });
     let mut stapr = Running::spawn(&["disktop", "-i", "1", "--count", "2", "-p", &pid]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let out = stapr.finish(Duration::from_secs(60));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
@@ -592,7 +592,7 @@ fn a_stalled_nfs_server_does_not_stall_disktop() {
         "fexit"
     };
     let mut stapr = Running::spawn(&["disktop", "-i", "1", "--format", "json", "--probe", probe]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-stalled");
     let path = nfs.dir.join("written-while-stalled.dat");
     let mut file = std::fs::File::create(&path).unwrap();

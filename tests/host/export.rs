@@ -92,7 +92,7 @@ fn start_exporter(extra: &[&str]) -> (Running, String) {
     let mut args = vec!["export", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let mut exporter = Running::spawn(&args);
-    let ready = exporter.wait_ready(Duration::from_secs(60));
+    let ready = exporter.wait_ready(Duration::from_secs(300));
     let addr = exporter_address(&ready);
     (exporter, addr)
 }

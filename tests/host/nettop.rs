@@ -64,7 +64,7 @@ fn totals(stdout: &str, pid: u32, dev: &str) -> (usize, Totals) {
 /// `size` bytes once it is attached, and returns the talker's pid and stapr's stdout.
 fn nettop_with_talker(args: &[&str], count: u64, size: usize) -> (u32, String) {
     let mut nettop = Running::spawn(args);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     let talker = run(
         example("udp_talker").args(["--count", &count.to_string(), "--size", &size.to_string()]),
         Duration::from_secs(30),
@@ -121,7 +121,7 @@ fn loopback_udp_classic_tracepoints() {
 fn loopback_udp_auto_picks_btf_here() {
     let _k = kernel_lock();
     let mut nettop = Running::spawn(&["nettop", "-i", "1", "--count", "1"]);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     let out = nettop.finish(Duration::from_secs(30));
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -165,7 +165,7 @@ fn check_signal_prints_last_interval(sig: i32) {
     let _k = kernel_lock();
     // An interval far longer than the test: only the signal can make it report.
     let mut nettop = Running::spawn(&["nettop", "-i", "600"]);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     let talker = run(
         example("udp_talker").args(["--count", "300"]),
         Duration::from_secs(30),
@@ -199,7 +199,7 @@ fn sigterm_prints_the_current_interval_and_exits_zero() {
 fn sigkill_leaves_nothing_attached() {
     let _k = kernel_lock();
     let mut nettop = Running::spawn(&["nettop", "-i", "600"]);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     assert!(!integration_tests::stapr_programs_loaded().is_empty());
     nettop.signal(libc::SIGKILL);
     let out = nettop.finish(Duration::from_secs(60));
@@ -267,7 +267,7 @@ fn veth_device_names_and_counts() {
     let _pair = VethPair::new();
     const N: u64 = 400;
     let mut nettop = Running::spawn(&["nettop", "-i", "1", "--count", "2", "--recv-at", "device"]);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     let talker_bin = integration_tests::bin("udp_talker");
     let talker = run(
         std::process::Command::new("ip")
@@ -453,7 +453,7 @@ fn nettop_json(extra: &[&str]) -> Running {
     let mut args = vec!["nettop", "-i", "1", "--count", "4", "--format", "json"];
     args.extend_from_slice(extra);
     let mut nettop = Running::spawn(&args);
-    nettop.wait_ready(Duration::from_secs(30));
+    nettop.wait_ready(Duration::from_secs(300));
     nettop
 }
 

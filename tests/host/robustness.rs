@@ -146,7 +146,7 @@ fn a_stop_is_honoured_while_stdout_is_blocked() {
         let _disk = DiskActivity::start();
         let mut calls = what.starts_with("calltree").then(Calls::waiting);
         let mut r = Running::spawn_with_stdout(&args, Stdio::from(write_end));
-        r.wait_ready(Duration::from_secs(60));
+        r.wait_ready(Duration::from_secs(300));
         calls.iter_mut().for_each(Calls::go);
         // Long enough for the report to have tried to write (and blocked, before). On a
         // slower machine it may not have tried yet: the test is weaker then, never wrong.
@@ -171,7 +171,7 @@ fn duration_is_honoured_while_stdout_is_blocked() {
         let (_read_end, write_end) = full_pipe();
         let mut calls = (what == "calltree").then(Calls::waiting);
         let mut r = Running::spawn_with_stdout(&args, Stdio::from(write_end));
-        r.wait_ready(Duration::from_secs(60));
+        r.wait_ready(Duration::from_secs(300));
         calls.iter_mut().for_each(Calls::go);
         exits_within(&mut r, Duration::from_secs(1) + within(), what);
         let out = r.finish(Duration::from_secs(60));
@@ -195,7 +195,7 @@ fn a_reader_that_goes_away_ends_each_report() {
         let mut calls = (what == "calltree").then(Calls::waiting);
         let mut r = Running::spawn_with_stdout(&args, Stdio::piped());
         let mut reader = BufReader::new(r.take_stdout());
-        r.wait_ready(Duration::from_secs(60));
+        r.wait_ready(Duration::from_secs(300));
         calls.iter_mut().for_each(Calls::go);
         let mut first = String::new();
         reader
@@ -289,7 +289,7 @@ fn only_bpf_capabilities_run_the_reports_or_name_what_is_missing() {
 /// Runs `report` (with JSON output), the workload, then Ctrl-C; returns stdout's objects.
 fn json_around(report: &[&str], workload: &mut Command) -> (Vec<Value>, String) {
     let mut r = Running::spawn(report);
-    r.wait_ready(Duration::from_secs(60));
+    r.wait_ready(Duration::from_secs(300));
     let w = run(workload, Duration::from_secs(600));
     assert!(w.status.success(), "{w:?}");
     // The workload has exited: what it did is counted, or waits in the ring, which a stop
@@ -396,7 +396,7 @@ fn full_tables_show_their_losses_in_that_interval() {
     let path = bin_dir().join("robustness-held");
     std::fs::write(&path, b"held").unwrap();
     let mut r = Running::spawn(&["slowopen", "--min", "50ms"]);
-    r.wait_ready(Duration::from_secs(60));
+    r.wait_ready(Duration::from_secs(300));
     let w = run(
         example("many_procs").args([&files.to_string(), "hold", "300", path.to_str().unwrap()]),
         Duration::from_secs(600),
@@ -504,7 +504,7 @@ fn kill_9_leaves_nothing_attached() {
         vec!["export", "--listen", "127.0.0.1:0"],
     ] {
         let mut r = Running::spawn(&args);
-        r.wait_ready(Duration::from_secs(60));
+        r.wait_ready(Duration::from_secs(300));
         r.signal(libc::SIGKILL);
         let _ = r.finish(Duration::from_secs(60));
         assert_nothing_attached_within(Duration::from_secs(2));
@@ -524,7 +524,7 @@ fn vm_rss_kb(pid: i32) -> u64 {
 fn the_exporter_keeps_answering_under_load() {
     let _k = kernel_lock();
     let mut exporter = Running::spawn(&["export", "--listen", "127.0.0.1:0"]);
-    let ready = exporter.wait_ready(Duration::from_secs(60));
+    let ready = exporter.wait_ready(Duration::from_secs(300));
     let addr = exporter_address(&ready);
     // 50 connections that never send a request.
     let idle: Vec<std::net::TcpStream> = (0..50)
@@ -655,7 +655,7 @@ fn after_a_stalled_stdout(
 ) -> (String, String) {
     let (read_end, write_end) = full_pipe();
     let mut r = Running::spawn_with_stdout(report, Stdio::from(write_end));
-    r.wait_ready(Duration::from_secs(60));
+    r.wait_ready(Duration::from_secs(300));
     let t = Instant::now();
     let w = run(workload, Duration::from_secs(600));
     assert!(w.status.success(), "{w:?}");

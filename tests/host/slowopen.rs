@@ -118,7 +118,7 @@ fn hold_with(extra: &[&str], mode: &str, secs: &str, path: &str) -> Held {
     let mut args = vec!["slowopen", "-v", "--min", "1s"];
     args.extend(extra);
     let mut stapr = Running::spawn(&args);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let holder = run(
         example("file_holder").args([mode, secs, path]),
         Duration::from_secs(30),
@@ -199,7 +199,7 @@ fn fifo_open_is_slow(extra: &[&str]) {
     let mut args = vec!["slowopen", "--open-min", "1s", "-v"];
     args.extend(extra);
     let mut stapr = Running::spawn(&args);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let quick = run(
         example("file_holder").args(["open", "0", &fast]),
         Duration::from_secs(30),
@@ -372,7 +372,7 @@ fn files_still_open_at_stop_are_listed_once() {
     let _k = kernel_lock();
     let p = path("still-open");
     let mut stapr = Running::spawn(&["slowopen", "-v", "--min", "1s", "-d", "2"]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let mut holder = Command::new(integration_tests::bin("file_holder"))
         .args(["close", "6", &p])
         .stdout(std::process::Stdio::piped())
@@ -404,7 +404,7 @@ fn default_output_is_the_seed_format() {
     let _k = kernel_lock();
     let p = path("seed-format");
     let mut stapr = Running::spawn(&["slowopen", "--min", "500ms", "-c", "file_hold"]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let holder = run(
         example("file_holder").args(["close", "0.7", &p]),
         Duration::from_secs(30),
@@ -443,7 +443,7 @@ fn json_lines_per_file() {
     let _k = kernel_lock();
     let p = path("json-held");
     let mut stapr = Running::spawn(&["slowopen", "--min", "1s", "--format", "json"]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let holder = run(
         example("file_holder").args(["close", "1.2", &p]),
         Duration::from_secs(30),
@@ -485,7 +485,7 @@ fn a_stalled_nfs_server_shows_as_a_slow_open() {
     // Attached before the relay carries traffic: attaching patches kernel text, which
     // QEMU's TCG has been seen to get wrong while another vCPU runs the patched path.
     let mut stapr = Running::spawn(&["slowopen", "--open-min", "1s", "-v"]);
-    stapr.wait_ready(Duration::from_secs(30));
+    stapr.wait_ready(Duration::from_secs(300));
     let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-slowopen");
     let fresh = nfs.dir.join("fresh.html");
     let fast = nfs.dir.join("fast.html");
