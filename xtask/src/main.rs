@@ -153,22 +153,21 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
     // The kernel lines run whatever the host's verdict: the closing list names every
     // failure of the run.
     let vm = if quick {
-        vm::run_counted(&vm::VmArgs::quick())
+        vm::run_counted(&vm::VmArgs::quick())?
     } else {
         // The same tests on Debian kernels (kprobes, fentry, ext4 as a module), after a
         // check that the harness catches a failing test and a kernel panic.
-        vm::run_counted(&vm::VmArgs::self_check())?;
-        vm::run_counted(&vm::VmArgs::ci())
+        vm::run_counted(&vm::VmArgs::self_check())?.verdict()?;
+        vm::run_counted(&vm::VmArgs::ci())?
     };
-    let (vm_passed, vm_failed) = vm.as_ref().map_or((0, 0), |&(p, f)| (p, f));
     // One closing line for the whole run (cargo prints one per test binary).
     println!(
         "xtask: {} passed, {} failed, {} skipped",
-        totals.passed + vm_passed,
-        totals.failed + vm_failed,
+        totals.passed + vm.passed,
+        totals.failed + vm.failed,
         totals.ignored
     );
-    vm?;
+    vm.verdict()?;
     if totals.failed > 0 {
         anyhow::bail!("host tests failed");
     }

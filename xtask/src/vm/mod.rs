@@ -523,9 +523,33 @@ pub fn kernel_lines(names: &[String]) -> Result<Vec<&'static Line>> {
 }
 
 pub fn run(args: &VmArgs) -> Result<()> {
-    let (passed, failed) = run_counted(args)?;
-    println!("xtask vm: {passed} passed, {failed} failed");
-    Ok(())
+    let c = run_counted(args)?;
+    println!("xtask vm: {} passed, {} failed", c.passed, c.failed);
+    c.verdict()
+}
+
+/// The tests of the kernel lines run, and the lines that did not pass.
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub passed: u64,
+    pub failed: u64,
+    /// `line: verdict` of each line that did not pass.
+    pub lines_failed: Vec<String>,
+}
+
+impl Counted {
+    /// An error naming the lines that did not pass, if any.
+    pub fn verdict(&self) -> Result<()> {
+        if !self.lines_failed.is_empty() {
+            bail!(
+                "VM tests failed ({} passed, {} failed): {}",
+                self.passed,
+                self.failed,
+                self.lines_failed.join("; ")
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Installs what booting needs and builds the test binaries for `arch`: (name, path) of
@@ -535,9 +559,9 @@ pub fn prepare(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     image::test_binaries(arch)
 }
 
-/// Runs what `args` asks for; returns the tests passed and failed over all kernels, or an
-/// error when any kernel did not pass.
-pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
+/// Runs what `args` asks for; returns the tests passed and failed over all kernels and
+/// the lines that did not pass (an error only when the harness itself fails).
+pub fn run_counted(args: &VmArgs) -> Result<Counted> {
     let lines = kernel_lines(&args.kernels)?;
     let timeout = Duration::from_secs(args.timeout);
     if args.self_test {
@@ -562,7 +586,7 @@ pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
             for c in checks {
                 c.join().expect("a self-test thread panicked")?;
             }
-            Ok((0, 0))
+            Ok(Counted::default())
         });
     }
     // Build for each architecture first (cargo runs one build at a time), then boot
@@ -588,22 +612,16 @@ pub fn run_counted(args: &VmArgs) -> Result<(u64, u64)> {
             });
         }
     });
-    let (mut passed, mut failed_tests, mut failed) = (0, 0, Vec::new());
+    let mut c = Counted::default();
     for (name, r) in results.into_inner().unwrap() {
         let (v, p, f) = r?;
-        passed += p;
-        failed_tests += f;
+        c.passed += p;
+        c.failed += f;
         if let Some(v) = v {
-            failed.push(format!("{name}: {v}"));
+            c.lines_failed.push(format!("{name}: {v}"));
         }
     }
-    if !failed.is_empty() {
-        bail!(
-            "VM tests failed ({passed} passed, {failed_tests} failed): {}",
-            failed.join("; ")
-        );
-    }
-    Ok((passed, failed_tests))
+    Ok(c)
 }
 
 impl VmArgs {
