@@ -97,8 +97,14 @@ fn check_nesting_with(lines: &[Line], entry_only: impl Fn(&str) -> bool) {
     }
 }
 
+/// The tree's lines of calltree's text output, without stapr's own notes on held trees
+/// (`... N lines of x(1)'s tree cut`, `... x(1)'s tree still open at stop`).
+fn tree_lines(out: &str) -> impl Iterator<Item = &str> {
+    out.lines().filter(|l| !l.starts_with("... "))
+}
+
 fn lines_of(out: &str) -> Vec<Line> {
-    out.lines().map(parse).collect()
+    tree_lines(out).map(parse).collect()
 }
 
 /// (depth, arrow, function) of one thread's lines.
@@ -483,7 +489,7 @@ fn a_function_dwarf_marks_noreturn_gets_no_return_probe() {
     );
     args_echo_is_intact();
     let out = stop_when(tracer, "ae_exit's entry", |o| o.contains("-> ae_exit"));
-    let lines: Vec<Line> = out.stdout.lines().map(parse).collect();
+    let lines: Vec<Line> = tree_lines(&out.stdout).map(parse).collect();
     check_nesting_with(&lines, |f| f == "_start" || f == "ae_exit");
     let shape: Vec<(usize, bool, &str)> = lines
         .iter()
@@ -874,7 +880,7 @@ fn trees_of_call_trees(args: &[&str], last: &str) -> Outcome {
 fn binary_min_prints_only_the_slow_tree() {
     let _k = kernel_lock();
     let out = trees_of_call_trees(&["--min", "100ms"], "ct_slow");
-    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let lines: Vec<Timed> = tree_lines(&out.stdout).map(timed).collect();
     let shape: Vec<(usize, bool, &str)> = lines
         .iter()
         .map(|l| (l.depth, l.entry, l.func.as_str()))
@@ -907,7 +913,7 @@ fn binary_min_prints_only_the_slow_tree() {
 fn binary_errors_prints_only_the_failing_tree() {
     let _k = kernel_lock();
     let out = trees_of_call_trees(&["--errors"], "ct_failing");
-    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let lines: Vec<Timed> = tree_lines(&out.stdout).map(timed).collect();
     let shape: Vec<(bool, &str, Option<&str>)> = lines
         .iter()
         .map(|l| (l.entry, l.func.as_str(), l.error.as_deref()))
@@ -932,7 +938,7 @@ fn binary_durations_json_and_demangled_names() {
     let _k = kernel_lock();
     let out = trees_of_call_trees(&["-D"], "ct_slow");
     // Every tree, every return with its duration; the Rust function by its own name.
-    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let lines: Vec<Timed> = tree_lines(&out.stdout).map(timed).collect();
     assert_eq!(lines.len(), 12, "{}", out.stdout);
     assert!(lines
         .iter()
@@ -1091,7 +1097,7 @@ fn errors_show_the_failed_rmdir_with_every_method() {
             o.lines()
                 .any(|l| l.contains(" rmdir(") && l.contains("<- ext4_rmdir"))
         });
-        let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+        let lines: Vec<Timed> = tree_lines(&out.stdout).map(timed).collect();
         assert!(
             lines.iter().any(|l| l.comm == "rmdir"
                 && !l.entry
@@ -1153,7 +1159,7 @@ fn min_shows_only_the_slow_ext4_trees() {
         o.contains("): <- ext4_writepages") || o.contains("): <- ext4_sync_fs")
     });
     let _ = std::fs::remove_file(&file);
-    let lines: Vec<Timed> = out.stdout.lines().map(timed).collect();
+    let lines: Vec<Timed> = tree_lines(&out.stdout).map(timed).collect();
     let outermost: Vec<&Timed> = lines.iter().filter(|l| !l.entry && l.depth == 1).collect();
     assert!(
         outermost

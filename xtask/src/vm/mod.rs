@@ -92,6 +92,9 @@ pub struct Line {
     /// What `cargo xtask test` runs on this line. `cargo xtask vm-test` runs every test
     /// unless told otherwise.
     ci: Ci,
+    /// (test, the bug) that `cargo xtask test` leaves out on this line because of a known
+    /// bug of stapr's there; the line's report names them, `cargo xtask vm-test` runs them.
+    known_bugs: &'static [(&'static str, &'static str)],
 }
 
 /// In the order `cargo xtask test` boots them, two at a time: the longest first (as
@@ -105,6 +108,7 @@ const LINES: &[Line] = &[
         extra: &[],
         arch: Arch::X86_64,
         ci: Ci::Core,
+        known_bugs: &[],
     },
     // Debian 11: none of the helpers after 5.10 (doctor's list), no kprobe.multi.
     Line {
@@ -123,6 +127,7 @@ const LINES: &[Line] = &[
         arch: Arch::X86_64,
         // slowopen's entry-probe method is this line's alone: its full tables here.
         ci: Ci::Subset(&[KERNEL_CI, FULL_TABLES_CI]),
+        known_bugs: &[],
     },
     Line {
         name: "debian-6.12-arm64",
@@ -132,6 +137,7 @@ const LINES: &[Line] = &[
         extra: &[],
         arch: Arch::Aarch64,
         ci: Ci::Subset(&[ARM64_CI]),
+        known_bugs: &[],
     },
     // Debian's newest (trixie-backports): split packages, everything under usr/, no
     // -unsigned image.
@@ -150,6 +156,12 @@ const LINES: &[Line] = &[
         arch: Arch::X86_64,
         // Full tables: where Debian's 7.x showed probe runs the kernel skips.
         ci: Ci::Subset(&[KERNEL_CI, MODULE_CI, FULL_TABLES_CI]),
+        known_bugs: &[(
+            "udp_ipv4_receiver_is_charged_for_what_it_reads",
+            "nettop's per-CPU run of consecutive packets is shared by every task on a CPU; \
+             7.x preempts tracing programs (lazy preemption), so a sender's and a \
+             receiver's runs can swap one datagram (xmit 499 + 1 charged to the receiver)",
+        )],
     },
     Line {
         name: "debian-6.1",
@@ -164,6 +176,7 @@ const LINES: &[Line] = &[
         // take 6.12's paths, and its module test 5.10's (one function at a time), where
         // neither line runs it.
         ci: Ci::Subset(&[KERNEL_CI]),
+        known_bugs: &[],
     },
 ];
 
@@ -317,6 +330,15 @@ impl Line {
         if !args.ci || !args.filter.is_empty() {
             return args.filter.clone();
         }
+        let mut f = self.ci_filter();
+        for (test, _) in self.known_bugs {
+            f.extend(["--skip".to_owned(), test.to_string()]);
+        }
+        f
+    }
+
+    /// The line's share of `cargo xtask test`, before its known bugs are left out.
+    fn ci_filter(&self) -> Vec<String> {
         let skip = |names: &[&str]| -> Vec<String> {
             names
                 .iter()
@@ -482,6 +504,11 @@ fn run_kernel(
     if inject == Inject::Nothing {
         for (bin, test, why) in image::skipped(line.arch) {
             writeln!(out, "   not run here: {bin}::{test} ({why} inside the VM)")?;
+        }
+        for (test, bug) in line.known_bugs {
+            if filter.windows(2).any(|w| w[0] == "--skip" && w[1] == *test) {
+                writeln!(out, "   KNOWN BUG, left out here: {test}: {bug}")?;
+            }
         }
     }
     writeln!(out, "   {} passed, {} failed", o.passed, o.failed)?;
