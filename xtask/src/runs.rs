@@ -49,7 +49,7 @@ pub fn supervise(body: impl FnOnce() -> Result<()>) -> Result<()> {
         return body();
     }
     let root = crate::util::cache_dir().join("runs");
-    let dir = root.join(chrono_like_now());
+    let dir = root.join(run_name());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     prune(&root, KEPT);
     let log = std::fs::File::create(dir.join("output.log"))?;
@@ -190,6 +190,23 @@ fn read_failures(path: &Path) -> Vec<Failure> {
         .collect()
 }
 
+/// Records each failed test of libtest's output `text`, run at `place` (`host`, a kernel
+/// line), for the closing list: its own section kept as `<place>-<test>.log`, else
+/// `whole` as its log. Returns the failures found.
+pub fn record_libtest(place: &str, text: &str, whole: &Path) -> Vec<TestFailure> {
+    let failed = libtest_failures(text);
+    for f in &failed {
+        let own = keep(&format!("{place}-{}.log", f.name), &f.section);
+        record(&Failure {
+            place: place.into(),
+            test: f.name.clone(),
+            message: f.message.clone(),
+            log: own.unwrap_or_else(|| whole.into()),
+        });
+    }
+    failed
+}
+
 /// Keeps `text` as `name` in the run's directory; returns its path there (or None
 /// outside a run).
 pub fn keep(name: &str, text: &str) -> Option<PathBuf> {
@@ -225,33 +242,8 @@ fn prune(root: &Path, kept: usize) {
 }
 
 /// `2026-12-07T08-01-02Z`: UTC now, as a directory name that sorts by time.
-fn chrono_like_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's civil_from_days.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+fn run_name() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string()
 }
 
 /// A failed test in libtest's output: its name, the first line of its message, and its
@@ -391,8 +383,7 @@ test result: FAILED. 1 passed; 2 failed; 0 ignored
 
     #[test]
     fn run_names_sort_by_time() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_794), (2026, 12, 7));
-        assert_eq!(chrono_like_now().len(), "2026-12-07T08-01-02Z".len());
+        assert_eq!(run_name().len(), "2026-12-07T08-01-02Z".len());
+        assert!(run_name().starts_with("20"));
     }
 }

@@ -88,16 +88,8 @@ pub fn cargo_test(args: &[&str]) -> Result<TestTotals> {
         all.push('\n');
     }
     let st = child.wait().context("waiting for cargo test")?;
-    let log = crate::runs::keep("host-tests.log", &all);
-    for f in crate::runs::libtest_failures(&all) {
-        let own = crate::runs::keep(&format!("host-{}.log", f.name), &f.section);
-        crate::runs::record(&crate::runs::Failure {
-            place: "host".into(),
-            test: f.name,
-            message: f.message,
-            log: own.or_else(|| log.clone()).unwrap_or_default(),
-        });
-    }
+    let log = crate::runs::keep("host-tests.log", &all).unwrap_or_default();
+    crate::runs::record_libtest("host", &all, &log);
     if !st.success() && totals.failed == 0 {
         bail!("cargo test failed ({st})");
     }

@@ -16,7 +16,7 @@ mod servers;
 pub use console::Outcome;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -525,9 +525,23 @@ fn run_kernel(
     };
     if let Some(v) = &verdict {
         writeln!(out, "   {}: {v}; console log: {}", line.name, log.display())?;
-        failures(&log, &mut out)?;
-        if inject == Inject::Nothing {
-            record_failures(line.name, v, &log);
+        let console = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
+        let failed = if inject == Inject::Nothing {
+            crate::runs::record_libtest(line.name, &console, &log)
+        } else {
+            crate::runs::libtest_failures(&console)
+        };
+        for l in failed.iter().flat_map(|f| f.section.lines()) {
+            writeln!(out, "   | {l}")?;
+        }
+        // No test failed: the line did (a panic, a time-out, no boot).
+        if inject == Inject::Nothing && failed.is_empty() {
+            crate::runs::record(&crate::runs::Failure {
+                place: line.name.into(),
+                test: "-".into(),
+                message: v.clone(),
+                log: log.clone(),
+            });
         }
     }
     print!("{out}");
@@ -697,49 +711,5 @@ fn self_test(line: &Line, tests: &[(String, PathBuf)], timeout: Duration) -> Res
         other => bail!("self-test: an injected kernel panic was reported as {other:?}"),
     }
     println!("xtask vm: self-test passed (a failing test and a kernel panic were both caught)");
-    Ok(())
-}
-
-/// Notes each failed test of a line's console for the test command's closing list, or
-/// the line's verdict when no test failed (a panic, a time-out, no boot).
-fn record_failures(line: &str, verdict: &str, console: &Path) {
-    let text = std::fs::read(console)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let failed = crate::runs::libtest_failures(&text);
-    if failed.is_empty() {
-        crate::runs::record(&crate::runs::Failure {
-            place: line.into(),
-            test: "-".into(),
-            message: verdict.into(),
-            log: console.into(),
-        });
-    }
-    for f in failed {
-        let own = crate::runs::keep(&format!("{line}-{}.log", f.name), &f.section);
-        crate::runs::record(&crate::runs::Failure {
-            place: line.into(),
-            test: f.name,
-            message: f.message,
-            log: own.unwrap_or_else(|| console.into()),
-        });
-    }
-}
-
-/// The libtest failure sections ("---- name stdout ----" up to "failures:") of a log.
-fn failures(log: &Path, out: &mut String) -> Result<()> {
-    use std::fmt::Write as _;
-    let text = std::fs::read_to_string(log)?;
-    let mut printing = false;
-    for l in text.lines() {
-        if l.starts_with("---- ") {
-            printing = true;
-        } else if l == "failures:" || l.starts_with("test result:") {
-            printing = false;
-        }
-        if printing {
-            writeln!(out, "   | {l}")?;
-        }
-    }
     Ok(())
 }

@@ -216,28 +216,29 @@ impl Printer {
         if held.cut_lines > 0 {
             self.trees.cut += 1;
             let n = held.cut_lines;
-            match self.format {
-                Format::Text => self.out.push_str(&format!(
-                    "... {n} lines of {comm}({tid})'s tree cut: it outgrew stapr's buffer\n"
-                )),
-                Format::Json => {
-                    let v = serde_json::json!({"tid": tid, "comm": comm, "cut_lines": n});
-                    self.out.push_str(&(v.to_string() + "\n"));
-                }
-            }
+            self.note(
+                format!("{n} lines of {comm}({tid})'s tree cut: it outgrew stapr's buffer"),
+                serde_json::json!({"tid": tid, "comm": comm, "cut_lines": n}),
+            );
         }
         if let Some(open) = open_ns {
-            match self.format {
-                Format::Text => self.out.push_str(&format!(
-                    "... {comm}({tid})'s tree still open at stop, after {}\n",
-                    tree::duration(open)
-                )),
-                Format::Json => {
-                    let v = serde_json::json!({"tid": tid, "comm": comm, "open_at_stop_ns": open});
-                    self.out.push_str(&(v.to_string() + "\n"));
-                }
-            }
+            let after = tree::duration(open);
+            self.note(
+                format!("{comm}({tid})'s tree still open at stop, after {after}"),
+                serde_json::json!({"tid": tid, "comm": comm, "open_at_stop_ns": open}),
+            );
         }
+    }
+
+    /// One line of stapr's own about a tree, as the format wants it: `... text`, or the
+    /// JSON object (both are made: this runs once per printed tree at most).
+    fn note(&mut self, text: String, json: serde_json::Value) {
+        let line = match self.format {
+            Format::Text => format!("... {text}"),
+            Format::Json => json.to_string(),
+        };
+        self.out.push_str(&line);
+        self.out.push('\n');
     }
 }
 
