@@ -68,6 +68,10 @@ fn failure(err: &anyhow::Error) -> ExitCode {
         eprintln!("stapr: {}", shorten(&user.to_string()));
         return ExitCode::from(2);
     }
+    if let Some(line) = runtime::failure::exhausted(err) {
+        eprintln!("stapr: {line}");
+        return ExitCode::from(2);
+    }
     eprintln!("stapr: error: {}", shorten(&runtime::one_line(err)));
     ExitCode::FAILURE
 }

@@ -85,7 +85,14 @@ pub fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Running {
     /// stapr with `args`, its stdout read to the end by a thread (`finish` returns it).
     pub fn spawn(args: &[&str]) -> Running {
-        let mut r = Self::spawn_with_stdout(args, Stdio::piped());
+        let mut cmd = stapr();
+        cmd.args(args);
+        Self::from_command(cmd)
+    }
+
+    /// `cmd` (stapr under a wrapper such as prlimit), its stdout read as `spawn`'s is.
+    pub fn from_command(cmd: Command) -> Running {
+        let mut r = Self::start(cmd, Stdio::piped());
         let mut out = r.child.stdout.take().expect("stdout");
         let so_far = r.stdout_so_far.clone();
         r.stdout = Some(std::thread::spawn(move || {
@@ -113,8 +120,13 @@ impl Running {
     /// stapr with `args` writing to `stdout`, which nobody reads for it (with
     /// `Stdio::piped()`, `take_stdout` hands the pipe to the caller).
     pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Running {
-        let mut child = stapr()
-            .args(args)
+        let mut cmd = stapr();
+        cmd.args(args);
+        Self::start(cmd, stdout)
+    }
+
+    fn start(mut cmd: Command, stdout: Stdio) -> Running {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped())

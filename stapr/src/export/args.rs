@@ -42,7 +42,11 @@ pub struct Args {
     /// Files held open at least this long enter stapr_file_open_seconds
     #[arg(long, default_value = "10ms", value_parser = min_duration, allow_hyphen_values = true)]
     pub file_min: Duration,
-    /// Stop after this long (default: until Ctrl-C or SIGTERM)
+    /// Connections served at once; past it, the oldest that has sent no request yet is
+    /// closed (as Prometheus' --web.max-connections)
+    #[arg(long = "web.max-connections", value_name = "N", default_value = "512", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Stop after this long (default: until Ctrl-C, SIGTERM or SIGHUP)
     #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Charge received packets (direction="receive") to the reading process (socket) or to
@@ -55,6 +59,7 @@ impl From<Args> for Options {
     fn from(a: Args) -> Self {
         Options {
             listen: a.listen,
+            max_connections: a.max_connections as usize,
             by: a.by,
             forget_after: a.forget_after,
             file_min: a.file_min,

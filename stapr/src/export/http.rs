@@ -22,6 +22,9 @@ const INDEX: &str = "<html><head><title>stapr exporter</title></head><body>\n\
 const MAX_HEAD: usize = 8192;
 /// A client that has not sent its request by then is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// After refusing an oversized request, what the client still sends is read and thrown
+/// away this long at most, so the refusal reaches it instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,19 @@ pub enum Route {
     NotFound,
     BadMethod,
     BadRequest,
+    /// The request line alone is longer than the exporter reads.
+    UriTooLong,
+    /// The request head is longer than the exporter reads.
+    HeadTooLarge,
+}
+
+/// What a client sent before the exporter answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The request head, up to its blank line.
+    Whole(String),
+    /// More than [`MAX_HEAD`] bytes: the request line ended within them, or not.
+    TooLarge { line_ended: bool },
 }
 
 /// The route and whether the body is wanted (not for HEAD), from the request head.
@@ -78,6 +94,16 @@ pub fn response(route: Route, body: bool, metrics: &str) -> Vec<u8> {
             "text/plain; charset=utf-8",
             "bad request\n",
         ),
+        Route::UriTooLong => (
+            "414 URI Too Long",
+            "text/plain; charset=utf-8",
+            "request line too long\n",
+        ),
+        Route::HeadTooLarge => (
+            "431 Request Header Fields Too Large",
+            "text/plain; charset=utf-8",
+            "request head too large\n",
+        ),
     };
     let allow = if route == Route::BadMethod {
         "Allow: GET, HEAD\r\n"
@@ -95,8 +121,9 @@ pub fn response(route: Route, body: bool, metrics: &str) -> Vec<u8> {
     out
 }
 
-/// Reads the request head from `stream` (up to the blank line).
-pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+/// Reads the request head from `stream` (up to the blank line, [`MAX_HEAD`] bytes at
+/// most); None when the client sent nothing whole within [`READ_TIMEOUT`] or went away.
+pub async fn read_head(stream: &mut TcpStream) -> Option<Head> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -115,18 +142,35 @@ pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
         }
     };
     tokio::time::timeout(READ_TIMEOUT, read).await.ok()??;
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    if buf.len() > MAX_HEAD {
+        let line_ended = buf[..MAX_HEAD].contains(&b'\n');
+        return Some(Head::TooLarge { line_ended });
+    }
+    Some(Head::Whole(String::from_utf8_lossy(&buf).into_owned()))
 }
 
 /// Answers one request on `stream`; `metrics` is rendered when the scrape asks for it.
-pub async fn answer(mut stream: TcpStream, head: String, metrics: String) {
-    let (r, body) = route(&head);
+pub async fn answer(mut stream: TcpStream, head: Head, metrics: String) {
+    let (r, body) = match &head {
+        Head::Whole(text) => route(text),
+        Head::TooLarge { line_ended: false } => (Route::UriTooLong, true),
+        Head::TooLarge { line_ended: true } => (Route::HeadTooLarge, true),
+    };
     let bytes = response(r, body, &metrics);
     let _ = tokio::time::timeout(READ_TIMEOUT, async {
         let _ = stream.write_all(&bytes).await;
         let _ = stream.shutdown().await;
     })
     .await;
+    if matches!(head, Head::TooLarge { .. }) {
+        // Closing with unread input would reset the connection, and the client would
+        // see the reset, not the refusal: read what it still sends, for a while.
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut sink = [0u8; 16 << 10];
+            while let Ok(1..) = stream.read(&mut sink).await {}
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,13 @@ pub mod args;
 pub mod http;
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     os::fd::AsRawFd as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,7 +21,7 @@ use anyhow::{Context as _, Result};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
-    task::JoinSet,
+    task::{AbortHandle, JoinSet},
 };
 
 use crate::{
@@ -29,6 +34,8 @@ pub use crate::metrics::By;
 
 pub struct Options {
     pub listen: SocketAddr,
+    /// Connections served at once (`--web.max-connections`).
+    pub max_connections: usize,
     pub by: By,
     pub forget_after: Duration,
     pub file_min: Duration,
@@ -42,6 +49,65 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// Between scrapes the tables are drained this often, so they never fill.
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
+/// How long accepting pauses when the process or the system is out of descriptors: the
+/// pending connection stays readable, and retrying at once would spin.
+const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(50);
+
+/// The connections being served, oldest first. Past the cap, or out of descriptors, the
+/// oldest one still waiting for its request is closed to make room: clients that connect
+/// and send nothing cannot shut scrapers out.
+struct Clients {
+    tasks: JoinSet<()>,
+    open: VecDeque<(AbortHandle, Arc<AtomicBool>)>,
+    max: usize,
+}
+
+impl Clients {
+    fn new(max: usize) -> Clients {
+        Clients {
+            tasks: JoinSet::new(),
+            open: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn serve(&mut self, stream: TcpStream, ask: &mpsc::Sender<MetricsRequest>) {
+        while self.tasks.try_join_next().is_some() {}
+        self.open.retain(|(task, _)| !task.is_finished());
+        if self.open.len() >= self.max {
+            self.close_one();
+        }
+        let asked = Arc::new(AtomicBool::new(false));
+        let task = self
+            .tasks
+            .spawn(connection(stream, ask.clone(), asked.clone()));
+        self.open.push_back((task, asked));
+    }
+
+    /// Closes the oldest connection that has not sent its request (or, when every one
+    /// has, the oldest); false when none is open.
+    fn close_one(&mut self) -> bool {
+        self.open.retain(|(task, _)| !task.is_finished());
+        let idle = self
+            .open
+            .iter()
+            .position(|(_, asked)| !asked.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        match self.open.remove(idle) {
+            Some((task, _)) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// accept(2) failed for want of a descriptor (the process's limit or the system's).
+fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
 type MetricsRequest = oneshot::Sender<String>;
 
 /// The reports that serve metrics, attached; one this kernel cannot run is left out.
@@ -53,6 +119,7 @@ impl Sources {
         for r in report::ALL.iter() {
             let Some(export) = r.export else { continue };
             match export(with) {
+                Err(err) if runtime::failure::exhausted(&err).is_some() => return Err(err),
                 Ok(s) => {
                     reg.sources.push(Probed {
                         report: s.name(),
@@ -131,11 +198,19 @@ fn answer(
 }
 
 /// One scrape: read the request, ask the main loop for fresh metrics if it wants them.
-async fn connection(mut stream: TcpStream, ask: mpsc::Sender<MetricsRequest>) {
+/// `asked` is set once the request is in.
+async fn connection(
+    mut stream: TcpStream,
+    ask: mpsc::Sender<MetricsRequest>,
+    asked: Arc<AtomicBool>,
+) {
     let Some(head) = http::read_head(&mut stream).await else {
         return;
     };
-    let metrics = if http::route(&head).0 == http::Route::Metrics {
+    asked.store(true, Ordering::Relaxed);
+    let wants_metrics =
+        matches!(&head, http::Head::Whole(h) if http::route(h).0 == http::Route::Metrics);
+    let metrics = if wants_metrics {
         let (tx, rx) = oneshot::channel();
         if ask.send(tx).await.is_err() {
             return;
@@ -195,19 +270,26 @@ pub fn run(opts: Options) -> Result<()> {
     runtime::block_on(async move {
         let listener = TcpListener::from_std(listener).context("registering the listener")?;
         let (ask, mut asks) = mpsc::channel::<MetricsRequest>(64);
-        let mut clients = JoinSet::new();
+        let mut clients = Clients::new(opts.max_connections);
+        let mut paused = false;
+        let pause = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(pause);
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = runtime::stopped(opts.duration, false);
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    while clients.try_join_next().is_some() {}
-                    if let Ok((stream, _)) = accepted {
-                        clients.spawn(connection(stream, ask.clone()));
+                accepted = listener.accept(), if !paused => match accepted {
+                    Ok((stream, _)) => clients.serve(stream, &ask),
+                    Err(e) if out_of_files(&e) => {
+                        clients.close_one();
+                        paused = true;
+                        pause.as_mut().reset(tokio::time::Instant::now() + OUT_OF_FILES_PAUSE);
                     }
-                }
+                    Err(_) => {}
+                },
+                () = &mut pause, if paused => paused = false,
                 Some(reply) = asks.recv() => answer(reply, &mut asks, &mut sources, &mut reg)?,
                 r = std::future::poll_fn(|cx| sources.poll_records(cx)) => {
                     sources.collect_one(r?, &mut reg)?;
@@ -223,7 +305,7 @@ pub fn run(opts: Options) -> Result<()> {
             loop {
                 tokio::select! {
                     Some(reply) = asks.recv() => answer(reply, &mut asks, &mut sources, &mut reg)?,
-                    next = clients.join_next() => if next.is_none() { break },
+                    next = clients.tasks.join_next() => if next.is_none() { break },
                 }
             }
             anyhow::Ok(())

@@ -102,6 +102,7 @@ impl Containers {
 /// The CONTAINER column's text, aligned like the column after it: `printf("%-12s ")`
 /// or `printf("%12s ")`; empty without `--containers`.
 pub fn column(show: bool, value: &str, right: bool) -> String {
+    let value = crate::runtime::shown::shown(value);
     match (show, right) {
         (false, _) => String::new(),
         (true, false) => format!("{value:<12} "),

@@ -117,6 +117,11 @@ fn try_in_order<M: Method, P>(
         });
         match lacks.map_or_else(|| attach(m), Err) {
             Ok(p) => return Ok(p),
+            // Out of descriptors or memory: every other way would run out too.
+            Err(err) if crate::runtime::failure::exhausted(&err).is_some() => {
+                failed.push((m, err));
+                break;
+            }
             Err(err) => {
                 if let Some(&next) = order.get(i + 1) {
                     eprintln!(

@@ -2,7 +2,7 @@
 //! snapshot and print one report per interval, once more on a stop signal, and at the
 //! end what the kernel could not count.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -33,25 +33,31 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
     );
     let mut losses = LossLines::default();
     let mut queue = out::Queue::new(INTERVALS_WAITING);
+    // Each interval is as long as it measured, from one take to the next: a stall (the
+    // report stopped, a starved CPU) shows as one long interval, never as traffic packed
+    // into a nominal second.
+    let mut taken = Instant::now();
     let mut next = |source: &mut S, view: &mut V, queue: &out::Queue| -> Result<String> {
         let mut lost = source.lost()?;
         lost.push(Loss::output_full(DROPPED, queue));
-        let mut text = view.render(source.take()?, every.interval);
-        text += &losses.lines(&lost, view.format(), &utc_now(), Some(every.interval));
+        let snapshot = source.take()?;
+        let now = Instant::now();
+        let length = now - std::mem::replace(&mut taken, now);
+        let mut text = view.render(snapshot, length);
+        text += &losses.lines(&lost, view.format(), &utc_now(), Some(length));
         Ok(text)
     };
     let (s, v, q) = (&mut source, &mut view, &mut queue);
     block_on(async {
         let stop = stopped(None, true);
         tokio::pin!(stop);
-        let start = tokio::time::Instant::now();
+        let mut at = tokio::time::Instant::now() + every.interval;
         let mut made = 0u64;
         loop {
             let done = every.count.is_some_and(|c| made >= c);
             if done && q.is_empty() {
                 return Ok(());
             }
-            let at = start + every.interval * (made as u32 + 1);
             tokio::select! {
                 biased;
                 why = &mut stop => {
@@ -65,6 +71,13 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
                     let text = next(s, v, q)?;
                     q.push(text);
                     made += 1;
+                    // On time, the next is one interval on; after a stall, one interval
+                    // from now, not a burst of empty ones to catch up.
+                    let now = tokio::time::Instant::now();
+                    at += every.interval;
+                    if at <= now {
+                        at = now + every.interval;
+                    }
                 }
                 r = q.write_some(), if !q.is_empty() => {
                     if out::is_broken_pipe(&r) {

@@ -7,10 +7,12 @@ pub mod cgroup;
 pub mod detach;
 pub mod duration;
 pub mod elf;
+pub mod failure;
 pub mod features;
 pub mod interval;
 pub mod object;
 pub mod out;
+pub mod shown;
 pub mod ring;
 pub mod slots;
 pub mod source;
@@ -19,6 +21,8 @@ pub mod tracefs;
 use std::{future::Future, io::Write, time::Duration};
 
 use anyhow::{Context as _, Result};
+
+pub use failure::{one_line, program_error_reason};
 
 /// An error the user can fix (bad input, missing privilege, missing kernel facility):
 /// printed as one line, exit code 2.
@@ -99,48 +103,6 @@ pub fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// An error as one line: its chain of contexts, where a verifier refused a program one
-/// sentence instead of the log (hundreds of lines), which goes to a file the line names.
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        if let Some(aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        }) = cause.downcast_ref::<aya::programs::ProgramError>()
-        {
-            let path =
-                std::env::temp_dir().join(format!("stapr-verifier-{}.log", std::process::id()));
-            let saved = std::fs::write(&path, verifier_log.to_string())
-                .map(|()| format!("its log is in {}", path.display()))
-                .unwrap_or_else(|e| format!("its log could not be saved: {e}"));
-            parts.push(format!(
-                "the kernel's verifier refused the program ({io_error}; {saved})"
-            ));
-            break;
-        }
-        let text = cause.to_string();
-        parts.push(text.lines().next().unwrap_or_default().to_owned());
-    }
-    parts.join(": ")
-}
-
-/// Why loading or attaching a program failed, in one line: the io error of a load without
-/// aya's verifier log, or an attach error with its sources.
-pub fn program_error_reason(e: &aya::programs::ProgramError) -> String {
-    if let aya::programs::ProgramError::LoadError { io_error, .. } = e {
-        return io_error.to_string();
-    }
-    // Attach errors name a file and carry the io error as their source.
-    let mut parts = vec![e.to_string().lines().next().unwrap_or_default().to_owned()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::io::Result<()> {
     let mut cur = libc::rlimit {
         rlim_cur: 0,
@@ -176,18 +138,23 @@ fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::
     Ok(())
 }
 
-/// Set by the handler `prepare()` installs: a SIGINT or SIGTERM that arrived after the
-/// report said it was ready but before its loop started listening.
+/// Set by the handler `prepare()` installs: a stop signal that arrived after the report
+/// said it was ready but before its loop started listening.
 static EARLY_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn note_early_stop(_: libc::c_int) {
     EARLY_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Catches SIGINT and SIGTERM from now on, so a stop request never kills a report
-/// between its readiness line and its loop (`signalled()` takes over from here).
+/// The signals that end a report, its last output printed: Ctrl-C, a service manager's
+/// stop, and the hangup an ssh session's drop sends (stapr has no configuration to reload
+/// on it, as daemons do).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Catches the stop signals from now on, so a stop request never kills a report between
+/// its readiness line and its loop (`signalled()` takes over from here).
 fn catch_stop_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in STOP_SIGNALS {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -199,24 +166,29 @@ fn catch_stop_signals() {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives (or arrived since `prepare()`).
+/// Resolves when SIGINT, SIGTERM or SIGHUP arrives (or arrived since `prepare()`).
 pub async fn signalled() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let listen = |sig: libc::c_int| {
+        signal(SignalKind::from_raw(sig))
+            .with_context(|| format!("installing the handler of signal {sig}"))
+    };
+    let [int, term, hup] = STOP_SIGNALS;
+    let (mut int, mut term, mut hup) = (listen(int)?, listen(term)?, listen(hup)?);
     if EARLY_STOP.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
     tokio::select! {
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        _ = term.recv() => Ok(()),
+        _ = hup.recv() => Ok(()),
     }
 }
 
 /// Why a report stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    /// SIGINT or SIGTERM.
+    /// SIGINT, SIGTERM or SIGHUP.
     Signal,
     /// `--duration` ran out.
     Duration,
@@ -224,7 +196,7 @@ pub enum Stop {
     ReaderGone,
 }
 
-/// Resolves on SIGINT/SIGTERM, after `duration` when given, and (for reports that print
+/// Resolves on a stop signal, after `duration` when given, and (for reports that print
 /// to stdout) once stdout's reader is gone.
 pub async fn stopped(duration: Option<Duration>, watch_reader: bool) -> Result<Stop> {
     let elapsed = async {
@@ -250,6 +222,11 @@ pub async fn stopped(duration: Option<Duration>, watch_reader: bool) -> Result<S
 /// A duration in ns as the probes take it (saturating; no duration overflows in practice).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A length in seconds to the millisecond, as JSON's `interval_s` says it.
+pub fn seconds(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns()`.

@@ -176,7 +176,7 @@ impl LossLines {
                 Format::Json => {
                     let mut j = serde_json::json!({"time": time});
                     if let Some(i) = interval {
-                        j["interval_s"] = i.as_secs_f64().into();
+                        j["interval_s"] = super::seconds(i).into();
                     }
                     j["lost"] = n.into();
                     j["reason"] = l.reason.into();

@@ -79,6 +79,7 @@ const TEST_BINARIES: &[&str] = &[
     "calltree",
     "robustness",
     "containers",
+    "safety",
 ];
 /// Host programs the tests run inside too, copied into the initramfs with their libraries
 /// (x86-64 only: they are this machine's binaries).

@@ -217,6 +217,11 @@ const HOST_ONLY: &[&str] = &[
     "the_exporter_keeps_answering_under_load",
     "unread_datagrams_of_short_lived_senders_are_no_loss",
     "a_reader_that_goes_away_ends_each_report",
+    // safety: the exporter's connections, signals, the interval clock, rlimits.
+    "the_exporter_holds_under_a_flood_of_idle_connections",
+    "sighup_ends_each_report_with_its_final_output",
+    "an_interval_stopped_for_seconds_reports_its_true_length",
+    "too_few_open_files_is_named_with_its_limit",
     // calltree: every function of two programs traced (the kernel's uretprobes, which
     // the host has too), minutes of output under emulation.
     "every_function_traced_leaves_the_program_intact",

@@ -213,18 +213,19 @@ impl Printer {
         self.trees.printed += 1;
         self.out.push_str(&held.text);
         let comm = &held.comm;
+        let shown = crate::runtime::shown::shown(comm);
         if held.cut_lines > 0 {
             self.trees.cut += 1;
             let n = held.cut_lines;
             self.note(
-                format!("{n} lines of {comm}({tid})'s tree cut: it outgrew stapr's buffer"),
+                format!("{n} lines of {shown}({tid})'s tree cut: it outgrew stapr's buffer"),
                 serde_json::json!({"tid": tid, "comm": comm, "cut_lines": n}),
             );
         }
         if let Some(open) = open_ns {
             let after = tree::duration(open);
             self.note(
-                format!("{comm}({tid})'s tree still open at stop, after {after}"),
+                format!("{shown}({tid})'s tree still open at stop, after {after}"),
                 serde_json::json!({"tid": tid, "comm": comm, "open_at_stop_ns": open}),
             );
         }

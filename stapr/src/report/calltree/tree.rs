@@ -10,7 +10,7 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use super::errno;
-use crate::runtime::{btf::RetKind, cgroup::Named};
+use crate::runtime::{btf::RetKind, cgroup::Named, shown::shown};
 
 /// One event, its function already named.
 #[derive(Debug, Clone, Copy)]
@@ -126,16 +126,16 @@ impl Indenter {
 /// With `durations`, a return also says how long the call took and, when it failed, its
 /// error: `<- ext4_rmdir (31.2 us) -ENOTEMPTY`.
 pub fn text_line(out: &mut String, e: &Event, p: &Placed, durations: bool) {
-    let _ = write!(out, "{:>6} {}({})", p.us, e.comm, e.tid);
+    let _ = write!(out, "{:>6} {}({})", p.us, shown(e.comm), e.tid);
     if let Some(cg) = e.cg {
-        let _ = write!(out, " {}", cg.container);
+        let _ = write!(out, " {}", shown(&cg.container));
     }
     let _ = write!(
         out,
         ":{:pad$} {} {}",
         "",
         if e.entry { "->" } else { "<-" },
-        e.func,
+        shown(e.func),
         pad = p.depth.saturating_sub(1),
     );
     if durations && !e.entry {

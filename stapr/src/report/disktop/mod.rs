@@ -132,6 +132,7 @@ impl View<aggregate::Counted> for Options {
                 &s,
                 &render::ctime(&chrono::Local::now()),
                 self.containers.show,
+                self.every.interval.as_millis() as u64,
             ),
             (Some(s), runtime::Format::Json) => render::json(&s, &runtime::utc_now()),
         }

@@ -2,21 +2,24 @@
 
 use super::aggregate::Snapshot;
 use crate::report::containers::column;
+use crate::runtime::shown::shown;
 
 /// `"\n%-25s, %-8s%4dKb/sec, %-7s%6dKb, %-7s%6dKb\n\n"`, the header
 /// `%8s %8s %8s %25s %8s %4s %12s` and rows `%8d %8d %8d %25s %8s %4s %12d`.
 /// `time` is the local time as ctime(3) prints it, e.g. `Sat Apr 11 17:22:03 2009`.
-/// `--containers` puts CONTAINER (`%12s`) before CMD.
-pub fn text(s: &Snapshot, time: &str, containers: bool) -> String {
+/// `--containers` puts CONTAINER (`%12s`) before CMD. An interval that ran a tenth or more
+/// past `-i` (a stall: the report was stopped, or starved of CPU) says how long it was.
+pub fn text(s: &Snapshot, time: &str, containers: bool, nominal_ms: u64) -> String {
     let mut out = format!(
-        "\n{:<25}, {:<8}{:>4}Kb/sec, {:<7}{:>6}Kb, {:<7}{:>6}Kb\n\n",
+        "\n{:<25}, {:<8}{:>4}Kb/sec, {:<7}{:>6}Kb, {:<7}{:>6}Kb{}\n\n",
         time,
         "Average:",
         s.average_kb_per_sec(),
         "Read:",
         s.read_bytes / 1024,
         "Write:",
-        s.write_bytes / 1024
+        s.write_bytes / 1024,
+        stretched(s.interval_ms, nominal_ms)
     );
     out.push_str(&format!(
         "{:>8} {:>8} {:>8} {}{:>25} {:>8} {:>4} {:>12}\n",
@@ -36,13 +39,22 @@ pub fn text(s: &Snapshot, time: &str, containers: bool) -> String {
             r.pid,
             r.ppid,
             column(containers, &r.cg.container, true),
-            r.comm,
-            r.device,
+            shown(&r.comm),
+            shown(&r.device),
             r.dir.letter(),
             r.bytes
         ));
     }
     out
+}
+
+/// ` (over 26.0 s)` after the header of an interval at least a tenth longer than `-i`.
+fn stretched(measured_ms: u64, nominal_ms: u64) -> String {
+    if measured_ms * 10 >= nominal_ms * 11 {
+        format!(" (over {:.1} s)", measured_ms as f64 / 1000.0)
+    } else {
+        String::new()
+    }
 }
 
 /// `--format json`: one object per row, with the interval's end time and length.
@@ -105,7 +117,7 @@ mod tests {
             "      48    15342    15239                     httpd     dm-0    W          210\n",
             "      48    15343    15239                     httpd     dm-0    W          210\n",
         );
-        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009", false), expected);
+        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms), expected);
     }
 
     #[test]
@@ -123,7 +135,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            text(&s, "Thu Nov  5 09:01:02 2026", false),
+            text(&s, "Thu Nov  5 09:01:02 2026", false, s.interval_ms),
             concat!(
                 "\n",
                 "Thu Nov  5 09:01:02 2026 , Average:1073774592Kb/sec, Read:   32768Kb, Write: 1073741824Kb\n",
@@ -172,7 +184,7 @@ mod tests {
     fn golden_containers_column() {
         let s = httpd_in_a_service();
         assert_eq!(
-            text(&s, "Sat Apr 11 17:22:03 2009", true),
+            text(&s, "Sat Apr 11 17:22:03 2009", true, s.interval_ms),
             concat!(
                 "\n",
                 "Sat Apr 11 17:22:03 2009 , Average:   0Kb/sec, Read:       4Kb, Write:      0Kb\n",
@@ -194,7 +206,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            text(&s, "Sat Apr 11 17:22:03 2009", false),
+            text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms),
             concat!(
                 "\n",
                 "Sat Apr 11 17:22:03 2009 , Average:   2Kb/sec, Read:       8Kb, Write:      4Kb\n",
@@ -218,5 +230,32 @@ mod tests {
     fn ctime_pads_the_day_with_a_space() {
         let t = chrono::Local.with_ymd_and_hms(2009, 4, 1, 7, 2, 3).unwrap();
         assert_eq!(ctime(&t), "Wed Apr  1 07:02:03 2009");
+    }
+
+    #[test]
+    fn a_stalled_interval_says_how_long_it_ran() {
+        let mut s = snap([(key(7, 1, 0, 253 << 20, "httpd"), counts(0, 26 << 20))]).unwrap();
+        s.interval_ms = 26_000;
+        let head = text(&s, "Sat Apr 11 17:22:03 2009", false, 1000);
+        assert!(
+            head.starts_with("\nSat Apr 11 17:22:03 2009 , Average:1024Kb/sec, Read:       0Kb, Write:  26624Kb (over 26.0 s)\n"),
+            "{head}"
+        );
+        // On time, or cut short by a stop: the seed's line as it was.
+        for ms in [1000, 1099, 300] {
+            s.interval_ms = ms;
+            assert!(!text(&s, "x", false, 1000).contains("over"), "{ms}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_stay_in_their_row() {
+        let s = snap([(key(7, 1, 0, 253 << 20, "x\n\u{1b}]0;pwn\u{7}"), counts(0, 210))]).unwrap();
+        let out = text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms);
+        let row = out.lines().last().unwrap();
+        assert_eq!(
+            row,
+            "       0        7        1           x\\n\\x1b]0;pwn\\a     dm-0    W          210"
+        );
     }
 }

@@ -115,7 +115,7 @@ impl View<aggregate::Snapshot> for Options {
         match self.format {
             runtime::Format::Text => render::text(&snap, self.containers.show),
             runtime::Format::Json => {
-                render::json(&snap, &runtime::utc_now(), interval.as_secs_f64())
+                render::json(&snap, &runtime::utc_now(), runtime::seconds(interval))
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use super::aggregate::Snapshot;
 use crate::report::containers::column;
+use crate::runtime::shown::shown;
 
 /// The seed's header: `printf("%5s %5s %-7s %7s %7s %7s %7s %-15s\n", ...)`;
 /// `--containers` puts CONTAINER before COMMAND.
@@ -29,13 +30,13 @@ pub fn text(snapshot: &Snapshot, containers: bool) -> String {
             "{:>5} {:>5} {:<7} {:>7} {:>7} {:>7} {:>7} {}{:<15}\n",
             r.pid,
             r.uid,
-            r.dev,
+            shown(&r.dev),
             r.xmit_packets,
             r.recv_packets,
             r.xmit_kb(),
             r.recv_kb(),
             column(containers, &r.cg.container, false),
-            r.comm
+            shown(&r.comm)
         ));
     }
     out.push('\n');
@@ -101,6 +102,23 @@ mod tests {
             "\n",
         );
         assert_eq!(text(&s, false), expected);
+    }
+
+    #[test]
+    fn hostile_names_stay_in_their_row() {
+        let s = snapshot(
+            vec![(
+                key(15337, 48, "e\u{1b}th0", "x\n\u{1b}]0;pwn\u{7}"),
+                counters(4, 5 * 1024, 5, 400),
+            )],
+            &Filter::default(),
+            SortKey::RecvPk,
+            None,
+        );
+        assert_eq!(
+            text(&s, false).lines().nth(1).unwrap(),
+            "15337    48 e\\x1bth0       4       5       5       0 x\\n\\x1b]0;pwn\\a"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::aggregate::{End, Row};
 use crate::report::containers::column;
+use crate::runtime::shown::shown;
 
 /// The columns asked for beyond the seed's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,11 +95,11 @@ pub fn line(r: &Row, c: Columns) -> String {
         "{}{}{:>10} {:>6}.{:06}{} {}{cut}{}\n",
         c.ids(r.pid, r.tid),
         column(c.containers, &r.cg.container, true),
-        r.comm,
+        shown(&r.comm),
         us / 1_000_000,
         us % 1_000_000,
         c.open_time(r.open_ns),
-        r.name,
+        shown(&r.name),
         marker(r)
     )
 }
@@ -206,6 +207,19 @@ mod tests {
             ),
             "     httpd      8.471285 /var/www/html/lectura_lenta.html\n"
         );
+    }
+
+    #[test]
+    fn hostile_names_stay_on_their_line() {
+        let r = row("x\n\u{1b}]0;pwn\u{7}", 1_000_000, "/tmp/e\nv\u{1b}[2Jil", End::Close);
+        assert_eq!(
+            line(&r, Columns::default()),
+            "x\\n\\x1b]0;pwn\\a      0.001000 /tmp/e\\nv\\x1b[2Jil\n"
+        );
+        // JSON keeps the names exactly.
+        let j: serde_json::Value = serde_json::from_str(&json(&r, "t")).unwrap();
+        assert_eq!(j["comm"], "x\n\u{1b}]0;pwn\u{7}");
+        assert_eq!(j["file"], "/tmp/e\nv\u{1b}[2Jil");
     }
 
     #[test]
