@@ -323,7 +323,9 @@ fn json_lines_carry_raw_counts() {
     for line in stdout.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        assert!(v["time"].is_string() && v["interval_s"] == 1.0, "{line}");
+        // Measured: about 1 s on time, less for the interval a stop cuts short.
+        let length = v["interval_s"].as_f64().unwrap_or(0.0);
+        assert!(v["time"].is_string() && length > 0.0, "{line}");
         if v["pid"] == pid && v["dev"] == "lo" {
             xp += v["xmit_packets"].as_u64().unwrap();
             rp += v["recv_packets"].as_u64().unwrap();

@@ -12,8 +12,8 @@ use std::{
 };
 
 use integration_tests::{
-    assert_nothing_attached, bin, bin_dir, example, exporter_address, field, http_get,
-    kernel_lock, lines_of, wait_until, Running,
+    assert_nothing_attached, bin, bin_dir, example, exporter_address, field, http_get, kernel_lock,
+    lines_of, wait_until, Running,
 };
 use serde_json::Value;
 
@@ -143,7 +143,10 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
     // nettop: the datagrams it sent itself over loopback.
     let (pid, text) = around_hostile(&["nettop", "-i", "600"], "nettop", 0.0);
     let rows = hostile_rows("nettop", &text, "PID", 8);
-    assert!(rows.iter().any(|r| r.starts_with(&format!("{pid:>5} "))), "{text}");
+    assert!(
+        rows.iter().any(|r| r.starts_with(&format!("{pid:>5} "))),
+        "{text}"
+    );
     let (pid, json) = around_hostile(&["nettop", "-i", "600", "--format", "json"], "nettop", 0.0);
     let mine: Vec<Value> = json_objects(&json)
         .into_iter()
@@ -155,7 +158,11 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
     // disktop: the file it wrote.
     let (_, text) = around_hostile(&["disktop", "-i", "600"], "disktop", 0.0);
     hostile_rows("disktop", &text, "UID", 7);
-    let (pid, json) = around_hostile(&["disktop", "-i", "600", "--format", "json"], "disktop", 0.0);
+    let (pid, json) = around_hostile(
+        &["disktop", "-i", "600", "--format", "json"],
+        "disktop",
+        0.0,
+    );
     let mine: Vec<Value> = json_objects(&json)
         .into_iter()
         .filter(|o| o["pid"] == pid)
@@ -180,8 +187,10 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         .filter(|o| o["pid"] == pid)
         .collect();
     assert!(
-        mine.iter()
-            .any(|o| o["comm"] == COMM && o["file"].as_str().is_some_and(|f| f.ends_with(&format!("/{NAME}")))),
+        mine.iter().any(|o| o["comm"] == COMM
+            && o["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with(&format!("/{NAME}")))),
         "no JSON row with the exact names for {pid}:\n{json}"
     );
     assert_nothing_attached();
@@ -214,7 +223,10 @@ fn hang_up(args: &[&str]) -> (String, Duration) {
 fn sighup_ends_each_report_with_its_final_output() {
     let _k = kernel_lock();
     let (out, took) = hang_up(&["nettop", "-i", "600"]);
-    assert!(out.contains(" udp_talker"), "nettop's final interval:\n{out}");
+    assert!(
+        out.contains(" udp_talker"),
+        "nettop's final interval:\n{out}"
+    );
     eprintln!("nettop exited {took:?} after SIGHUP");
     let (out, took) = hang_up(&["disktop", "-i", "600"]);
     assert!(out.contains("Average:"), "disktop's final interval:\n{out}");
@@ -287,7 +299,12 @@ fn too_few_open_files_is_named_with_its_limit() {
         let _ = std::fs::remove_file(&planted);
         let _ = std::os::unix::fs::symlink(&victim, &planted);
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         let st = child.wait().unwrap();
         let _ = std::fs::remove_file(&planted);
         assert_eq!(st.code(), Some(2), "{args:?}: {err}");
@@ -342,7 +359,10 @@ fn the_exporter_holds_under_a_flood_of_idle_connections() {
     let spent = cpu_time(exporter.pid()) - before;
     eprintln!("scrape answered in {answered:?} under 1,000 idle connections; exporter CPU {spent:?} over {HELD:?}");
     let limit = if slow() { HELD } else { HELD / 10 };
-    assert!(spent < limit, "the exporter spent {spent:?} of CPU in {HELD:?}");
+    assert!(
+        spent < limit,
+        "the exporter spent {spent:?} of CPU in {HELD:?}"
+    );
     drop(idle);
 
     // A 1 MB request line is refused with a 4xx status, not a reset.
@@ -359,14 +379,19 @@ fn the_exporter_holds_under_a_flood_of_idle_connections() {
     s.read_exact(&mut head).expect("a response, not a reset");
     let _ = writer.join();
     let status = String::from_utf8_lossy(&head[9..12]).into_owned();
-    assert!(status.starts_with('4'), "status {status} to a 1 MB request line");
+    assert!(
+        status.starts_with('4'),
+        "status {status} to a 1 MB request line"
+    );
     assert_eq!(http_get(&addr, "/metrics").status, 200);
 
     exporter.signal(libc::SIGTERM);
     let out = exporter.finish(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     wait_until("nothing attached", Duration::from_secs(30), || {
-        integration_tests::stapr_programs_loaded().is_empty().then_some(())
+        integration_tests::stapr_programs_loaded()
+            .is_empty()
+            .then_some(())
     });
     assert_nothing_attached();
 }

@@ -8,11 +8,7 @@
 //!   file stays open.
 
 use std::{
-    ffi::CString,
-    io::Write as _,
-    net::UdpSocket,
-    os::unix::ffi::OsStrExt as _,
-    path::Path,
+    ffi::CString, io::Write as _, net::UdpSocket, os::unix::ffi::OsStrExt as _, path::Path,
     time::Duration,
 };
 

@@ -105,7 +105,10 @@ impl Clients {
 
 /// accept(2) failed for want of a descriptor (the process's limit or the system's).
 fn out_of_files(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 type MetricsRequest = oneshot::Sender<String>;

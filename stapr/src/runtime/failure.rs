@@ -82,7 +82,11 @@ pub fn exhausted(err: &anyhow::Error) -> Option<String> {
                 _ => None,
             }
         })?;
-        resource_line(io.raw_os_error()?, limit(libc::RLIMIT_NOFILE), limit(libc::RLIMIT_MEMLOCK))
+        resource_line(
+            io.raw_os_error()?,
+            limit(libc::RLIMIT_NOFILE),
+            limit(libc::RLIMIT_MEMLOCK),
+        )
     })
 }
 
@@ -183,12 +187,20 @@ mod tests {
     #[test]
     fn resource_lines_name_the_limit_and_the_fix() {
         let l = resource_line(libc::EMFILE, Some(16), None).unwrap();
-        assert!(l.starts_with("too many open files (limit 16): raise it with `ulimit -n`"), "{l}");
+        assert!(
+            l.starts_with("too many open files (limit 16): raise it with `ulimit -n`"),
+            "{l}"
+        );
         let l = resource_line(libc::EPERM, None, Some(64 << 10)).unwrap();
-        assert!(l.contains("locked memory") && l.contains("limit 64 KiB"), "{l}");
+        assert!(
+            l.contains("locked memory") && l.contains("limit 64 KiB"),
+            "{l}"
+        );
         // With no locked-memory limit, EPERM is a permission, not a resource.
         assert_eq!(resource_line(libc::EPERM, None, None), None);
-        assert!(resource_line(libc::ENOMEM, None, None).unwrap().contains("memory"));
+        assert!(resource_line(libc::ENOMEM, None, None)
+            .unwrap()
+            .contains("memory"));
         assert_eq!(resource_line(libc::EACCES, Some(16), Some(1)), None);
     }
 
@@ -197,7 +209,9 @@ mod tests {
         let err = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EMFILE))
             .context("attaching tracepoint syscalls:sys_exit_splice")
             .context("disktop");
-        assert!(exhausted(&err).unwrap().starts_with("too many open files (limit "));
+        assert!(exhausted(&err)
+            .unwrap()
+            .starts_with("too many open files (limit "));
         assert!(one_line(&err).starts_with("too many open files"));
         let other = anyhow::anyhow!("no such tracepoint").context("nettop");
         assert_eq!(exhausted(&other), None);

@@ -229,6 +229,7 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)], arch: Arch) -> Resu
         "args_echo",
         "many_procs",
         "tcp_relay",
+        "hostile",
     ] {
         std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
     }

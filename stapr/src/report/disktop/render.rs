@@ -117,7 +117,10 @@ mod tests {
             "      48    15342    15239                     httpd     dm-0    W          210\n",
             "      48    15343    15239                     httpd     dm-0    W          210\n",
         );
-        assert_eq!(text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms), expected);
+        assert_eq!(
+            text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms),
+            expected
+        );
     }
 
     #[test]
@@ -250,7 +253,11 @@ mod tests {
 
     #[test]
     fn hostile_names_stay_in_their_row() {
-        let s = snap([(key(7, 1, 0, 253 << 20, "x\n\u{1b}]0;pwn\u{7}"), counts(0, 210))]).unwrap();
+        let s = snap([(
+            key(7, 1, 0, 253 << 20, "x\n\u{1b}]0;pwn\u{7}"),
+            counts(0, 210),
+        )])
+        .unwrap();
         let out = text(&s, "Sat Apr 11 17:22:03 2009", false, s.interval_ms);
         let row = out.lines().last().unwrap();
         assert_eq!(

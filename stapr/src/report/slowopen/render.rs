@@ -211,7 +211,12 @@ mod tests {
 
     #[test]
     fn hostile_names_stay_on_their_line() {
-        let r = row("x\n\u{1b}]0;pwn\u{7}", 1_000_000, "/tmp/e\nv\u{1b}[2Jil", End::Close);
+        let r = row(
+            "x\n\u{1b}]0;pwn\u{7}",
+            1_000_000,
+            "/tmp/e\nv\u{1b}[2Jil",
+            End::Close,
+        );
         assert_eq!(
             line(&r, Columns::default()),
             "x\\n\\x1b]0;pwn\\a      0.001000 /tmp/e\\nv\\x1b[2Jil\n"
