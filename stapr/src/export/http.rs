@@ -209,5 +209,9 @@ mod tests {
         assert!(index.contains("<a href=\"/metrics\">"));
         let bad = String::from_utf8(response(Route::BadMethod, true, "")).unwrap();
         assert!(bad.starts_with("HTTP/1.1 405") && bad.contains("Allow: GET, HEAD"));
+        let long = String::from_utf8(response(Route::UriTooLong, true, "")).unwrap();
+        assert!(long.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{long}");
+        let large = String::from_utf8(response(Route::HeadTooLarge, true, "")).unwrap();
+        assert!(large.starts_with("HTTP/1.1 431 "), "{large}");
     }
 }

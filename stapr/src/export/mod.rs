@@ -49,8 +49,9 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// Between scrapes the tables are drained this often, so they never fill.
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
-/// How long accepting pauses when the process or the system is out of descriptors: the
-/// pending connection stays readable, and retrying at once would spin.
+/// How long accepting pauses when the process or the system is out of descriptors and no
+/// connection of the exporter's can be closed: the pending connection stays readable, and
+/// retrying at once would spin.
 const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(50);
 
 /// The connections being served, oldest first. Past the cap, or out of descriptors, the
@@ -286,9 +287,13 @@ pub fn run(opts: Options) -> Result<()> {
                 accepted = listener.accept(), if !paused => match accepted {
                     Ok((stream, _)) => clients.serve(stream, &ask),
                     Err(e) if out_of_files(&e) => {
-                        clients.close_one();
-                        paused = true;
-                        pause.as_mut().reset(tokio::time::Instant::now() + OUT_OF_FILES_PAUSE);
+                        if clients.close_one() {
+                            // Its descriptor is freed once the runtime drops the task.
+                            tokio::task::yield_now().await;
+                        } else {
+                            paused = true;
+                            pause.as_mut().reset(tokio::time::Instant::now() + OUT_OF_FILES_PAUSE);
+                        }
                     }
                     Err(_) => {}
                 },
