@@ -18,12 +18,20 @@ use integration_tests::{
 use serde_json::Value;
 
 /// What a local user may name its process (15 bytes at most) and a file: a newline to
-/// break the row, and escapes that retitle the window and clear the screen.
-const COMM: &str = "x\n\u{1b}]0;pwn\u{7}";
-const NAME: &str = "e\nv\u{1b}[2Jil";
+/// break the row, escapes that retitle the window and clear the screen, and a byte that
+/// is not UTF-8.
+const COMM: &[u8] = b"x\n\x1b]0;pwn\x07\xff";
+const NAME: &[u8] = b"e\nv\x1b[2Jil\xff";
 /// As text output must show them.
-const COMM_SHOWN: &str = r"x\n\x1b]0;pwn\a";
-const NAME_SHOWN: &str = r"e\nv\x1b[2Jil";
+const COMM_SHOWN: &str = r"x\n\x1b]0;pwn\a\xff";
+const NAME_SHOWN: &str = r"e\nv\x1b[2Jil\xff";
+/// As JSON carries them: the exact characters, and U+FFFD for the byte that is not UTF-8.
+const COMM_JSON: &str = "x\n\u{1b}]0;pwn\u{7}\u{fffd}";
+const NAME_JSON: &str = "e\nv\u{1b}[2Jil\u{fffd}";
+
+fn os(bytes: &[u8]) -> &std::ffi::OsStr {
+    std::os::unix::ffi::OsStrExt::from_bytes(bytes)
+}
 
 /// Slow machines (emulated VMs) get longer deadlines: a deadline only bounds a failure.
 fn slow() -> bool {
@@ -52,9 +60,9 @@ struct Hostile {
 impl Hostile {
     fn start(dir: &std::path::Path, hold_s: f64) -> Hostile {
         let mut child = example("hostile")
-            .arg(COMM)
+            .arg(os(COMM))
             .arg(dir)
-            .arg(NAME)
+            .arg(os(NAME))
             .arg(hold_s.to_string())
             .stdout(Stdio::piped())
             .spawn()
@@ -153,7 +161,7 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         .filter(|o| o["pid"] == pid)
         .collect();
     assert!(!mine.is_empty(), "no JSON row for {pid}:\n{json}");
-    assert!(mine.iter().any(|o| o["comm"] == COMM), "{mine:?}");
+    assert!(mine.iter().any(|o| o["comm"] == COMM_JSON), "{mine:?}");
 
     // disktop: the file it wrote.
     let (_, text) = around_hostile(&["disktop", "-i", "600"], "disktop", 0.0);
@@ -168,7 +176,7 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         .filter(|o| o["pid"] == pid)
         .collect();
     assert!(!mine.is_empty(), "no JSON row for {pid}:\n{json}");
-    assert!(mine.iter().any(|o| o["comm"] == COMM), "{mine:?}");
+    assert!(mine.iter().any(|o| o["comm"] == COMM_JSON), "{mine:?}");
 
     // slowopen: the file with the hostile name, held 200 ms.
     let (_, text) = around_hostile(&["slowopen", "--min", "100ms"], "slowopen", 0.2);
@@ -187,10 +195,10 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         .filter(|o| o["pid"] == pid)
         .collect();
     assert!(
-        mine.iter().any(|o| o["comm"] == COMM
+        mine.iter().any(|o| o["comm"] == COMM_JSON
             && o["file"]
                 .as_str()
-                .is_some_and(|f| f.ends_with(&format!("/{NAME}")))),
+                .is_some_and(|f| f.ends_with(&format!("/{NAME_JSON}")))),
         "no JSON row with the exact names for {pid}:\n{json}"
     );
     assert_nothing_attached();

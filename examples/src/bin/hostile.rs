@@ -21,10 +21,12 @@ const DATAGRAM_BYTES: usize = 1000;
 const WRITTEN: usize = 256 << 10;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    // Names may hold bytes that are not UTF-8.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let [_, comm, dir, name, secs] = args.as_slice() else {
         bail!("usage: hostile COMM DIR NAME SECONDS");
     };
+    let secs = secs.to_str().context("seconds")?;
     let hold = Duration::from_secs_f64(secs.parse().context("seconds")?);
     let comm = CString::new(comm.as_bytes()).context("COMM holds a NUL")?;
     // SAFETY: PR_SET_NAME reads a NUL-terminated string (cut to 15 bytes by the kernel).
@@ -32,8 +34,8 @@ fn main() -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NAME)");
     }
     let dir = Path::new(dir);
-    let held = std::fs::File::create(dir.join(std::ffi::OsStr::from_bytes(name.as_bytes())))
-        .context("creating the file with the hostile name")?;
+    let held =
+        std::fs::File::create(dir.join(name)).context("creating the file with the hostile name")?;
     std::fs::write(dir.join("data"), vec![b'h'; WRITTEN]).context("writing DIR/data")?;
     let rx = UdpSocket::bind("127.0.0.1:0").context("binding the receiver")?;
     let tx = UdpSocket::bind("127.0.0.1:0").context("binding the sender")?;

@@ -5,15 +5,12 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
-use probes_common::{
-    c_bytes,
-    calltree::{CallEvent, CALL_ENTRY},
-};
+use probes_common::calltree::{CallEvent, CALL_ENTRY};
 
 use super::{names::Names, tree};
 use crate::{
     report::containers::Containers,
-    runtime::{btf::RetKind, ring, Format},
+    runtime::{btf::RetKind, ring, shown::Name, Format},
 };
 
 /// Events formatted between two looks at the stop signal (and two writes).
@@ -53,7 +50,7 @@ struct Held {
     text: String,
     failed: bool,
     cut_lines: u64,
-    comm: String,
+    comm: Name,
 }
 
 pub struct Printer {
@@ -115,7 +112,7 @@ impl Printer {
 
     pub fn add(&mut self, ev: &CallEvent, names: &Names) {
         self.events += 1;
-        let comm = String::from_utf8_lossy(c_bytes(&ev.comm));
+        let comm = Name::from_c(&ev.comm);
         let known = names.get(ev.id);
         let cg = (self.cgroups.show || self.format == Format::Json)
             .then(|| self.cgroups.name(ev.cgroup).clone());
@@ -212,20 +209,20 @@ impl Printer {
     fn print(&mut self, held: Held, tid: u32, open_ns: Option<u64>) {
         self.trees.printed += 1;
         self.out.push_str(&held.text);
+        // Display escapes it for the text; JSON gets it as it is.
         let comm = &held.comm;
-        let shown = crate::runtime::shown::shown(comm);
         if held.cut_lines > 0 {
             self.trees.cut += 1;
             let n = held.cut_lines;
             self.note(
-                format!("{n} lines of {shown}({tid})'s tree cut: it outgrew stapr's buffer"),
+                format!("{n} lines of {comm}({tid})'s tree cut: it outgrew stapr's buffer"),
                 serde_json::json!({"tid": tid, "comm": comm, "cut_lines": n}),
             );
         }
         if let Some(open) = open_ns {
             let after = tree::duration(open);
             self.note(
-                format!("{shown}({tid})'s tree still open at stop, after {after}"),
+                format!("{comm}({tid})'s tree still open at stop, after {after}"),
                 serde_json::json!({"tid": tid, "comm": comm, "open_at_stop_ns": open}),
             );
         }

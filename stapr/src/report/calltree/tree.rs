@@ -10,7 +10,11 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use super::errno;
-use crate::runtime::{btf::RetKind, cgroup::Named, shown::shown};
+use crate::runtime::{
+    btf::RetKind,
+    cgroup::Named,
+    shown::{shown, Name},
+};
 
 /// One event, its function already named.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +22,7 @@ pub struct Event<'a> {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: &'a str,
+    pub comm: &'a Name,
     pub entry: bool,
     /// The function's id (cookie or address): what matches a return to its entry.
     pub id: u64,
@@ -126,7 +130,7 @@ impl Indenter {
 /// With `durations`, a return also says how long the call took and, when it failed, its
 /// error: `<- ext4_rmdir (31.2 us) -ENOTEMPTY`.
 pub fn text_line(out: &mut String, e: &Event, p: &Placed, durations: bool) {
-    let _ = write!(out, "{:>6} {}({})", p.us, shown(e.comm), e.tid);
+    let _ = write!(out, "{:>6} {}({})", p.us, e.comm, e.tid);
     if let Some(cg) = e.cg {
         let _ = write!(out, " {}", shown(&cg.container));
     }
@@ -200,7 +204,8 @@ mod tests {
             ts_ns: ts_us * 1000 + 123,
             pid: tid,
             tid,
-            comm,
+            // A few bytes per test event, for the test's life.
+            comm: Box::leak(Box::new(Name::from(comm))),
             entry,
             id: func.len() as u64 * 1000 + func.bytes().map(u64::from).sum::<u64>(),
             func,

@@ -2,13 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use probes_common::{
-    c_bytes,
-    disktop::{DiskCounters, DiskKey},
-};
+use probes_common::disktop::{DiskCounters, DiskKey};
 
 use super::devices::Device;
-use crate::runtime::cgroup::Named;
+use crate::runtime::{cgroup::Named, shown::Name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dir {
@@ -30,7 +27,7 @@ pub struct Row {
     pub uid: u32,
     pub pid: u32,
     pub ppid: u32,
-    pub comm: String,
+    pub comm: Name,
     pub device: String,
     /// The filesystem type on the device, when known (JSON only).
     pub fstype: Option<String>,
@@ -93,7 +90,7 @@ pub fn rows(
         if v.read_bytes + v.write_bytes == 0 {
             continue;
         }
-        let comm = String::from_utf8_lossy(c_bytes(&k.comm)).into_owned();
+        let comm = Name::from_c(&k.comm);
         let dev = device_name(k.dev, k.pid);
         for (dir, bytes) in [(Dir::Read, v.read_bytes), (Dir::Write, v.write_bytes)] {
             if bytes > 0 {

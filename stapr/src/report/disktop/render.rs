@@ -40,7 +40,7 @@ pub fn text(s: &Snapshot, time: &str, containers: bool, nominal_ms: u64) -> Stri
             r.pid,
             r.ppid,
             column(containers, &r.cg.container, true),
-            shown(&r.comm),
+            r.comm,
             shown(&r.device),
             r.dir.letter(),
             r.bytes

@@ -2,18 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::runtime::cgroup::Named;
-use probes_common::{
-    c_bytes,
-    nettop::{NetCounters, NetKey},
-};
+use crate::runtime::{cgroup::Named, shown::Name};
+use probes_common::nettop::{NetCounters, NetKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub pid: u32,
     pub uid: u32,
-    pub dev: String,
-    pub comm: String,
+    pub dev: Name,
+    pub comm: Name,
     pub xmit_packets: u64,
     pub recv_packets: u64,
     pub xmit_bytes: u64,
@@ -66,10 +63,6 @@ pub struct Snapshot {
     pub rows: Vec<Row>,
 }
 
-fn text(raw: &[u8]) -> String {
-    String::from_utf8_lossy(c_bytes(raw)).into_owned()
-}
-
 /// Sums per-CPU values (`entries` holds one element per key and CPU, in any order) and
 /// turns them into rows: every process and device that sent or received, unsorted.
 pub fn rows(entries: impl IntoIterator<Item = (NetKey, NetCounters)>) -> Snapshot {
@@ -87,8 +80,8 @@ pub fn rows(entries: impl IntoIterator<Item = (NetKey, NetCounters)>) -> Snapsho
         .map(|(k, v)| Row {
             pid: k.pid,
             uid: k.uid,
-            dev: text(&k.dev),
-            comm: text(&k.comm),
+            dev: Name::from_c(&k.dev),
+            comm: Name::from_c(&k.comm),
             xmit_packets: v.xmit_packets,
             recv_packets: v.recv_packets,
             xmit_bytes: v.xmit_bytes,

@@ -2,7 +2,6 @@
 
 use super::aggregate::Snapshot;
 use crate::report::containers::column;
-use crate::runtime::shown::shown;
 
 /// The seed's header: `printf("%5s %5s %-7s %7s %7s %7s %7s %-15s\n", ...)`;
 /// `--containers` puts CONTAINER before COMMAND.
@@ -30,13 +29,13 @@ pub fn text(snapshot: &Snapshot, containers: bool) -> String {
             "{:>5} {:>5} {:<7} {:>7} {:>7} {:>7} {:>7} {}{:<15}\n",
             r.pid,
             r.uid,
-            shown(&r.dev),
+            r.dev,
             r.xmit_packets,
             r.recv_packets,
             r.xmit_kb(),
             r.recv_kb(),
             column(containers, &r.cg.container, false),
-            shown(&r.comm)
+            r.comm
         ));
     }
     out.push('\n');

@@ -1,12 +1,9 @@
 //! Pure: records from the kernel and entries of its open-file table → report rows.
 
-use crate::runtime::cgroup::Named;
-use probes_common::{
-    c_bytes,
-    slowopen::{
-        Notice, OpenFile, OpenKey, SlowFile, CLOSED, END_CLOSE_RANGE, END_DUP2, END_DUP3, END_EXEC,
-        END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
-    },
+use crate::runtime::{cgroup::Named, shown::Name};
+use probes_common::slowopen::{
+    Notice, OpenFile, OpenKey, SlowFile, CLOSED, END_CLOSE_RANGE, END_DUP2, END_DUP3, END_EXEC,
+    END_EXIT, END_SLOW_OPEN, END_UNSEEN, FLAG_CLOEXEC, FLAG_TRUNCATED,
 };
 
 /// `CLOSE_RANGE_CLOEXEC`: close_range marks the fds close-on-exec instead of closing them.
@@ -56,7 +53,7 @@ impl End {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    pub comm: String,
+    pub comm: Name,
     pub pid: u32,
     /// The thread that opened the file.
     pub tid: u32,
@@ -70,7 +67,7 @@ pub struct Row {
     pub open_ns: Option<u64>,
     /// `End::SlowOpen` of an open that failed: its errno.
     pub error: Option<i32>,
-    pub name: String,
+    pub name: Name,
     pub truncated: bool,
     pub end: End,
     /// The holder's cgroup v2 id as the kernel saw it when the file ended (0: unknown,
@@ -84,7 +81,7 @@ fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End, cgroup: u64) -> Row {
     // A failed open's "fd" is its negative errno.
     let error = (end == End::SlowOpen && (key.fd as i32) < 0).then(|| -(key.fd as i32));
     Row {
-        comm: String::from_utf8_lossy(c_bytes(&f.comm)).into_owned(),
+        comm: Name::from_c(&f.comm),
         pid: key.tgid,
         tid: f.tid,
         uid: f.uid,
@@ -93,7 +90,7 @@ fn row(key: OpenKey, f: &OpenFile, held_ns: u64, end: End, cgroup: u64) -> Row {
         held_ns,
         open_ns: (f.open_ns != 0).then_some(f.open_ns),
         error,
-        name: String::from_utf8_lossy(c_bytes(&f.name)).into_owned(),
+        name: Name::from_c(&f.name),
         truncated: f.flags & FLAG_TRUNCATED != 0,
         end,
         cgroup,

@@ -2,7 +2,6 @@
 
 use super::aggregate::{End, Row};
 use crate::report::containers::column;
-use crate::runtime::shown::shown;
 
 /// The columns asked for beyond the seed's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,11 +94,11 @@ pub fn line(r: &Row, c: Columns) -> String {
         "{}{}{:>10} {:>6}.{:06}{} {}{cut}{}\n",
         c.ids(r.pid, r.tid),
         column(c.containers, &r.cg.container, true),
-        shown(&r.comm),
+        r.comm,
         us / 1_000_000,
         us % 1_000_000,
         c.open_time(r.open_ns),
-        shown(&r.name),
+        r.name,
         marker(r)
     )
 }
