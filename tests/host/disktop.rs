@@ -69,17 +69,21 @@ fn seen(stdout: &str, pid: u32, device: Option<&str>) -> Seen {
             s.reports += 1;
             continue;
         }
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(cols.len(), 7, "row {l:?}");
-        assert_eq!(
-            l.len(),
-            8 + 1 + 8 + 1 + 8 + 1 + 25 + 1 + 8 + 1 + 4 + 1 + 12,
-            "widths of {l:?}"
-        );
+        // UID PID PPID from the left and DEVICE T BYTES from the right: the CMD between
+        // them is any process's name on this machine, spaces included ("opt foo").
+        let words: Vec<&str> = l.split_whitespace().collect();
+        assert!(words.len() >= 7, "row {l:?}");
+        let (left, right) = (&words[..3], &words[words.len() - 3..]);
+        let cols = [left[0], left[1], left[2], "", right[0], right[1], right[2]];
+        // printf's widths are minimums: another process's longer name pushes its row; the
+        // workload's own rows (short names, short devices) fit them exactly.
+        let widths = 8 + 1 + 8 + 1 + 8 + 1 + 25 + 1 + 8 + 1 + 4 + 1 + 12;
+        assert!(l.chars().count() >= widths, "widths of {l:?}");
         let row_pid: u32 = cols[1].parse().unwrap();
         if row_pid != pid {
             continue;
         }
+        assert_eq!(l.chars().count(), widths, "widths of {l:?}");
         s.devices.push(cols[4].to_owned());
         if device.is_some_and(|d| d != cols[4]) {
             continue;
