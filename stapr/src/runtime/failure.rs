@@ -14,6 +14,8 @@ use std::{
 
 use aya::programs::ProgramError;
 
+use super::soft_limit;
+
 /// An error as one line: a resource that ran out, or its chain of contexts, where a
 /// verifier refused a program one sentence instead of the log (hundreds of lines), which
 /// goes to a file the line names.
@@ -84,23 +86,10 @@ pub fn exhausted(err: &anyhow::Error) -> Option<String> {
         })?;
         resource_line(
             io.raw_os_error()?,
-            limit(libc::RLIMIT_NOFILE),
-            limit(libc::RLIMIT_MEMLOCK),
+            soft_limit(libc::RLIMIT_NOFILE),
+            soft_limit(libc::RLIMIT_MEMLOCK),
         )
     })
-}
-
-/// A resource limit's soft value (None: unlimited).
-fn limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `cur` is a valid rlimit to fill.
-    if unsafe { libc::getrlimit(resource, &mut cur) } != 0 || cur.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    Some(cur.rlim_cur)
 }
 
 /// Pure: the line for `errno` given the open-file and locked-memory limits.

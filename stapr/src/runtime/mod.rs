@@ -103,7 +103,8 @@ pub fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::io::Result<()> {
+/// The process's current limit of `resource`.
+fn limit(resource: libc::__rlimit_resource_t) -> std::io::Result<libc::rlimit> {
     let mut cur = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -112,6 +113,19 @@ fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::
     if unsafe { libc::getrlimit(resource, &mut cur) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(cur)
+}
+
+/// The soft limit of `resource` (None: unlimited, or unknown).
+pub fn soft_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
+    limit(resource)
+        .ok()
+        .map(|l| l.rlim_cur)
+        .filter(|&cur| cur != libc::RLIM_INFINITY)
+}
+
+fn raise_limit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> std::io::Result<()> {
+    let cur = limit(resource)?;
     if cur.rlim_cur == libc::RLIM_INFINITY || cur.rlim_cur >= want {
         return Ok(());
     }
