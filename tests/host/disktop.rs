@@ -73,23 +73,24 @@ fn seen(stdout: &str, pid: u32, device: Option<&str>) -> Seen {
         // them is any process's name on this machine, spaces included ("opt foo").
         let words: Vec<&str> = l.split_whitespace().collect();
         assert!(words.len() >= 7, "row {l:?}");
-        let (left, right) = (&words[..3], &words[words.len() - 3..]);
-        let cols = [left[0], left[1], left[2], "", right[0], right[1], right[2]];
+        let [_uid, row_pid, _ppid, .., dev, dir, bytes] = words[..] else {
+            panic!("row {l:?}");
+        };
         // printf's widths are minimums: another process's longer name pushes its row; the
         // workload's own rows (short names, short devices) fit them exactly.
         let widths = 8 + 1 + 8 + 1 + 8 + 1 + 25 + 1 + 8 + 1 + 4 + 1 + 12;
         assert!(l.chars().count() >= widths, "widths of {l:?}");
-        let row_pid: u32 = cols[1].parse().unwrap();
+        let row_pid: u32 = row_pid.parse().unwrap();
         if row_pid != pid {
             continue;
         }
         assert_eq!(l.chars().count(), widths, "widths of {l:?}");
-        s.devices.push(cols[4].to_owned());
-        if device.is_some_and(|d| d != cols[4]) {
+        s.devices.push(dev.to_owned());
+        if device.is_some_and(|d| d != dev) {
             continue;
         }
-        let bytes: u64 = cols[6].parse().unwrap();
-        match cols[5] {
+        let bytes: u64 = bytes.parse().unwrap();
+        match dir {
             "R" => s.read += bytes,
             "W" => s.write += bytes,
             t => panic!("T column {t:?} in {l:?}"),

@@ -145,6 +145,14 @@ fn json_objects(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The JSON objects of process `pid`.
+fn rows_of(json: &str, pid: u32) -> Vec<Value> {
+    json_objects(json)
+        .into_iter()
+        .filter(|o| o["pid"] == pid)
+        .collect()
+}
+
 #[test]
 fn hostile_names_are_escaped_in_text_and_exact_in_json() {
     let _k = kernel_lock();
@@ -156,10 +164,7 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         "{text}"
     );
     let (pid, json) = around_hostile(&["nettop", "-i", "600", "--format", "json"], "nettop", 0.0);
-    let mine: Vec<Value> = json_objects(&json)
-        .into_iter()
-        .filter(|o| o["pid"] == pid)
-        .collect();
+    let mine = rows_of(&json, pid);
     assert!(!mine.is_empty(), "no JSON row for {pid}:\n{json}");
     assert!(mine.iter().any(|o| o["comm"] == COMM_JSON), "{mine:?}");
 
@@ -171,10 +176,7 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         "disktop",
         0.0,
     );
-    let mine: Vec<Value> = json_objects(&json)
-        .into_iter()
-        .filter(|o| o["pid"] == pid)
-        .collect();
+    let mine = rows_of(&json, pid);
     assert!(!mine.is_empty(), "no JSON row for {pid}:\n{json}");
     assert!(mine.iter().any(|o| o["comm"] == COMM_JSON), "{mine:?}");
 
@@ -190,10 +192,7 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         "slowopen",
         0.2,
     );
-    let mine: Vec<Value> = json_objects(&json)
-        .into_iter()
-        .filter(|o| o["pid"] == pid)
-        .collect();
+    let mine = rows_of(&json, pid);
     assert!(
         mine.iter().any(|o| o["comm"] == COMM_JSON
             && o["file"]
