@@ -49,7 +49,10 @@ pub struct NetRun {
     pub dev_ptr: u64,
     /// 1 when the entry holds a run.
     pub valid: u32,
-    pub _pad: u32,
+    /// 1 while a probe program works on the entry. On kernels that preempt tracing
+    /// programs (full or lazy preemption: Debian's 7.x) another program on the same CPU
+    /// can start meanwhile; it finds the entry busy and counts into the table directly.
+    pub busy: u32,
     pub key: NetKey,
     pub counts: NetCounters,
 }

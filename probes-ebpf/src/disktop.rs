@@ -25,7 +25,7 @@ use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DiskXfer, DISK_MAX_ENTRIES, DISK_SLOTS,
     DISK_XFER_ENTRIES, NETWORK_FS_MAGICS,
 };
-use probes_ebpf::{btf_load, cgroup_id, global, tp_field, Kptr};
+use probes_ebpf::{add_or_insert, atomic_add, btf_load, cgroup_id, global, tp_field, Kptr};
 
 probes_ebpf::cgroup_filter!();
 
@@ -85,12 +85,12 @@ fn slot() -> u32 {
 
 #[inline(always)]
 fn add(map: &PerCpuHashMap<DiskKey, DiskCounters>, key: &DiskKey, c: &DiskCounters) {
-    if let Some(v) = map.get_ptr_mut(key) {
-        let v = unsafe { &mut *v };
-        v.read_bytes += c.read_bytes;
-        v.write_bytes += c.write_bytes;
-        v.calls += c.calls;
-    } else if map.insert(key, c, 0).is_err() {
+    let added = add_or_insert(map, key, c, |v, c| unsafe {
+        atomic_add(&raw mut (*v).read_bytes, c.read_bytes);
+        atomic_add(&raw mut (*v).write_bytes, c.write_bytes);
+        atomic_add(&raw mut (*v).calls, c.calls);
+    });
+    if !added {
         dropped(c.calls);
     }
 }
@@ -99,7 +99,7 @@ fn add(map: &PerCpuHashMap<DiskKey, DiskCounters>, key: &DiskKey, c: &DiskCounte
 #[inline(always)]
 fn dropped(n: u64) {
     if let Some(d) = DISK_DROPPED.get_ptr_mut(0) {
-        unsafe { *d += n };
+        unsafe { atomic_add(d, n) };
     }
 }
 
@@ -209,7 +209,36 @@ fn count(task: Kptr, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnc
     let Some(run) = DISK_RUN.get_ptr_mut(slot) else {
         return;
     };
-    let run = unsafe { &mut *run };
+    let busy = unsafe { &raw mut (*run).busy };
+    if unsafe { busy.read_volatile() } != 0 {
+        // This program preempted another one in the middle of the run: leave the run to
+        // it and count this call on its own.
+        let dev = if in_cgroup() { dev_of() } else { 0 };
+        if dev != 0 {
+            let mut c = DiskCounters::default();
+            bytes(&mut c, n, write);
+            add_to_slot(slot, &new_key(task, bpf_get_current_pid_tgid(), dev), &c);
+        }
+        return;
+    }
+    unsafe { busy.write_volatile(1) };
+    count_in_run(unsafe { &mut *run }, slot, task, file, fd, n, write, dev_of);
+    unsafe { busy.write_volatile(0) };
+}
+
+/// Adds to this CPU's run when the call continues it, or ends it and starts another.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn count_in_run(
+    run: &mut DiskRun,
+    slot: u32,
+    task: Kptr,
+    file: u64,
+    fd: u32,
+    n: u64,
+    write: bool,
+    dev_of: impl FnOnce() -> u32,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if run.valid == 1 && run.pid_tgid == pid_tgid && run.fd == fd && run.file == file {
         if run.skip == 0 {
@@ -233,15 +262,21 @@ fn count(task: Kptr, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnc
         return;
     }
     run.skip = 0;
-    run.key = DiskKey {
+    run.key = new_key(task, pid_tgid, dev);
+    bytes(&mut run.counts, n, write);
+}
+
+/// The table key of the current task's calls on device `dev`.
+#[inline(always)]
+fn new_key(task: Kptr, pid_tgid: u64, dev: u32) -> DiskKey {
+    DiskKey {
         pid: (pid_tgid >> 32) as u32,
         ppid: ppid(task),
         uid: bpf_get_current_uid_gid() as u32,
         dev,
         comm: unsafe { task.str16(off(&DISK_OFFSETS.task_comm)) },
         cgroup: cgroup_id(),
-    };
-    bytes(&mut run.counts, n, write);
+    }
 }
 
 #[inline(always)]

@@ -36,6 +36,38 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
     }
 }
 
+/// `-EEXIST` from a map insert that must not replace an entry.
+const EEXIST: i32 = 17;
+
+/// Adds `v` to the value of `key` in a per-CPU hash map (`add`: atomic adds field by field),
+/// or inserts it. The insert never replaces an entry, and the adds are atomic: on kernels
+/// that preempt tracing programs (full or lazy preemption), another program on this CPU
+/// may add to the same value while this one is preempted. False when the map is full.
+#[inline(always)]
+pub fn add_or_insert<K, V>(
+    map: &aya_ebpf::maps::PerCpuHashMap<K, V>,
+    key: &K,
+    v: &V,
+    add: impl Fn(*mut V, &V),
+) -> bool {
+    if let Some(p) = map.get_ptr_mut(key) {
+        add(p, v);
+        return true;
+    }
+    match map.insert(key, v, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // Made by a program that ran in between: add to it.
+        Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
+            Some(p) => {
+                add(p, v);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
 /// A load from a BTF-typed kernel pointer (tp_btf arguments, `bpf_task_pt_regs()`). The
 /// verifier knows the pointee's type, checks the offset (a constant: it comes from frozen
 /// .rodata) against it, and turns the load into a fault-safe direct access: no

@@ -37,7 +37,7 @@ use probes_common::{
     },
     IFNAME_LEN,
 };
-use probes_ebpf::{atomic_add, btf_load, btf_load_str16, cgroup_id, global};
+use probes_ebpf::{add_or_insert, atomic_add, btf_load, btf_load_str16, cgroup_id, global};
 
 probes_ebpf::cgroup_filter!();
 
@@ -94,25 +94,30 @@ static NET_RX_LEDGER: SkStorage<RecvLedger> = SkStorage::new();
 #[inline(always)]
 fn lost(why: u32, packets: u64) {
     if let Some(d) = NET_DROPPED.get_ptr_mut(why) {
-        unsafe { *d += packets };
+        unsafe { atomic_add(d, packets) };
     }
 }
 
-/// Adds a finished run to the slot's hash map.
+/// Adds counts to `key` in the slot's hash map.
 #[inline(always)]
-fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, run: &NetRun) {
-    if let Some(c) = map.get_ptr_mut(&run.key) {
-        // Per-CPU value: no other writer can race with this one.
-        let c = unsafe { &mut *c };
-        c.xmit_packets += run.counts.xmit_packets;
-        c.xmit_bytes += run.counts.xmit_bytes;
-        c.recv_packets += run.counts.recv_packets;
-        c.recv_bytes += run.counts.recv_bytes;
-    } else if map.insert(&run.key, &run.counts, 0).is_err() {
-        lost(
-            NET_LOST_TABLE,
-            run.counts.xmit_packets + run.counts.recv_packets,
-        );
+fn flush(map: &PerCpuHashMap<NetKey, NetCounters>, key: &NetKey, counts: &NetCounters) {
+    let added = add_or_insert(map, key, counts, |c, v| unsafe {
+        atomic_add(&raw mut (*c).xmit_packets, v.xmit_packets);
+        atomic_add(&raw mut (*c).xmit_bytes, v.xmit_bytes);
+        atomic_add(&raw mut (*c).recv_packets, v.recv_packets);
+        atomic_add(&raw mut (*c).recv_bytes, v.recv_bytes);
+    });
+    if !added {
+        lost(NET_LOST_TABLE, counts.xmit_packets + counts.recv_packets);
+    }
+}
+
+#[inline(always)]
+fn flush_into(slot: u32, key: &NetKey, counts: &NetCounters) {
+    if slot == 0 {
+        flush(&NET_COUNTS_0, key, counts);
+    } else {
+        flush(&NET_COUNTS_1, key, counts);
     }
 }
 
@@ -153,15 +158,30 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
     let Some(run) = NET_RUN.get_ptr_mut(slot) else {
         return;
     };
-    let run = unsafe { &mut *run };
+    let busy = unsafe { &raw mut (*run).busy };
+    if unsafe { busy.read_volatile() } != 0 {
+        // This program preempted another one in the middle of the run: leave the run to
+        // it and count this packet on its own.
+        if in_cgroup() {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let ident = dev_ident(&dev);
+            let key = new_key(dev, ident, pid_tgid);
+            let mut counts = NetCounters::default();
+            add(&mut counts, packets, bytes, rx);
+            flush_into(slot, &key, &counts);
+        }
+        return;
+    }
+    unsafe { busy.write_volatile(1) };
+    count_in_run(unsafe { &mut *run }, slot, dev, packets, bytes, rx);
+    unsafe { busy.write_volatile(0) };
+}
+
+/// Adds to this CPU's run when the packet continues it, or ends it and starts another.
+#[inline(always)]
+fn count_in_run(run: &mut NetRun, slot: u32, dev: Dev, packets: u64, bytes: u64, rx: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let by_index = global(&NET_OFFSETS.by_index) == 1;
-    let ident = match &dev {
-        Dev::Ptr(p) if by_index => INDEX_RUN | netdev_ifindex(*p) as u64,
-        Dev::Ptr(p) => *p as u64,
-        Dev::Name(_) => 0,
-        Dev::Index(i) => INDEX_RUN | *i as u64,
-    };
+    let ident = dev_ident(&dev);
     let same_dev = match &dev {
         Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
         _ => run.dev_ptr == ident,
@@ -171,16 +191,38 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         return;
     }
     if run.valid == 1 {
-        if slot == 0 {
-            flush(&NET_COUNTS_0, run);
-        } else {
-            flush(&NET_COUNTS_1, run);
-        }
+        flush_into(slot, &run.key, &run.counts);
     }
     if !in_cgroup() {
         run.valid = 0;
         return;
     }
+    let key = new_key(dev, ident, pid_tgid);
+    run.pid_tgid = pid_tgid;
+    run.dev_ptr = ident;
+    run.valid = 1;
+    run.key = key;
+    run.counts = NetCounters::default();
+    add(&mut run.counts, packets, bytes, rx);
+}
+
+/// What tells one device from another in a run: the device pointer, or its index (marked
+/// with [`INDEX_RUN`]) when runs are keyed by index, or 0 for a name.
+#[inline(always)]
+fn dev_ident(dev: &Dev) -> u64 {
+    let by_index = global(&NET_OFFSETS.by_index) == 1;
+    match dev {
+        Dev::Ptr(p) if by_index => INDEX_RUN | netdev_ifindex(*p) as u64,
+        Dev::Ptr(p) => *p as u64,
+        Dev::Name(_) => 0,
+        Dev::Index(i) => INDEX_RUN | *i as u64,
+    }
+}
+
+/// The table key of the current task's packets on `dev` (`ident`: its [`dev_ident`]).
+#[inline(always)]
+fn new_key(dev: Dev, ident: u64, pid_tgid: u64) -> NetKey {
+    let by_index = global(&NET_OFFSETS.by_index) == 1;
     let (name, ifindex, netns) = match dev {
         // The index is the low half of `ident`.
         Dev::Ptr(p) if by_index => (netdev_name(p), ident as u32, netdev_netns(p)),
@@ -188,10 +230,7 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         Dev::Name(n) => (n, 0, 0),
         Dev::Index(i) => ([0; IFNAME_LEN], i, current_netns()),
     };
-    run.pid_tgid = pid_tgid;
-    run.dev_ptr = ident;
-    run.valid = 1;
-    run.key = NetKey {
+    NetKey {
         pid: (pid_tgid >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
         dev: name,
@@ -199,9 +238,7 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         cgroup: cgroup_id(),
         ifindex,
         netns,
-    };
-    run.counts = NetCounters::default();
-    add(&mut run.counts, packets, bytes, rx);
+    }
 }
 
 /// Inode number of the current task's network namespace (0 while it exits).

@@ -156,12 +156,7 @@ const LINES: &[Line] = &[
         arch: Arch::X86_64,
         // Full tables: where Debian's 7.x showed probe runs the kernel skips.
         ci: Ci::Subset(&[KERNEL_CI, MODULE_CI, FULL_TABLES_CI]),
-        known_bugs: &[(
-            "udp_ipv4_receiver_is_charged_for_what_it_reads",
-            "nettop's per-CPU run of consecutive packets is shared by every task on a CPU; \
-             7.x preempts tracing programs (lazy preemption), so a sender's and a \
-             receiver's runs can swap one datagram (xmit 499 + 1 charged to the receiver)",
-        )],
+        known_bugs: &[],
     },
     Line {
         name: "debian-6.1",
