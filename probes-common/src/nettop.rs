@@ -93,6 +93,14 @@ pub struct NetOffsets {
     pub sk_protocol: u32,
     /// `offsetof(struct tcp_sock, advmss)`: the largest segment the peer may send.
     pub tcp_advmss: u32,
+    /// For a TCP skb the kernel collapsed under memory pressure (a fresh skb with the
+    /// data only: no input device, no headers): the socket's input device
+    /// (`sock.sk_rx_dst_ifindex`, `inet_sock.rx_dst_ifindex` before 5.17), its address
+    /// family (`sock.__sk_common.skc_family`) and TCP header length with options
+    /// (`tcp_sock.tcp_header_len`).
+    pub sk_rx_dst_ifindex: u32,
+    pub sk_family: u32,
+    pub tcp_header_len: u32,
     /// `task_struct.nsproxy`, `nsproxy.net_ns`, `net.ns.inum` (one offset from `net`).
     pub task_nsproxy: u32,
     pub nsproxy_net: u32,
@@ -103,7 +111,8 @@ pub struct NetOffsets {
     /// 1 with `--recv-at socket`: a run is one thread on one interface index, so that
     /// transmits (device pointer) and socket receives (index) on a device share it.
     pub by_index: u32,
-    pub _pad: u32,
+    /// `offsetof(struct socket, sk)` (`--xmit-at socket` on kernels before 6.3).
+    pub socket_sk: u32,
 }
 
 /// What arrived on a UDP socket and was not yet read (`--recv-at socket` on 6.18 and
@@ -124,17 +133,38 @@ pub struct RecvLedger {
     pub link_known: u16,
 }
 
+/// The task that last wrote to a socket (`--xmit-at socket`): its transmitted packets are
+/// charged to it, wherever the device sends them from. Noted after each send (kernels
+/// 6.3 and later: in the socket's own storage) or before it (earlier kernels: in
+/// `NET_TX_WRITERS`, keyed by the socket's address, forgotten when the socket is freed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxWriter {
+    pub pid_tgid: u64,
+    pub cgroup: u64,
+    pub uid: u32,
+    /// 1 when the writer passed the `--cgroup` filter when it was noted.
+    pub allowed: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Capacity of `NET_TX_WRITERS` (kernels before 6.3): sockets written to and not yet freed.
+pub const NET_TX_WRITERS_MAX: u32 = 65536;
+
 const _: () = assert!(core::mem::size_of::<NetKey>() == 56);
+const _: () = assert!(core::mem::size_of::<TxWriter>() == 40);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
-const _: () = assert!(core::mem::size_of::<NetOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 116);
 const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
 
-/// Indexes of nettop's loss counters: packets of runs the hash map had no room for, and
-/// datagrams whose socket could not be given a ledger (its storage could not be made).
+/// Indexes of nettop's loss counters: packets of runs the hash map had no room for,
+/// datagrams whose socket could not be given a ledger (its storage could not be made), and
+/// sends whose writer could not be noted (its packets go to the task current at transmit).
 pub const NET_LOST_TABLE: u32 = 0;
 pub const NET_LOST_LEDGER: u32 = 1;
-pub const NET_LOST_COUNT: u32 = 2;
+pub const NET_LOST_WRITER: u32 = 2;
+pub const NET_LOST_COUNT: u32 = 3;
 
 /// Bits of [`RecvLedger::pending`] that hold bytes.
 pub const LEDGER_BYTE_BITS: u32 = 40;
@@ -146,4 +176,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetOffsets {}
     unsafe impl aya::Pod for super::NetRun {}
     unsafe impl aya::Pod for super::RecvLedger {}
+    unsafe impl aya::Pod for super::TxWriter {}
 }

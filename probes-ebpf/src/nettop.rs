@@ -7,6 +7,13 @@
 //! kernels before 6.18) or through a per-socket ledger filled when a datagram is queued
 //! (cgroup_skb ingress) and taken by the next read (`sock_recv_length`).
 //!
+//! Transmits are charged either to the task current when the device sends the packet
+//! (`net_dev_xmit`, the seed's semantics) or to the task that last wrote to the packet's
+//! socket (`--xmit-at socket`): the writer is noted at each send (in socket storage at
+//! `sock_send_length` and `tcp_sendmsg_locked`, or by fentry on `inet_sendmsg`,
+//! `inet6_sendmsg` and `inet_sendpage` into a table) and looked up when the device starts
+//! sending (`net_dev_start_xmit`, where the skb still holds its socket).
+//!
 //! Counters live in per-CPU maps so the hot path needs no atomics; user space sums the
 //! CPUs. Consecutive packets of one thread on one device are added up in a per-CPU run
 //! cache (`NET_RUN`) and reach the hash map only when the run ends. Two slots alternate
@@ -25,15 +32,16 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
         generated::{bpf_sk_fullsock, bpf_sk_storage_get},
     },
-    macros::{btf_map, btf_tracepoint, cgroup_skb, map, tracepoint},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, SkBuffContext, TracePointContext},
+    macros::{btf_map, btf_tracepoint, cgroup_skb, fentry, map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, FEntryContext, SkBuffContext, TracePointContext},
     EbpfContext,
 };
 use probes_common::{
     nettop::{
-        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, LEDGER_BYTE_BITS, NET_LOST_COUNT,
-        NET_LOST_LEDGER, NET_LOST_TABLE, NET_MAX_ENTRIES, NET_SLOTS,
+        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, TxWriter, LEDGER_BYTE_BITS,
+        NET_LOST_COUNT, NET_LOST_LEDGER, NET_LOST_TABLE, NET_LOST_WRITER, NET_MAX_ENTRIES,
+        NET_SLOTS, NET_TX_WRITERS_MAX,
     },
     IFNAME_LEN,
 };
@@ -62,13 +70,16 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     tcp_copied_seq: 0,
     sk_protocol: 0,
     tcp_advmss: 0,
+    sk_rx_dst_ifindex: 0,
+    sk_family: 0,
+    tcp_header_len: 0,
     task_nsproxy: 0,
     nsproxy_net: 0,
     net_inum: 0,
     netdev_ifindex: 0,
     netdev_net: 0,
     by_index: 0,
-    _pad: 0,
+    socket_sk: 0,
 };
 
 #[map]
@@ -90,6 +101,17 @@ static NET_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_LOST_CO
 /// UDP datagrams queued on a socket and not yet read (see [`RecvLedger`]).
 #[btf_map]
 static NET_RX_LEDGER: SkStorage<RecvLedger> = SkStorage::new();
+/// The last writer of each socket, in the socket's storage (kernels with
+/// `sock_send_length`, 6.3 and later).
+#[btf_map]
+static NET_TX_WRITER: SkStorage<TxWriter> = SkStorage::new();
+/// The same, keyed by the `struct sock *`, for the fentry notes (which come before the
+/// send, where `sock_send_length` comes after it). Allocated as sockets are written to;
+/// an entry goes when its socket is destroyed.
+#[map]
+static NET_TX_WRITERS: HashMap<u64, TxWriter> =
+    HashMap::with_max_entries(NET_TX_WRITERS_MAX, BPF_F_NO_PREALLOC);
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[inline(always)]
 fn lost(why: u32, packets: u64) {
@@ -151,6 +173,12 @@ fn count(dev: Dev, len: u32, rx: bool) {
 
 #[inline(always)]
 fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
+    count_by(dev, packets, bytes, rx, None)
+}
+
+/// Counts packets for the current task, or for `by`: the socket's writer.
+#[inline(always)]
+fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>) {
     let slot = match NET_SLOT.get(0) {
         Some(&s) if s < NET_SLOTS => s,
         _ => 0,
@@ -162,10 +190,10 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
     if unsafe { busy.read_volatile() } != 0 {
         // This program preempted another one in the middle of the run: leave the run to
         // it and count this packet on its own.
-        if in_cgroup() {
-            let pid_tgid = bpf_get_current_pid_tgid();
+        if allowed(by) {
+            let pid_tgid = pid_tgid_of(by);
             let ident = dev_ident(&dev);
-            let key = new_key(dev, ident, pid_tgid);
+            let key = new_key(dev, ident, pid_tgid, by);
             let mut counts = NetCounters::default();
             add(&mut counts, packets, bytes, rx);
             flush_into(slot, &key, &counts);
@@ -173,14 +201,41 @@ fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
         return;
     }
     unsafe { busy.write_volatile(1) };
-    count_in_run(unsafe { &mut *run }, slot, dev, packets, bytes, rx);
+    count_in_run(unsafe { &mut *run }, slot, dev, packets, bytes, rx, by);
     unsafe { busy.write_volatile(0) };
+}
+
+/// The thread packets are charged to: the socket's writer, or the current task.
+#[inline(always)]
+fn pid_tgid_of(by: Option<&TxWriter>) -> u64 {
+    match by {
+        Some(w) => w.pid_tgid,
+        None => bpf_get_current_pid_tgid(),
+    }
+}
+
+/// Whether `--cgroup` lets the packets through: the writer's verdict, noted when it wrote,
+/// or the current task's.
+#[inline(always)]
+fn allowed(by: Option<&TxWriter>) -> bool {
+    match by {
+        Some(w) => w.allowed == 1,
+        None => in_cgroup(),
+    }
 }
 
 /// Adds to this CPU's run when the packet continues it, or ends it and starts another.
 #[inline(always)]
-fn count_in_run(run: &mut NetRun, slot: u32, dev: Dev, packets: u64, bytes: u64, rx: bool) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn count_in_run(
+    run: &mut NetRun,
+    slot: u32,
+    dev: Dev,
+    packets: u64,
+    bytes: u64,
+    rx: bool,
+    by: Option<&TxWriter>,
+) {
+    let pid_tgid = pid_tgid_of(by);
     let ident = dev_ident(&dev);
     let same_dev = match &dev {
         Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
@@ -193,11 +248,11 @@ fn count_in_run(run: &mut NetRun, slot: u32, dev: Dev, packets: u64, bytes: u64,
     if run.valid == 1 {
         flush_into(slot, &run.key, &run.counts);
     }
-    if !in_cgroup() {
+    if !allowed(by) {
         run.valid = 0;
         return;
     }
-    let key = new_key(dev, ident, pid_tgid);
+    let key = new_key(dev, ident, pid_tgid, by);
     run.pid_tgid = pid_tgid;
     run.dev_ptr = ident;
     run.valid = 1;
@@ -219,9 +274,10 @@ fn dev_ident(dev: &Dev) -> u64 {
     }
 }
 
-/// The table key of the current task's packets on `dev` (`ident`: its [`dev_ident`]).
+/// The table key of the packets on `dev` (`ident`: its [`dev_ident`]) of the current task,
+/// or of `by`: the socket's writer.
 #[inline(always)]
-fn new_key(dev: Dev, ident: u64, pid_tgid: u64) -> NetKey {
+fn new_key(dev: Dev, ident: u64, pid_tgid: u64, by: Option<&TxWriter>) -> NetKey {
     let by_index = global(&NET_OFFSETS.by_index) == 1;
     let (name, ifindex, netns) = match dev {
         // The index is the low half of `ident`.
@@ -230,12 +286,20 @@ fn new_key(dev: Dev, ident: u64, pid_tgid: u64) -> NetKey {
         Dev::Name(n) => (n, 0, 0),
         Dev::Index(i) => ([0; IFNAME_LEN], i, current_netns()),
     };
+    let (uid, comm, cgroup) = match by {
+        Some(w) => (w.uid, w.comm, w.cgroup),
+        None => (
+            bpf_get_current_uid_gid() as u32,
+            bpf_get_current_comm().unwrap_or([0; 16]),
+            cgroup_id(),
+        ),
+    };
     NetKey {
         pid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
+        uid,
         dev: name,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        cgroup: cgroup_id(),
+        comm,
+        cgroup,
         ifindex,
         netns,
     }
@@ -314,18 +378,17 @@ fn wire_at_least(skb: *const u8, least: u64) -> (u64, u64) {
 }
 
 // TP_PROTO(const struct sk_buff *skb, int len): a read copying from a received skb.
-// Charged to the reader once per TCP skb, at the copy that reaches its end: the skb is
-// then taken off the queue, so data the stack coalesced into it meanwhile is included
-// and nothing is counted twice (`copied_seq` is advanced after the copy).
+// Each copy is charged to the reader: its bytes, and its share of the headers the skb's
+// segments carried (shares that add up to exactly the skb's headers over the copies that
+// read it); the packets at the copy that reaches the skb's end. A partly read skb may
+// still grow (the stack coalesces into the queue's tail) or be collapsed into a new one
+// under memory pressure; what was read of it is charged all the same.
+// (`copied_seq` is advanced after the copy.)
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
     let o = &NET_OFFSETS;
     let skb: *const u8 = ctx.arg(0);
     let len: i64 = ctx.arg(1);
-    let iif: i32 = unsafe { btf_load(skb, global(&o.skb_iif)) };
-    if iif <= 0 {
-        return 0;
-    }
     let sk: *const u8 = unsafe { btf_load(skb, global(&o.skb_sk)) };
     if sk.is_null() {
         return 0;
@@ -338,21 +401,47 @@ pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
     let copied: u32 = read(sk, global(&o.tcp_copied_seq));
     let seq: u32 = unsafe { btf_load(skb, global(&o.skb_cb)) };
     let skb_len: u32 = unsafe { btf_load(skb, global(&o.skb_len)) };
-    if copied.wrapping_sub(seq).wrapping_add(len as u32) != skb_len {
+    let (offset, len, skb_len) = (copied.wrapping_sub(seq) as u64, len as u64, skb_len as u64);
+    if len == 0 || skb_len == 0 || offset + len > skb_len {
         return 0;
     }
     // The stack may have coalesced segments into this skb without adding them to
     // gso_segs: it holds at least one segment per advertised MSS.
     let mss: u16 = read(sk, global(&o.tcp_advmss));
     let least = if mss > 0 {
-        (skb_len as u64).div_ceil(mss as u64)
+        skb_len.div_ceil(mss as u64)
     } else {
         1
     };
-    let (packets, bytes) = wire_at_least(skb, least);
+    let iif: i32 = unsafe { btf_load(skb, global(&o.skb_iif)) };
+    let (iif, segs, wire) = if iif > 0 {
+        let (segs, wire) = wire_at_least(skb, least);
+        (iif, segs, wire)
+    } else {
+        // An skb the kernel collapsed while the receive queue was over its budget
+        // (tcp_collapse): a fresh one holding the data of several, with no input
+        // device and no headers. The socket's own input device and header sizes
+        // stand in, with an Ethernet link header.
+        let iif: i32 = read(sk, global(&o.sk_rx_dst_ifindex));
+        if iif <= 0 {
+            return 0;
+        }
+        let family: u16 = read(sk, global(&o.sk_family));
+        let ip = if family == AF_INET6 { 40 } else { 20 };
+        let tcp: u16 = read(sk, global(&o.tcp_header_len));
+        let tcp = (tcp as u64).max(20);
+        (iif, least, skb_len + least * (ETH_HLEN + ip + tcp))
+    };
+    let headers = wire.saturating_sub(skb_len);
+    let end = offset + len;
+    let bytes = len + headers * end / skb_len - headers * offset / skb_len;
+    let packets = if end == skb_len { segs } else { 0 };
     count_n(Dev::Index(iif as u32), packets, bytes, true);
     0
 }
+
+const AF_INET6: u16 = 10;
+const ETH_HLEN: u64 = 14;
 
 // TP_PROTO(struct sk_buff *skb[, void *location]): on kernels before 6.18 the reader
 // frees each UDP datagram it took (skb_consume_udp). Such an skb is known by its `dev`
@@ -477,6 +566,164 @@ pub fn stapr_net_tx(ctx: BtfTracePointContext) -> u32 {
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
     count(Dev::Ptr(dev), len, false);
+    0
+}
+
+/// The current task as a socket's writer.
+#[inline(always)]
+fn writer_now(pid_tgid: u64) -> TxWriter {
+    TxWriter {
+        pid_tgid,
+        cgroup: cgroup_id(),
+        uid: bpf_get_current_uid_gid() as u32,
+        allowed: in_cgroup() as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn tx_storage(sk: *mut core::ffi::c_void, flags: u32) -> *mut TxWriter {
+    let w = unsafe {
+        bpf_sk_storage_get(
+            &NET_TX_WRITER as *const _ as *mut _,
+            sk,
+            core::ptr::null_mut(),
+            flags as u64,
+        )
+    };
+    w as *mut TxWriter
+}
+
+// TP_PROTO(struct sock *sk, int ret, int flags): a send returned (kernels 6.3 and later;
+// sendfile and splice to a socket from 6.5). Notes the writer once per change of thread.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn stapr_net_tx_note(ctx: BtfTracePointContext) -> u32 {
+    note_storage(ctx.arg(0))
+}
+
+// TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+// int size_goal): a TCP send fills an skb (6.14 and later), before the segments that ACKs
+// release during a long first write leave from other contexts.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn stapr_net_tx_note_tcp(ctx: BtfTracePointContext) -> u32 {
+    note_storage(ctx.arg(0))
+}
+
+/// Notes the current thread as `sk`'s writer in the socket's storage.
+#[inline(always)]
+fn note_storage(sk: *mut core::ffi::c_void) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut w = tx_storage(sk, 0);
+    if w.is_null() {
+        w = tx_storage(sk, BPF_SK_STORAGE_GET_F_CREATE);
+    }
+    if w.is_null() {
+        // Out of memory, or two sends racing to create it: the other one noted it.
+        w = tx_storage(sk, 0);
+    }
+    if w.is_null() {
+        lost(NET_LOST_WRITER, 1);
+        return 0;
+    }
+    let w = unsafe { &mut *w };
+    if w.pid_tgid != pid_tgid {
+        *w = writer_now(pid_tgid);
+    }
+    0
+}
+
+/// Where fentry works: notes the writer of `sock` (a `struct socket *`) before its send,
+/// keyed by the socket's `struct sock *`. Hooked on the inet protocol sends, which
+/// sendmsg and (before 6.5) sendfile and splice all reach.
+#[inline(always)]
+fn note_writer(sock: *const u8) -> u32 {
+    let sk: u64 = unsafe { btf_load(sock, global(&NET_OFFSETS.socket_sk)) };
+    if sk == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(w) = NET_TX_WRITERS.get_ptr_mut(&sk) {
+        let w = unsafe { &mut *w };
+        if w.pid_tgid != pid_tgid {
+            *w = writer_now(pid_tgid);
+        }
+        return 0;
+    }
+    if NET_TX_WRITERS
+        .insert(&sk, &writer_now(pid_tgid), 0)
+        .is_err()
+    {
+        lost(NET_LOST_WRITER, 1);
+    }
+    0
+}
+
+// int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size): IPv4 sends.
+#[fentry(function = "inet_sendmsg")]
+pub fn stapr_net_tx_note_inet(ctx: FEntryContext) -> u32 {
+    note_writer(ctx.arg(0))
+}
+
+// int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size): IPv6 sends.
+#[fentry(function = "inet6_sendmsg")]
+pub fn stapr_net_tx_note_inet6(ctx: FEntryContext) -> u32 {
+    note_writer(ctx.arg(0))
+}
+
+// ssize_t inet_sendpage(struct socket *sock, struct page *page, int offset, size_t size,
+// int flags): sendfile and splice to an inet socket (kernels before 6.5).
+#[fentry(function = "inet_sendpage")]
+pub fn stapr_net_tx_note_page(ctx: FEntryContext) -> u32 {
+    note_writer(ctx.arg(0))
+}
+
+// void sk_destruct(struct sock *sk): the socket is gone, its last packet freed; so is
+// its writer. (Not sk_free: TCP calls that at every freed skb to drop a unit of
+// sk_wmem_alloc, long before the socket ends.)
+#[fentry(function = "sk_destruct")]
+pub fn stapr_net_tx_forget(ctx: FEntryContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = NET_TX_WRITERS.remove(&sk);
+    0
+}
+
+/// A packet the device starts to send, charged to its socket's writer when `writer`
+/// finds one (`skb->sk` is still set here: loopback and veth orphan the skb inside the
+/// device's transmit), else to the current task.
+#[inline(always)]
+fn tx_socket(
+    ctx: &BtfTracePointContext,
+    writer: impl Fn(*mut core::ffi::c_void) -> *const TxWriter,
+) {
+    let skb: *const u8 = ctx.arg(0);
+    let dev: *const u8 = ctx.arg(1);
+    let o = &NET_OFFSETS;
+    let len: u32 = unsafe { btf_load(skb, global(&o.skb_len)) };
+    let sk: *mut core::ffi::c_void = unsafe { btf_load(skb, global(&o.skb_sk)) };
+    let w = if sk.is_null() {
+        core::ptr::null()
+    } else {
+        writer(sk)
+    };
+    count_by(Dev::Ptr(dev), 1, len as u64, false, unsafe { w.as_ref() });
+}
+
+// TP_PROTO(const struct sk_buff *skb, const struct net_device *dev)
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn stapr_net_tx_sk(ctx: BtfTracePointContext) -> u32 {
+    tx_socket(&ctx, |sk| tx_storage(sk, 0));
+    0
+}
+
+// The same, with the writers keyed by socket address (noted by fentry).
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn stapr_net_tx_sk_hash(ctx: BtfTracePointContext) -> u32 {
+    tx_socket(&ctx, |sk| {
+        match unsafe { NET_TX_WRITERS.get(&(sk as u64)) } {
+            Some(w) => w as *const TxWriter,
+            None => core::ptr::null(),
+        }
+    });
     0
 }
 

@@ -5,7 +5,8 @@
 use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use integration_tests::{
-    assert_nothing_attached, bin_dir, example, facility_works, field, kernel_lock, run, Running,
+    assert_nothing_attached, bin_dir, example, facility_works, field, kernel_lock, run, Nginx,
+    Running,
 };
 
 /// Whether the syscall path can run here: it reads the fd from the saved registers
@@ -228,72 +229,23 @@ fn sendfile_copy_file_range_and_splice_are_counted() {
 /// serves an 8 MiB page twice. Its worker is charged the 16 MiB it read from the disk.
 #[test]
 fn nginx_pages_sent_with_sendfile_are_read_from_disk() {
-    use std::io::{Read as _, Write as _};
     let _k = kernel_lock();
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(
-        bin.exists(),
-        "nginx is not installed: `cargo xtask setup` installs Debian's package"
-    );
     let dir = work_dir().join("nginx");
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("page.bin"), vec![0x42u8; 8 * MIB as usize]).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{}}\nhttp {{\n  sendfile on;\n  access_log off;\n  \
-             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    root {};\n  }}\n}}\n",
-            www.display()
-        ),
-    )
-    .unwrap();
     let mut stapr = Running::spawn(&["disktop", "-i", "1", "--format", "json", "-c", "nginx"]);
     stapr.wait_ready(Duration::from_secs(300));
-    let mut server = std::process::Command::new(bin)
-        .args(["-e", &format!("{d}/error.log"), "-p"])
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("starting nginx");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nginx did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = Nginx::start(&dir, &www);
     for _ in 0..2 {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(c, "GET /page.bin HTTP/1.0\r\nHost: stapr\r\n\r\n").unwrap();
-        let mut got = Vec::new();
-        c.read_to_end(&mut got).unwrap();
+        let got = server.get("page.bin");
         assert!(got.len() > 8 * MIB as usize, "got {} bytes", got.len());
     }
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.id())).unwrap();
-    let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let worker = server.worker;
     // Both pages arrived whole: nginx's sendfile calls had returned, and were counted.
     stapr.signal(libc::SIGINT);
     let out = stapr.finish(Duration::from_secs(60));
-    // SIGTERM: the master stops its worker too.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let _ = server.wait();
+    drop(server);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let read: u64 = json_bytes(&out.stdout, worker)
         .iter()

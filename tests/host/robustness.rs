@@ -355,8 +355,9 @@ fn full_tables_show_their_losses_in_that_interval() {
             "nettop",
             "--format",
             "json",
+            // Longer than the workload takes under emulation (over 80 s): one interval.
             "-i",
-            "60",
+            "600",
             "--recv-at",
             "device",
         ],
@@ -378,7 +379,7 @@ fn full_tables_show_their_losses_in_that_interval() {
     let path = bin_dir().join("robustness-writes");
     std::fs::write(&path, b"").unwrap();
     let (objs, w) = json_around(
-        &["disktop", "--format", "json", "-i", "60", "-r", "100000"],
+        &["disktop", "--format", "json", "-i", "600", "-r", "100000"],
         example("many_procs").args([&n.to_string(), "write", path.to_str().unwrap()]),
     );
     let parent: u64 = field(&w, "pid").parse().unwrap();
@@ -847,6 +848,7 @@ fn a_thousand_fuzzed_command_lines_keep_the_rules() {
                 ("-r", &["1", "10", "1000"]),
                 ("--probe", &["auto", "tp-btf", "tracepoint", "kprobe"]),
                 ("--recv-at", &["socket", "device", "nic"]),
+                ("--xmit-at", &["socket", "device", "wire"]),
             ],
             &["-i", "100ms", "--count", "1"],
         ),

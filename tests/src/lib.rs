@@ -619,3 +619,85 @@ impl Drop for SmbMount {
         unmount(&self.dir);
     }
 }
+
+/// Debian's nginx (the setup installs it), serving `www` on a free loopback port with one
+/// worker and `sendfile on`, as Debian's own nginx.conf sets it. Stopped when dropped.
+pub struct Nginx {
+    server: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    /// The worker's PID: the process that serves every request.
+    pub worker: u32,
+}
+
+impl Nginx {
+    /// Starts it with its configuration and logs in `dir`, and waits until it listens.
+    pub fn start(dir: &std::path::Path, www: &std::path::Path) -> Nginx {
+        let bin = std::path::Path::new("/usr/sbin/nginx");
+        assert!(
+            bin.exists(),
+            "nginx is not installed: `cargo xtask setup` installs Debian's package"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{}}\nhttp {{\n  sendfile on;\n  access_log off;\n  \
+                 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+                 server {{\n    listen 127.0.0.1:{port};\n    root {};\n  }}\n}}\n",
+                www.display()
+            ),
+        )
+        .unwrap();
+        let server = Command::new(bin)
+            .args(["-e", &format!("{d}/error.log"), "-p"])
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.id())).unwrap();
+        let worker = children.split_whitespace().next().unwrap().parse().unwrap();
+        Nginx {
+            server,
+            addr,
+            worker,
+        }
+    }
+
+    /// `GET /<path>` over HTTP/1.0: the whole response, headers included.
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(c, "GET /{path} HTTP/1.0\r\nHost: stapr\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        got
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker too.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+        let _ = self.server.wait();
+    }
+}

@@ -23,6 +23,9 @@ use crate::util::{cargo, is_root, workspace_root};
 pub enum Report {
     /// Loopback UDP: ns per datagram sent and received (one transmit + one receive event).
     Nettop,
+    /// nettop on one loopback TCP connection, 64-byte writes with Nagle off: ns per write
+    /// (a segment transmitted and received, and the ACKs it draws).
+    NettopTcp,
     /// open + read 4 KiB + close of a cached file: ns per iteration.
     Slowopen,
     /// 4 KiB reads (pread) of a cached file: ns per read.
@@ -177,6 +180,12 @@ fn workload(report: Report, events: u64, cpu: usize) -> Result<f64> {
             cpu,
             "ns_per_packet",
         ),
+        Report::NettopTcp => example(
+            "tcp_talker",
+            &["--count", &n, "--size", "64"],
+            cpu,
+            "ns_per_write",
+        ),
         Report::Slowopen => {
             let file = cached_file()?;
             let file = file.to_string_lossy();
@@ -215,7 +224,7 @@ fn call_chain_path() -> String {
 fn stapr_args(report: Report) -> Vec<String> {
     let chain;
     let args: &[&str] = match report {
-        Report::Nettop => &["nettop", "-i", "5"],
+        Report::Nettop | Report::NettopTcp => &["nettop", "-i", "5"],
         Report::Slowopen => &["slowopen", "--min", "1s"],
         Report::Disktop | Report::DisktopSendfile => &["disktop", "-i", "5"],
         Report::Calltree => {
@@ -229,7 +238,9 @@ fn stapr_args(report: Report) -> Vec<String> {
 /// The configurations timed against the bare workload in each round: the report as
 /// `stapr_args` runs it; for nettop and disktop the same with `--containers` (what
 /// naming each row's container costs); for nettop also `--recv-at device` (receives
-/// charged where the device delivers them instead of at the reading socket); for
+/// charged where the device delivers them instead of at the reading socket) and
+/// `--xmit-at device` (transmits charged to the task at the device instead of the
+/// socket's last writer); for
 /// slowopen also `--open-min 1s` (every open timed by entry probes as well) and
 /// `--probe raw-syscalls` (one BTF tracepoint on every syscall instead of one classic
 /// tracepoint per traced call).
@@ -243,12 +254,13 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     };
     if matches!(
         report,
-        Report::Nettop | Report::Disktop | Report::DisktopSendfile
+        Report::Nettop | Report::NettopTcp | Report::Disktop | Report::DisktopSendfile
     ) {
         sides.push((" --containers", with(&["--containers"])));
     }
-    if let Report::Nettop = report {
+    if let Report::Nettop | Report::NettopTcp = report {
         sides.push((" --recv-at device", with(&["--recv-at", "device"])));
+        sides.push((" --xmit-at device", with(&["--xmit-at", "device"])));
     }
     if let Report::Slowopen = report {
         sides.push((" --open-min 1s", with(&["--open-min", "1s"])));
@@ -260,6 +272,7 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
 fn event_name(report: Report) -> &'static str {
     match report {
         Report::Nettop => "packet",
+        Report::NettopTcp => "write",
         Report::Slowopen => "iteration",
         Report::Disktop => "read",
         Report::DisktopSendfile => "sendfile",
@@ -296,11 +309,11 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// In-kernel time of the report's programs per workload event, measured by the kernel's
 /// own BPF run-time statistics (which add their own small cost, so this run is separate
 /// from the timed rounds).
-fn in_kernel_cost(report: Report, events: u64, cpu: usize) -> Result<(f64, f64)> {
+fn in_kernel_cost(report: Report, stapr: &[String], events: u64, cpu: usize) -> Result<(f64, f64)> {
     let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let result = (|| {
-        let child = start_stapr(&stapr_args(report))?;
+        let child = start_stapr(stapr)?;
         let pid = child.id();
         let run = workload(report, events, cpu);
         let stats = program_stats(pid);
@@ -381,10 +394,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             (m0 + added) / m0
         );
     }
-    let (ns, runs) = in_kernel_cost(report, args.events, args.cpu)?;
-    println!(
-        "  in-kernel probe time {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
-    );
+    // Every side's own for nettop, whose sides differ in the programs they attach.
+    let measured = if let Report::Nettop | Report::NettopTcp = report {
+        sides.len()
+    } else {
+        1
+    };
+    for (label, stapr) in &sides[..measured] {
+        let (ns, runs) = in_kernel_cost(report, stapr, args.events, args.cpu)?;
+        println!(
+            "  in-kernel probe time{label} {ns:6.1} ns/{event} ({runs:.2} program runs per {event}, kernel.bpf_stats_enabled)"
+        );
+    }
     if let Report::Calltree = report {
         if !args.host_only {
             calltree_in_vms()?;

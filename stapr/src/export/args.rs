@@ -49,10 +49,16 @@ pub struct Args {
     /// Stop after this long (default: until Ctrl-C, SIGTERM or SIGHUP)
     #[arg(short, long, value_parser = duration::positive_secs, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
-    /// Charge received packets (direction="receive") to the reading process (socket) or to
-    /// the task current when the device delivers them (device); see `stapr nettop --help`
+    /// Charge received packets (direction="receive") to the process that reads them off
+    /// their socket (socket) or to the task running when the device delivers them
+    /// (device); see `stapr nettop --help`
     #[arg(long, value_enum, default_value = "socket")]
-    pub recv_at: crate::report::nettop::RecvAt,
+    pub recv_at: crate::report::nettop::Charge,
+    /// Charge transmitted packets (direction="transmit") to the process that last wrote
+    /// to their socket (socket) or to the task running when the device sends them
+    /// (device); see `stapr nettop --help`
+    #[arg(long, value_enum, default_value = "socket")]
+    pub xmit_at: crate::report::nettop::Charge,
 }
 
 impl From<Args> for Options {
@@ -65,6 +71,7 @@ impl From<Args> for Options {
             file_min: a.file_min,
             duration: a.duration,
             recv_at: a.recv_at,
+            xmit_at: a.xmit_at,
         }
     }
 }

@@ -40,7 +40,8 @@ pub struct Options {
     pub forget_after: Duration,
     pub file_min: Duration,
     pub duration: Option<Duration>,
-    pub recv_at: nettop::RecvAt,
+    pub recv_at: nettop::Charge,
+    pub xmit_at: nettop::Charge,
 }
 
 /// Connections the kernel queues before the exporter accepts them.
@@ -256,6 +257,7 @@ pub fn run(opts: Options) -> Result<()> {
     let with = ExportSettings {
         file_min: opts.file_min,
         recv_at: opts.recv_at,
+        xmit_at: opts.xmit_at,
         containers: opts.by.container,
     };
     let mut sources = Sources::attach(&with, &mut reg)?;
@@ -411,7 +413,7 @@ mod tests {
     #[test]
     fn exposition_golden() {
         let text = registry(By::PID).render();
-        let golden = r#"# HELP stapr_net_packets_total Packets sent (transmit) and received (receive) per process and network device; transmits are charged to the task running when the device sent them, receives (--recv-at socket, the default) to the process that read them off its socket.
+        let golden = r#"# HELP stapr_net_packets_total Packets sent (transmit) and received (receive) per process and network device; by default (--xmit-at socket, --recv-at socket) transmits are charged to the process that last wrote to their socket, receives to the process that read them off it.
 # TYPE stapr_net_packets_total counter
 stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="receive"} 2
 stapr_net_packets_total{pid="10",comm="httpd",uid="33",dev="eth0",direction="transmit"} 4
@@ -445,7 +447,7 @@ stapr_disk_bytes_total{pid="12",comm="postgres",uid="0",dev="sda",direction="rea
 stapr_events_total{report="nettop"} 7
 stapr_events_total{report="slowopen"} 2
 stapr_events_total{report="disktop"} 1
-# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was; open_args_full: slowopen's table of opens in progress was; ledger_failed: a socket's ledger could not be made).
+# HELP stapr_events_lost_total Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was; open_args_full: slowopen's table of opens in progress was; ledger_failed: a socket's ledger could not be made; writer_failed: a socket's writer could not be noted).
 # TYPE stapr_events_lost_total counter
 stapr_events_lost_total{report="nettop",reason="table_full"} 0
 stapr_events_lost_total{report="slowopen",reason="table_full"} 0

@@ -111,7 +111,7 @@ pub const EVENTS: Family = Family {
 };
 pub const EVENTS_LOST: Family = Family {
     name: "stapr_events_lost_total",
-    help: "Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was; open_args_full: slowopen's table of opens in progress was; ledger_failed: a socket's ledger could not be made).",
+    help: "Events the probes could not count, by reason (table_full: an in-kernel table was full; ringbuf_full: the ring buffer was; open_args_full: slowopen's table of opens in progress was; ledger_failed: a socket's ledger could not be made; writer_failed: a socket's writer could not be noted).",
     kind: Kind::Counter,
 };
 pub const PROBES_ATTACHED: Family = Family {

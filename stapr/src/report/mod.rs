@@ -35,7 +35,8 @@ pub static ALL: [&Report; 4] = [
 pub struct ExportSettings {
     /// Files held at least this long are observed.
     pub file_min: Duration,
-    pub recv_at: nettop::RecvAt,
+    pub recv_at: nettop::Charge,
+    pub xmit_at: nettop::Charge,
     /// Rows need their container named (`--by ...,container`).
     pub containers: bool,
 }

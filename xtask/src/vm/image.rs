@@ -106,6 +106,11 @@ pub const SKIPPED: &[(&str, &str, &str)] = &[
         "nginx_pages_sent_with_sendfile_are_read_from_disk",
         "needs the nginx server",
     ),
+    (
+        "nettop",
+        "nginx_worker_is_charged_for_the_pages_it_sends",
+        "needs the nginx server",
+    ),
 ];
 /// As [`SKIPPED`], on arm64 only.
 pub const SKIPPED_ARM64: &[(&str, &str, &str)] = &[(
@@ -281,7 +286,7 @@ mount -t ext4 /dev/vda /stapr || echo "STAPR-VM-ERROR mount ext4"
 ip link set lo up
 # The NIC on QEMU's user network (see qemu.rs): its usual static address.
 ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up || echo "STAPR-VM-ERROR eth0"
-export STAPR_NIC STAPR_NFS STAPR_SMB
+export STAPR_NIC STAPR_NIC_TCP STAPR_NFS STAPR_SMB
 echo "STAPR-VM-BOOTED $(uname -r)"
 cd /stapr/target/debug
 method() {

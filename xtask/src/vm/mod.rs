@@ -245,6 +245,7 @@ const SAME_PROBES_AS_HOST: &[&str] = &[
     // nettop
     "udp_ipv6_receiver_is_charged_for_what_it_reads",
     "recv_at_device_charges_the_softirq_task",
+    "xmit_at_device_charges_the_task_running_at_the_device",
     "a_receiver_that_never_reads_is_not_charged",
     "filters_keep_only_matching_rows",
     "json_lines_carry_raw_counts",
@@ -271,12 +272,15 @@ const SAME_PROBES_AS_HOST: &[&str] = &[
 /// a known write on the virtio disk and on NFS, a held file with its name and time, a
 /// slow open on a stalled server, calltree's errors with every method the kernel offers
 /// and the refusal of the others, `--binary`), `--cgroup`, the exporter's counters,
-/// doctor's verdicts and planned methods against what the reports attach, bad input,
-/// and `kill -9`. libtest filters: substrings of test names.
+/// doctor's verdicts and planned methods against what the reports attach, nettop's
+/// writer table full and a collapsed receive queue, bad input, and `kill -9`. libtest
+/// filters: substrings of test names.
 const KERNEL_CI: &[&str] = &[
     "udp_ipv4_receiver_is_charged_for_what_it_reads",
     "tcp_server_is_charged_for_the_stream_it_reads",
+    "tcp_server_is_charged_for_every_page_it_sends",
     "nic_receiver_is_charged_on_the_nic",
+    "nic_server_is_charged_for_every_page_it_sends",
     "loopback_udp_btf_tracepoints",
     "file_writes_and_reads_on_the_right_device",
     "file_writes_and_reads_on_the_syscall_path",
@@ -292,6 +296,8 @@ const KERNEL_CI: &[&str] = &[
     "planned_methods_are_the_ones_the_reports_attach",
     "nettop_names_containers_and_filters_by_container_id",
     "disktop_names_containers_and_filters_by_path",
+    "a_full_writer_table_is_counted_as_lost",
+    "a_collapsed_receive_queue_is_charged_to_its_reader",
     "kill_9_leaves_nothing_attached",
     "bad_input_is_one_line_and_exit_2",
 ];

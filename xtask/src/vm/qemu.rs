@@ -44,7 +44,15 @@ pub fn boot(
         .and_then(|s| s.local_addr())
         .context("finding a free UDP port for the guest's NIC")?
         .port();
-    let netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{NIC_GUEST_PORT}");
+    // The same for TCP (STAPR_NIC_TCP): a connection to 10.0.2.2:<tcp> comes back in to
+    // a server on the guest's NIC_GUEST_PORT.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .context("finding a free TCP port for the guest's NIC")?
+        .port();
+    let netdev = format!(
+        "user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{NIC_GUEST_PORT},hostfwd=tcp:127.0.0.1:{tcp}-:{NIC_GUEST_PORT}"
+    );
     // The NFS and SMB servers the guest mounts at 10.0.2.2:<their ports> (STAPR_NFS,
     // STAPR_SMB), for this boot.
     let work = log.parent().context("the log's directory")?;
@@ -68,7 +76,7 @@ pub fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port} STAPR_NFS=10.0.2.2:{}:{} STAPR_SMB=10.0.2.2:{}:{}",
+            "console={console} quiet panic=-1 loglevel=4 STAPR_NIC=10.0.2.2:{port} STAPR_NIC_TCP=10.0.2.2:{tcp} STAPR_NFS=10.0.2.2:{}:{} STAPR_SMB=10.0.2.2:{}:{}",
             nfs.port,
             servers::NFS_EXPORT,
             smb.port,

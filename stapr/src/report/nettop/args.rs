@@ -2,14 +2,20 @@
 
 use clap::Args as ClapArgs;
 
-use super::{Filter, Method, Options, RecvAt, SortKey};
+use super::{Charge, Filter, Method, Options, SortKey};
 use crate::cli::flags::{
     device, positive_usize, CgroupArgs, IntervalArgs, OutputArgs, ProcessArgs,
 };
 
 pub const HELP: &str = "\
-Transmitted packets are charged to the process that sent them, with the length the device
-sent (link-layer header included).
+--xmit-at socket (the default): a transmitted packet is charged to the process that last
+wrote to its socket (TCP, UDP, IPv4 and IPv6), on the device that sent it, with the length
+the device sent (link header included), even when the device sends it from a softirq, a
+timer or another process's context (TCP segments released by the peer's ACK, retransmits).
+Packets without a socket (forwarded, ARP, ICMP errors, and packets a veth pair handed on
+from another namespace) are charged to the task running when the device sent them.
+--xmit-at device: every transmit is charged to the task running when the device sent it,
+as SystemTap's netdev.transmit did.
 
 --recv-at socket (the default): a received packet is charged to the process that reads it
 off its TCP or UDP socket, on the device it arrived on, counted as the device saw it (link
@@ -53,10 +59,14 @@ pub struct Args {
     /// Tracepoint flavour to attach with
     #[arg(long, value_enum, default_value = "auto")]
     pub probe: Probe,
-    /// Charge received packets to the reading process (socket) or to the task current
-    /// when the device delivers them (device)
+    /// Charge received packets to the process that reads them off their socket (socket) or
+    /// to the task running when the device delivers them (device)
     #[arg(long, value_enum, default_value = "socket")]
-    pub recv_at: RecvAt,
+    pub recv_at: Charge,
+    /// Charge transmitted packets to the process that last wrote to their socket (socket)
+    /// or to the task running when the device sends them (device)
+    #[arg(long, value_enum, default_value = "socket")]
+    pub xmit_at: Charge,
 }
 
 impl From<Args> for Options {
@@ -72,6 +82,7 @@ impl From<Args> for Options {
             rows: a.rows,
             probe: a.probe.into(),
             recv_at: a.recv_at,
+            xmit_at: a.xmit_at,
             containers: a.cgroups.into(),
         }
     }

@@ -25,7 +25,7 @@ use crate::{
 };
 
 pub use aggregate::{Filter, SortKey};
-pub use probes::{Method, RecvAt};
+pub use probes::{Charge, Method};
 
 pub static NETTOP: Report = Report {
     name: "nettop",
@@ -34,7 +34,8 @@ pub static NETTOP: Report = Report {
     families: &[Declared::Counters(&TRAFFIC)],
     export: Some(|with| {
         let names = Containers::for_export(with.containers)?;
-        let probes = probes::Probes::attach(None, with.recv_at, CgroupFilter::default())?;
+        let probes =
+            probes::Probes::attach(None, with.recv_at, with.xmit_at, CgroupFilter::default())?;
         Ok(Box::new(Traffic { probes, names }))
     }),
 };
@@ -46,7 +47,8 @@ pub struct Options {
     pub rows: Option<usize>,
     /// None: the first method that works.
     pub probe: Option<Method>,
-    pub recv_at: RecvAt,
+    pub recv_at: Charge,
+    pub xmit_at: Charge,
     pub format: runtime::Format,
     pub containers: containers::Choice,
 }
@@ -66,12 +68,7 @@ impl Source for Traffic {
     }
 
     fn describe(&self) -> String {
-        let p = &self.probes;
-        format!(
-            "{} on {}",
-            p.method.name(),
-            p.recv_at.describe(p.udp_ledger)
-        )
+        format!("{}: {}", self.probes.method.name(), self.probes.describe())
     }
 
     fn attached(&self) -> usize {
@@ -83,7 +80,7 @@ impl Source for Traffic {
     }
 
     fn lost(&self) -> Result<Vec<Loss>> {
-        let (table, ledger) = self.probes.lost()?;
+        let (table, ledger, writer) = self.probes.lost()?;
         Ok(vec![
             Loss::table_full("packets", table),
             Loss {
@@ -91,6 +88,12 @@ impl Source for Traffic {
                 what: "packets",
                 why: "their socket's ledger could not be made (out of memory)".into(),
                 count: ledger,
+            },
+            Loss {
+                reason: "writer_failed",
+                what: "sends",
+                why: "their socket's writer could not be noted (out of memory, or the writer table full): their packets went to the task running at the device".into(),
+                count: writer,
             },
             Loss::skipped("packets", self.probes.skipped()),
         ])
@@ -127,7 +130,7 @@ pub static TRAFFIC: Counters = Counters {
     families: &[
         Family {
             name: "stapr_net_packets_total",
-            help: "Packets sent (transmit) and received (receive) per process and network device; transmits are charged to the task running when the device sent them, receives (--recv-at socket, the default) to the process that read them off its socket.",
+            help: "Packets sent (transmit) and received (receive) per process and network device; by default (--xmit-at socket, --recv-at socket) transmits are charged to the process that last wrote to their socket, receives to the process that read them off it.",
             kind: Kind::Counter,
         },
         Family {
@@ -188,7 +191,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     runtime::prepare()?;
     let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
-    let probes = probes::Probes::attach(opts.probe, opts.recv_at, cgroup)?;
+    let probes = probes::Probes::attach(opts.probe, opts.recv_at, opts.xmit_at, cgroup)?;
     let every = opts.every;
     interval::run(Traffic { probes, names }, opts, every)
 }

@@ -3,11 +3,11 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, TracePoint},
+    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, FEntry, TracePoint},
     Ebpf,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_LOST_LEDGER},
+    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_LOST_LEDGER, NET_LOST_WRITER},
     CgroupFilter,
 };
 
@@ -18,6 +18,7 @@ use crate::{
         btf,
         features::{self, Facility, Need},
         object::{self, attach_btf, program, Object},
+        program_error_reason,
         slots::{self, SlotMaps},
         tracefs, user_error,
     },
@@ -36,6 +37,14 @@ pub static OBJECT: Object = Object {
         RX_UDP_FREE.0,
         RX_UDP_READ.0,
         RX_UDP_QUEUE,
+        TX_SOCKET.0,
+        TX_SOCKET_HASH,
+        TX_NOTE.0,
+        TX_NOTE_TCP.0,
+        TX_NOTE_FENTRY[0].0,
+        TX_NOTE_FENTRY[1].0,
+        TX_NOTE_PAGE.0,
+        TX_FORGET.0,
     ],
     maps: &[
         MAPS.slot,
@@ -61,6 +70,22 @@ const RX_TCP: (&str, &str) = ("stapr_net_rx_tcp", "skb_copy_datagram_iovec");
 const RX_UDP_FREE: (&str, &str) = ("stapr_net_rx_udp", "consume_skb");
 const RX_UDP_READ: (&str, &str) = ("stapr_net_rx_read", "sock_recv_length");
 const RX_UDP_QUEUE: &str = "stapr_net_rx_queue";
+/// Transmits charged to the socket's last writer: counted where the device starts
+/// sending, the writer noted in the socket's storage (at each send's end, and at a TCP
+/// send's start where that tracepoint exists) or by fentry on the inet sends (sendmsg,
+/// and sendpage: sendfile and splice before 6.5) into a table that forgets it when the
+/// socket is destroyed (sk_destruct).
+const TX_SOCKET: (&str, &str) = ("stapr_net_tx_sk", "net_dev_start_xmit");
+const TX_SOCKET_HASH: &str = "stapr_net_tx_sk_hash";
+const TX_NOTE: (&str, &str) = ("stapr_net_tx_note", "sock_send_length");
+/// Where it exists (6.14 and later): TCP writers noted as the send begins.
+const TX_NOTE_TCP: (&str, &str) = ("stapr_net_tx_note_tcp", "tcp_sendmsg_locked");
+const TX_NOTE_FENTRY: [(&str, &str); 2] = [
+    ("stapr_net_tx_note_inet", "inet_sendmsg"),
+    ("stapr_net_tx_note_inet6", "inet6_sendmsg"),
+];
+const TX_NOTE_PAGE: (&str, &str) = ("stapr_net_tx_note_page", "inet_sendpage");
+const TX_FORGET: (&str, &str) = ("stapr_net_tx_forget", "sk_destruct");
 const OFFSETS: &str = "NET_OFFSETS";
 
 /// Which tracepoint flavour carries the probes.
@@ -80,7 +105,7 @@ impl crate::report::method::Method for Method {
                 name: "BTF tracepoints (tp_btf)",
                 label: "tp_btf",
                 needs: &[Need::Btf, Need::Works(Facility::TpBtf)],
-                note: "net:net_dev_xmit + socket receives",
+                note: "socket transmits and receives",
                 partial: false,
                 auto: true,
             },
@@ -99,28 +124,49 @@ impl crate::report::method::Method for Method {
     ];
 }
 
-/// Which task a received packet is charged to.
+/// Which task a packet is charged to (`--recv-at`, `--xmit-at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RecvAt {
-    /// The task that reads it off its socket, on the device it arrived on.
+pub enum Charge {
+    /// The process that reads it off (receive) or last wrote to (transmit) its socket, on
+    /// the device it passed
     Socket,
-    /// The task current when the device hands it to the stack (SystemTap's netdev.receive).
+    /// The task running when the device handles it (SystemTap's netdev.receive and
+    /// netdev.transmit)
     Device,
 }
 
-impl RecvAt {
-    /// The tracepoints a report attaches to, for its start line.
-    pub fn describe(self, udp_ledger: bool) -> &'static str {
-        match (self, udp_ledger) {
-            (RecvAt::Device, _) => "net:net_dev_xmit and net:netif_receive_skb",
-            (RecvAt::Socket, true) => {
-                "net:net_dev_xmit, skb:skb_copy_datagram_iovec, sock:sock_recv_length and cgroup_skb ingress"
-            }
-            (RecvAt::Socket, false) => {
-                "net:net_dev_xmit, skb:skb_copy_datagram_iovec and skb:consume_skb"
-            }
+/// Where the writers of `--xmit-at socket` are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// In each socket's storage, noted at sock:sock_send_length (6.3) and, with
+    /// `tcp_first`, as TCP sends begin, at tcp:tcp_sendmsg_locked (6.14).
+    Storage { tcp_first: bool },
+    /// In a table keyed by socket, noted by fentry on the inet sends.
+    Table,
+}
+
+/// The hooks a report attaches, for its start line.
+fn describe(xmit: Option<Writers>, recv_at: Charge, udp_ledger: bool) -> String {
+    let tx = match xmit {
+        None => "net:net_dev_xmit",
+        Some(Writers::Storage { tcp_first: false }) => {
+            "net:net_dev_start_xmit (writers from sock:sock_send_length)"
         }
-    }
+        Some(Writers::Storage { tcp_first: true }) => {
+            "net:net_dev_start_xmit (writers from sock:sock_send_length and tcp:tcp_sendmsg_locked)"
+        }
+        Some(Writers::Table) => {
+            "net:net_dev_start_xmit (writers from fentry on inet_sendmsg, inet6_sendmsg, inet_sendpage and sk_destruct)"
+        }
+    };
+    let rx = match (recv_at, udp_ledger) {
+        (Charge::Device, _) => "net:netif_receive_skb",
+        (Charge::Socket, true) => {
+            "skb:skb_copy_datagram_iovec, sock:sock_recv_length and cgroup_skb ingress"
+        }
+        (Charge::Socket, false) => "skb:skb_copy_datagram_iovec and skb:consume_skb",
+    };
+    format!("transmits at {tx}, receives at {rx}")
 }
 
 pub struct Probes {
@@ -128,12 +174,15 @@ pub struct Probes {
     /// The map the probes write into now (0 or 1).
     slot: u32,
     pub method: Method,
-    pub recv_at: RecvAt,
+    pub recv_at: Charge,
+    /// Where transmits' writers are noted (None: transmits are charged at the device).
+    pub writers: Option<Writers>,
     /// UDP receives go through the socket ledger (sock:sock_recv_length) rather than the
     /// reader's free.
     pub udp_ledger: bool,
-    /// Programs attached.
+    /// Programs attached, and those of them on classic tracepoints (slow to detach).
     pub attached: usize,
+    classic: usize,
     names: IfNames,
 }
 
@@ -147,13 +196,22 @@ const MAPS: SlotMaps = SlotMaps {
 impl Probes {
     /// Attaches to net:net_dev_xmit and net:netif_receive_skb with the flavour asked for
     /// (None: the first that works, saying on stderr why one was passed over).
-    pub fn attach(choice: Option<Method>, recv_at: RecvAt, cgroup: CgroupFilter) -> Result<Self> {
+    pub fn attach(
+        choice: Option<Method>,
+        recv_at: Charge,
+        xmit_at: Charge,
+        cgroup: CgroupFilter,
+    ) -> Result<Self> {
         let socket = match recv_at {
-            RecvAt::Socket => Some(SocketReceive::find()?),
-            RecvAt::Device => None,
+            Charge::Socket => Some(SocketReceive::find()?),
+            Charge::Device => None,
+        };
+        let sender = match xmit_at {
+            Charge::Socket => SocketTransmit::find()?,
+            Charge::Device => None,
         };
         first_working("nettop", choice, |m| {
-            Self::attach_with(m, socket.as_ref(), &cgroup)
+            Self::attach_with(m, socket.as_ref(), sender.as_ref(), &cgroup)
         })
         .map_err(last_error)
     }
@@ -161,6 +219,7 @@ impl Probes {
     fn attach_with(
         method: Method,
         socket: Option<&SocketReceive>,
+        sender: Option<&SocketTransmit>,
         cgroup: &CgroupFilter,
     ) -> Result<Self> {
         let classic = method == Method::Tracepoint;
@@ -180,19 +239,24 @@ impl Probes {
             offsets.recv_name = tracefs::field_offset("net", "netif_receive_skb", "name")?;
         }
         // Socket receives come with the device offsets already (SocketReceive::find).
-        if !classic && socket.is_none() {
+        if (!classic || sender.is_some()) && socket.is_none() {
             device_offsets(&btf::Btf::from_sys_fs()?, &mut offsets)?;
+        }
+        if let Some(t) = sender {
+            offsets.skb_sk = t.skb_sk;
+            offsets.socket_sk = t.socket_sk;
         }
         let mut ebpf = OBJECT.load(&offsets, cgroup)?;
         let progs = if classic { CLASSIC_PROGS } else { BTF_PROGS };
-        let tx_rx = match socket {
-            Some(_) => &progs[..1],
-            None => &progs[..],
-        };
-        let aya_btf = (!classic || socket.is_some())
+        // The device's own programs, for the directions charged there.
+        let tx_rx: Vec<(&str, &str)> = [(sender.is_none(), progs[0]), (socket.is_none(), progs[1])]
+            .into_iter()
+            .filter_map(|(at_device, p)| at_device.then_some(p))
+            .collect();
+        let aya_btf = (!classic || socket.is_some() || sender.is_some())
             .then(|| aya::Btf::from_sys_fs().context("reading kernel BTF"))
             .transpose()?;
-        for &(prog, tp) in tx_rx {
+        for &(prog, tp) in &tx_rx {
             match &aya_btf {
                 Some(kbtf) if !classic => attach_btf(&mut ebpf, prog, tp, kbtf)?,
                 _ => {
@@ -205,7 +269,11 @@ impl Probes {
             }
         }
         let mut udp_ledger = false;
+        let classic_attached = if classic { tx_rx.len() } else { 0 };
         let mut attached = tx_rx.len();
+        if let (Some(t), Some(kbtf)) = (sender, &aya_btf) {
+            attached += t.attach(&mut ebpf, kbtf)?;
+        }
         if let (Some(s), Some(kbtf)) = (socket, &aya_btf) {
             attach_btf(&mut ebpf, RX_TCP.0, RX_TCP.1, kbtf)?;
             udp_ledger = s.ledger;
@@ -229,14 +297,21 @@ impl Probes {
             slot: 0,
             method,
             recv_at: if socket.is_some() {
-                RecvAt::Socket
+                Charge::Socket
             } else {
-                RecvAt::Device
+                Charge::Device
             },
+            writers: sender.map(|t| t.writers),
             udp_ledger,
             attached,
+            classic: classic_attached,
             names: IfNames::new(),
         })
+    }
+
+    /// The hooks attached, for the report's start line.
+    pub fn describe(&self) -> String {
+        describe(self.writers, self.recv_at, self.udp_ledger)
     }
 
     /// What the probes counted since the last call (one element per key and CPU).
@@ -258,11 +333,7 @@ impl Probes {
 
     /// Attachments slow to detach (classic tracepoints).
     pub fn slow_attachments(&self) -> usize {
-        match (self.method, self.recv_at) {
-            (Method::Tracepoint, RecvAt::Device) => 2,
-            (Method::Tracepoint, RecvAt::Socket) => 1,
-            _ => 0,
-        }
+        self.classic
     }
 
     /// Probe runs the kernel skipped, since start.
@@ -270,12 +341,14 @@ impl Probes {
         crate::runtime::object::skipped_runs(&self.ebpf)
     }
 
-    /// Packets not counted, since start: because a counter map was full, and because a
-    /// socket's ledger could not be made.
-    pub fn lost(&self) -> Result<(u64, u64)> {
+    /// What was not counted as it should be, since start: packets because a counter map
+    /// was full, packets because a socket's ledger could not be made, and sends whose
+    /// writer could not be noted (their packets went to the task at the device).
+    pub fn lost(&self) -> Result<(u64, u64, u64)> {
         Ok((
             slots::dropped(&self.ebpf, &MAPS)?,
             object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_LEDGER)?,
+            object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_WRITER)?,
         ))
     }
 }
@@ -310,6 +383,10 @@ impl SocketReceive {
             tcp_copied_seq: m("tcp_sock", "copied_seq")?,
             sk_protocol: m("sock", "sk_protocol")?,
             tcp_advmss: m("tcp_sock", "advmss")?,
+            sk_rx_dst_ifindex: m("sock", "sk_rx_dst_ifindex")
+                .or_else(|_| m("inet_sock", "rx_dst_ifindex"))?,
+            sk_family: m("sock", "__sk_common")? + m("sock_common", "skc_family")?,
+            tcp_header_len: m("tcp_sock", "tcp_header_len")?,
             task_nsproxy: m("task_struct", "nsproxy")?,
             nsproxy_net: m("nsproxy", "net_ns")?,
             net_inum: m("net", "ns")? + m("ns_common", "inum")?,
@@ -339,6 +416,88 @@ impl SocketReceive {
             ledger,
             cgroup_root,
         })
+    }
+}
+
+/// What charging transmits to the socket's writer needs from this kernel.
+struct SocketTransmit {
+    writers: Writers,
+    /// The fentry programs noting and forgetting writers (Table), with their functions:
+    /// inet6_sendmsg where IPv6 is built in, inet_sendpage before 6.5.
+    fentries: Vec<(&'static str, &'static str)>,
+    skb_sk: u32,
+    socket_sk: u32,
+}
+
+impl SocketTransmit {
+    /// None: this kernel can note no writer, and transmits are charged at the device (said
+    /// on stderr).
+    fn find() -> Result<Option<Self>> {
+        if !features::btf() {
+            return Err(user_error(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): charging transmits to the writing socket needs it; use --xmit-at device",
+            ));
+        }
+        let b = btf::Btf::from_sys_fs()?;
+        // A writer must be noted as its send begins: sock:sock_send_length comes as it
+        // ends, after the segments that ACKs release during a long first write have gone
+        // out (to whichever task took the ACK). So socket storage where TCP sends also
+        // have a tracepoint at their start, else the fentry table where fentry works,
+        // else storage noted at the end of sends alone.
+        let tcp_first = b.has_tracepoint("tcp_sendmsg_locked");
+        let at_end = b.has_tracepoint("sock_send_length");
+        let writers = match features::check(Facility::Fentry) {
+            _ if at_end && tcp_first => Writers::Storage { tcp_first },
+            Ok(_) => Writers::Table,
+            Err(_) if at_end => Writers::Storage { tcp_first },
+            Err(why) => {
+                eprintln!(
+                    "stapr nettop: this kernel has neither fentry ({why}) nor sock:sock_send_length (6.3); transmits are charged to the task running when the device sends them, as with --xmit-at device"
+                );
+                return Ok(None);
+            }
+        };
+        let mut fentries = vec![TX_NOTE_FENTRY[0], TX_FORGET];
+        fentries.extend(
+            [TX_NOTE_FENTRY[1], TX_NOTE_PAGE]
+                .into_iter()
+                .filter(|&(_, func)| b.func_id(func).is_some()),
+        );
+        Ok(Some(Self {
+            writers,
+            fentries,
+            skb_sk: b.member_offset("sk_buff", "sk")?,
+            socket_sk: b.member_offset("socket", "sk")?,
+        }))
+    }
+
+    /// Attaches the transmit program and those noting writers; returns how many.
+    fn attach(&self, ebpf: &mut Ebpf, kbtf: &aya::Btf) -> Result<usize> {
+        match self.writers {
+            Writers::Storage { tcp_first } => {
+                attach_btf(ebpf, TX_SOCKET.0, TX_SOCKET.1, kbtf)?;
+                attach_btf(ebpf, TX_NOTE.0, TX_NOTE.1, kbtf)?;
+                if tcp_first {
+                    attach_btf(ebpf, TX_NOTE_TCP.0, TX_NOTE_TCP.1, kbtf)?;
+                }
+                Ok(2 + tcp_first as usize)
+            }
+            Writers::Table => {
+                attach_btf(ebpf, TX_SOCKET_HASH, TX_SOCKET.1, kbtf)?;
+                for &(prog, func) in &self.fentries {
+                    let p: &mut FEntry = program(ebpf, prog)?;
+                    p.load(func, kbtf).map_err(|e| {
+                        user_error(format!(
+                            "this kernel refuses fentry on {func} ({}), which charging transmits to the writing socket needs here; use --xmit-at device",
+                            program_error_reason(&e)
+                        ))
+                    })?;
+                    p.attach()
+                        .with_context(|| format!("attaching fentry on {func}"))?;
+                }
+                Ok(1 + self.fentries.len())
+            }
+        }
     }
 }
 
