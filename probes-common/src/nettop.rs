@@ -113,6 +113,10 @@ pub struct NetOffsets {
     pub by_index: u32,
     /// `offsetof(struct socket, sk)` (`--xmit-at socket` on kernels before 6.3).
     pub socket_sk: u32,
+    /// 1 when TCP writers are noted as their sends begin (`tcp:tcp_sendmsg_locked`): the
+    /// note at the end of a send (`sock:sock_send_length`) then leaves TCP sockets alone.
+    pub tcp_noted: u32,
+    pub _pad: u32,
 }
 
 /// What arrived on a UDP socket and was not yet read (`--recv-at socket` on 6.18 and
@@ -155,7 +159,7 @@ const _: () = assert!(core::mem::size_of::<NetKey>() == 56);
 const _: () = assert!(core::mem::size_of::<TxWriter>() == 40);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
-const _: () = assert!(core::mem::size_of::<NetOffsets>() == 116);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 124);
 const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
 
 /// Indexes of nettop's loss counters: packets of runs the hash map had no room for,

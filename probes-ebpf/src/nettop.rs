@@ -80,6 +80,8 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     netdev_net: 0,
     by_index: 0,
     socket_sk: 0,
+    tcp_noted: 0,
+    _pad: 0,
 };
 
 #[map]
@@ -598,7 +600,15 @@ fn tx_storage(sk: *mut core::ffi::c_void, flags: u32) -> *mut TxWriter {
 // sendfile and splice to a socket from 6.5). Notes the writer once per change of thread.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn stapr_net_tx_note(ctx: BtfTracePointContext) -> u32 {
-    note_storage(ctx.arg(0))
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    if global(&NET_OFFSETS.tcp_noted) == 1 {
+        // TCP sends were noted as they began.
+        let protocol: u16 = unsafe { btf_load(sk as *const u8, global(&NET_OFFSETS.sk_protocol)) };
+        if protocol as u32 == IPPROTO_TCP {
+            return 0;
+        }
+    }
+    note_storage(sk)
 }
 
 // TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,

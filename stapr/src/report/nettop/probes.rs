@@ -245,6 +245,8 @@ impl Probes {
         if let Some(t) = sender {
             offsets.skb_sk = t.skb_sk;
             offsets.socket_sk = t.socket_sk;
+            offsets.sk_protocol = t.sk_protocol;
+            offsets.tcp_noted = matches!(t.writers, Writers::Storage { tcp_first: true }) as u32;
         }
         let mut ebpf = OBJECT.load(&offsets, cgroup)?;
         let progs = if classic { CLASSIC_PROGS } else { BTF_PROGS };
@@ -427,6 +429,7 @@ struct SocketTransmit {
     fentries: Vec<(&'static str, &'static str)>,
     skb_sk: u32,
     socket_sk: u32,
+    sk_protocol: u32,
 }
 
 impl SocketTransmit {
@@ -468,6 +471,7 @@ impl SocketTransmit {
             fentries,
             skb_sk: b.member_offset("sk_buff", "sk")?,
             socket_sk: b.member_offset("socket", "sk")?,
+            sk_protocol: b.member_offset("sock", "sk_protocol")?,
         }))
     }
 
