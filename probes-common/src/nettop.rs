@@ -25,6 +25,29 @@ pub struct NetKey {
     /// turns into the name (`dev` is empty in runs a receive started). Zero otherwise.
     pub ifindex: u32,
     pub netns: u32,
+    /// With `--connections`: the connection the packets belong to. Zero otherwise.
+    pub conn: NetConn,
+}
+
+/// A packet's connection, from this host's side: protocol, local and remote address and
+/// port. IPv4 addresses fill the first 4 bytes (IPv4-mapped IPv6 addresses are stored as
+/// IPv4). All zero for a packet that is not IP, or whose headers could not be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetConn {
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Ports in host byte order (0 for protocols without ports).
+    pub lport: u16,
+    pub rport: u16,
+    /// `IPPROTO_*` (6 TCP, 17 UDP, ...).
+    pub proto: u8,
+    /// 4, 6, or 0 when unknown.
+    pub family: u8,
+    /// 1 for a UDP socket's received datagrams that came from several peers and were read
+    /// together (see [`RecvLedger::conn`]): the remote address is not known.
+    pub mixed: u8,
+    pub _pad: u8,
 }
 
 #[repr(C)]
@@ -116,6 +139,17 @@ pub struct NetOffsets {
     /// 1 when TCP writers are noted as their sends begin (`tcp:tcp_sendmsg_locked`): the
     /// note at the end of a send (`sock:sock_send_length`) then leaves TCP sockets alone.
     pub tcp_noted: u32,
+    /// 1 with `--connections`: keys carry each packet's connection ([`NetConn`]).
+    pub connections: u32,
+    /// `struct sock_common` members (at the start of `struct sock`): the IPv4 remote and
+    /// local addresses, the remote port (network order) and local port (host order), the
+    /// IPv6 remote and local addresses.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
     pub _pad: u32,
 }
 
@@ -135,6 +169,9 @@ pub struct RecvLedger {
     pub link: u16,
     /// 1 once `link` is known for `ifindex`.
     pub link_known: u16,
+    /// With `--connections`: the connection of the datagrams pending, from their headers;
+    /// `mixed` set once datagrams from two peers are pending together.
+    pub conn: NetConn,
 }
 
 /// The task that last wrote to a socket (`--xmit-at socket`): its transmitted packets are
@@ -155,12 +192,13 @@ pub struct TxWriter {
 /// Capacity of `NET_TX_WRITERS` (kernels before 6.3): sockets written to and not yet freed.
 pub const NET_TX_WRITERS_MAX: u32 = 65536;
 
-const _: () = assert!(core::mem::size_of::<NetKey>() == 56);
+const _: () = assert!(core::mem::size_of::<NetKey>() == 96);
 const _: () = assert!(core::mem::size_of::<TxWriter>() == 40);
+const _: () = assert!(core::mem::size_of::<NetConn>() == 40);
 const _: () = assert!(core::mem::size_of::<NetCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<NetRun>() == 112);
-const _: () = assert!(core::mem::size_of::<NetOffsets>() == 124);
-const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
+const _: () = assert!(core::mem::size_of::<NetRun>() == 152);
+const _: () = assert!(core::mem::size_of::<NetOffsets>() == 152);
+const _: () = assert!(core::mem::size_of::<RecvLedger>() == 56);
 
 /// Indexes of nettop's loss counters: packets of runs the hash map had no room for,
 /// datagrams whose socket could not be given a ledger (its storage could not be made), and
@@ -168,7 +206,14 @@ const _: () = assert!(core::mem::size_of::<RecvLedger>() == 16);
 pub const NET_LOST_TABLE: u32 = 0;
 pub const NET_LOST_LEDGER: u32 = 1;
 pub const NET_LOST_WRITER: u32 = 2;
-pub const NET_LOST_COUNT: u32 = 3;
+/// Connections established that the table of new connections had no room for: they are
+/// not marked new.
+pub const NET_LOST_NEW: u32 = 3;
+pub const NET_LOST_COUNT: u32 = 4;
+
+/// Capacity of `NET_NEW_CONNS`: TCP connections established since user space last
+/// drained it (each interval).
+pub const NET_NEW_MAX: u32 = 16384;
 
 /// Bits of [`RecvLedger::pending`] that hold bytes.
 pub const LEDGER_BYTE_BITS: u32 = 40;
@@ -181,4 +226,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetRun {}
     unsafe impl aya::Pod for super::RecvLedger {}
     unsafe impl aya::Pod for super::TxWriter {}
+    unsafe impl aya::Pod for super::NetConn {}
 }

@@ -39,9 +39,9 @@ use aya_ebpf::{
 };
 use probes_common::{
     nettop::{
-        NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, TxWriter, LEDGER_BYTE_BITS,
-        NET_LOST_COUNT, NET_LOST_LEDGER, NET_LOST_TABLE, NET_LOST_WRITER, NET_MAX_ENTRIES,
-        NET_SLOTS, NET_TX_WRITERS_MAX,
+        NetConn, NetCounters, NetKey, NetOffsets, NetRun, RecvLedger, TxWriter, LEDGER_BYTE_BITS,
+        NET_LOST_COUNT, NET_LOST_LEDGER, NET_LOST_NEW, NET_LOST_TABLE, NET_LOST_WRITER,
+        NET_MAX_ENTRIES, NET_NEW_MAX, NET_SLOTS, NET_TX_WRITERS_MAX,
     },
     IFNAME_LEN,
 };
@@ -81,6 +81,13 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     by_index: 0,
     socket_sk: 0,
     tcp_noted: 0,
+    connections: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
     _pad: 0,
 };
 
@@ -114,6 +121,11 @@ static NET_TX_WRITER: SkStorage<TxWriter> = SkStorage::new();
 static NET_TX_WRITERS: HashMap<u64, TxWriter> =
     HashMap::with_max_entries(NET_TX_WRITERS_MAX, BPF_F_NO_PREALLOC);
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// With `--connections`: TCP connections established since user space last drained this
+/// (each interval), which it marks as new.
+#[map]
+static NET_NEW_CONNS: HashMap<NetConn, u32> =
+    HashMap::with_max_entries(NET_NEW_MAX, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 fn lost(why: u32, packets: u64) {
@@ -169,18 +181,19 @@ enum Dev {
 const INDEX_RUN: u64 = 1 << 62;
 
 #[inline(always)]
-fn count(dev: Dev, len: u32, rx: bool) {
-    count_n(dev, 1, len as u64, rx)
+fn count(dev: Dev, len: u32, rx: bool, conn: &NetConn) {
+    count_n(dev, 1, len as u64, rx, conn)
 }
 
 #[inline(always)]
-fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool) {
-    count_by(dev, packets, bytes, rx, None)
+fn count_n(dev: Dev, packets: u64, bytes: u64, rx: bool, conn: &NetConn) {
+    count_by(dev, packets, bytes, rx, None, conn)
 }
 
-/// Counts packets for the current task, or for `by`: the socket's writer.
+/// Counts packets of `conn` (zero without `--connections`) for the current task, or for
+/// `by`: the socket's writer.
 #[inline(always)]
-fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>) {
+fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>, conn: &NetConn) {
     let slot = match NET_SLOT.get(0) {
         Some(&s) if s < NET_SLOTS => s,
         _ => 0,
@@ -195,7 +208,8 @@ fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>)
         if allowed(by) {
             let pid_tgid = pid_tgid_of(by);
             let ident = dev_ident(&dev);
-            let key = new_key(dev, ident, pid_tgid, by);
+            let mut key = NetKey::default();
+            fill_key(&mut key, dev, ident, pid_tgid, by, conn);
             let mut counts = NetCounters::default();
             add(&mut counts, packets, bytes, rx);
             flush_into(slot, &key, &counts);
@@ -203,7 +217,16 @@ fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>)
         return;
     }
     unsafe { busy.write_volatile(1) };
-    count_in_run(unsafe { &mut *run }, slot, dev, packets, bytes, rx, by);
+    count_in_run(
+        unsafe { &mut *run },
+        slot,
+        dev,
+        packets,
+        bytes,
+        rx,
+        by,
+        conn,
+    );
     unsafe { busy.write_volatile(0) };
 }
 
@@ -236,6 +259,7 @@ fn count_in_run(
     bytes: u64,
     rx: bool,
     by: Option<&TxWriter>,
+    conn: &NetConn,
 ) {
     let pid_tgid = pid_tgid_of(by);
     let ident = dev_ident(&dev);
@@ -243,7 +267,8 @@ fn count_in_run(
         Dev::Name(n) => run.dev_ptr == 0 && run.key.dev == *n,
         _ => run.dev_ptr == ident,
     };
-    if run.valid == 1 && run.pid_tgid == pid_tgid && same_dev {
+    let same_conn = !connections() || run.key.conn == *conn;
+    if run.valid == 1 && run.pid_tgid == pid_tgid && same_dev && same_conn {
         add(&mut run.counts, packets, bytes, rx);
         return;
     }
@@ -254,11 +279,10 @@ fn count_in_run(
         run.valid = 0;
         return;
     }
-    let key = new_key(dev, ident, pid_tgid, by);
+    fill_key(&mut run.key, dev, ident, pid_tgid, by, conn);
     run.pid_tgid = pid_tgid;
     run.dev_ptr = ident;
     run.valid = 1;
-    run.key = key;
     run.counts = NetCounters::default();
     add(&mut run.counts, packets, bytes, rx);
 }
@@ -276,10 +300,18 @@ fn dev_ident(dev: &Dev) -> u64 {
     }
 }
 
-/// The table key of the packets on `dev` (`ident`: its [`dev_ident`]) of the current task,
-/// or of `by`: the socket's writer.
+/// Fills `k` with the table key of the packets of `conn` on `dev` (`ident`: its
+/// [`dev_ident`]) of the current task, or of `by`: the socket's writer. In place: a key
+/// built on the stack and copied would not fit beside the rest.
 #[inline(always)]
-fn new_key(dev: Dev, ident: u64, pid_tgid: u64, by: Option<&TxWriter>) -> NetKey {
+fn fill_key(
+    k: &mut NetKey,
+    dev: Dev,
+    ident: u64,
+    pid_tgid: u64,
+    by: Option<&TxWriter>,
+    conn: &NetConn,
+) {
     let by_index = global(&NET_OFFSETS.by_index) == 1;
     let (name, ifindex, netns) = match dev {
         // The index is the low half of `ident`.
@@ -288,23 +320,23 @@ fn new_key(dev: Dev, ident: u64, pid_tgid: u64, by: Option<&TxWriter>) -> NetKey
         Dev::Name(n) => (n, 0, 0),
         Dev::Index(i) => ([0; IFNAME_LEN], i, current_netns()),
     };
-    let (uid, comm, cgroup) = match by {
-        Some(w) => (w.uid, w.comm, w.cgroup),
-        None => (
-            bpf_get_current_uid_gid() as u32,
-            bpf_get_current_comm().unwrap_or([0; 16]),
-            cgroup_id(),
-        ),
-    };
-    NetKey {
-        pid: (pid_tgid >> 32) as u32,
-        uid,
-        dev: name,
-        comm,
-        cgroup,
-        ifindex,
-        netns,
+    match by {
+        Some(w) => {
+            k.uid = w.uid;
+            k.comm = w.comm;
+            k.cgroup = w.cgroup;
+        }
+        None => {
+            k.uid = bpf_get_current_uid_gid() as u32;
+            k.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            k.cgroup = cgroup_id();
+        }
     }
+    k.pid = (pid_tgid >> 32) as u32;
+    k.dev = name;
+    k.ifindex = ifindex;
+    k.netns = netns;
+    k.conn = *conn;
 }
 
 /// Inode number of the current task's network namespace (0 while it exits).
@@ -379,6 +411,156 @@ fn wire_at_least(skb: *const u8, least: u64) -> (u64, u64) {
     (segs, len as u64 + segs * hdr)
 }
 
+/// Whether keys carry connections (`--connections`).
+#[inline(always)]
+fn connections() -> bool {
+    global(&NET_OFFSETS.connections) == 1
+}
+
+/// No connection: what keys carry without `--connections`.
+const NO_CONN: NetConn = NetConn {
+    laddr: [0; 16],
+    raddr: [0; 16],
+    lport: 0,
+    rport: 0,
+    proto: 0,
+    family: 0,
+    mixed: 0,
+    _pad: 0,
+};
+
+/// An address of `len` bytes (4 or 16) at `at` in a header, as a [`NetConn`] address.
+#[inline(always)]
+fn addr_at(h: &[u8; 40], at: usize, len: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        if i < len {
+            a[i] = h[at + i];
+        }
+        i += 1;
+    }
+    a
+}
+
+/// The connection of a packet from its IP header (`h`: its first 40 bytes) and the 4
+/// bytes after it (`ports`: source and destination port for TCP and UDP). `tx`: this
+/// host sent it, so its source is the local end.
+#[inline(always)]
+fn conn_of_header(h: &[u8; 40], ports: impl FnOnce(usize) -> [u8; 4], tx: bool) -> NetConn {
+    let (family, proto, src, dst, hlen) = match h[0] >> 4 {
+        4 => (4, h[9], 12, 16, ((h[0] & 0xf) as usize) * 4),
+        6 => (6, h[6], 8, 24, 40),
+        _ => return NO_CONN,
+    };
+    let len = if family == 4 { 4 } else { 16 };
+    let (s, d) = (addr_at(h, src, len), addr_at(h, dst, len));
+    let (sport, dport) = if proto as u32 == IPPROTO_TCP || proto as u32 == IPPROTO_UDP {
+        let p = ports(hlen);
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        )
+    } else {
+        (0, 0)
+    };
+    let (laddr, lport, raddr, rport) = if tx {
+        (s, sport, d, dport)
+    } else {
+        (d, dport, s, sport)
+    };
+    NetConn {
+        laddr,
+        raddr,
+        lport,
+        rport,
+        proto,
+        family,
+        mixed: 0,
+        _pad: 0,
+    }
+}
+
+/// The connection of a packet whose IP header starts at kernel address `ip`. A function
+/// of its own (a BPF-to-BPF call): its header buffer then takes no room in the caller's
+/// stack frame.
+#[inline(never)]
+fn conn_of_packet(ip: *const u8, tx: bool) -> NetConn {
+    let h: [u8; 40] = unsafe { bpf_probe_read_kernel(ip as *const [u8; 40]) }.unwrap_or([0; 40]);
+    conn_of_header(&h, |at| read(ip, at as u32), tx)
+}
+
+/// The connection of an skb being sent or received: its IP header is at
+/// `skb->head + skb->network_header`.
+#[inline(always)]
+fn conn_of_skb(skb: *const u8, tx: bool) -> NetConn {
+    if !connections() {
+        return NO_CONN;
+    }
+    let o = &NET_OFFSETS;
+    let head: u64 = unsafe { btf_load(skb, global(&o.skb_head)) };
+    let net: u16 = unsafe { btf_load(skb, global(&o.skb_network_header)) };
+    if net == u16::MAX {
+        return NO_CONN;
+    }
+    conn_of_packet((head + net as u64) as *const u8, tx)
+}
+
+/// The connection of a TCP or UDP socket (`sk`: a BTF-typed `struct sock *`).
+#[inline(always)]
+fn conn_of_sock(sk: *const u8, proto: u8) -> NetConn {
+    let o = &NET_OFFSETS;
+    let sk_family: u16 = unsafe { btf_load(sk, global(&o.sk_family)) };
+    let (family, laddr, raddr) = if sk_family == AF_INET6 {
+        let l = unsafe { btf_load_str16(sk, global(&o.skc_v6_rcv_saddr)) };
+        let r = unsafe { btf_load_str16(sk, global(&o.skc_v6_daddr)) };
+        if v4_mapped(&l) && v4_mapped(&r) {
+            (
+                4,
+                addr4([l[12], l[13], l[14], l[15]]),
+                addr4([r[12], r[13], r[14], r[15]]),
+            )
+        } else {
+            (6, l, r)
+        }
+    } else {
+        let l: u32 = unsafe { btf_load(sk, global(&o.skc_rcv_saddr)) };
+        let r: u32 = unsafe { btf_load(sk, global(&o.skc_daddr)) };
+        (4, addr4(l.to_ne_bytes()), addr4(r.to_ne_bytes()))
+    };
+    let dport: u16 = unsafe { btf_load(sk, global(&o.skc_dport)) };
+    let lport: u16 = unsafe { btf_load(sk, global(&o.skc_num)) };
+    NetConn {
+        laddr,
+        raddr,
+        lport,
+        rport: u16::from_be(dport),
+        proto,
+        family,
+        mixed: 0,
+        _pad: 0,
+    }
+}
+
+/// `::ffff:a.b.c.d`: an IPv4 peer of a dual-stack socket.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    a[10] == 0xff && a[11] == 0xff
+}
+
+/// Four address bytes as a [`NetConn`] address.
+#[inline(always)]
+fn addr4(b: [u8; 4]) -> [u8; 16] {
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
 // TP_PROTO(const struct sk_buff *skb, int len): a read copying from a received skb.
 // Each copy is charged to the reader: its bytes, and its share of the headers the skb's
 // segments carried (shares that add up to exactly the skb's headers over the copies that
@@ -438,7 +620,12 @@ pub fn stapr_net_rx_tcp(ctx: BtfTracePointContext) -> u32 {
     let end = offset + len;
     let bytes = len + headers * end / skb_len - headers * offset / skb_len;
     let packets = if end == skb_len { segs } else { 0 };
-    count_n(Dev::Index(iif as u32), packets, bytes, true);
+    let conn = if connections() {
+        conn_of_sock(sk, IPPROTO_TCP as u8)
+    } else {
+        NO_CONN
+    };
+    count_n(Dev::Index(iif as u32), packets, bytes, true, &conn);
     0
 }
 
@@ -461,7 +648,13 @@ pub fn stapr_net_rx_udp(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let (packets, bytes) = wire(skb);
-    count_n(Dev::Index(iif as u32), packets, bytes, true);
+    count_n(
+        Dev::Index(iif as u32),
+        packets,
+        bytes,
+        true,
+        &conn_of_skb(skb, false),
+    );
     0
 }
 
@@ -517,6 +710,17 @@ pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
         l.link_known = 1;
         l.ifindex = ifindex;
     }
+    if connections() {
+        // The skb's data starts at its IP header.
+        let h: [u8; 40] = ctx.load(0).unwrap_or([0; 40]);
+        let conn = conn_of_header(&h, |at| ctx.load(at).unwrap_or([0; 4]), false);
+        let pending = unsafe { core::ptr::read_volatile(&l.pending) };
+        if pending == 0 {
+            l.conn = conn;
+        } else if l.conn.mixed == 0 && l.conn != conn {
+            l.conn.mixed = 1;
+        }
+    }
     let bytes = unsafe { (*skb).len } as u64 + segs * l.link as u64;
     unsafe { atomic_add(&mut l.pending, (segs << LEDGER_BYTE_BITS) + bytes) };
     1
@@ -552,7 +756,13 @@ pub fn stapr_net_rx_read(ctx: BtfTracePointContext) -> u32 {
     unsafe { atomic_add(&mut l.pending, pending.wrapping_neg()) };
     let packets = pending >> LEDGER_BYTE_BITS;
     let bytes = pending & ((1 << LEDGER_BYTE_BITS) - 1);
-    count_n(Dev::Index(l.ifindex), packets, bytes, true);
+    let mut conn = l.conn;
+    if conn.mixed != 0 {
+        // Datagrams from several peers: the remote end is not known.
+        conn.raddr = [0; 16];
+        conn.rport = 0;
+    }
+    count_n(Dev::Index(l.ifindex), packets, bytes, true, &conn);
     0
 }
 
@@ -565,9 +775,10 @@ fn netdev_name(dev: *const u8) -> [u8; IFNAME_LEN] {
 // TP_PROTO(struct sk_buff *skb, int rc, struct net_device *dev, unsigned int skb_len)
 #[btf_tracepoint(function = "net_dev_xmit")]
 pub fn stapr_net_tx(ctx: BtfTracePointContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
-    count(Dev::Ptr(dev), len, false);
+    count(Dev::Ptr(dev), len, false, &conn_of_skb(skb, true));
     0
 }
 
@@ -715,7 +926,14 @@ fn tx_socket(
     } else {
         writer(sk)
     };
-    count_by(Dev::Ptr(dev), 1, len as u64, false, unsafe { w.as_ref() });
+    count_by(
+        Dev::Ptr(dev),
+        1,
+        len as u64,
+        false,
+        unsafe { w.as_ref() },
+        &conn_of_skb(skb, true),
+    );
 }
 
 // TP_PROTO(const struct sk_buff *skb, const struct net_device *dev)
@@ -737,13 +955,42 @@ pub fn stapr_net_tx_sk_hash(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+// TP_PROTO(const struct sock *sk, const int oldstate, const int newstate): with
+// `--connections`, a TCP connection established (either end) is noted as new.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn stapr_net_conn_new(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let new: i64 = ctx.arg(2);
+    if new as i32 != TCP_ESTABLISHED {
+        return 0;
+    }
+    let protocol: u16 = unsafe { btf_load(sk, global(&NET_OFFSETS.sk_protocol)) };
+    if protocol as u32 != IPPROTO_TCP {
+        return 0;
+    }
+    let conn = conn_of_sock(sk, IPPROTO_TCP as u8);
+    if NET_NEW_CONNS.insert(&conn, &1, 0).is_err() {
+        lost(NET_LOST_NEW, 1);
+    }
+    0
+}
+
+const TCP_ESTABLISHED: i32 = 1;
+
 // TP_PROTO(struct sk_buff *skb)
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn stapr_net_rx(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let len: u32 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_len)) };
     let dev: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_dev)) };
-    count(Dev::Ptr(dev), len, true);
+    // The device has pulled its link header: data is at the IP header.
+    let conn = if connections() {
+        let data: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_data)) };
+        conn_of_packet(data, false)
+    } else {
+        NO_CONN
+    };
+    count(Dev::Ptr(dev), len, true, &conn);
     0
 }
 
@@ -762,7 +1009,7 @@ fn classic(ctx: &TracePointContext, len_off: u32, name_off: u32, rx: bool) {
     let mut name = [0u8; IFNAME_LEN];
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut name) };
-    count(Dev::Name(name), len, rx);
+    count(Dev::Name(name), len, rx, &NO_CONN);
 }
 
 #[tracepoint(category = "net", name = "net_dev_xmit")]

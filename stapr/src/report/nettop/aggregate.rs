@@ -1,9 +1,12 @@
 //! Pure: per-CPU counter maps drained from the kernel → the rows of one report.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use crate::runtime::{cgroup::Named, shown::Name};
-use probes_common::nettop::{NetCounters, NetKey};
+use probes_common::nettop::{NetConn, NetCounters, NetKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -18,6 +21,10 @@ pub struct Row {
     /// The task's cgroup v2 id, and its path and container (filled in before output).
     pub cgroup: u64,
     pub cg: Named,
+    /// With `--connections`: the connection, and whether it is new in this interval
+    /// ([`NewConnections`]). Zero and false otherwise.
+    pub conn: NetConn,
+    pub new: bool,
 }
 
 impl Row {
@@ -28,6 +35,127 @@ impl Row {
 
     pub fn recv_kb(&self) -> u64 {
         self.recv_bytes / 1024
+    }
+
+    /// The protocol's name (`tcp`, `udp`, `icmp`, ...), its number if it has none here, or
+    /// None for a packet that is not IP.
+    pub fn proto(&self) -> Option<String> {
+        if self.conn.family == 0 {
+            return None;
+        }
+        Some(match self.conn.proto {
+            1 => "icmp".into(),
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            58 => "icmpv6".into(),
+            132 => "sctp".into(),
+            p => p.to_string(),
+        })
+    }
+
+    /// The local address (None: not IP).
+    pub fn laddr(&self) -> Option<IpAddr> {
+        addr(self.conn.family, &self.conn.laddr)
+    }
+
+    /// The remote address (None: not IP, or a UDP socket's datagrams from several peers
+    /// read together).
+    pub fn raddr(&self) -> Option<IpAddr> {
+        if self.conn.mixed != 0 {
+            return None;
+        }
+        addr(self.conn.family, &self.conn.raddr)
+    }
+
+    /// Ports exist for TCP, UDP and SCTP.
+    fn has_ports(&self) -> bool {
+        matches!(self.conn.proto, 6 | 17 | 132)
+    }
+
+    pub fn lport(&self) -> Option<u16> {
+        (self.laddr().is_some() && self.has_ports()).then_some(self.conn.lport)
+    }
+
+    pub fn rport(&self) -> Option<u16> {
+        (self.raddr().is_some() && self.has_ports()).then_some(self.conn.rport)
+    }
+
+    /// `addr:port` (`[v6]:port`), the address alone without ports, `-` when not IP, `*`
+    /// for a remote end that is not known.
+    pub fn local(&self) -> String {
+        endpoint(self.conn.family, self.laddr(), self.lport())
+    }
+
+    pub fn remote(&self) -> String {
+        endpoint(self.conn.family, self.raddr(), self.rport())
+    }
+}
+
+fn addr(family: u8, a: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+        _ => None,
+    }
+}
+
+fn endpoint(family: u8, addr: Option<IpAddr>, port: Option<u16>) -> String {
+    match (addr, port) {
+        (None, _) if family == 0 => "-".into(),
+        (None, _) => "*".into(),
+        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+    }
+}
+
+/// Which rows of `--connections` are new. A TCP connection is new in the interval its
+/// handshake completed in (the kernel notes each, at either end); a flow of another
+/// protocol is new the first time a process has a row for it, after the first interval
+/// (which cannot tell) and unless it was seen in the last [`FLOW_MEMORY`] intervals.
+#[derive(Default)]
+pub struct NewConnections {
+    /// TCP connections established and not yet shown, with the intervals since.
+    established: HashMap<NetConn, u32>,
+    /// Other flows by process, with the interval each was last seen in.
+    seen: HashMap<(u32, NetConn), u64>,
+    interval: u64,
+}
+
+/// Intervals a flow of a protocol without connections is remembered after it was last
+/// seen; and how long an established TCP connection waits for its first row.
+pub const FLOW_MEMORY: u64 = 60;
+const ESTABLISHED_WAIT: u32 = 3;
+
+impl NewConnections {
+    /// Marks `rows` (one interval's, all of them) new or not; `established`: the TCP
+    /// connections the kernel saw established since the last call.
+    pub fn mark(&mut self, rows: &mut [Row], established: impl IntoIterator<Item = NetConn>) {
+        for c in established {
+            self.established.insert(c, 0);
+        }
+        let mut shown = HashSet::new();
+        for r in rows.iter_mut() {
+            let tuple = NetConn { mixed: 0, ..r.conn };
+            if r.conn.proto == 6 {
+                r.new = self.established.contains_key(&tuple);
+                if r.new {
+                    shown.insert(tuple);
+                }
+            } else if r.conn.family != 0 {
+                let last = self.seen.insert((r.pid, tuple), self.interval);
+                r.new = self.interval > 0 && last.is_none_or(|l| self.interval - l > FLOW_MEMORY);
+            }
+        }
+        self.established.retain(|c, age| {
+            !shown.contains(c) && {
+                *age += 1;
+                *age <= ESTABLISHED_WAIT
+            }
+        });
+        let now = self.interval;
+        self.seen.retain(|_, last| now - *last <= FLOW_MEMORY);
+        self.interval += 1;
     }
 }
 
@@ -88,6 +216,8 @@ pub fn rows(entries: impl IntoIterator<Item = (NetKey, NetCounters)>) -> Snapsho
             recv_bytes: v.recv_bytes,
             cgroup: k.cgroup,
             cg: Named::default(),
+            conn: k.conn,
+            new: false,
         })
         .collect();
     Snapshot { rows }
@@ -97,8 +227,9 @@ pub fn rows(entries: impl IntoIterator<Item = (NetKey, NetCounters)>) -> Snapsho
 pub fn view(all: Snapshot, filter: &Filter, sort: SortKey, limit: Option<usize>) -> Snapshot {
     let mut rows: Vec<Row> = all.rows.into_iter().filter(|r| filter.keeps(r)).collect();
     // Largest first for the counters; ties broken so the order is stable between runs.
-    let tie =
-        |a: &Row, b: &Row| (a.pid, &a.dev, &a.comm, a.uid).cmp(&(b.pid, &b.dev, &b.comm, b.uid));
+    let tie = |a: &Row, b: &Row| {
+        (a.pid, &a.dev, &a.comm, a.uid, a.conn).cmp(&(b.pid, &b.dev, &b.comm, b.uid, b.conn))
+    };
     rows.sort_by(|a, b| {
         let primary = match sort {
             SortKey::XmitPk => b.xmit_packets.cmp(&a.xmit_packets),
@@ -262,6 +393,8 @@ pub(crate) mod tests {
             recv_bytes: bytes,
             cgroup: 1,
             cg: Named::default(),
+            conn: NetConn::default(),
+            new: false,
         };
         assert_eq!(row(0).xmit_kb(), 0);
         assert_eq!(row(1023).xmit_kb(), 0);

@@ -28,6 +28,14 @@ sender, on a NIC often 'swapper/N' (PID 0, select with -p 0) or 'ksoftirqd/N'; l
 exclude the link header. It sees every packet, whether or not a process reads it.
 KB is bytes/1024, rounded down.
 
+--connections: a row per process and connection, with PROTO (tcp, udp, icmp...), LOCAL and
+REMOTE (address:port, [IPv6]:port) and NEW ('new' for a TCP connection whose handshake
+completed in the interval, or another protocol's flow the process had no row for in the
+last 60 intervals; '-' otherwise). UDP without a connected peer gets a row per remote
+address. Packets that are not IP show '-' for all three. On kernels from 6.18, UDP
+datagrams from several peers that a socket had queued when one read took them show
+REMOTE '*'.
+
 EXAMPLES:
     stapr nettop                  # every 5 s, all processes, ordered by RECV_PK
     stapr nettop -i 1 --count 10  # every second, ten times
@@ -35,6 +43,7 @@ EXAMPLES:
     stapr nettop -c httpd -s xmit_kb -r 5
     stapr nettop --containers     # which container or unit each row belongs to
     stapr nettop --cgroup system.slice/nginx.service
+    stapr nettop --connections -c nginx   # nginx's connections, new ones marked
 ";
 
 #[derive(Debug, ClapArgs)]
@@ -67,6 +76,10 @@ pub struct Args {
     /// or to the task running when the device sends them (device)
     #[arg(long, value_enum, default_value = "socket")]
     pub xmit_at: Charge,
+    /// A row per process and connection: protocol, local and remote address and port, and
+    /// whether the connection is new in the interval
+    #[arg(long)]
+    pub connections: bool,
 }
 
 impl From<Args> for Options {
@@ -84,6 +97,7 @@ impl From<Args> for Options {
             recv_at: a.recv_at,
             xmit_at: a.xmit_at,
             containers: a.cgroups.into(),
+            connections: a.connections,
         }
     }
 }

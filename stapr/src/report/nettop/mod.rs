@@ -9,7 +9,7 @@ pub mod render;
 use std::time::Duration;
 
 use anyhow::Result;
-use probes_common::CgroupFilter;
+use probes_common::{nettop::NET_NEW_MAX, CgroupFilter};
 
 use crate::{
     metrics::{Counters, Declared, Family, Kind, Registry, Who},
@@ -34,9 +34,14 @@ pub static NETTOP: Report = Report {
     families: &[Declared::Counters(&TRAFFIC)],
     export: Some(|with| {
         let names = Containers::for_export(with.containers)?;
-        let probes =
-            probes::Probes::attach(None, with.recv_at, with.xmit_at, CgroupFilter::default())?;
-        Ok(Box::new(Traffic { probes, names }))
+        let probes = probes::Probes::attach(
+            None,
+            with.recv_at,
+            with.xmit_at,
+            CgroupFilter::default(),
+            false,
+        )?;
+        Ok(Box::new(Traffic::new(probes, names)))
     }),
 };
 
@@ -51,12 +56,25 @@ pub struct Options {
     pub xmit_at: Charge,
     pub format: runtime::Format,
     pub containers: containers::Choice,
+    /// A row per process and connection (`--connections`).
+    pub connections: bool,
 }
 
 /// nettop's probes, handing out every process's traffic since the last take.
 pub struct Traffic {
     probes: probes::Probes,
     names: Containers,
+    new: aggregate::NewConnections,
+}
+
+impl Traffic {
+    fn new(probes: probes::Probes, names: Containers) -> Self {
+        Traffic {
+            probes,
+            names,
+            new: Default::default(),
+        }
+    }
 }
 
 impl Source for Traffic {
@@ -80,8 +98,13 @@ impl Source for Traffic {
     }
 
     fn lost(&self) -> Result<Vec<Loss>> {
-        let (table, ledger, writer) = self.probes.lost()?;
-        Ok(vec![
+        let probes::Lost {
+            table,
+            ledger,
+            writer,
+            new,
+        } = self.probes.lost()?;
+        let mut lost = vec![
             Loss::table_full("packets", table),
             Loss {
                 reason: "ledger_failed",
@@ -96,13 +119,30 @@ impl Source for Traffic {
                 count: writer,
             },
             Loss::skipped("packets", self.probes.skipped()),
-        ])
+        ];
+        if self.probes.connections {
+            lost.push(Loss {
+                reason: "new_table_full",
+                what: "connections",
+                why: format!(
+                    "the table of TCP connections established in an interval (room for {NET_NEW_MAX}) was full: they were not marked new"
+                ),
+                count: new,
+            });
+        }
+        Ok(lost)
     }
 
     fn take(&mut self) -> Result<aggregate::Snapshot> {
+        // Connections established before the counts are drained: one established
+        // meanwhile is marked in the next interval, with the rows it has there.
+        let established = self.probes.new_connections()?;
         let mut snap = aggregate::rows(self.probes.drain()?);
         for r in &mut snap.rows {
             r.cg = self.names.name(r.cgroup).clone();
+        }
+        if self.probes.connections {
+            self.new.mark(&mut snap.rows, established);
         }
         Ok(snap)
     }
@@ -116,10 +156,19 @@ impl View<aggregate::Snapshot> for Options {
     fn render(&mut self, all: aggregate::Snapshot, interval: Duration) -> String {
         let snap = aggregate::view(all, &self.filter, self.sort, self.rows);
         match self.format {
-            runtime::Format::Text => render::text(&snap, self.containers.show),
-            runtime::Format::Json => {
-                render::json(&snap, &runtime::utc_now(), runtime::seconds(interval))
-            }
+            runtime::Format::Text => render::text(
+                &snap,
+                render::Columns {
+                    containers: self.containers.show,
+                    connections: self.connections,
+                },
+            ),
+            runtime::Format::Json => render::json(
+                &snap,
+                &runtime::utc_now(),
+                runtime::seconds(interval),
+                self.connections,
+            ),
         }
     }
 }
@@ -191,7 +240,13 @@ pub fn run(opts: Options) -> Result<()> {
     }
     runtime::prepare()?;
     let (names, cgroup) = Containers::open(&opts.containers, opts.format)?;
-    let probes = probes::Probes::attach(opts.probe, opts.recv_at, opts.xmit_at, cgroup)?;
+    let probes = probes::Probes::attach(
+        opts.probe,
+        opts.recv_at,
+        opts.xmit_at,
+        cgroup,
+        opts.connections,
+    )?;
     let every = opts.every;
-    interval::run(Traffic { probes, names }, opts, every)
+    interval::run(Traffic::new(probes, names), opts, every)
 }

@@ -7,13 +7,16 @@ use aya::{
     Ebpf,
 };
 use probes_common::{
-    nettop::{NetCounters, NetKey, NetOffsets, NetRun, NET_LOST_LEDGER, NET_LOST_WRITER},
+    nettop::{
+        NetConn, NetCounters, NetKey, NetOffsets, NetRun, NET_LOST_LEDGER, NET_LOST_NEW,
+        NET_LOST_WRITER,
+    },
     CgroupFilter,
 };
 
 use super::ifnames::IfNames;
 use crate::{
-    report::method::{first_working, last_error, Spec, Way},
+    report::method::{first_working, first_working_of, last_error, Spec, Way},
     runtime::{
         btf,
         features::{self, Facility, Need},
@@ -45,6 +48,7 @@ pub static OBJECT: Object = Object {
         TX_NOTE_FENTRY[1].0,
         TX_NOTE_PAGE.0,
         TX_FORGET.0,
+        CONN_NEW.0,
     ],
     maps: &[
         MAPS.slot,
@@ -86,6 +90,9 @@ const TX_NOTE_FENTRY: [(&str, &str); 2] = [
 ];
 const TX_NOTE_PAGE: (&str, &str) = ("stapr_net_tx_note_page", "inet_sendpage");
 const TX_FORGET: (&str, &str) = ("stapr_net_tx_forget", "sk_destruct");
+/// With `--connections`: TCP connections established, marked new in their interval.
+const CONN_NEW: (&str, &str) = ("stapr_net_conn_new", "inet_sock_set_state");
+const NEW_CONNS: &str = "NET_NEW_CONNS";
 const OFFSETS: &str = "NET_OFFSETS";
 
 /// Which tracepoint flavour carries the probes.
@@ -184,6 +191,8 @@ pub struct Probes {
     pub attached: usize,
     classic: usize,
     names: IfNames,
+    /// Keys carry connections (`--connections`).
+    pub connections: bool,
 }
 
 const MAPS: SlotMaps = SlotMaps {
@@ -201,6 +210,7 @@ impl Probes {
         recv_at: Charge,
         xmit_at: Charge,
         cgroup: CgroupFilter,
+        connections: bool,
     ) -> Result<Self> {
         let socket = match recv_at {
             Charge::Socket => Some(SocketReceive::find()?),
@@ -210,9 +220,19 @@ impl Probes {
             Charge::Socket => SocketTransmit::find()?,
             Charge::Device => None,
         };
-        first_working("nettop", choice, |m| {
-            Self::attach_with(m, socket.as_ref(), sender.as_ref(), &cgroup)
-        })
+        if connections && choice == Some(Method::Tracepoint) {
+            // Connections come from packet headers and sockets, which only the BTF
+            // flavour reads.
+            return Err(user_error(
+                "--connections reads each packet's addresses through BTF tracepoints (tp_btf); it cannot be used with --probe tracepoint",
+            ));
+        }
+        let conns = connections.then(ConnOffsets::find).transpose()?;
+        let attach = |m| Self::attach_with(m, socket.as_ref(), sender.as_ref(), &cgroup, conns);
+        match connections {
+            false => first_working("nettop", choice, attach),
+            true => first_working_of("nettop", &[Method::TpBtf], attach),
+        }
         .map_err(last_error)
     }
 
@@ -221,6 +241,7 @@ impl Probes {
         socket: Option<&SocketReceive>,
         sender: Option<&SocketTransmit>,
         cgroup: &CgroupFilter,
+        conns: Option<ConnOffsets>,
     ) -> Result<Self> {
         let classic = method == Method::Tracepoint;
         if !classic && !features::btf() {
@@ -241,6 +262,9 @@ impl Probes {
         // Socket receives come with the device offsets already (SocketReceive::find).
         if (!classic || sender.is_some()) && socket.is_none() {
             device_offsets(&btf::Btf::from_sys_fs()?, &mut offsets)?;
+        }
+        if let Some(c) = conns {
+            c.apply(&mut offsets);
         }
         if let Some(t) = sender {
             offsets.skb_sk = t.skb_sk;
@@ -276,6 +300,10 @@ impl Probes {
         if let (Some(t), Some(kbtf)) = (sender, &aya_btf) {
             attached += t.attach(&mut ebpf, kbtf)?;
         }
+        if let (Some(_), Some(kbtf)) = (conns, &aya_btf) {
+            attach_btf(&mut ebpf, CONN_NEW.0, CONN_NEW.1, kbtf)?;
+            attached += 1;
+        }
         if let (Some(s), Some(kbtf)) = (socket, &aya_btf) {
             attach_btf(&mut ebpf, RX_TCP.0, RX_TCP.1, kbtf)?;
             udp_ledger = s.ledger;
@@ -308,6 +336,7 @@ impl Probes {
             attached,
             classic: classic_attached,
             names: IfNames::new(),
+            connections: conns.is_some(),
         })
     }
 
@@ -333,6 +362,24 @@ impl Probes {
         Ok(got)
     }
 
+    /// TCP connections established since the last call (`--connections`).
+    pub fn new_connections(&mut self) -> Result<Vec<NetConn>> {
+        if !self.connections {
+            return Ok(Vec::new());
+        }
+        let mut map: aya::maps::HashMap<_, NetConn, u32> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(NEW_CONNS)
+                .with_context(|| format!("map {NEW_CONNS} missing"))?,
+        )?;
+        let got: Vec<NetConn> = map.keys().flatten().collect();
+        for c in &got {
+            // Gone already only if the kernel reused the slot: nothing to undo.
+            let _ = map.remove(c);
+        }
+        Ok(got)
+    }
+
     /// Attachments slow to detach (classic tracepoints).
     pub fn slow_attachments(&self) -> usize {
         self.classic
@@ -343,15 +390,85 @@ impl Probes {
         crate::runtime::object::skipped_runs(&self.ebpf)
     }
 
-    /// What was not counted as it should be, since start: packets because a counter map
-    /// was full, packets because a socket's ledger could not be made, and sends whose
-    /// writer could not be noted (their packets went to the task at the device).
-    pub fn lost(&self) -> Result<(u64, u64, u64)> {
-        Ok((
-            slots::dropped(&self.ebpf, &MAPS)?,
-            object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_LEDGER)?,
-            object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_WRITER)?,
-        ))
+    /// What was not counted as it should be, since start.
+    pub fn lost(&self) -> Result<Lost> {
+        Ok(Lost {
+            table: slots::dropped(&self.ebpf, &MAPS)?,
+            ledger: object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_LEDGER)?,
+            writer: object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_WRITER)?,
+            new: object::per_cpu_sum(&self.ebpf, MAPS.dropped, NET_LOST_NEW)?,
+        })
+    }
+}
+
+/// What nettop's probes did not count as they should, since start.
+pub struct Lost {
+    /// Packets of runs a full counter map had no room for.
+    pub table: u64,
+    /// Datagrams whose socket's ledger could not be made.
+    pub ledger: u64,
+    /// Sends whose writer could not be noted (their packets went to the task at the
+    /// device).
+    pub writer: u64,
+    /// TCP connections established that the table of new ones had no room for (not
+    /// marked new).
+    pub new: u64,
+}
+
+/// What `--connections` reads: each socket's addresses and ports, each packet's headers.
+#[derive(Clone, Copy)]
+struct ConnOffsets {
+    skb_head: u32,
+    skb_data: u32,
+    skb_network_header: u32,
+    sk_protocol: u32,
+    sk_family: u32,
+    skc: [u32; 6],
+}
+
+impl ConnOffsets {
+    fn find() -> Result<Self> {
+        if !features::btf() {
+            return Err(user_error(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): --connections reads each packet's addresses through BTF tracepoints",
+            ));
+        }
+        let b = btf::Btf::from_sys_fs()?;
+        let m = |s: &str, f: &str| b.member_offset(s, f);
+        let common = m("sock", "__sk_common")?;
+        let skc = |f: &str| Ok::<_, anyhow::Error>(common + m("sock_common", f)?);
+        Ok(Self {
+            skb_head: m("sk_buff", "head")?,
+            skb_data: m("sk_buff", "data")?,
+            skb_network_header: m("sk_buff", "network_header")?,
+            sk_protocol: m("sock", "sk_protocol")?,
+            sk_family: skc("skc_family")?,
+            skc: [
+                skc("skc_daddr")?,
+                skc("skc_rcv_saddr")?,
+                skc("skc_dport")?,
+                skc("skc_num")?,
+                skc("skc_v6_daddr")?,
+                skc("skc_v6_rcv_saddr")?,
+            ],
+        })
+    }
+
+    fn apply(&self, o: &mut NetOffsets) {
+        o.connections = 1;
+        o.skb_head = self.skb_head;
+        o.skb_data = self.skb_data;
+        o.skb_network_header = self.skb_network_header;
+        o.sk_protocol = self.sk_protocol;
+        o.sk_family = self.sk_family;
+        [
+            o.skc_daddr,
+            o.skc_rcv_saddr,
+            o.skc_dport,
+            o.skc_num,
+            o.skc_v6_daddr,
+            o.skc_v6_rcv_saddr,
+        ] = self.skc;
     }
 }
 
