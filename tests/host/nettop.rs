@@ -978,7 +978,6 @@ fn a_full_writer_table_is_counted_as_lost() {
         Duration::from_secs(300),
     );
     assert!(w.status.success(), "{w:?}");
-    std::thread::sleep(Duration::from_millis(500));
     nettop.signal(libc::SIGINT);
     let out = nettop.finish(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -1015,5 +1014,283 @@ fn a_full_writer_table_is_counted_as_lost() {
         );
         assert_eq!(lost, 0, "{}", out.stdout);
     }
+    assert_nothing_attached();
+}
+
+/// The JSON rows (not loss objects) of a `--connections` report.
+fn connection_rows(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("pid").is_some())
+        .collect()
+}
+
+/// Sums `field` over `rows` that `keep` accepts.
+fn sum_of(
+    rows: &[serde_json::Value],
+    field: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> u64 {
+    rows.iter()
+        .filter(|v| keep(v))
+        .filter_map(|v| v[field].as_u64())
+        .sum()
+}
+
+/// `--connections`: two TCP clients fetch a page each from one server, and a UDP sender
+/// sends 20 datagrams to a receiver, all on loopback. Each connection is a row of its
+/// own at each end, with the right addresses and ports, and each end is charged its side
+/// of the bytes.
+#[test]
+fn connections_of_two_tcp_clients_and_a_udp_exchange() {
+    let _k = kernel_lock();
+    const BYTES: u64 = 100 * 1024;
+    const DATAGRAMS: u64 = 20;
+    let nettop = nettop_until_stopped(&["--connections", "-d", "lo"]);
+    let server = Peer::start(net_peer(&[
+        "tcp-give",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "2",
+        "--bytes",
+        &BYTES.to_string(),
+    ]));
+    let to = format!("127.0.0.1:{}", server.port);
+    let clients: Vec<Child> = (0..2)
+        .map(|_| {
+            net_peer(&["tcp-fetch", "--to", &to])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("starting net_peer")
+        })
+        .collect();
+    let client_pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
+    for c in clients {
+        let o = c.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success() && said.contains(&format!("received={BYTES}")),
+            "{said}"
+        );
+    }
+    let (server_pid, server_port) = (server.pid, server.port as u64);
+    assert!(server.finish().contains("served=2"));
+    let rx = Peer::start(net_peer(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        &DATAGRAMS.to_string(),
+    ]));
+    let rx_port = rx.port as u64;
+    let tx = run(
+        &mut net_peer(&[
+            "udp-send",
+            "--to",
+            &format!("127.0.0.1:{rx_port}"),
+            "--count",
+            &DATAGRAMS.to_string(),
+            "--size",
+            "500",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(tx.status.success(), "{tx:?}");
+    let tx_pid: u32 = field(&tx.stdout, "pid").parse().unwrap();
+    let rx_pid = rx.pid;
+    rx.finish();
+    let stdout = stop(nettop);
+    let rows = connection_rows(&stdout);
+    let of = |pid: u32, proto: &str| -> Vec<&serde_json::Value> {
+        rows.iter()
+            .filter(|v| v["pid"] == pid && v["proto"] == proto)
+            .collect()
+    };
+    // Each client: one connection, from its own port to the server's.
+    let mut client_ports = Vec::new();
+    for &c in &client_pids {
+        let mine = of(c, "tcp");
+        assert!(!mine.is_empty(), "no rows of client {c}:\n{stdout}");
+        for v in &mine {
+            assert_eq!(
+                (&v["laddr"], &v["raddr"], v["rport"].as_u64()),
+                (&"127.0.0.1".into(), &"127.0.0.1".into(), Some(server_port)),
+                "{v}"
+            );
+        }
+        let port = mine[0]["lport"].as_u64().unwrap();
+        assert!(mine.iter().all(|v| v["lport"] == port), "{mine:?}");
+        let got = sum_of(&rows, "recv_bytes", |v| v["pid"] == c && v["lport"] == port);
+        assert!(
+            got >= BYTES,
+            "client {c} charged {got} bytes received:\n{stdout}"
+        );
+        // The first interval it has a row in is the one its handshake completed in.
+        assert_eq!(mine[0]["new"], true, "{stdout}");
+        client_ports.push(port);
+    }
+    assert_ne!(client_ports[0], client_ports[1]);
+    // The server: one row per client connection, on its listening port, each charged
+    // the page it sent.
+    for &port in &client_ports {
+        let conn = |v: &serde_json::Value| {
+            v["pid"] == server_pid
+                && v["proto"] == "tcp"
+                && v["lport"] == server_port
+                && v["rport"] == port
+        };
+        let sent = sum_of(&rows, "xmit_bytes", conn);
+        assert!(
+            sent >= BYTES,
+            "server charged {sent} bytes sent to port {port}:\n{stdout}"
+        );
+        let first = rows.iter().find(|v| conn(v)).unwrap();
+        assert_eq!(first["new"], true, "{stdout}");
+    }
+    assert!(
+        of(server_pid, "tcp")
+            .iter()
+            .all(|v| client_ports.contains(&v["rport"].as_u64().unwrap())),
+        "{stdout}"
+    );
+    // UDP: the sender's row goes to the receiver's port, the receiver's comes from the
+    // sender's port; each counts the 20 datagrams.
+    let sent = of(tx_pid, "udp");
+    assert!(
+        !sent.is_empty(),
+        "no UDP rows of the sender {tx_pid}:\n{stdout}"
+    );
+    let tx_port = sent[0]["lport"].as_u64().unwrap();
+    assert!(
+        sent.iter()
+            .all(|v| v["rport"] == rx_port && v["lport"] == tx_port),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sum_of(&rows, "xmit_packets", |v| v["pid"] == tx_pid
+            && v["proto"] == "udp"),
+        DATAGRAMS,
+        "{stdout}"
+    );
+    let got = of(rx_pid, "udp");
+    assert!(
+        got.iter()
+            .all(|v| v["lport"] == rx_port && v["raddr"] == "127.0.0.1" && v["rport"] == tx_port),
+        "{got:?}"
+    );
+    let (packets, bytes) = (
+        sum_of(&rows, "recv_packets", |v| {
+            v["pid"] == rx_pid && v["proto"] == "udp"
+        }),
+        sum_of(&rows, "recv_bytes", |v| {
+            v["pid"] == rx_pid && v["proto"] == "udp"
+        }),
+    );
+    assert_eq!(packets, DATAGRAMS, "{stdout}");
+    assert!(bytes >= DATAGRAMS * 500, "{stdout}");
+    assert_nothing_attached();
+}
+
+/// A connection is marked new in the interval its handshake completed in, and not in
+/// the next one that carries its traffic. This test's own process is the client; it
+/// writes the second half of its request only once nettop has shown the connection.
+#[test]
+fn a_connection_is_new_only_in_its_first_interval() {
+    use std::io::{Read as _, Write as _};
+    let _k = kernel_lock();
+    let me = std::process::id();
+    let mut nettop = nettop_until_stopped(&["--connections", "-p", &me.to_string()]);
+    let server = Peer::start(net_peer(&["tcp-serve", "--bind", "127.0.0.1:0"]));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let port = c.local_addr().unwrap().port();
+    let mine = move |stdout: &str| -> Vec<serde_json::Value> {
+        connection_rows(stdout)
+            .into_iter()
+            .filter(|v| v["proto"] == "tcp" && v["lport"] == port)
+            .collect()
+    };
+    c.write_all(&[7; 10_000]).unwrap();
+    nettop.wait_stdout(
+        "the connection's row marked new",
+        Duration::from_secs(120),
+        |s| mine(s).iter().any(|v| v["new"] == true),
+    );
+    let shown = mine(&nettop.stdout_so_far()).len();
+    c.write_all(&[7; 10_000]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "ok");
+    nettop.wait_stdout(
+        "a later interval's row of the connection",
+        Duration::from_secs(120),
+        |s| mine(s).len() > shown,
+    );
+    let stdout = stop(nettop);
+    let server_port = server.port as u64;
+    server.finish();
+    let rows = mine(&stdout);
+    let first_new = rows.iter().position(|v| v["new"] == true).unwrap();
+    assert_eq!(
+        rows.iter().filter(|v| v["new"] == true).count(),
+        1,
+        "{stdout}"
+    );
+    assert!(rows.len() > first_new + 1, "{stdout}");
+    assert_eq!(rows[0]["rport"], server_port);
+    assert_nothing_attached();
+}
+
+/// 12,000 UDP sockets each send one datagram in one interval: with `--connections` each
+/// is a key of its own, past the 10,240 a table holds. What did not fit is counted as
+/// lost (`table_full`), and nothing else is: every datagram is in a row or in the losses.
+#[test]
+fn a_full_connection_table_is_counted_as_lost() {
+    let _k = kernel_lock();
+    const SOCKETS: u64 = 12_000;
+    let sink = Peer::start(net_peer(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--no-read",
+        "120",
+    ]));
+    let mut nettop = Running::spawn(&[
+        "nettop",
+        "-i",
+        "60",
+        "--format",
+        "json",
+        "-d",
+        "lo",
+        "--connections",
+    ]);
+    nettop.wait_ready(Duration::from_secs(30));
+    let to = format!("127.0.0.1:{}", sink.port);
+    let w = run(
+        &mut net_peer(&["udp-many", "--to", &to, "--count", &SOCKETS.to_string()]),
+        Duration::from_secs(300),
+    );
+    assert!(w.status.success(), "{w:?}");
+    nettop.signal(libc::SIGINT);
+    let out = nettop.finish(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let sink_port = sink.port;
+    sink.kill();
+    let rows = connection_rows(&out.stdout);
+    let to_sink = |v: &serde_json::Value| v["comm"] == "net_peer" && v["rport"] == sink_port;
+    let flows = rows.iter().filter(|v| to_sink(v)).count() as u64;
+    let sent = sum_of(&rows, "xmit_packets", to_sink);
+    let lost: u64 = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|o| o["reason"] == "table_full")
+        .filter_map(|o| o["lost"].as_u64())
+        .sum();
+    assert!(flows < SOCKETS && lost > 0, "{flows} rows, {lost} lost");
+    assert!(sent + lost >= SOCKETS, "{sent} in rows, {lost} lost");
     assert_nothing_attached();
 }

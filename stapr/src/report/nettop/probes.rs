@@ -342,7 +342,12 @@ impl Probes {
 
     /// The hooks attached, for the report's start line.
     pub fn describe(&self) -> String {
-        describe(self.writers, self.recv_at, self.udp_ledger)
+        let hooks = describe(self.writers, self.recv_at, self.udp_ledger);
+        if self.connections {
+            format!("{hooks}; new TCP connections at sock:inet_sock_set_state")
+        } else {
+            hooks
+        }
     }
 
     /// What the probes counted since the last call (one element per key and CPU).
