@@ -711,8 +711,19 @@ pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
         l.ifindex = ifindex;
     }
     if connections() {
-        // The skb's data starts at its IP header.
-        let h: [u8; 40] = ctx.load(0).unwrap_or([0; 40]);
+        // The skb's data starts at its IP header: 20 bytes for IPv4 (a short datagram
+        // may not have 40), 40 for IPv6.
+        let mut h = [0u8; 40];
+        if let Ok(v4) = ctx.load::<[u8; 20]>(0) {
+            let mut i = 0;
+            while i < 20 {
+                h[i] = v4[i];
+                i += 1;
+            }
+        }
+        if h[0] >> 4 == 6 {
+            h = ctx.load(0).unwrap_or([0; 40]);
+        }
         let conn = conn_of_header(&h, |at| ctx.load(at).unwrap_or([0; 4]), false);
         let pending = unsafe { core::ptr::read_volatile(&l.pending) };
         if pending == 0 {
