@@ -29,7 +29,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{bpf_sk_fullsock, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, fentry, map, tracepoint},
@@ -481,29 +481,55 @@ fn conn_of_header(h: &[u8; 40], ports: impl FnOnce(usize) -> [u8; 4], tx: bool) 
     }
 }
 
-/// The connection of a packet whose IP header starts at kernel address `ip`. A function
-/// of its own (a BPF-to-BPF call): its header buffer then takes no room in the caller's
-/// stack frame.
+/// Fills `c` with the connection of a packet whose IP header starts at kernel address
+/// `ip`, reading each field into place. A function of its own (a BPF-to-BPF call) with a
+/// small frame: the verifier counts the caller's and its stack together.
 #[inline(never)]
-fn conn_of_packet(ip: *const u8, tx: bool) -> NetConn {
-    let h: [u8; 40] = unsafe { bpf_probe_read_kernel(ip as *const [u8; 40]) }.unwrap_or([0; 40]);
-    conn_of_header(&h, |at| read(ip, at as u32), tx)
+fn conn_of_packet(c: &mut NetConn, ip: *const u8, tx: bool) {
+    let first: u8 = read(ip, 0);
+    let (family, proto, src, dst, hlen) = match first >> 4 {
+        4 => (4, read(ip, 9), 12, 16, ((first & 0xf) as u32) * 4),
+        6 => (6, read(ip, 6), 8, 24, 40),
+        _ => return,
+    };
+    let (l, r) = if tx { (src, dst) } else { (dst, src) };
+    let ok = unsafe {
+        if family == 4 {
+            bpf_probe_read_kernel_buf(ip.wrapping_add(l), &mut c.laddr[..4]).is_ok()
+                && bpf_probe_read_kernel_buf(ip.wrapping_add(r), &mut c.raddr[..4]).is_ok()
+        } else {
+            bpf_probe_read_kernel_buf(ip.wrapping_add(l), &mut c.laddr).is_ok()
+                && bpf_probe_read_kernel_buf(ip.wrapping_add(r), &mut c.raddr).is_ok()
+        }
+    };
+    if !ok {
+        return;
+    }
+    c.family = family;
+    c.proto = proto;
+    if proto as u32 == IPPROTO_TCP || proto as u32 == IPPROTO_UDP {
+        let p: [u8; 4] = read(ip, hlen);
+        let (sport, dport) = (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        );
+        (c.lport, c.rport) = if tx { (sport, dport) } else { (dport, sport) };
+    }
 }
 
-/// The connection of an skb being sent or received: its IP header is at
-/// `skb->head + skb->network_header`.
+/// The connection of an skb being sent or received (none without `--connections`): its
+/// IP header is at `skb->head + skb->network_header`.
 #[inline(always)]
-fn conn_of_skb(skb: *const u8, tx: bool) -> NetConn {
+fn conn_of_skb(c: &mut NetConn, skb: *const u8, tx: bool) {
     if !connections() {
-        return NO_CONN;
+        return;
     }
     let o = &NET_OFFSETS;
     let head: u64 = unsafe { btf_load(skb, global(&o.skb_head)) };
     let net: u16 = unsafe { btf_load(skb, global(&o.skb_network_header)) };
-    if net == u16::MAX {
-        return NO_CONN;
+    if net != u16::MAX {
+        conn_of_packet(c, (head + net as u64) as *const u8, tx);
     }
-    conn_of_packet((head + net as u64) as *const u8, tx)
 }
 
 /// The connection of a TCP or UDP socket (`sk`: a BTF-typed `struct sock *`).
@@ -648,13 +674,9 @@ pub fn stapr_net_rx_udp(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let (packets, bytes) = wire(skb);
-    count_n(
-        Dev::Index(iif as u32),
-        packets,
-        bytes,
-        true,
-        &conn_of_skb(skb, false),
-    );
+    let mut conn = NO_CONN;
+    conn_of_skb(&mut conn, skb, false);
+    count_n(Dev::Index(iif as u32), packets, bytes, true, &conn);
     0
 }
 
@@ -789,7 +811,9 @@ pub fn stapr_net_tx(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
-    count(Dev::Ptr(dev), len, false, &conn_of_skb(skb, true));
+    let mut conn = NO_CONN;
+    conn_of_skb(&mut conn, skb, true);
+    count(Dev::Ptr(dev), len, false, &conn);
     0
 }
 
@@ -937,13 +961,15 @@ fn tx_socket(
     } else {
         writer(sk)
     };
+    let mut conn = NO_CONN;
+    conn_of_skb(&mut conn, skb, true);
     count_by(
         Dev::Ptr(dev),
         1,
         len as u64,
         false,
         unsafe { w.as_ref() },
-        &conn_of_skb(skb, true),
+        &conn,
     );
 }
 
@@ -995,12 +1021,11 @@ pub fn stapr_net_rx(ctx: BtfTracePointContext) -> u32 {
     let len: u32 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_len)) };
     let dev: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_dev)) };
     // The device has pulled its link header: data is at the IP header.
-    let conn = if connections() {
+    let mut conn = NO_CONN;
+    if connections() {
         let data: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_data)) };
-        conn_of_packet(data, false)
-    } else {
-        NO_CONN
-    };
+        conn_of_packet(&mut conn, data, false);
+    }
     count(Dev::Ptr(dev), len, true, &conn);
     0
 }

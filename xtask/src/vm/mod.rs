@@ -273,7 +273,8 @@ const SAME_PROBES_AS_HOST: &[&str] = &[
 /// slow open on a stalled server, calltree's errors with every method the kernel offers
 /// and the refusal of the others, `--binary`), `--cgroup`, the exporter's counters,
 /// doctor's verdicts and planned methods against what the reports attach, nettop's
-/// writer table full and a collapsed receive queue, bad input, and `kill -9`. libtest
+/// writer table full, a collapsed receive queue and its connections (addresses, ports,
+/// new ones), bad input, and `kill -9`. libtest
 /// filters: substrings of test names.
 const KERNEL_CI: &[&str] = &[
     "udp_ipv4_receiver_is_charged_for_what_it_reads",
@@ -298,6 +299,8 @@ const KERNEL_CI: &[&str] = &[
     "disktop_names_containers_and_filters_by_path",
     "a_full_writer_table_is_counted_as_lost",
     "a_collapsed_receive_queue_is_charged_to_its_reader",
+    "connections_of_two_tcp_clients_and_a_udp_exchange",
+    "a_connection_is_new_only_in_its_first_interval",
     "kill_9_leaves_nothing_attached",
     "bad_input_is_one_line_and_exit_2",
 ];
