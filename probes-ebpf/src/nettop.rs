@@ -250,6 +250,8 @@ fn allowed(by: Option<&TxWriter>) -> bool {
 }
 
 /// Adds to this CPU's run when the packet continues it, or ends it and starts another.
+// Inlined: its arguments are the counting path's registers, not a frame.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn count_in_run(
     run: &mut NetRun,

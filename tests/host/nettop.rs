@@ -9,7 +9,7 @@ use std::{
 };
 
 use integration_tests::{
-    assert_nothing_attached, example, field, kernel_lock, lines_of, run, Running,
+    assert_nothing_attached, example, field, kernel_lock, lines_of, run, Outcome, Running,
 };
 
 const HEADER: &str = "  PID   UID DEV     XMIT_PK RECV_PK XMIT_KB RECV_KB COMMAND        ";
@@ -580,17 +580,10 @@ fn pages_to_clients_via(extra: &[&str], bind: &str, to: Option<String>) -> (u32,
         &PAGE.to_string(),
     ]));
     let to = to.unwrap_or_else(|| format!("127.0.0.1:{}", server.port));
-    let clients: Vec<Child> = (0..CLIENTS)
-        .map(|_| {
-            net_peer(&["tcp-fetch", "--to", &to])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("starting net_peer")
-        })
-        .collect();
+    let clients = fetchers(&to, CLIENTS);
     let pids = clients.iter().map(|c| c.id()).collect();
     for c in clients {
-        fetched_a_page(c);
+        fetched(c, PAGE);
     }
     let server_pid = server.pid;
     assert!(server.finish().contains(&format!("served={CLIENTS}")));
@@ -598,12 +591,24 @@ fn pages_to_clients_via(extra: &[&str], bind: &str, to: Option<String>) -> (u32,
 }
 const PAGE: u64 = 200 * 1024;
 
-/// Waits for a `net_peer tcp-fetch` and checks it read the whole page.
-fn fetched_a_page(client: Child) {
+/// `n` clients (`net_peer tcp-fetch`) started at once, fetching from `to`.
+fn fetchers(to: &str, n: usize) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            net_peer(&["tcp-fetch", "--to", to])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("starting net_peer")
+        })
+        .collect()
+}
+
+/// Waits for a `net_peer tcp-fetch` and checks it read the whole page of `bytes`.
+fn fetched(client: Child, bytes: u64) {
     let o = client.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
-        o.status.success() && said.contains(&format!("received={PAGE}")),
+        o.status.success() && said.contains(&format!("received={bytes}")),
         "{said}"
     );
 }
@@ -698,7 +703,7 @@ fn a_collapsed_receive_queue_is_charged_to_its_reader() {
     .spawn()
     .expect("starting net_peer");
     let pid = client.id();
-    fetched_a_page(client);
+    fetched(client, PAGE);
     assert!(server.finish().contains("served=1"));
     let stdout = stop(nettop);
     let collapsed = tcp_ext("TCPRcvCollapsed") - collapsed;
@@ -953,6 +958,35 @@ fn nic_receives_land_on_other_tasks_with_recv_at_device() {
     assert_nothing_attached();
 }
 
+/// `sockets` UDP sockets each send one datagram to a port that never reads, all open at
+/// once, under `stapr nettop -d lo` with `extra` flags and one 60 s interval. Returns
+/// stapr's output and the port.
+fn many_sockets_send(sockets: u64, extra: &[&str]) -> (Outcome, u16) {
+    let sink = Peer::start(net_peer(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--no-read",
+        "120",
+    ]));
+    let mut args = vec!["nettop", "-i", "60", "--format", "json", "-d", "lo"];
+    args.extend_from_slice(extra);
+    let mut nettop = Running::spawn(&args);
+    nettop.wait_ready(Duration::from_secs(30));
+    let to = format!("127.0.0.1:{}", sink.port);
+    let w = run(
+        &mut net_peer(&["udp-many", "--to", &to, "--count", &sockets.to_string()]),
+        Duration::from_secs(300),
+    );
+    assert!(w.status.success(), "{w:?}");
+    nettop.signal(libc::SIGINT);
+    let out = nettop.finish(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let port = sink.port;
+    sink.kill();
+    (out, port)
+}
+
 /// 70,000 UDP sockets each send one datagram while all are open. Where fentry notes the
 /// writers, they go into a table of 65,536 sockets: the sends it has no room for are
 /// counted as `writer_failed` losses (their datagrams are charged at the device, to the
@@ -963,25 +997,7 @@ fn a_full_writer_table_is_counted_as_lost() {
     let _k = kernel_lock();
     const SOCKETS: u64 = 70_000;
     const TABLE: u64 = 65_536;
-    let sink = Peer::start(net_peer(&[
-        "udp-recv",
-        "--bind",
-        "127.0.0.1:0",
-        "--no-read",
-        "120",
-    ]));
-    let mut nettop = Running::spawn(&["nettop", "-i", "60", "--format", "json", "-d", "lo"]);
-    nettop.wait_ready(Duration::from_secs(30));
-    let to = format!("127.0.0.1:{}", sink.port);
-    let w = run(
-        &mut net_peer(&["udp-many", "--to", &to, "--count", &SOCKETS.to_string()]),
-        Duration::from_secs(300),
-    );
-    assert!(w.status.success(), "{w:?}");
-    nettop.signal(libc::SIGINT);
-    let out = nettop.finish(Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    sink.kill();
+    let (out, _) = many_sockets_send(SOCKETS, &[]);
     let objs: Vec<serde_json::Value> = out
         .stdout
         .lines()
@@ -1058,22 +1074,10 @@ fn connections_of_two_tcp_clients_and_a_udp_exchange() {
         &BYTES.to_string(),
     ]));
     let to = format!("127.0.0.1:{}", server.port);
-    let clients: Vec<Child> = (0..2)
-        .map(|_| {
-            net_peer(&["tcp-fetch", "--to", &to])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("starting net_peer")
-        })
-        .collect();
+    let clients = fetchers(&to, 2);
     let client_pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
     for c in clients {
-        let o = c.wait_with_output().unwrap();
-        let said = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success() && said.contains(&format!("received={BYTES}")),
-            "{said}"
-        );
+        fetched(c, BYTES);
     }
     let (server_pid, server_port) = (server.pid, server.port as u64);
     assert!(server.finish().contains("served=2"));
@@ -1262,35 +1266,7 @@ fn a_connection_is_new_only_in_its_first_interval() {
 fn a_full_connection_table_is_counted_as_lost() {
     let _k = kernel_lock();
     const SOCKETS: u64 = 12_000;
-    let sink = Peer::start(net_peer(&[
-        "udp-recv",
-        "--bind",
-        "127.0.0.1:0",
-        "--no-read",
-        "120",
-    ]));
-    let mut nettop = Running::spawn(&[
-        "nettop",
-        "-i",
-        "60",
-        "--format",
-        "json",
-        "-d",
-        "lo",
-        "--connections",
-    ]);
-    nettop.wait_ready(Duration::from_secs(30));
-    let to = format!("127.0.0.1:{}", sink.port);
-    let w = run(
-        &mut net_peer(&["udp-many", "--to", &to, "--count", &SOCKETS.to_string()]),
-        Duration::from_secs(300),
-    );
-    assert!(w.status.success(), "{w:?}");
-    nettop.signal(libc::SIGINT);
-    let out = nettop.finish(Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let sink_port = sink.port;
-    sink.kill();
+    let (out, sink_port) = many_sockets_send(SOCKETS, &["--connections"]);
     let rows = connection_rows(&out.stdout);
     let to_sink = |v: &serde_json::Value| v["comm"] == "net_peer" && v["rport"] == sink_port;
     let flows = rows.iter().filter(|v| to_sink(v)).count() as u64;

@@ -238,9 +238,10 @@ fn stapr_args(report: Report) -> Vec<String> {
 /// The configurations timed against the bare workload in each round: the report as
 /// `stapr_args` runs it; for nettop and disktop the same with `--containers` (what
 /// naming each row's container costs); for nettop also `--recv-at device` (receives
-/// charged where the device delivers them instead of at the reading socket) and
+/// charged where the device delivers them instead of at the reading socket),
 /// `--xmit-at device` (transmits charged to the task at the device instead of the
-/// socket's last writer); for
+/// socket's last writer) and `--connections` (a key per connection, from each packet's
+/// headers or socket); for
 /// slowopen also `--open-min 1s` (every open timed by entry probes as well) and
 /// `--probe raw-syscalls` (one BTF tracepoint on every syscall instead of one classic
 /// tracepoint per traced call).
@@ -261,6 +262,7 @@ fn sides(report: Report) -> Vec<(&'static str, Vec<String>)> {
     if let Report::Nettop | Report::NettopTcp = report {
         sides.push((" --recv-at device", with(&["--recv-at", "device"])));
         sides.push((" --xmit-at device", with(&["--xmit-at", "device"])));
+        sides.push((" --connections", with(&["--connections"])));
     }
     if let Report::Slowopen = report {
         sides.push((" --open-min 1s", with(&["--open-min", "1s"])));
