@@ -82,7 +82,9 @@ const QUOTED_MAX: usize = 40;
 const WORD_MAX: usize = 100;
 
 /// An error line with each long quoted value ('...') and each very long word cut to its
-/// start: a 100 KB argument must not come back as a 100 KB line.
+/// start: a 100 KB argument must not come back as a 100 KB line. A quote opens after a
+/// non-alphanumeric character and closes before one, so an apostrophe inside a word
+/// (the kernel's verifier) is text.
 fn shorten(line: &str) -> String {
     let cut = |s: &str, max: usize| -> String {
         if s.chars().count() > max {
@@ -92,20 +94,37 @@ fn shorten(line: &str) -> String {
             s.to_owned()
         }
     };
-    line.split('\'')
-        .enumerate()
-        .map(|(i, part)| {
-            if i % 2 == 1 {
-                cut(part, QUOTED_MAX)
+    let words = |s: &str| {
+        s.split(' ')
+            .map(|w| cut(w, WORD_MAX))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let quote = |s: &str, from: usize, opening: bool| {
+        s[from..].char_indices().map(|(i, c)| (from + i, c)).find_map(|(i, c)| {
+            let around = if opening {
+                s[..i].chars().next_back()
             } else {
-                part.split(' ')
-                    .map(|w| cut(w, WORD_MAX))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }
+                s[i + 1..].chars().next()
+            };
+            (c == '\'' && !alnum(around)).then_some(i)
         })
-        .collect::<Vec<_>>()
-        .join("'")
+    };
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(open) = quote(rest, 0, true) {
+        let Some(close) = quote(rest, open + 1, false) else {
+            break;
+        };
+        out.push_str(&words(&rest[..open]));
+        out.push('\'');
+        out.push_str(&cut(&rest[open + 1..close], QUOTED_MAX));
+        out.push('\'');
+        rest = &rest[close + 1..];
+    }
+    out.push_str(&words(rest));
+    out
 }
 
 #[cfg(test)]
@@ -126,6 +145,14 @@ mod tests {
         assert_eq!(
             super::shorten("invalid value 'abc' for '--min'"),
             "invalid value 'abc' for '--min'"
+        );
+        // Apostrophes inside words are not quotes: the line stays whole.
+        let whole = "loading BTF tracepoint net_dev_start_xmit: the kernel's verifier refused the program (Permission denied; its log is in /tmp/stapr-x/verifier.log)";
+        assert_eq!(super::shorten(whole), whole);
+        let long = "x".repeat(50);
+        assert_eq!(
+            super::shorten(&format!("a packet's '{long}' isn't known")),
+            format!("a packet's '{}...' isn't known", "x".repeat(40))
         );
         let path = format!("/{}", "p".repeat(10_000));
         let line = super::shorten(&format!("cannot read {path}: No such file"));
