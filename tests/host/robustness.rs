@@ -602,6 +602,10 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["nettop", "-i", "-1"], "must be positive"),
         (&["slowopen", "-d", "-1"], "must be positive"),
         (&["nettop", "--count", "-1"], "greater than zero"),
+        (
+            &["nettop", "--connections", "--probe", "tracepoint"],
+            "cannot be used with --probe tracepoint",
+        ),
         (&["disktop", "-r", "-1"], "greater than zero"),
         (&["calltree", "--max-depth", "-1"], "greater than zero"),
         (

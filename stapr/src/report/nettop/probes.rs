@@ -212,6 +212,13 @@ impl Probes {
         cgroup: CgroupFilter,
         connections: bool,
     ) -> Result<Self> {
+        if connections && choice == Some(Method::Tracepoint) {
+            // Connections come from packet headers and sockets, which only the BTF
+            // flavour reads.
+            return Err(user_error(
+                "--connections reads each packet's addresses through BTF tracepoints (tp_btf); it cannot be used with --probe tracepoint",
+            ));
+        }
         let socket = match recv_at {
             Charge::Socket => Some(SocketReceive::find()?),
             Charge::Device => None,
@@ -220,13 +227,6 @@ impl Probes {
             Charge::Socket => SocketTransmit::find()?,
             Charge::Device => None,
         };
-        if connections && choice == Some(Method::Tracepoint) {
-            // Connections come from packet headers and sockets, which only the BTF
-            // flavour reads.
-            return Err(user_error(
-                "--connections reads each packet's addresses through BTF tracepoints (tp_btf); it cannot be used with --probe tracepoint",
-            ));
-        }
         let conns = connections.then(ConnOffsets::find).transpose()?;
         let attach = |m| Self::attach_with(m, socket.as_ref(), sender.as_ref(), &cgroup, conns);
         match connections {
