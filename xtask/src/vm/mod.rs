@@ -370,13 +370,16 @@ impl Line {
 }
 
 /// What `cargo xtask test` runs on arm64, where the whole suite under emulation would
-/// not fit the CI budget: each report's main test. calltree traces a few ext4 functions
+/// not fit the CI budget: each report's main test (nettop's on both directions and with
+/// --connections). calltree traces a few ext4 functions
 /// with each attach method. (The whole module, where fentry/fexit gives way to kprobes
 /// after its first functions because one at a time it would take more than ten minutes
 /// under emulation, took 521 s with kprobes: `cargo xtask vm-test` runs it.)
 const ARM64_CI: &[&str] = &[
     "loopback_udp_btf_tracepoints",
     "nic_receiver_is_charged_on_the_nic",
+    "tcp_server_is_charged_for_every_page_it_sends",
+    "connections_of_two_tcp_clients_and_a_udp_exchange",
     "file_writes_and_reads_on_the_right_device",
     "held_long_enough_is_reported_with_its_time",
     "errors_show_the_failed_rmdir_with_every_method",
