@@ -372,9 +372,9 @@ impl Line {
 /// What `cargo xtask test` runs on arm64, where the whole suite under emulation would
 /// not fit the CI budget: each report's main test (nettop's on both directions and with
 /// --connections). calltree traces a few ext4 functions with each attach method. (The
-/// whole module, where fentry/fexit gives way to kprobes
-/// after its first functions because one at a time it would take more than ten minutes
-/// under emulation, took 521 s with kprobes: `cargo xtask vm-test` runs it.)
+/// whole module, where fentry/fexit gives way to kprobes after its first functions
+/// because one at a time it would take more than ten minutes under emulation, took 521 s
+/// with kprobes: `cargo xtask vm-test` runs it.)
 const ARM64_CI: &[&str] = &[
     "loopback_udp_btf_tracepoints",
     "nic_receiver_is_charged_on_the_nic",
