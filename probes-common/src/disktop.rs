@@ -44,8 +44,9 @@ pub struct DiskRun {
     /// 1 when the file is on neither a block device nor a network filesystem: its bytes
     /// are not counted.
     pub skip: u32,
-    /// 1 while a probe program works on the entry; another that preempted it (kernels
-    /// with full or lazy preemption) counts into the table directly.
+    /// The program runs that claimed the entry and have not given it back (atomic adds):
+    /// 1 while one works on it; another that preempted it (kernels with full or lazy
+    /// preemption) finds it claimed and counts into the table directly.
     pub busy: u32,
     pub key: DiskKey,
     pub counts: DiskCounters,

@@ -72,9 +72,10 @@ pub struct NetRun {
     pub dev_ptr: u64,
     /// 1 when the entry holds a run.
     pub valid: u32,
-    /// 1 while a probe program works on the entry. On kernels that preempt tracing
-    /// programs (full or lazy preemption: Debian's 7.x) another program on the same CPU
-    /// can start meanwhile; it finds the entry busy and counts into the table directly.
+    /// The program runs that claimed the entry and have not given it back (atomic adds):
+    /// 1 while one works on it. On kernels that preempt tracing programs (full or lazy
+    /// preemption: Debian's 7.x) another program on the same CPU can start meanwhile; its
+    /// claim finds the entry busy and it counts into the table directly.
     pub busy: u32,
     pub key: NetKey,
     pub counts: NetCounters,

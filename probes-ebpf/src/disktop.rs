@@ -25,7 +25,9 @@ use probes_common::disktop::{
     DiskCounters, DiskKey, DiskOffsets, DiskRun, DiskXfer, DISK_MAX_ENTRIES, DISK_SLOTS,
     DISK_XFER_ENTRIES, NETWORK_FS_MAGICS,
 };
-use probes_ebpf::{add_or_insert, atomic_add, btf_load, cgroup_id, global, tp_field, Kptr};
+use probes_ebpf::{
+    add_or_insert, atomic_add, btf_load, cgroup_id, claim, global, release, tp_field, Kptr,
+};
 
 probes_ebpf::cgroup_filter!();
 
@@ -210,7 +212,7 @@ fn count(task: Kptr, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnc
         return;
     };
     let busy = unsafe { &raw mut (*run).busy };
-    if unsafe { busy.read_volatile() } != 0 {
+    if !unsafe { claim(busy) } {
         // This program preempted another one in the middle of the run: leave the run to
         // it and count this call on its own.
         let dev = if in_cgroup() { dev_of() } else { 0 };
@@ -221,9 +223,8 @@ fn count(task: Kptr, file: u64, fd: u32, n: u64, write: bool, dev_of: impl FnOnc
         }
         return;
     }
-    unsafe { busy.write_volatile(1) };
     count_in_run(unsafe { &mut *run }, slot, task, file, fd, n, write, dev_of);
-    unsafe { busy.write_volatile(0) };
+    unsafe { release(busy) };
 }
 
 /// Adds to this CPU's run when the call continues it, or ends it and starts another.

@@ -36,6 +36,55 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
     }
 }
 
+/// Adds `v` to `*dst` atomically (32 bits; see [`atomic_add`]).
+///
+/// # Safety
+/// `dst` must point to map memory.
+#[inline(always)]
+pub unsafe fn atomic_add32(dst: *mut u32, v: u32) {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(dst, v) };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicU32::from_ptr(dst)
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Takes a per-CPU entry for this program run: true when no other run holds it. On
+/// kernels that preempt tracing programs, another program can start on this CPU between
+/// any two instructions of this one, so a plain test-then-set could let two runs hold
+/// the entry (each then overwrites half of the other's update). An atomic add without
+/// fetch exists on every kernel (BPF_XADD): after its own add, a run that reads 1 is the
+/// only one that added and has not yet given back; one that reads more gives back at once
+/// and leaves the entry alone. [`release`] ends a successful claim.
+///
+/// # Safety
+/// `busy` must point to map memory that only `claim` and `release` change.
+#[inline(always)]
+pub unsafe fn claim(busy: *mut u32) -> bool {
+    unsafe {
+        atomic_add32(busy, 1);
+        if busy.read_volatile() == 1 {
+            return true;
+        }
+        atomic_add32(busy, u32::MAX);
+    }
+    false
+}
+
+/// Gives back an entry taken with [`claim`].
+///
+/// # Safety
+/// As for [`claim`], after a claim that returned true.
+#[inline(always)]
+pub unsafe fn release(busy: *mut u32) {
+    unsafe { atomic_add32(busy, u32::MAX) };
+}
+
 /// `-EEXIST` from a map insert that must not replace an entry.
 const EEXIST: i32 = 17;
 

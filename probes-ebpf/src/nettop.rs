@@ -45,7 +45,9 @@ use probes_common::{
     },
     IFNAME_LEN,
 };
-use probes_ebpf::{add_or_insert, atomic_add, btf_load, btf_load_str16, cgroup_id, global};
+use probes_ebpf::{
+    add_or_insert, atomic_add, btf_load, btf_load_str16, cgroup_id, claim, global, release,
+};
 
 probes_ebpf::cgroup_filter!();
 
@@ -202,7 +204,7 @@ fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>,
         return;
     };
     let busy = unsafe { &raw mut (*run).busy };
-    if unsafe { busy.read_volatile() } != 0 {
+    if !unsafe { claim(busy) } {
         // This program preempted another one in the middle of the run: leave the run to
         // it and count this packet on its own.
         if allowed(by) {
@@ -216,7 +218,6 @@ fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>,
         }
         return;
     }
-    unsafe { busy.write_volatile(1) };
     count_in_run(
         unsafe { &mut *run },
         slot,
@@ -227,7 +228,7 @@ fn count_by(dev: Dev, packets: u64, bytes: u64, rx: bool, by: Option<&TxWriter>,
         by,
         conn,
     );
-    unsafe { busy.write_volatile(0) };
+    unsafe { release(busy) };
 }
 
 /// The thread packets are charged to: the socket's writer, or the current task.

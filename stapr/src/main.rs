@@ -102,14 +102,17 @@ fn shorten(line: &str) -> String {
     };
     let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
     let quote = |s: &str, from: usize, opening: bool| {
-        s[from..].char_indices().map(|(i, c)| (from + i, c)).find_map(|(i, c)| {
-            let around = if opening {
-                s[..i].chars().next_back()
-            } else {
-                s[i + 1..].chars().next()
-            };
-            (c == '\'' && !alnum(around)).then_some(i)
-        })
+        s[from..]
+            .char_indices()
+            .map(|(i, c)| (from + i, c))
+            .find_map(|(i, c)| {
+                let around = if opening {
+                    s[..i].chars().next_back()
+                } else {
+                    s[i + 1..].chars().next()
+                };
+                (c == '\'' && !alnum(around)).then_some(i)
+            })
     };
     let mut out = String::new();
     let mut rest = line;
