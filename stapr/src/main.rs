@@ -104,14 +104,16 @@ fn shorten(line: &str) -> String {
     let quote = |s: &str, from: usize, opening: bool| {
         s[from..]
             .char_indices()
-            .map(|(i, c)| (from + i, c))
-            .find_map(|(i, c)| {
+            .filter(|&(_, c)| c == '\'')
+            .map(|(i, _)| from + i)
+            .find(|&i| {
+                // A quote is one byte: i + 1 is the next character's start.
                 let around = if opening {
                     s[..i].chars().next_back()
                 } else {
                     s[i + 1..].chars().next()
                 };
-                (c == '\'' && !alnum(around)).then_some(i)
+                !alnum(around)
             })
     };
     let mut out = String::new();
@@ -157,6 +159,8 @@ mod tests {
             super::shorten(&format!("a packet's '{long}' isn't known")),
             format!("a packet's '{}...' isn't known", "x".repeat(40))
         );
+        let accented = "invalid value 'é' for '--min <MIN>': invalid duration 'é'";
+        assert_eq!(super::shorten(accented), accented);
         let path = format!("/{}", "p".repeat(10_000));
         let line = super::shorten(&format!("cannot read {path}: No such file"));
         assert_eq!(
