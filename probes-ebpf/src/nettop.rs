@@ -30,7 +30,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        generated::{bpf_sk_fullsock, bpf_sk_storage_get},
+        generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_load_bytes},
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, fentry, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -432,92 +432,51 @@ const NO_CONN: NetConn = NetConn {
     _pad: 0,
 };
 
-/// An address of `len` bytes (4 or 16) at `at` in a header, as a [`NetConn`] address.
-#[inline(always)]
-fn addr_at(h: &[u8; 40], at: usize, len: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        if i < len {
-            a[i] = h[at + i];
-        }
-        i += 1;
-    }
-    a
-}
-
-/// The connection of a packet from its IP header (`h`: its first 40 bytes) and the 4
-/// bytes after it (`ports`: source and destination port for TCP and UDP). `tx`: this
-/// host sent it, so its source is the local end.
-#[inline(always)]
-fn conn_of_header(h: &[u8; 40], ports: impl FnOnce(usize) -> [u8; 4], tx: bool) -> NetConn {
-    let (family, proto, src, dst, hlen) = match h[0] >> 4 {
-        4 => (4, h[9], 12, 16, ((h[0] & 0xf) as usize) * 4),
-        6 => (6, h[6], 8, 24, 40),
-        _ => return NO_CONN,
-    };
-    let len = if family == 4 { 4 } else { 16 };
-    let (s, d) = (addr_at(h, src, len), addr_at(h, dst, len));
-    let (sport, dport) = if proto as u32 == IPPROTO_TCP || proto as u32 == IPPROTO_UDP {
-        let p = ports(hlen);
-        (
-            u16::from_be_bytes([p[0], p[1]]),
-            u16::from_be_bytes([p[2], p[3]]),
-        )
-    } else {
-        (0, 0)
-    };
-    let (laddr, lport, raddr, rport) = if tx {
-        (s, sport, d, dport)
-    } else {
-        (d, dport, s, sport)
-    };
-    NetConn {
-        laddr,
-        raddr,
-        lport,
-        rport,
-        proto,
-        family,
-        mixed: 0,
-        _pad: 0,
-    }
-}
-
-/// Fills `c` with the connection of a packet whose IP header starts at kernel address
-/// `ip`, reading each field into place. A function of its own (a BPF-to-BPF call) with a
-/// small frame: the verifier counts the caller's and its stack together.
+/// Fills `c` with the connection of a packet from its IP header and the ports after it,
+/// each field read into place by `read(offset from the IP header, destination)` (false:
+/// not readable): a probe read of kernel memory, or a load from the skb of a cgroup_skb
+/// program. A function of its own (a BPF-to-BPF call) with a small frame: the verifier
+/// counts the caller's and its stack together. `tx`: this host sent the packet, so its
+/// source is the local end.
 #[inline(never)]
-fn conn_of_packet(c: &mut NetConn, ip: *const u8, tx: bool) {
-    let first: u8 = read(ip, 0);
-    let (family, proto, src, dst, hlen) = match first >> 4 {
-        4 => (4, read(ip, 9), 12, 16, ((first & 0xf) as u32) * 4),
-        6 => (6, read(ip, 6), 8, 24, 40),
+fn conn_of_packet(c: &mut NetConn, tx: bool, read: impl Fn(u32, &mut [u8]) -> bool) {
+    let mut b = [0u8; 1];
+    if !read(0, &mut b) {
+        return;
+    }
+    let (family, proto_at, src, dst, hlen) = match b[0] >> 4 {
+        4 => (4, 9, 12, 16, ((b[0] & 0xf) as u32) * 4),
+        6 => (6, 6, 8, 24, 40),
         _ => return,
     };
     let (l, r) = if tx { (src, dst) } else { (dst, src) };
-    let ok = unsafe {
-        if family == 4 {
-            bpf_probe_read_kernel_buf(ip.wrapping_add(l), &mut c.laddr[..4]).is_ok()
-                && bpf_probe_read_kernel_buf(ip.wrapping_add(r), &mut c.raddr[..4]).is_ok()
+    let ok = read(proto_at, &mut b)
+        && if family == 4 {
+            read(l, &mut c.laddr[..4]) && read(r, &mut c.raddr[..4])
         } else {
-            bpf_probe_read_kernel_buf(ip.wrapping_add(l), &mut c.laddr).is_ok()
-                && bpf_probe_read_kernel_buf(ip.wrapping_add(r), &mut c.raddr).is_ok()
-        }
-    };
+            read(l, &mut c.laddr) && read(r, &mut c.raddr)
+        };
     if !ok {
         return;
     }
     c.family = family;
-    c.proto = proto;
-    if proto as u32 == IPPROTO_TCP || proto as u32 == IPPROTO_UDP {
-        let p: [u8; 4] = read(ip, hlen);
+    c.proto = b[0];
+    let mut p = [0u8; 4];
+    if (c.proto as u32 == IPPROTO_TCP || c.proto as u32 == IPPROTO_UDP) && read(hlen, &mut p) {
         let (sport, dport) = (
             u16::from_be_bytes([p[0], p[1]]),
             u16::from_be_bytes([p[2], p[3]]),
         );
         (c.lport, c.rport) = if tx { (sport, dport) } else { (dport, sport) };
     }
+}
+
+/// [`conn_of_packet`] for a packet whose IP header starts at kernel address `ip`.
+#[inline(always)]
+fn conn_in_memory(c: &mut NetConn, ip: *const u8, tx: bool) {
+    conn_of_packet(c, tx, |at, dst| unsafe {
+        bpf_probe_read_kernel_buf(ip.wrapping_add(at as usize), dst).is_ok()
+    });
 }
 
 /// The connection of an skb being sent or received (none without `--connections`): its
@@ -531,7 +490,7 @@ fn conn_of_skb(c: &mut NetConn, skb: *const u8, tx: bool) {
     let head: u64 = unsafe { btf_load(skb, global(&o.skb_head)) };
     let net: u16 = unsafe { btf_load(skb, global(&o.skb_network_header)) };
     if net != u16::MAX {
-        conn_of_packet(c, (head + net as u64) as *const u8, tx);
+        conn_in_memory(c, (head + net as u64) as *const u8, tx);
     }
 }
 
@@ -736,20 +695,17 @@ pub fn stapr_net_rx_queue(ctx: SkBuffContext) -> i32 {
         l.ifindex = ifindex;
     }
     if connections() {
-        // The skb's data starts at its IP header: 20 bytes for IPv4 (a short datagram
-        // may not have 40), 40 for IPv6.
-        let mut h = [0u8; 40];
-        if let Ok(v4) = ctx.load::<[u8; 20]>(0) {
-            let mut i = 0;
-            while i < 20 {
-                h[i] = v4[i];
-                i += 1;
-            }
-        }
-        if h[0] >> 4 == 6 {
-            h = ctx.load(0).unwrap_or([0; 40]);
-        }
-        let conn = conn_of_header(&h, |at| ctx.load(at).unwrap_or([0; 4]), false);
+        // The skb's data starts at its IP header; each field is loaded at its own length
+        // (a short datagram's packet may end before 40 bytes).
+        let mut conn = NO_CONN;
+        conn_of_packet(&mut conn, false, |at, dst| unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr() as *const _,
+                at,
+                dst.as_mut_ptr() as *mut _,
+                dst.len() as u32,
+            ) == 0
+        });
         let pending = unsafe { core::ptr::read_volatile(&l.pending) };
         if pending == 0 {
             l.conn = conn;
@@ -1027,7 +983,7 @@ pub fn stapr_net_rx(ctx: BtfTracePointContext) -> u32 {
     let mut conn = NO_CONN;
     if connections() {
         let data: *const u8 = unsafe { btf_load(skb, global(&NET_OFFSETS.skb_data)) };
-        conn_of_packet(&mut conn, data, false);
+        conn_in_memory(&mut conn, data, false);
     }
     count(Dev::Ptr(dev), len, true, &conn);
     0
