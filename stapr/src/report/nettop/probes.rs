@@ -219,16 +219,27 @@ impl Probes {
                 "--connections reads each packet's addresses through BTF tracepoints (tp_btf); it cannot be used with --probe tracepoint",
             ));
         }
+        // The kernel's BTF, read and parsed once for every offset the probes need (none
+        // when classic tracepoints charge both directions at the device).
+        let needs_btf = choice != Some(Method::Tracepoint)
+            || recv_at == Charge::Socket
+            || xmit_at == Charge::Socket
+            || connections;
+        let kbtf = (needs_btf && features::btf())
+            .then(btf::Btf::from_sys_fs)
+            .transpose()?;
+        let kbtf = kbtf.as_ref();
         let socket = match recv_at {
-            Charge::Socket => Some(SocketReceive::find()?),
+            Charge::Socket => Some(SocketReceive::find(kbtf)?),
             Charge::Device => None,
         };
         let sender = match xmit_at {
-            Charge::Socket => SocketTransmit::find()?,
+            Charge::Socket => SocketTransmit::find(kbtf)?,
             Charge::Device => None,
         };
-        let conns = connections.then(ConnOffsets::find).transpose()?;
-        let attach = |m| Self::attach_with(m, socket.as_ref(), sender.as_ref(), &cgroup, conns);
+        let conns = connections.then(|| ConnOffsets::find(kbtf)).transpose()?;
+        let attach =
+            |m| Self::attach_with(m, kbtf, socket.as_ref(), sender.as_ref(), &cgroup, conns);
         match connections {
             false => first_working("nettop", choice, attach),
             true => first_working_of("nettop", &[Method::TpBtf], attach),
@@ -238,16 +249,20 @@ impl Probes {
 
     fn attach_with(
         method: Method,
+        kbtf: Option<&btf::Btf>,
         socket: Option<&SocketReceive>,
         sender: Option<&SocketTransmit>,
         cgroup: &CgroupFilter,
         conns: Option<ConnOffsets>,
     ) -> Result<Self> {
         let classic = method == Method::Tracepoint;
-        if !classic && !features::btf() {
-            return Err(user_error(
+        let no_btf = || {
+            user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): BTF tracepoints need it; use --probe tracepoint",
-            ));
+            )
+        };
+        if !classic && kbtf.is_none() {
+            return Err(no_btf());
         }
         let mut offsets = match socket {
             Some(s) => s.offsets,
@@ -261,7 +276,7 @@ impl Probes {
         }
         // Socket receives come with the device offsets already (SocketReceive::find).
         if (!classic || sender.is_some()) && socket.is_none() {
-            device_offsets(&btf::Btf::from_sys_fs()?, &mut offsets)?;
+            device_offsets(kbtf.ok_or_else(no_btf)?, &mut offsets)?;
         }
         if let Some(c) = conns {
             c.apply(&mut offsets);
@@ -432,13 +447,12 @@ struct ConnOffsets {
 }
 
 impl ConnOffsets {
-    fn find() -> Result<Self> {
-        if !features::btf() {
+    fn find(kbtf: Option<&btf::Btf>) -> Result<Self> {
+        let Some(b) = kbtf else {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): --connections reads each packet's addresses through BTF tracepoints",
             ));
-        }
-        let b = btf::Btf::from_sys_fs()?;
+        };
         let m = |s: &str, f: &str| b.member_offset(s, f);
         let common = m("sock", "__sk_common")?;
         let skc = |f: &str| Ok::<_, anyhow::Error>(common + m("sock_common", f)?);
@@ -486,13 +500,12 @@ struct SocketReceive {
 }
 
 impl SocketReceive {
-    fn find() -> Result<Self> {
-        if !features::btf() {
+    fn find(kbtf: Option<&btf::Btf>) -> Result<Self> {
+        let Some(b) = kbtf else {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): charging receives to the reading socket needs it; use --recv-at device",
             ));
-        }
-        let b = btf::Btf::from_sys_fs()?;
+        };
         let m = |s: &str, f: &str| b.member_offset(s, f);
         let mut offsets = NetOffsets {
             skb_iif: m("sk_buff", "skb_iif")?,
@@ -519,7 +532,7 @@ impl SocketReceive {
             by_index: 1,
             ..Default::default()
         };
-        device_offsets(&b, &mut offsets)?;
+        device_offsets(b, &mut offsets)?;
         // Kernels before 6.18 free each UDP datagram in the reader's context; 6.18 defers
         // that free to the CPU that allocated the skb (the same release gave udp_sock its
         // per-NUMA producer queues, which is what tells the two apart here).
@@ -557,13 +570,12 @@ struct SocketTransmit {
 impl SocketTransmit {
     /// None: this kernel can note no writer, and transmits are charged at the device (said
     /// on stderr).
-    fn find() -> Result<Option<Self>> {
-        if !features::btf() {
+    fn find(kbtf: Option<&btf::Btf>) -> Result<Option<Self>> {
+        let Some(b) = kbtf else {
             return Err(user_error(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): charging transmits to the writing socket needs it; use --xmit-at device",
             ));
-        }
-        let b = btf::Btf::from_sys_fs()?;
+        };
         // A writer must be noted as its send begins: sock:sock_send_length comes as it
         // ends, after the segments that ACKs release during a long first write have gone
         // out (to whichever task took the ACK). So socket storage where TCP sends also
