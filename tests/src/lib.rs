@@ -667,11 +667,10 @@ impl Nginx {
             .spawn()
             .expect("starting nginx");
         let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(Duration::from_secs(120), || {
+            std::net::TcpStream::connect(&addr).ok()
+        })
+        .unwrap_or_else(|| panic!("nginx did not listen on {addr}"));
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.id())).unwrap();
         let worker = children.split_whitespace().next().unwrap().parse().unwrap();
