@@ -1282,3 +1282,76 @@ fn a_full_connection_table_is_counted_as_lost() {
     assert!(sent + lost >= SOCKETS, "{sent} in rows, {lost} lost");
     assert_nothing_attached();
 }
+
+/// 9,000 TCP connections open on loopback in one interval: 18,000 handshakes
+/// (each end's) of 18,000 distinct connections, past the 16,384 `--connections` keeps
+/// for marking new ones. Those it had no room for are counted as lost (`new_table_full`).
+#[test]
+fn a_full_new_connection_table_is_counted_as_lost() {
+    let _k = kernel_lock();
+    const CONNECTIONS: u64 = 9_000;
+    const TABLE: u64 = 16_384;
+    let mut nettop = Running::spawn(&[
+        "nettop",
+        "-i",
+        "60",
+        "--format",
+        "json",
+        "-d",
+        "lo",
+        "--connections",
+    ]);
+    nettop.wait_ready(Duration::from_secs(30));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Every client end stays open until all are made, so no two connections share a
+    // 4-tuple (loopback reuses a TIME_WAIT port after a second: tcp_tw_reuse = 2). The
+    // server's ends close at once.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert!(
+        limit.rlim_max >= CONNECTIONS + 256,
+        "the open-file hard limit ({}) holds fewer than {CONNECTIONS} connections",
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_max;
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let server = std::thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            drop(listener.accept().unwrap());
+        }
+    });
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    server.join().unwrap();
+    drop(clients);
+    nettop.signal(libc::SIGINT);
+    let out = nettop.finish(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lost: u64 = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|o| o["reason"] == "new_table_full")
+        .filter_map(|o| o["lost"].as_u64())
+        .sum();
+    assert!(
+        lost >= 2 * CONNECTIONS - TABLE,
+        "{lost} handshakes lost, {} rows new:\n{}\n{}",
+        out.stdout.matches("\"new\":true").count(),
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("reason"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        out.stderr
+    );
+    assert_nothing_attached();
+}
