@@ -1042,18 +1042,6 @@ fn connection_rows(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Sums `field` over `rows` that `keep` accepts.
-fn sum_of(
-    rows: &[serde_json::Value],
-    field: &str,
-    keep: impl Fn(&serde_json::Value) -> bool,
-) -> u64 {
-    rows.iter()
-        .filter(|v| keep(v))
-        .filter_map(|v| v[field].as_u64())
-        .sum()
-}
-
 /// `--connections`: two TCP clients fetch a page each from one server, and a UDP sender
 /// sends 20 datagrams to a receiver, all on loopback. Each connection is a row of its
 /// own at each end, with the right addresses and ports, and each end is charged its side
@@ -1138,7 +1126,9 @@ fn connections_of_two_tcp_clients_and_a_udp_exchange() {
                 "a row of client {c} not of its connection: {v}\n{stdout}"
             );
         }
-        let got = sum_of(&rows, "recv_bytes", |v| v["pid"] == c && v["lport"] == port);
+        let got = json_sum(&stdout, "recv_bytes", |v| {
+            v["pid"] == c && v["lport"] == port
+        });
         assert!(
             got >= BYTES,
             "client {c} charged {got} bytes received:\n{stdout}"
@@ -1157,7 +1147,7 @@ fn connections_of_two_tcp_clients_and_a_udp_exchange() {
                 && v["lport"] == server_port
                 && v["rport"] == port
         };
-        let sent = sum_of(&rows, "xmit_bytes", conn);
+        let sent = json_sum(&stdout, "xmit_bytes", conn);
         assert!(
             sent >= BYTES,
             "server charged {sent} bytes sent to port {port}:\n{stdout}"
@@ -1185,7 +1175,7 @@ fn connections_of_two_tcp_clients_and_a_udp_exchange() {
         "{sent:?}"
     );
     assert_eq!(
-        sum_of(&rows, "xmit_packets", |v| v["pid"] == tx_pid
+        json_sum(&stdout, "xmit_packets", |v| v["pid"] == tx_pid
             && v["proto"] == "udp"),
         DATAGRAMS,
         "{stdout}"
@@ -1197,10 +1187,10 @@ fn connections_of_two_tcp_clients_and_a_udp_exchange() {
         "{got:?}"
     );
     let (packets, bytes) = (
-        sum_of(&rows, "recv_packets", |v| {
+        json_sum(&stdout, "recv_packets", |v| {
             v["pid"] == rx_pid && v["proto"] == "udp"
         }),
-        sum_of(&rows, "recv_bytes", |v| {
+        json_sum(&stdout, "recv_bytes", |v| {
             v["pid"] == rx_pid && v["proto"] == "udp"
         }),
     );
@@ -1270,14 +1260,8 @@ fn a_full_connection_table_is_counted_as_lost() {
     let rows = connection_rows(&out.stdout);
     let to_sink = |v: &serde_json::Value| v["comm"] == "net_peer" && v["rport"] == sink_port;
     let flows = rows.iter().filter(|v| to_sink(v)).count() as u64;
-    let sent = sum_of(&rows, "xmit_packets", to_sink);
-    let lost: u64 = out
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|o| o["reason"] == "table_full")
-        .filter_map(|o| o["lost"].as_u64())
-        .sum();
+    let sent = json_sum(&out.stdout, "xmit_packets", to_sink);
+    let lost = json_sum(&out.stdout, "lost", |o| o["reason"] == "table_full");
     assert!(flows < SOCKETS && lost > 0, "{flows} rows, {lost} lost");
     assert!(sent + lost >= SOCKETS, "{sent} in rows, {lost} lost");
     assert_nothing_attached();
@@ -1335,13 +1319,7 @@ fn a_full_new_connection_table_is_counted_as_lost() {
     nettop.signal(libc::SIGINT);
     let out = nettop.finish(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let lost: u64 = out
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|o| o["reason"] == "new_table_full")
-        .filter_map(|o| o["lost"].as_u64())
-        .sum();
+    let lost = json_sum(&out.stdout, "lost", |o| o["reason"] == "new_table_full");
     assert!(
         lost >= 2 * CONNECTIONS - TABLE,
         "{lost} handshakes lost, {} rows new:\n{}\n{}",

@@ -217,8 +217,8 @@ const HOST_ONLY: &[&str] = &[
     "sighup_ends_each_report_with_its_final_output",
     "an_interval_stopped_for_seconds_reports_its_true_length",
     "too_few_open_files_is_named_with_its_limit",
-    // nettop: 9,000 TCP connections held open at once fill the table of new connections
-    // (its map code is the kernel's, the same on every line); minutes under emulation.
+    // nettop: 9,000 TCP connections held open at once by one process fill the table of
+    // new connections; that table's code is the same on every line.
     "a_full_new_connection_table_is_counted_as_lost",
     // calltree: every function of two programs traced (the kernel's uretprobes, which
     // the host has too), minutes of output under emulation.
