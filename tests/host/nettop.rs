@@ -987,6 +987,13 @@ fn many_sockets_send(sockets: u64, extra: &[&str]) -> (Outcome, u16) {
     (out, port)
 }
 
+/// How many entries past its size a table may take. One allocated as it fills checks
+/// "full" and counts an entry in two steps, so inserts on other CPUs can each pass the
+/// check at its last free entry: those few are kept, not lost.
+fn overfill() -> u64 {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get()) as u64
+}
+
 /// 70,000 UDP sockets each send one datagram while all are open. Where fentry notes the
 /// writers, they go into a table of 65,536 sockets: the sends it has no room for are
 /// counted as `writer_failed` losses (their datagrams are charged at the device, to the
@@ -1018,7 +1025,7 @@ fn a_full_writer_table_is_counted_as_lost() {
     if out.stderr.contains("writers from fentry") {
         // Other sockets of the machine hold entries too.
         assert!(
-            (SOCKETS - TABLE..=SOCKETS).contains(&lost),
+            (SOCKETS - TABLE - overfill()..=SOCKETS).contains(&lost),
             "{lost} lost:\n{}",
             out.stdout
         );
@@ -1321,7 +1328,7 @@ fn a_full_new_connection_table_is_counted_as_lost() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let lost = json_sum(&out.stdout, "lost", |o| o["reason"] == "new_table_full");
     assert!(
-        lost >= 2 * CONNECTIONS - TABLE,
+        lost + overfill() >= 2 * CONNECTIONS - TABLE,
         "{lost} handshakes lost, {} rows new:\n{}\n{}",
         out.stdout.matches("\"new\":true").count(),
         out.stdout
