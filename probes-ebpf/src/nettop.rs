@@ -824,6 +824,16 @@ pub fn stapr_net_tx_note_tcp(ctx: BtfTracePointContext) -> u32 {
     note_storage(ctx.arg(0))
 }
 
+// The same note as a second program on the same tracepoint. On kernels that preempt
+// tracing programs, a task preempted inside one makes the kernel skip that program for
+// every other task on its CPU meanwhile; a server thread whose every note of a write was
+// skipped had no writer, and the segments that ACKs released were charged to the client
+// that sent the ACK. A task is inside one program at a time, so the other one notes.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn stapr_net_tx_note_tcp_again(ctx: BtfTracePointContext) -> u32 {
+    note_storage(ctx.arg(0))
+}
+
 /// Notes the current thread as `sk`'s writer in the socket's storage.
 #[inline(always)]
 fn note_storage(sk: *mut core::ffi::c_void) -> u32 {

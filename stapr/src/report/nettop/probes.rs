@@ -43,7 +43,8 @@ pub static OBJECT: Object = Object {
         TX_SOCKET.0,
         TX_SOCKET_HASH,
         TX_NOTE.0,
-        TX_NOTE_TCP.0,
+        TX_NOTE_TCP[0].0,
+        TX_NOTE_TCP[1].0,
         TX_NOTE_FENTRY[0].0,
         TX_NOTE_FENTRY[1].0,
         TX_NOTE_PAGE.0,
@@ -82,8 +83,12 @@ const RX_UDP_QUEUE: &str = "stapr_net_rx_queue";
 const TX_SOCKET: (&str, &str) = ("stapr_net_tx_sk", "net_dev_start_xmit");
 const TX_SOCKET_HASH: &str = "stapr_net_tx_sk_hash";
 const TX_NOTE: (&str, &str) = ("stapr_net_tx_note", "sock_send_length");
-/// Where it exists (6.14 and later): TCP writers noted as the send begins.
-const TX_NOTE_TCP: (&str, &str) = ("stapr_net_tx_note_tcp", "tcp_sendmsg_locked");
+/// Where it exists (6.14 and later): TCP writers noted as the send begins, by two programs
+/// (a task preempted inside one makes the kernel skip it for the others on its CPU).
+const TX_NOTE_TCP: [(&str, &str); 2] = [
+    ("stapr_net_tx_note_tcp", "tcp_sendmsg_locked"),
+    ("stapr_net_tx_note_tcp_again", "tcp_sendmsg_locked"),
+];
 const TX_NOTE_FENTRY: [(&str, &str); 2] = [
     ("stapr_net_tx_note_inet", "inet_sendmsg"),
     ("stapr_net_tx_note_inet6", "inet6_sendmsg"),
@@ -616,9 +621,11 @@ impl SocketTransmit {
                 attach_btf(ebpf, TX_SOCKET.0, TX_SOCKET.1, kbtf)?;
                 attach_btf(ebpf, TX_NOTE.0, TX_NOTE.1, kbtf)?;
                 if tcp_first {
-                    attach_btf(ebpf, TX_NOTE_TCP.0, TX_NOTE_TCP.1, kbtf)?;
+                    for (prog, tp) in TX_NOTE_TCP {
+                        attach_btf(ebpf, prog, tp, kbtf)?;
+                    }
                 }
-                Ok(2 + tcp_first as usize)
+                Ok(2 + 2 * tcp_first as usize)
             }
             Writers::Table => {
                 attach_btf(ebpf, TX_SOCKET_HASH, TX_SOCKET.1, kbtf)?;
