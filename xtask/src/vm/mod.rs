@@ -156,12 +156,7 @@ const LINES: &[Line] = &[
         arch: Arch::X86_64,
         // Full tables: where Debian's 7.x showed probe runs the kernel skips.
         ci: Ci::Subset(&[KERNEL_CI, MODULE_CI, FULL_TABLES_CI]),
-        known_bugs: &[(
-            "tcp_server_is_charged_for_every_page_it_sends",
-            "in about 2 of 5 runs one of the server's 64 KB segments (a retransmission under \
-             emulation) is charged to the client whose context sent it, as if the socket's \
-             writer were not found; the server is still charged all its pages",
-        )],
+        known_bugs: &[],
     },
     Line {
         name: "debian-6.1",
