@@ -625,7 +625,7 @@ impl SocketTransmit {
                         attach_btf(ebpf, prog, tp, kbtf)?;
                     }
                 }
-                Ok(2 + 2 * tcp_first as usize)
+                Ok(2 + tcp_first as usize * TX_NOTE_TCP.len())
             }
             Writers::Table => {
                 attach_btf(ebpf, TX_SOCKET_HASH, TX_SOCKET.1, kbtf)?;
