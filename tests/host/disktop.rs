@@ -566,9 +566,24 @@ fn a_stalled_nfs_server_does_not_stall_disktop() {
     let nfs = integration_tests::NfsMount::through_relay("stapr-nfs-stalled");
     let path = nfs.dir.join("written-while-stalled.dat");
     let mut file = std::fs::File::create(&path).unwrap();
+    // Nothing left dirty by earlier tests: the write below stays under the kernel's
+    // free-run threshold and never waits for writeback, which the stalled server would
+    // hold up.
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
     let stalled = nfs.stall();
-    // Into the page cache: no request to the server until the file is flushed.
-    file.write_all(&vec![7u8; MIB as usize]).unwrap();
+    // Into the page cache: no request to the server until the file is flushed. Written
+    // from a thread, so that a write the kernel holds up fails this test saying so.
+    let writer = std::thread::spawn(move || {
+        file.write_all(&vec![7u8; MIB as usize]).unwrap();
+        file
+    });
+    integration_tests::wait_until(
+        "the 1 MiB write into the page cache to return while the server is stalled",
+        Duration::from_secs(120),
+        || writer.is_finished().then_some(()),
+    );
+    let file = writer.join().unwrap();
     let me = std::process::id();
     let source = nfs.source.clone();
     let written = move |stdout: &str| -> u64 {

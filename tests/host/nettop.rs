@@ -998,7 +998,9 @@ fn overfill() -> u64 {
 /// writers, they go into a table of 65,536 sockets: the sends it has no room for are
 /// counted as `writer_failed` losses (their datagrams are charged at the device, to the
 /// same process here). Where sock:sock_send_length does, each socket keeps its writer in
-/// its own storage: nothing to fill, nothing lost.
+/// its own storage: no table to fill. The kernel can still refuse a storage now and then
+/// (it allocates it without sleeping, under a lock that gives up rather than wait), and
+/// that refusal is counted: a few, never the thousands a full table loses.
 #[test]
 fn a_full_writer_table_is_counted_as_lost() {
     let _k = kernel_lock();
@@ -1035,7 +1037,11 @@ fn a_full_writer_table_is_counted_as_lost() {
             "{}",
             out.stderr
         );
-        assert_eq!(lost, 0, "{}", out.stdout);
+        assert!(
+            lost < (SOCKETS - TABLE) / 10,
+            "{lost} lost:\n{}",
+            out.stdout
+        );
     }
     assert_nothing_attached();
 }

@@ -118,31 +118,36 @@ fn lint_ebpf() -> anyhow::Result<()> {
 }
 
 fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
-    setup::all()?;
-    util::cargo(&["fmt", "--all", "--", "--check"])?;
-    util::cargo(&[
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "probes-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    lint_ebpf()?;
+    let mut steps = Steps::default();
+    steps.time("setup", setup::all)?;
+    steps.time("fmt", || util::cargo(&["fmt", "--all", "--", "--check"]))?;
+    steps.time("clippy", || {
+        util::cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "probes-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    steps.time("ebpf-lint", lint_ebpf)?;
     // Integration tests drive the stapr binary and the example workloads.
-    util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])?;
+    steps.time("build", || {
+        util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])
+    })?;
     // Every test binary runs, whatever fails before it: the closing list names them all.
     let mut cmd = vec!["test", "--workspace", "--no-fail-fast"];
     if !args.is_empty() {
         cmd.push("--");
         cmd.extend(args.iter().map(String::as_str));
     }
-    let mut totals = util::cargo_test(&cmd)?;
+    let mut totals = steps.time("host tests", || util::cargo_test(&cmd))?;
     // The arm64 build of stapr, its unit tests run under qemu-user.
     if args.is_empty() && !quick {
-        let arm = cross::unit_tests()?;
+        let arm = steps.time("arm64 unit tests", cross::unit_tests)?;
         totals.passed += arm.passed;
         totals.failed += arm.failed;
         totals.ignored += arm.ignored;
@@ -153,13 +158,18 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
     // The kernel lines run whatever the host's verdict: the closing list names every
     // failure of the run.
     let vm = if quick {
-        vm::run_counted(&vm::VmArgs::quick())?
+        steps.time("kernel lines", || vm::run_counted(&vm::VmArgs::quick()))?
     } else {
         // The same tests on Debian kernels (kprobes, fentry, ext4 as a module), after a
         // check that the harness catches a failing test and a kernel panic.
-        vm::run_counted(&vm::VmArgs::self_check())?.verdict()?;
-        vm::run_counted(&vm::VmArgs::ci())?
+        steps
+            .time("harness self-test", || {
+                vm::run_counted(&vm::VmArgs::self_check())
+            })?
+            .verdict()?;
+        steps.time("kernel lines", || vm::run_counted(&vm::VmArgs::ci()))?
     };
+    println!("xtask: time by step: {steps}");
     // One closing line for the whole run (cargo prints one per test binary).
     println!(
         "xtask: {} passed, {} failed, {} skipped",
@@ -172,4 +182,31 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("host tests failed");
     }
     Ok(())
+}
+
+/// How long each step of `cargo xtask test` took, in the order they ran.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, std::time::Duration)>);
+
+impl Steps {
+    fn time<T>(
+        &mut self,
+        name: &'static str,
+        step: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let start = std::time::Instant::now();
+        let out = step();
+        self.0.push((name, start.elapsed()));
+        out
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: std::time::Duration = self.0.iter().map(|(_, d)| *d).sum();
+        for (name, d) in &self.0 {
+            write!(f, "{name} {:.0} s, ", d.as_secs_f64())?;
+        }
+        write!(f, "in all {:.0} s", total.as_secs_f64())
+    }
 }
