@@ -57,8 +57,14 @@ pub fn build() -> Result<()> {
     Ok(())
 }
 
-/// stapr's unit tests built for aarch64 and run under qemu-user.
-pub fn unit_tests() -> Result<TestTotals> {
+/// Builds stapr's unit tests for aarch64 (and sets up what running them needs).
+pub fn build_unit_tests() -> Result<()> {
     setup()?;
+    util::cargo(&["test", "--target", TARGET, "-p", "stapr", "--no-run"])
+}
+
+/// stapr's unit tests for aarch64, run under qemu-user: after [`build_unit_tests`],
+/// whose setup (the environment cargo reads) must come before any other thread starts.
+pub fn run_unit_tests() -> Result<TestTotals> {
     util::cargo_test(&["test", "--target", TARGET, "-p", "stapr"])
 }

@@ -118,6 +118,7 @@ fn lint_ebpf() -> anyhow::Result<()> {
 }
 
 fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
     let mut steps = Steps::default();
     steps.time("setup", setup::all)?;
     steps.time("fmt", || util::cargo(&["fmt", "--all", "--", "--check"]))?;
@@ -138,38 +139,76 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
     steps.time("build", || {
         util::cargo(&["build", "-p", "stapr", "-p", "stapr-examples"])
     })?;
-    // Every test binary runs, whatever fails before it: the closing list names them all.
-    let mut cmd = vec!["test", "--workspace", "--no-fail-fast"];
-    if !args.is_empty() {
-        cmd.push("--");
-        cmd.extend(args.iter().map(String::as_str));
-    }
-    let mut totals = steps.time("host tests", || util::cargo_test(&cmd))?;
-    // The arm64 build of stapr, its unit tests run under qemu-user.
-    if args.is_empty() && !quick {
-        let arm = steps.time("arm64 unit tests", cross::unit_tests)?;
-        totals.passed += arm.passed;
-        totals.failed += arm.failed;
-        totals.ignored += arm.ignored;
-    }
+    let full = args.is_empty() && !quick;
+    let vm_args = if quick {
+        vm::VmArgs::quick()
+    } else {
+        vm::VmArgs::ci()
+    };
+    // Everything the tests run is built first: cargo holds its build lock while tests
+    // run, and the kernel lines boot beside the host's tests.
+    steps.time("build tests", || {
+        util::cargo(&["test", "--workspace", "--no-run"])?;
+        if full {
+            cross::build_unit_tests()?;
+        }
+        Ok(())
+    })?;
+    let built = steps.time("build for the kernel lines", || vm::build(&vm_args))?;
+    // The kernel lines (under emulation, both cores) and the host's tests (mostly
+    // waiting on their workloads: about a tenth of the machine) side by side.
+    let (host, (vm, vm_steps)) = std::thread::scope(|s| {
+        let lines = s.spawn(|| {
+            let mut steps = Steps::default();
+            let vm = (|| {
+                if !quick {
+                    // The same tests on Debian kernels (kprobes, fentry, ext4 as a
+                    // module), after a check that the harness catches a failing test
+                    // and a kernel panic.
+                    steps
+                        .time("harness self-test", || {
+                            vm::run_built(&vm::VmArgs::self_check(), &built)
+                        })?
+                        .verdict()?;
+                }
+                steps.time("kernel lines", || vm::run_built(&vm_args, &built))
+            })();
+            (vm, steps)
+        });
+        let mut host_steps = Steps::default();
+        // Every test binary runs, whatever fails before it: the closing list names them
+        // all.
+        let mut cmd = vec!["test", "--workspace", "--no-fail-fast"];
+        if !args.is_empty() {
+            cmd.push("--");
+            cmd.extend(args.iter().map(String::as_str));
+        }
+        let host = (|| {
+            let mut totals = host_steps.time("host tests", || util::cargo_test(&cmd))?;
+            // The arm64 build of stapr, its unit tests run under qemu-user.
+            if full {
+                let arm = host_steps.time("arm64 unit tests", cross::run_unit_tests)?;
+                totals.passed += arm.passed;
+                totals.failed += arm.failed;
+                totals.ignored += arm.ignored;
+            }
+            anyhow::Ok(totals)
+        })();
+        let lines = lines.join().expect("the kernel lines' thread panicked");
+        ((host, host_steps), lines)
+    });
+    let (host, host_steps) = host;
+    steps.0.extend(host_steps.0);
+    steps.0.extend(vm_steps.0);
+    println!(
+        "xtask: time by step (the host's tests beside the kernel lines): {steps}; in all {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    let totals = host?;
     if totals.passed == 0 {
         anyhow::bail!("no host test ran");
     }
-    // The kernel lines run whatever the host's verdict: the closing list names every
-    // failure of the run.
-    let vm = if quick {
-        steps.time("kernel lines", || vm::run_counted(&vm::VmArgs::quick()))?
-    } else {
-        // The same tests on Debian kernels (kprobes, fentry, ext4 as a module), after a
-        // check that the harness catches a failing test and a kernel panic.
-        steps
-            .time("harness self-test", || {
-                vm::run_counted(&vm::VmArgs::self_check())
-            })?
-            .verdict()?;
-        steps.time("kernel lines", || vm::run_counted(&vm::VmArgs::ci()))?
-    };
-    println!("xtask: time by step: {steps}");
+    let vm = vm?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!(
         "xtask: {} passed, {} failed, {} skipped",
@@ -203,10 +242,11 @@ impl Steps {
 
 impl std::fmt::Display for Steps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let total: std::time::Duration = self.0.iter().map(|(_, d)| *d).sum();
-        for (name, d) in &self.0 {
-            write!(f, "{name} {:.0} s, ", d.as_secs_f64())?;
-        }
-        write!(f, "in all {:.0} s", total.as_secs_f64())
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0} s", d.as_secs_f64()))
+            .collect();
+        write!(f, "{}", steps.join(", "))
     }
 }

@@ -615,9 +615,35 @@ pub fn prepare(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     image::test_binaries(arch)
 }
 
-/// Runs what `args` asks for; returns the tests passed and failed over all kernels and
-/// the lines that did not pass (an error only when the harness itself fails).
+/// The test binaries of each architecture a run boots, built.
+pub struct Built(Vec<(Arch, Vec<(String, PathBuf)>)>);
+
+impl Built {
+    fn tests(&self, arch: Arch) -> &[(String, PathBuf)] {
+        &self.0.iter().find(|(a, _)| *a == arch).expect("built").1
+    }
+}
+
+/// Builds what the lines `args` names boot, for each of their architectures (cargo runs
+/// one build at a time; nothing after this runs cargo, so tests may run beside the lines).
+pub fn build(args: &VmArgs) -> Result<Built> {
+    let mut built: Vec<(Arch, Vec<(String, PathBuf)>)> = Vec::new();
+    for line in kernel_lines(&args.kernels)? {
+        if !built.iter().any(|(a, _)| *a == line.arch) {
+            built.push((line.arch, prepare(line.arch)?));
+        }
+    }
+    Ok(Built(built))
+}
+
+/// Builds and runs what `args` asks for; returns the tests passed and failed over all
+/// kernels and the lines that did not pass (an error only when the harness itself fails).
 pub fn run_counted(args: &VmArgs) -> Result<Counted> {
+    run_built(args, &build(args)?)
+}
+
+/// [`run_counted`] with the test binaries already built.
+pub fn run_built(args: &VmArgs, built: &Built) -> Result<Counted> {
     let lines = kernel_lines(&args.kernels)?;
     let timeout = Duration::from_secs(args.timeout);
     if args.self_test {
@@ -629,15 +655,10 @@ pub fn run_counted(args: &VmArgs) -> Result<Counted> {
                 firsts.push(line);
             }
         }
-        let built = firsts
-            .iter()
-            .map(|l| prepare(l.arch))
-            .collect::<Result<Vec<_>>>()?;
         return std::thread::scope(|s| {
             let checks: Vec<_> = firsts
                 .iter()
-                .zip(&built)
-                .map(|(line, tests)| s.spawn(move || self_test(line, tests, timeout)))
+                .map(|line| s.spawn(move || self_test(line, built.tests(line.arch), timeout)))
                 .collect();
             for c in checks {
                 c.join().expect("a self-test thread panicked")?;
@@ -645,14 +666,7 @@ pub fn run_counted(args: &VmArgs) -> Result<Counted> {
             Ok(Counted::default())
         });
     }
-    // Build for each architecture first (cargo runs one build at a time), then boot
     // `jobs` lines side by side: a guest spends much of a test in sleeps and waits.
-    let mut built: Vec<(Arch, Vec<(String, PathBuf)>)> = Vec::new();
-    for line in &lines {
-        if !built.iter().any(|(a, _)| *a == line.arch) {
-            built.push((line.arch, prepare(line.arch)?));
-        }
-    }
     let queue = std::sync::Mutex::new(lines.iter().copied());
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -661,9 +675,14 @@ pub fn run_counted(args: &VmArgs) -> Result<Counted> {
                 let Some(line) = queue.lock().unwrap().next() else {
                     break;
                 };
-                let tests = &built.iter().find(|(a, _)| *a == line.arch).unwrap().1;
                 let filter = line.filter(args);
-                let r = run_kernel(line, tests, &filter, timeout, Inject::Nothing);
+                let r = run_kernel(
+                    line,
+                    built.tests(line.arch),
+                    &filter,
+                    timeout,
+                    Inject::Nothing,
+                );
                 results.lock().unwrap().push((line.name, r));
             });
         }
