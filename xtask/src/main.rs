@@ -143,7 +143,7 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
     let vm_args = if quick {
         vm::VmArgs::quick()
     } else {
-        vm::VmArgs::ci()
+        vm::VmArgs::ci_then_self_test()
     };
     // Everything the tests run is built first: cargo holds its build lock while tests
     // run, and the kernel lines boot beside the host's tests.
@@ -160,19 +160,9 @@ fn test(quick: bool, args: &[String]) -> anyhow::Result<()> {
     let (host, (vm, vm_steps)) = std::thread::scope(|s| {
         let lines = s.spawn(|| {
             let mut steps = Steps::default();
-            let vm = (|| {
-                if !quick {
-                    // The same tests on Debian kernels (kprobes, fentry, ext4 as a
-                    // module), after a check that the harness catches a failing test
-                    // and a kernel panic.
-                    steps
-                        .time("harness self-test", || {
-                            vm::run_built(&vm::VmArgs::self_check(), &built)
-                        })?
-                        .verdict()?;
-                }
-                steps.time("kernel lines", || vm::run_built(&vm_args, &built))
-            })();
+            // The same tests on Debian kernels (kprobes, fentry, ext4 as a module), and a
+            // check that the harness catches a failing test and a kernel panic.
+            let vm = steps.time("kernel lines", || vm::run_built(&vm_args, &built));
             (vm, steps)
         });
         let mut host_steps = Steps::default();

@@ -40,8 +40,12 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
     let mut next = |source: &mut S, view: &mut V, queue: &out::Queue| -> Result<String> {
         let mut lost = source.lost()?;
         lost.push(Loss::output_full(DROPPED, queue));
-        let snapshot = source.take()?;
+        // The time of the cut: a take switches the probes to fresh counters first, then
+        // waits for the programs in flight and reads the old ones. A stall during that
+        // wait or read (a stopped report, a starved CPU) belongs to the next interval,
+        // whose counters the probes fill meanwhile.
         let now = Instant::now();
+        let snapshot = source.take()?;
         let length = now - std::mem::replace(&mut taken, now);
         let mut text = view.render(snapshot, length);
         text += &losses.lines(&lost, view.format(), &utc_now(), Some(length));

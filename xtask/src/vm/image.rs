@@ -182,7 +182,43 @@ pub fn test_binaries(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
             bail!("test binary {t} not found in cargo's output");
         }
     }
+    // A copy of what the guests run, taken now: builds that run later (the host's tests
+    // while the guests boot) may put other builds of stapr in cargo's directory.
+    let snapshot = snapshot_dir(arch);
+    let _ = std::fs::remove_dir_all(&snapshot);
+    std::fs::create_dir_all(snapshot.join("deps"))?;
+    let bins = arch.debug_dir();
+    for b in BINARIES {
+        std::fs::copy(bins.join(b), snapshot.join(b)).with_context(|| format!("copying {b}"))?;
+    }
+    for (name, exe) in &mut found {
+        let copy = snapshot.join("deps").join(&*name);
+        std::fs::copy(&*exe, &copy).with_context(|| format!("copying {name}"))?;
+        *exe = copy;
+    }
     Ok(found)
+}
+
+/// stapr and the example workloads, staged in every guest beside the test binaries.
+const BINARIES: &[&str] = &[
+    "stapr",
+    "udp_talker",
+    "net_peer",
+    "file_holder",
+    "disk_writer",
+    "call_chain",
+    "call_trees",
+    "args_echo",
+    "many_procs",
+    "tcp_relay",
+    "hostile",
+];
+
+/// Where [`test_binaries`] copies what the guests of `arch` run.
+fn snapshot_dir(arch: Arch) -> PathBuf {
+    workspace_root()
+        .join("target/vm")
+        .join(format!("bins-{}", arch.deb()))
 }
 
 fn json_str<'a>(s: &'a str, after: &str) -> Option<&'a str> {
@@ -222,20 +258,8 @@ pub fn build_image(work: &Path, tests: &[(String, PathBuf)], arch: Arch) -> Resu
     let _ = std::fs::remove_dir_all(&stage);
     let debug = stage.join("target/debug");
     std::fs::create_dir_all(debug.join("deps"))?;
-    let bins = arch.debug_dir();
-    for b in [
-        "stapr",
-        "udp_talker",
-        "net_peer",
-        "file_holder",
-        "disk_writer",
-        "call_chain",
-        "call_trees",
-        "args_echo",
-        "many_procs",
-        "tcp_relay",
-        "hostile",
-    ] {
+    let bins = snapshot_dir(arch);
+    for b in BINARIES {
         std::fs::copy(bins.join(b), debug.join(b)).with_context(|| format!("staging {b}"))?;
     }
     for (name, exe) in tests {

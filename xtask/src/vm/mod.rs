@@ -417,6 +417,15 @@ pub struct VmArgs {
     /// Run each line's share of `cargo xtask test` (docs/testing.md), not every test
     #[arg(long)]
     ci: bool,
+    /// After the lines, the harness's self-test (as `cargo xtask test` runs it)
+    #[arg(skip)]
+    then_self_test: bool,
+}
+
+/// What one of the side-by-side slots boots.
+enum Job<'a> {
+    Line(&'a Line),
+    SelfTest(&'a Line),
 }
 
 /// What the init runs besides the tests: nothing, a fault the harness must recognise, or
@@ -447,7 +456,12 @@ pub fn boot_line(
 ) -> Result<(String, PathBuf, Outcome)> {
     let package = kernels::resolve(line)?;
     let kernel = kernels::fetch(&package, line)?;
-    let work = workspace_root().join("target/vm").join(line.name);
+    // The self-test's boots have their own directory: they may run beside the line's.
+    let dir = match inject {
+        Inject::Failure | Inject::Panic => format!("{}-self-test", line.name),
+        Inject::Nothing | Inject::Script(_) => line.name.to_owned(),
+    };
+    let work = workspace_root().join("target/vm").join(dir);
     std::fs::create_dir_all(&work)?;
     let image = image::build_image(&work, tests, line.arch)?;
     let initrd = image::build_initramfs(&work, &kernel, line, tests, filter, inject)?;
@@ -666,24 +680,48 @@ pub fn run_built(args: &VmArgs, built: &Built) -> Result<Counted> {
             Ok(Counted::default())
         });
     }
-    // `jobs` lines side by side: a guest spends much of a test in sleeps and waits.
-    let queue = std::sync::Mutex::new(lines.iter().copied());
+    // `jobs` lines side by side: a guest spends much of a test in sleeps and waits. The
+    // harness's self-test, when asked for with the lines, boots last: its short boots
+    // fill the time one slot would otherwise wait for the other's last line.
+    let mut queue: Vec<Job> = lines.iter().map(|l| Job::Line(l)).collect();
+    if args.then_self_test {
+        for line in &lines {
+            if !queue
+                .iter()
+                .any(|j| matches!(j, Job::SelfTest(l) if l.arch == line.arch))
+            {
+                queue.push(Job::SelfTest(line));
+            }
+        }
+    }
+    let queue = std::sync::Mutex::new(queue.into_iter());
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..args.jobs.max(1) {
             s.spawn(|| loop {
-                let Some(line) = queue.lock().unwrap().next() else {
+                let Some(job) = queue.lock().unwrap().next() else {
                     break;
                 };
-                let filter = line.filter(args);
-                let r = run_kernel(
-                    line,
-                    built.tests(line.arch),
-                    &filter,
-                    timeout,
-                    Inject::Nothing,
-                );
-                results.lock().unwrap().push((line.name, r));
+                let r = match job {
+                    Job::Line(line) => (
+                        line.name.to_owned(),
+                        run_kernel(
+                            line,
+                            built.tests(line.arch),
+                            &line.filter(args),
+                            timeout,
+                            Inject::Nothing,
+                        ),
+                    ),
+                    Job::SelfTest(line) => (
+                        format!("harness self-test on {}", line.name),
+                        match self_test(line, built.tests(line.arch), timeout) {
+                            Ok(()) => Ok((None, 0, 0)),
+                            Err(e) => Ok((Some(format!("{e:#}")), 0, 0)),
+                        },
+                    ),
+                };
+                results.lock().unwrap().push(r);
             });
         }
     });
@@ -709,6 +747,7 @@ impl VmArgs {
             filter: Vec::new(),
             jobs: 2,
             ci: true,
+            then_self_test: false,
         }
     }
 
@@ -722,10 +761,11 @@ impl VmArgs {
         }
     }
 
-    /// The harness's self-test on the first kernel of each architecture.
-    pub fn self_check() -> Self {
+    /// [`VmArgs::ci`], then the harness's self-test on the first line of each
+    /// architecture.
+    pub fn ci_then_self_test() -> Self {
         VmArgs {
-            self_test: true,
+            then_self_test: true,
             ..Self::ci()
         }
     }
