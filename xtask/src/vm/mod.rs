@@ -504,9 +504,14 @@ fn run_kernel(
     let t = Instant::now();
     let (package, log, o) = boot_line(line, tests, filter, inject, timeout)?;
     let mut out = String::new();
+    let what = match inject {
+        Inject::Failure => " (self-test: an injected test failure)",
+        Inject::Panic => " (self-test: an injected kernel panic)",
+        Inject::Nothing | Inject::Script(_) => "",
+    };
     writeln!(
         out,
-        "== {} ({package}, {:.0} s)",
+        "== {}{what} ({package}, {:.0} s)",
         line.name,
         t.elapsed().as_secs_f64()
     )?;
