@@ -25,6 +25,11 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
     mut view: V,
     every: Every,
 ) -> Result<()> {
+    // Each interval is as long as it measured, from one take to the next: a stall (the
+    // report stopped, a starved CPU) shows as one long interval, never as traffic packed
+    // into a nominal second. The first starts before the line that says the probes
+    // count: whatever happens once that line is out (a stop included) is in it.
+    let mut taken = Instant::now();
     eprintln!(
         "stapr {}: {}; reporting every {}. Ctrl-C to end.",
         S::NAME,
@@ -33,10 +38,6 @@ pub fn run<S: Source, V: View<S::Snapshot>>(
     );
     let mut losses = LossLines::default();
     let mut queue = out::Queue::new(INTERVALS_WAITING);
-    // Each interval is as long as it measured, from one take to the next: a stall (the
-    // report stopped, a starved CPU) shows as one long interval, never as traffic packed
-    // into a nominal second.
-    let mut taken = Instant::now();
     let mut next = |source: &mut S, view: &mut V, queue: &out::Queue| -> Result<String> {
         let mut lost = source.lost()?;
         lost.push(Loss::output_full(DROPPED, queue));
