@@ -634,6 +634,17 @@ pub fn prepare(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     image::test_binaries(arch)
 }
 
+/// The first of `lines` for each architecture among them: where the self-test boots.
+fn first_of_each_arch<'a>(lines: &[&'a Line]) -> Vec<&'a Line> {
+    let mut firsts: Vec<&Line> = Vec::new();
+    for line in lines {
+        if !firsts.iter().any(|l| l.arch == line.arch) {
+            firsts.push(line);
+        }
+    }
+    firsts
+}
+
 /// The test binaries of each architecture a run boots, built.
 pub struct Built(Vec<(Arch, Vec<(String, PathBuf)>)>);
 
@@ -646,12 +657,10 @@ impl Built {
 /// Builds what the lines `args` names boot, for each of their architectures (cargo runs
 /// one build at a time; nothing after this runs cargo, so tests may run beside the lines).
 pub fn build(args: &VmArgs) -> Result<Built> {
-    let mut built: Vec<(Arch, Vec<(String, PathBuf)>)> = Vec::new();
-    for line in kernel_lines(&args.kernels)? {
-        if !built.iter().any(|(a, _)| *a == line.arch) {
-            built.push((line.arch, prepare(line.arch)?));
-        }
-    }
+    let built = first_of_each_arch(&kernel_lines(&args.kernels)?)
+        .into_iter()
+        .map(|line| Ok((line.arch, prepare(line.arch)?)))
+        .collect::<Result<_>>()?;
     Ok(Built(built))
 }
 
@@ -668,15 +677,9 @@ pub fn run_built(args: &VmArgs, built: &Built) -> Result<Counted> {
     if args.self_test {
         // The first line of each architecture among those asked for, side by side (each
         // boots twice, and a boot is mostly emulated time).
-        let mut firsts: Vec<&Line> = Vec::new();
-        for line in lines {
-            if !firsts.iter().any(|l| l.arch == line.arch) {
-                firsts.push(line);
-            }
-        }
         return std::thread::scope(|s| {
-            let checks: Vec<_> = firsts
-                .iter()
+            let checks: Vec<_> = first_of_each_arch(&lines)
+                .into_iter()
                 .map(|line| s.spawn(move || self_test(line, built.tests(line.arch), timeout)))
                 .collect();
             for c in checks {
@@ -690,14 +693,7 @@ pub fn run_built(args: &VmArgs, built: &Built) -> Result<Counted> {
     // fill the time one slot would otherwise wait for the other's last line.
     let mut queue: Vec<Job> = lines.iter().map(|l| Job::Line(l)).collect();
     if args.then_self_test {
-        for line in &lines {
-            if !queue
-                .iter()
-                .any(|j| matches!(j, Job::SelfTest(l) if l.arch == line.arch))
-            {
-                queue.push(Job::SelfTest(line));
-            }
-        }
+        queue.extend(first_of_each_arch(&lines).into_iter().map(Job::SelfTest));
     }
     let queue = std::sync::Mutex::new(queue.into_iter());
     let results = std::sync::Mutex::new(Vec::new());
